@@ -1,0 +1,307 @@
+"""build-aug's engine: plan the rows, decode the source, compute chunks in parallel, resume.
+
+The output folder is in one of these states:
+  absent/empty  -> a fresh build
+  building      -> it holds .build/ (with build.json naming the arguments): resumed
+                   when the arguments match, refused otherwise
+  complete      -> an augzarr group whose attrs say complete: left alone unless --overwrite
+  anything else -> refused, never deleted
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .errors import UserError
+from .layout import plan_rows
+from .policies import Policy, load_policy
+from .progress import Reporter
+from .sources import Source, folder_content_hash, hash_folder_files, open_source
+from .store import (
+    BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
+    read_attrs, remove_store_contents, size_on_disk,
+)
+from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file, write_atomic
+
+DECODE_BATCH = 512  # files per decode task
+MAX_IMAGE_SIZE = 4096
+
+
+@dataclass
+class BuildOptions:
+    source: str = "cifar10"
+    out: Path = Path("data/aug.zarr")
+    copies: int = 5
+    include_original: bool = True
+    policy: str = "notebook"
+    val_fraction: float = 0.2
+    seed: int = 0
+    chunk_size: int | None = None
+    image_size: int | None = None
+    limit: int | None = None
+    workers: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        checks = [
+            (self.copies >= 1, "--copies must be at least 1"),
+            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+            (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
+            (self.chunk_size is None or self.chunk_size >= 1, "--chunk-size must be at least 1"),
+            (self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be in [1, {MAX_IMAGE_SIZE}]"),
+            (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
+            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    status: str  # "built", "resumed" or "already complete"
+    rows: dict[str, int] = field(default_factory=dict)
+    computed_rows: int = 0
+    seconds: float = 0.0
+    bytes_on_disk: int = 0
+    raw_bytes: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def build_store(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    reporter = reporter or Reporter()
+    options.validate()
+    started = time.time()
+    out = Path(options.out)
+    source = open_source(options.source, options.image_size, options.limit)
+    for note in source.ignored:
+        reporter.warning(f"not used: {note}")
+    policy = load_policy(options.policy, source.image_shape)
+    chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape)
+    splits = plan_rows(
+        source.train.labels,
+        source.test.labels if source.test is not None else None,
+        options.copies, options.include_original, options.val_fraction, options.seed,
+    )
+    identity = build_identity(options, source, policy, chunk_rows)
+
+    resume = claim_output(out, identity, source, options.overwrite)
+    if resume == "already complete":
+        return BuildResult(out=out, status="already complete", rows={s: len(r) for s, r in splits.items()})
+    build_dir = out / BUILD_DIR
+
+    workers = options.workers or default_workers()
+    context = multiprocessing.get_context("forkserver")  # never fork a process that may hold TensorFlow or zarr threads
+    context.set_forkserver_preload(["builder.worker"])
+    pool = context.Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed))
+    with pool:
+        content_hash = stage_source(source, build_dir, pool, options.image_size is not None, reporter)
+        recorded = json.loads((build_dir / "build.json").read_text())
+        if recorded.get("source_hash") not in (None, content_hash):
+            raise UserError(
+                f"the source changed since the unfinished build in {out} started: "
+                "pass --overwrite to start over, or restore the source to resume"
+            )
+        write_atomic(build_dir / "build.json", json.dumps({**recorded, "source_hash": content_hash}))
+        if not (build_dir / "skeleton").exists():
+            attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity)
+            create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, attrs)
+            write_atomic(build_dir / "skeleton", "done")
+        tasks, done_rows = pending_chunks(splits, chunk_rows, build_dir)
+        total_rows = sum(len(r) for r in splits.values())
+        with reporter.task(f"building {out}", total=total_rows) as advance:
+            advance(done_rows)
+            for _, _, n in pool.imap_unordered(compute_chunk, tasks):
+                advance(n)
+    finish_store(out, splits, chunk_rows, started)
+    root = zarr.open_group(str(out), mode="r")
+    return BuildResult(
+        out=out,
+        status="resumed" if resume == "resume" else "built",
+        rows={s: len(r) for s, r in splits.items()},
+        computed_rows=total_rows - done_rows,
+        seconds=time.time() - started,
+        bytes_on_disk=size_on_disk(out),
+        raw_bytes=raw_image_bytes(root),
+        ignored=source.ignored,
+    )
+
+
+def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> dict:
+    """Every argument that changes the store's bytes; a resumed build must match it exactly."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "source_kind": source.kind,
+        "class_names": source.class_names,
+        "image_shape": list(source.image_shape),
+        "limit": options.limit,
+        "copies": options.copies,
+        "include_original": options.include_original,
+        "val_fraction": options.val_fraction,
+        "seed": options.seed,
+        "chunk_rows": chunk_rows,
+        "policy": json.loads(json.dumps(policy.to_attrs())),
+        "codec": IMAGE_CODEC,
+    }
+
+
+def describe_difference(recorded: dict, identity: dict) -> str:
+    keys = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+    shown = [f"{k} {short(recorded.get(k))} -> {short(identity.get(k))}" for k in keys]
+    return "; ".join(shown) or "unknown difference"
+
+
+def short(value) -> str:
+    text = json.dumps(value.get("name") if isinstance(value, dict) and "name" in value else value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> str:
+    """Decide fresh / resume / already complete, and refuse what must not be touched.
+
+    Returns "fresh", "resume" or "already complete". On "fresh" and "resume",
+    out/.build exists and build.json records the arguments.
+    """
+    build_dir = out / BUILD_DIR
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path for the store")
+    attrs = read_attrs(out) if out.is_dir() else None
+    in_progress = (build_dir / "build.json").is_file()
+    is_ours = in_progress or (attrs is not None and attrs.get("format") == FORMAT_NAME)
+    if out.is_dir() and any(out.iterdir()) and not is_ours and not build_dir.is_dir():
+        raise UserError(f"--out {out} exists and is not an augzarr store; choose another --out or remove it yourself")
+
+    if in_progress:
+        recorded = json.loads((build_dir / "build.json").read_text())
+        if recorded["identity"] == identity and not overwrite:
+            return "resume"
+        if not overwrite:
+            raise UserError(
+                f"{out} holds an unfinished build with other arguments ({describe_difference(recorded['identity'], identity)}): "
+                "rerun with its arguments to resume it, or pass --overwrite to start over"
+            )
+    elif attrs is not None and attrs.get("complete") and not overwrite:
+        if attrs.get("identity") != identity:
+            raise UserError(
+                f"{out} is a complete store built with other arguments ({describe_difference(attrs.get('identity', {}), identity)}): "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+        if (source.content_hash or hash_folder_files(source)) != attrs["source"]["content_hash"]:
+            raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
+        return "already complete"
+
+    # Fresh build: claim the folder first, so an interruption from here on leaves a store we know to be ours.
+    build_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(build_dir / "build.json", json.dumps({"identity": identity, "source_hash": None}))
+    remove_store_contents(out, keep=BUILD_DIR)
+    for entry in build_dir.iterdir():
+        if entry.name != "build.json":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    (build_dir / "chunks").mkdir()
+    return "fresh"
+
+
+def stage_source(source: Source, build_dir: Path, pool, resize: bool, reporter: Reporter) -> str:
+    """Put every source image, decoded, in .build/source-<split>.npy for the workers; return the content hash."""
+    splits = {"train": source.train}
+    if source.test is not None:
+        splits["test"] = source.test
+    if source.train.images is not None:
+        for name, split in splits.items():
+            target = np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=split.images.shape)
+            target[:] = split.images
+            target.flush()
+        return source.content_hash
+    tasks = []
+    for name, split in splits.items():
+        np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=(len(split), *source.image_shape))
+        for start in range(0, len(split), DECODE_BATCH):
+            tasks.append((name, start, [str(f) for f in split.files[start : start + DECODE_BATCH]], resize))
+    digests = {name: [""] * len(split) for name, split in splits.items()}
+    with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
+        for name, start, batch in pool.imap_unordered(decode_files, tasks):
+            digests[name][start : start + len(batch)] = batch
+            advance(len(batch))
+    source.content_hash = folder_content_hash(source, digests)
+    return source.content_hash
+
+
+def pending_chunks(splits: dict, chunk_rows: int, build_dir: Path) -> tuple[list[tuple], int]:
+    tasks, done_rows = [], 0
+    for name, rows in splits.items():
+        for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
+            stop = min(start + chunk_rows, len(rows))
+            if marker_file(build_dir, name, chunk).exists():
+                done_rows += stop - start
+            else:
+                tasks.append((name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
+    return tasks, done_rows
+
+
+def store_attrs(options, source: Source, content_hash: str, policy: Policy, chunk_rows: int, splits: dict, identity: dict) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "splits": list(splits),
+        "class_names": source.class_names,
+        "image_shape": list(source.image_shape),
+        "copies": options.copies,
+        "include_original": options.include_original,
+        "val_fraction": options.val_fraction,
+        "seed": options.seed,
+        "chunk_rows": chunk_rows,
+        "policy": policy.to_attrs(),
+        "source": {
+            "kind": source.kind,
+            "location": source.location,
+            "train_count": len(source.train),
+            "test_count": len(source.test) if source.test is not None else 0,
+            "limit": options.limit,
+            "content_hash": content_hash,
+            "ignored": source.ignored,
+        },
+        "versions": package_versions(),
+        "identity": identity,
+    }
+
+
+def package_versions() -> dict:
+    versions = {"augzarr": __version__}
+    for package in ("albumentations", "numpy", "zarr", "opencv-python-headless", "numcodecs"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def finish_store(out: Path, splits: dict, chunk_rows: int, started: float) -> None:
+    """Record checksums, mark the store complete, then drop the build state."""
+    build_dir = out / BUILD_DIR
+    checksums = {
+        name: [marker_file(build_dir, name, c).read_text() for c in range(-(-len(rows) // chunk_rows))]
+        for name, rows in splits.items()
+    }
+    root = zarr.open_group(str(out), mode="r+")
+    root.attrs.update({
+        "complete": True,
+        "chunk_sha256": checksums,
+        "built": {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)},
+    })
+    shutil.rmtree(build_dir)

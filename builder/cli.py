@@ -1,0 +1,89 @@
+"""Command-line entry points: build-aug and inspect-aug. Thin: parse options, call the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli_support import run_app
+from .progress import ConsoleReporter, Reporter
+from .store import open_store
+from .summary import format_summary, human_bytes, summarize
+
+build_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@build_app.command()
+def build_aug(
+    source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/..."),
+    copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
+    include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
+    policy: str = typer.Option("notebook", help="Preset (notebook, crop-flip) or a .json/.yaml file saved with albumentations.save()."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting."),
+    out: Path = typer.Option(Path("data/aug.zarr"), help="The zarr store to write."),
+    chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
+    image_size: Optional[int] = typer.Option(None, help="Resize every image to NxN (needed when image sizes differ)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N training images (for quick trials)."),
+    seed: int = typer.Option(0, help="Seed for the split, the row order and every augmentation."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes [default: all cores]; the store's bytes do not depend on it."),
+    overwrite: bool = typer.Option(False, help="Replace a complete store, or restart an unfinished build with other arguments."),
+    preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
+    preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
+    quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
+) -> None:
+    """Pre-generate augmented copies of every training image into a chunked zarr store."""
+    from .build import BuildOptions, build_store  # albumentations loads only when building
+    from .preview import write_previews
+
+    if preview < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--preview")
+    reporter = Reporter() if quiet else ConsoleReporter()
+    options = BuildOptions(
+        source=source, out=out, copies=copies, include_original=include_original, policy=policy,
+        val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
+        workers=workers, overwrite=overwrite,
+    )
+    result = build_store(options, reporter)
+    if result.status == "already complete":
+        reporter.message(f"{out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
+        return
+    written = write_previews(open_store(out), preview, preview_dir)
+    rows = ", ".join(f"{n:,} {split}" for split, n in result.rows.items())
+    ratio = result.raw_bytes / result.bytes_on_disk if result.bytes_on_disk else 0
+    reporter.message(
+        f"{result.status} {out}: {rows} rows ({result.computed_rows:,} computed) in {result.seconds:.1f} s, "
+        f"{human_bytes(result.bytes_on_disk)} on disk (compression {ratio:.2f}x)"
+        + (f"; {len(written)} previews in {preview_dir}/" if written else "")
+    )
+    if result.ignored:
+        reporter.message(f"{len(result.ignored)} files or folders of the source were not used (listed above and in the store's attrs)")
+
+
+@inspect_app.command()
+def inspect_aug(
+    store: Path = typer.Option(Path("data/aug.zarr"), help="The store to describe."),
+    preview: int = typer.Option(0, help="Also write previews of this many training images."),
+    preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarize a store: counts per split and class, policy, source, size on disk."""
+    group = open_store(store)
+    summary = summarize(store, group)
+    print(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    if preview > 0:
+        from .preview import write_previews
+
+        written = write_previews(group, preview, preview_dir)
+        print(f"wrote {len(written)} previews to {preview_dir}/")
+
+
+def main_build() -> None:
+    run_app(build_app, "build-aug")
+
+
+def main_inspect() -> None:
+    run_app(inspect_app, "inspect-aug")

@@ -1,0 +1,46 @@
+"""Run a typer app so that every failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import typer
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def os_error_message(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left writing{where} ({exc.strerror}): free some space, then run the same command again to resume"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where} ({exc.strerror}): choose a writable --out or fix its permissions"
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
+
+
+def run_app(app: typer.Typer, prog: str) -> None:
+    try:
+        # Not standalone: typer would print usage errors as a multi-line box and swallow Ctrl-C.
+        code = app(standalone_mode=False, prog_name=prog)
+    except typer.TyperException as exc:  # bad options, in typer's words
+        fail(prog, exc.format_message().replace("\n", " "), EXIT_USAGE)
+    except UserError as exc:
+        fail(prog, str(exc), EXIT_USER_ERROR)
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
+    except OSError as exc:
+        fail(prog, os_error_message(exc), EXIT_USER_ERROR)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
+        fail(prog, "interrupted: run the same command again to resume where it stopped", EXIT_INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def fail(prog: str, message: str, code: int) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,73 @@
+"""Which source image and copy goes in which row: the validation hold-out and the row order.
+
+Everything here is a pure function of the labels, the counts and the seed, so a
+resumed or re-run build lays out exactly the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Independent random streams derived from the user's seed.
+SPLIT_STREAM = 1
+ORDER_STREAM = 2
+
+
+@dataclass
+class SplitRows:
+    """The rows of one split of the store."""
+
+    source_index: np.ndarray  # int32: row of the image in the source split it came from
+    copy_index: np.ndarray  # int16: 0 = original, k = k-th augmented copy
+    labels: np.ndarray
+    from_split: str  # the source split the images come from: "train" or "test"
+
+    def __len__(self) -> int:
+        return len(self.source_index)
+
+
+def hold_out_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of source rows into (train, val), each sorted."""
+    rng = np.random.default_rng([seed, SPLIT_STREAM])
+    val = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n_val = int(round(val_fraction * len(members)))
+        val.append(rng.permutation(members)[:n_val])
+    val_rows = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
+    train_rows = np.setdiff1d(np.arange(len(labels)), val_rows)
+    return train_rows, val_rows
+
+
+def plan_rows(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray | None,
+    copies: int,
+    include_original: bool,
+    val_fraction: float,
+    seed: int,
+) -> dict[str, SplitRows]:
+    train_sources, val_sources = hold_out_validation(train_labels, val_fraction, seed)
+    first_copy = 0 if include_original else 1
+    copy_numbers = np.arange(first_copy, copies + 1)
+    sources = np.repeat(train_sources, len(copy_numbers))
+    copy_of_row = np.tile(copy_numbers, len(train_sources))
+    # A seeded shuffle makes every chunk a fair sample of classes and sources.
+    order = np.random.default_rng([seed, ORDER_STREAM]).permutation(len(sources))
+    sources, copy_of_row = sources[order], copy_of_row[order]
+    splits = {
+        "train": SplitRows(sources.astype(np.int32), copy_of_row.astype(np.int16), train_labels[sources], "train"),
+    }
+    if len(val_sources):
+        splits["val"] = originals_only(val_sources, train_labels, "train")
+    if test_labels is not None and len(test_labels):
+        splits["test"] = originals_only(np.arange(len(test_labels)), test_labels, "test")
+    return splits
+
+
+def originals_only(source_rows: np.ndarray, labels: np.ndarray, from_split: str) -> SplitRows:
+    return SplitRows(
+        source_rows.astype(np.int32), np.zeros(len(source_rows), np.int16), labels[source_rows], from_split
+    )

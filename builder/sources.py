@@ -1,0 +1,343 @@
+"""Where training images come from: Keras' CIFAR-10 loader, the official CIFAR-10
+pickle archive, or an image folder.
+
+A source yields a training split and an optional test split. Arrays sources
+(CIFAR-10) arrive decoded; image folders arrive as file lists that the build's
+workers decode in parallel (see build.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .decode import resize_to
+from .errors import UserError
+
+# Fixed by the dataset (the official archive's batches.meta holds the same list);
+# Keras' load_data() returns labels only.
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class Split:
+    labels: np.ndarray  # int64 [n]
+    images: np.ndarray | None = None  # uint8 [n, H, W, 3] for array sources
+    files: list[Path] | None = None  # for image folders, decoded later
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Source:
+    kind: str  # "keras-cifar10", "cifar10-pickle" or "image-folder"
+    location: str
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    train: Split
+    test: Split | None
+    content_hash: str | None = None  # known up front for arrays, after decoding for folders
+    ignored: list[str] = field(default_factory=list)  # files and folders reported, not used
+
+
+def open_source(spec: str, image_size: int | None = None, limit: int | None = None) -> Source:
+    """Resolve --source (the word 'cifar10' or a path) into a Source."""
+    if spec == "cifar10":
+        source = load_keras_cifar10()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise UserError(f"--source {spec}: no such file or folder (use 'cifar10', a CIFAR-10 archive or an image folder)")
+        if path.is_file():
+            if not re.search(r"\.(tar\.gz|tgz|tar)$", path.name):
+                raise UserError(f"--source {spec}: a file must be the official cifar-10-python.tar.gz; for images pass their folder")
+            source = load_cifar10_pickle(path)
+        elif find_pickle_dir(path) is not None:
+            source = load_cifar10_pickle(path)
+        else:
+            source = scan_image_folder(path, image_size)
+    if limit is not None:
+        source.train = take_first(source.train, limit)
+    if source.train.images is not None:
+        if image_size is not None:
+            source.train.images = resize_all(source.train.images, image_size)
+            if source.test is not None:
+                source.test.images = resize_all(source.test.images, image_size)
+            source.image_shape = (image_size, image_size, 3)
+        source.content_hash = hash_arrays(source)
+    return source
+
+
+def take_first(split: Split, limit: int) -> Split:
+    return Split(
+        labels=split.labels[:limit],
+        images=None if split.images is None else split.images[:limit],
+        files=None if split.files is None else split.files[:limit],
+    )
+
+
+def resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([resize_to(image, size, size) for image in images])
+
+
+def hash_arrays(source: Source) -> str:
+    digest = hashlib.sha256()
+    for split in (source.train, source.test):
+        if split is not None:
+            digest.update(np.ascontiguousarray(split.images).data)
+            digest.update(split.labels.astype("<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+# --- Keras' own loader -------------------------------------------------------
+
+def keras_cache_dir() -> Path:
+    """Keras' dataset cache, as keras.utils.get_file computes it."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+
+
+def load_keras_cifar10() -> Source:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # Keras raises a bare Exception for a failed download
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"CIFAR-10 is not in Keras' cache ({keras_cache_dir()}) and could not be downloaded ({reason}); "
+            "connect once to let Keras download it, or download cifar-10-python.tar.gz yourself and pass "
+            "--source /path/to/cifar-10-python.tar.gz (or --source an image folder)"
+        ) from exc
+    return Source(
+        kind="keras-cifar10",
+        location="keras.datasets.cifar10",
+        class_names=list(CIFAR10_CLASSES),
+        image_shape=tuple(x_train.shape[1:]),
+        train=Split(labels=y_train.reshape(-1).astype(np.int64), images=x_train),
+        test=Split(labels=y_test.reshape(-1).astype(np.int64), images=x_test),
+    )
+
+
+# --- the official CIFAR-10 pickle format -------------------------------------
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """The batches are pickles; allow only what numpy arrays need, never arbitrary code."""
+
+    ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+
+
+def unpickle_batch(data: bytes, name: str, location: Path) -> dict:
+    try:
+        batch = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:
+        raise UserError(f"--source {location}: {name} is not a CIFAR-10 pickle batch ({exc})") from exc
+    if not isinstance(batch, dict):
+        raise UserError(f"--source {location}: {name} is not a CIFAR-10 pickle batch")
+    return batch
+
+
+def find_pickle_dir(path: Path) -> Path | None:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "batches.meta").is_file() or (candidate / "data_batch_1").is_file():
+            return candidate
+    return None
+
+
+def read_pickle_members(path: Path) -> dict[str, bytes]:
+    """Map file name -> bytes for every file of the archive or folder."""
+    wanted = re.compile(r"^(data_batch_\d+|test_batch|batches\.meta)$")
+    members: dict[str, bytes] = {}
+    if path.is_file():
+        try:
+            with tarfile.open(path) as archive:
+                for member in archive:
+                    name = Path(member.name).name
+                    if member.isfile() and wanted.match(name):
+                        members[name] = archive.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise UserError(f"--source {path}: cannot read the archive ({exc}); is it the official cifar-10-python.tar.gz?") from exc
+    else:
+        folder = find_pickle_dir(path)
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and wanted.match(file.name):
+                members[file.name] = file.read_bytes()
+    return members
+
+
+def decode_batch(batch: dict, name: str, location: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"--source {location}: {name} lacks the CIFAR-10 'data'/'labels' layout ({exc})") from exc
+    if len(images) != len(labels):
+        raise UserError(f"--source {location}: {name} has {len(images)} images but {len(labels)} labels")
+    return np.ascontiguousarray(images), labels
+
+
+def load_cifar10_pickle(path: Path) -> Source:
+    members = read_pickle_members(path)
+    batch_names = sorted((n for n in members if n.startswith("data_batch_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+    if not batch_names:
+        raise UserError(f"--source {path}: no data_batch_* files found; expected the official CIFAR-10 python format")
+    if "batches.meta" not in members:
+        raise UserError(f"--source {path}: batches.meta (the class names) is missing")
+    meta = unpickle_batch(members["batches.meta"], "batches.meta", path)
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", [])]
+    if not class_names:
+        raise UserError(f"--source {path}: batches.meta has no label_names")
+    train = [decode_batch(unpickle_batch(members[n], n, path), n, path) for n in batch_names]
+    test = None
+    if "test_batch" in members:
+        test_images, test_labels = decode_batch(unpickle_batch(members["test_batch"], "test_batch", path), "test_batch", path)
+        test = Split(labels=test_labels, images=test_images)
+    labels = np.concatenate([t[1] for t in train])
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise UserError(f"--source {path}: labels fall outside the {len(class_names)} classes of batches.meta")
+    return Source(
+        kind="cifar10-pickle",
+        location=str(path.resolve()),
+        class_names=class_names,
+        image_shape=(32, 32, 3),
+        train=Split(labels=labels, images=np.concatenate([t[0] for t in train])),
+        test=test,
+    )
+
+
+# --- image folders -----------------------------------------------------------
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in IGNORED_NAMES
+
+
+def list_class_folders(root: Path, ignored: list[str]) -> dict[str, list[Path]]:
+    """class name -> sorted image files (subfolders included), reporting all that is not used."""
+    classes: dict[str, list[Path]] = {}
+    for entry in sorted(root.iterdir()):
+        if is_hidden(entry):
+            ignored.append(f"{entry}: hidden")
+        elif not entry.is_dir():
+            ignored.append(f"{entry}: not in a class folder")
+        else:
+            files = list_images(entry, ignored)
+            if files:
+                classes[entry.name] = files
+            else:
+                ignored.append(f"{entry}: empty class folder, not used as a class")
+    return classes
+
+
+def list_images(folder: Path, ignored: list[str]) -> list[Path]:
+    files = []
+    # os.walk does not follow symbolic links to folders, so a link loop cannot trap it
+    for parent, dirs, names in os.walk(folder):
+        for name in [d for d in dirs if d.startswith(".")]:
+            ignored.append(f"{Path(parent, name)}: hidden")
+            dirs.remove(name)
+        for name in names:
+            file = Path(parent, name)
+            if is_hidden(file):
+                ignored.append(f"{file}: hidden")
+            elif file.suffix.lower() not in IMAGE_EXTENSIONS:
+                ignored.append(f"{file}: not an image file (.jpg .jpeg .png .bmp .webp)")
+            else:
+                files.append(file)
+    return sorted(files)
+
+
+def probe_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from exc
+    return height, width
+
+
+def scan_image_folder(root: Path, image_size: int | None) -> Source:
+    if not root.is_dir():
+        raise UserError(f"--source {root}: not a folder")
+    ignored: list[str] = []
+    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p)}
+    split_layout = "train" in subdirs and subdirs <= {"train", "test"}
+    train_classes = list_class_folders(root / "train" if split_layout else root, ignored)
+    if not train_classes:
+        raise UserError(f"--source {root}: no images found; expected {root}/<class>/<image> or {root}/train/<class>/<image>")
+    class_names = sorted(train_classes)
+    test_split = None
+    if split_layout and (root / "test").is_dir():
+        test_classes = list_class_folders(root / "test", ignored)
+        unknown = sorted(set(test_classes) - set(class_names))
+        if unknown:
+            raise UserError(f"--source {root}: test/ has classes that train/ lacks: {', '.join(unknown)}")
+        test_split = folder_split(test_classes, class_names)
+    train_split = folder_split(train_classes, class_names)
+    if image_size is not None:
+        shape = (image_size, image_size, 3)
+    else:
+        shape = (*probe_size(train_split.files[0]), 3)
+    return Source(
+        kind="image-folder",
+        location=str(root.resolve()),
+        class_names=class_names,
+        image_shape=shape,
+        train=train_split,
+        test=test_split,
+        ignored=ignored,
+    )
+
+
+def folder_split(classes: dict[str, list[Path]], class_names: list[str]) -> Split:
+    """A folder's order takes the classes in turn (1st file of each class, then the 2nd, ...),
+    so the first N images (--limit) sample every class, as CIFAR-10's own batches do."""
+    entries = [
+        (position, label, file)
+        for label, name in enumerate(class_names)
+        for position, file in enumerate(classes.get(name, []))
+    ]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return Split(labels=np.array([e[1] for e in entries], dtype=np.int64), files=[e[2] for e in entries])
+
+
+def hash_folder_files(source: Source) -> str:
+    """The content hash computed from the files alone, without decoding them."""
+    digests = {
+        name: [hashlib.sha256(f.read_bytes()).hexdigest() for f in split.files]
+        for name, split in (("train", source.train), ("test", source.test))
+        if split is not None
+    }
+    return folder_content_hash(source, digests)
+
+
+def folder_content_hash(source: Source, digests: dict[str, list[str]]) -> str:
+    """Hash of every used file's relative path, label and bytes, in source order."""
+    digest = hashlib.sha256()
+    root = Path(source.location)
+    for split_name, split in (("train", source.train), ("test", source.test)):
+        if split is None:
+            continue
+        for file, label, file_digest in zip(split.files, split.labels, digests[split_name]):
+            digest.update(f"{file.relative_to(root).as_posix()}\0{label}\0{file_digest}\n".encode())
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,126 @@
+"""The store format, version 1: the only contract between builder/ and trainer/.
+
+A zarr v3 group holding train/, val/ and test/ subgroups, each with
+images (uint8 [n, H, W, C]), labels, source_index and copy_index, chunked
+along the sample axis with the same number of rows per chunk. This module
+imports no albumentations: the trainer uses it to open and validate stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import UserError
+
+FORMAT_NAME = "augzarr"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+BUILD_DIR = ".build"  # present while a build is unfinished; removed when it completes
+# Chosen by bench/bench_codecs.py on real CIFAR-10 images (see BENCHMARKS.md).
+IMAGE_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"}
+
+zarr.config.set({"array.write_empty_chunks": True})  # every chunk is a file, so a missing one is a fault
+
+
+def image_compressor() -> BloscCodec:
+    return BloscCodec(cname=IMAGE_CODEC["cname"], clevel=IMAGE_CODEC["clevel"], shuffle=IMAGE_CODEC["shuffle"], typesize=1)
+
+
+def default_chunk_rows(image_shape: tuple[int, ...], target_bytes: int = 4 << 20) -> int:
+    """The largest power of two of rows whose raw size stays within ~4 MiB (1024 at 32x32x3)."""
+    rows = max(1, target_bytes // int(np.prod(image_shape)))
+    return 1 << (rows.bit_length() - 1)
+
+
+def label_dtype(n_classes: int) -> str:
+    return "uint8" if n_classes <= 256 else "int32"
+
+
+def create_skeleton(path: Path, splits: dict, image_shape: tuple[int, ...], n_classes: int, chunk_rows: int, attrs: dict) -> None:
+    """Create the group, every array, and write the small per-row arrays. Images come later, chunk by chunk."""
+    root = zarr.open_group(str(path), mode="a", zarr_format=3)
+    root.attrs.put({**attrs, "complete": False})
+    for name, rows in splits.items():
+        group = root.require_group(name)
+        n = len(rows)
+        common = {"chunks": (chunk_rows,), "overwrite": True}
+        group.create_array(
+            "images",
+            shape=(n, *image_shape),
+            chunks=(chunk_rows, *image_shape),
+            dtype="uint8",
+            compressors=image_compressor(),
+            fill_value=0,
+            overwrite=True,
+        )
+        group.create_array("labels", shape=(n,), dtype=label_dtype(n_classes), **common)[:] = rows.labels
+        group.create_array("source_index", shape=(n,), dtype="int32", **common)[:] = rows.source_index
+        group.create_array("copy_index", shape=(n,), dtype="int16", **common)[:] = rows.copy_index
+
+
+def read_attrs(path: Path) -> dict | None:
+    """The group attributes, or None when path holds no readable zarr group metadata."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("node_type") != "group":
+        return None
+    return meta.get("attributes", {})
+
+
+def is_build_in_progress(path: Path) -> bool:
+    return (path / BUILD_DIR).is_dir()
+
+
+def open_store(path: str | Path, require_complete: bool = True) -> zarr.Group:
+    """Open a store for reading, refusing anything that is not a complete format-1 store."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"store {path} does not exist: build one with build-aug --out {path}")
+    attrs = read_attrs(path)
+    if attrs is None or attrs.get("format") != FORMAT_NAME:
+        raise UserError(f"{path} is not an augzarr store (no augzarr group metadata in {path / 'zarr.json'})")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"store {path} has format version {version}, newer than this augzarr reads ({FORMAT_VERSION}): upgrade augzarr")
+    if require_complete and (not attrs.get("complete") or is_build_in_progress(path)):
+        raise UserError(f"store {path} is incomplete (its build was interrupted or is running): rerun the same build-aug command to finish it")
+    group = zarr.open_group(str(path), mode="r")
+    missing = [f"{s}/{a}" for s in attrs.get("splits", []) for a in ("images", "labels", "source_index", "copy_index") if f"{s}/{a}" not in group]
+    if missing:
+        raise UserError(f"store {path} is damaged: missing arrays {', '.join(missing)}; rebuild it with build-aug --overwrite")
+    return group
+
+
+def size_on_disk(path: Path) -> int:
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def raw_image_bytes(group: zarr.Group) -> int:
+    return sum(group[f"{s}/images"].nbytes for s in SPLITS if f"{s}/images" in group)
+
+
+def remove_store_contents(path: Path, keep: str) -> None:
+    """Delete everything in path except the entry named keep."""
+    for entry in path.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -1,0 +1,74 @@
+"""inspect-aug's summary of a store: what is in it, how it was made, what it costs on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .store import SPLITS, raw_image_bytes, size_on_disk
+
+
+def summarize(path: Path, group: zarr.Group) -> dict:
+    attrs = dict(group.attrs)
+    classes = attrs["class_names"]
+    counts = {}
+    for split in SPLITS:
+        if split in group:
+            labels = group[f"{split}/labels"][:]
+            counts[split] = np.bincount(labels, minlength=len(classes)).tolist()
+    disk = size_on_disk(path)
+    raw = raw_image_bytes(group)
+    return {
+        "path": str(path),
+        "complete": bool(attrs.get("complete")),
+        "format_version": attrs["format_version"],
+        "image_shape": attrs["image_shape"],
+        "class_names": classes,
+        "counts": counts,
+        "copies": attrs["copies"],
+        "include_original": attrs["include_original"],
+        "val_fraction": attrs["val_fraction"],
+        "seed": attrs["seed"],
+        "chunk_rows": attrs["chunk_rows"],
+        "policy": attrs["policy"]["name"],
+        "policy_transforms": [t["__class_fullname__"] for t in attrs["policy"]["albumentations"]["transform"]["transforms"]],
+        "source": attrs["source"],
+        "bytes_on_disk": disk,
+        "raw_image_bytes": raw,
+        "compression_ratio": raw / disk if disk else None,
+        "versions": attrs.get("versions", {}),
+        "built": attrs.get("built", {}),
+    }
+
+
+def format_summary(s: dict) -> str:
+    src = s["source"]
+    lines = [
+        f"store        {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE'}, format v{s['format_version']})",
+        f"images       {'x'.join(map(str, s['image_shape']))} uint8, {s['chunk_rows']} rows per chunk",
+        f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
+        + (f", limit {src['limit']}" if src.get("limit") else "") + f") {src['content_hash'][:23]}...",
+        f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}",
+        f"copies       {s['copies']} per image, originals {'included' if s['include_original'] else 'not included'}, seed {s['seed']}, val fraction {s['val_fraction']}",
+        f"on disk      {human_bytes(s['bytes_on_disk'])} for {human_bytes(s['raw_image_bytes'])} of pixels (ratio {s['compression_ratio']:.2f})",
+    ]
+    if src.get("ignored"):
+        lines.append(f"not used     {len(src['ignored'])} files or folders of the source (see the store's attrs)")
+    splits = list(s["counts"])
+    width = max(len(c) for c in s["class_names"] + ["class", "total"])
+    lines.append("")
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{n:>9}" for n in splits))
+    for i, name in enumerate(s["class_names"]):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{s['counts'][n][i]:>9,}" for n in splits))
+    lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(s['counts'][n]):>9,}" for n in splits))
+    return "\n".join(lines)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,106 @@
+"""What each build worker process does: decode source images, compute whole chunks.
+
+A chunk is the unit of work and of commit: the worker computes all its rows,
+writes them with one chunk-aligned zarr write (atomic on a local store), then
+records the chunk's checksum in a marker file. A chunk without a marker is
+recomputed on resume, and recomputing it gives the same bytes because each
+row's random state derives from (seed, source index, copy index) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import zarr
+
+from .decode import read_image_file, resize_to
+from .errors import UserError
+from .policies import Policy, SampleSeeder
+from .store import BUILD_DIR
+
+_worker: "WorkerState | None" = None
+
+
+class WorkerState:
+    def __init__(self, store_path: str, policy_attrs: dict, seed: int):
+        self.store_path = store_path
+        self.build_dir = Path(store_path) / BUILD_DIR
+        self.pipeline = Policy.from_attrs(policy_attrs).pipeline
+        self.seeder = SampleSeeder(self.pipeline, seed)
+        self.sources: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, zarr.Array] = {}
+
+    def source(self, split: str) -> np.ndarray:
+        if split not in self.sources:
+            self.sources[split] = np.load(source_file(self.build_dir, split), mmap_mode="r")
+        return self.sources[split]
+
+    def array(self, split: str) -> zarr.Array:
+        if split not in self.arrays:
+            self.arrays[split] = zarr.open_array(self.store_path, path=f"{split}/images", mode="r+")
+        return self.arrays[split]
+
+
+def source_file(build_dir: Path, split: str) -> Path:
+    return build_dir / f"source-{split}.npy"
+
+
+def marker_file(build_dir: Path, split: str, chunk: int) -> Path:
+    return build_dir / "chunks" / f"{split}.{chunk}"
+
+
+def init_worker(store_path: str, policy_attrs: dict, seed: int) -> None:
+    # Ctrl-C reaches the whole process group; the parent alone reports it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    numcodecs.blosc.use_threads = False  # one process per core already
+    global _worker
+    _worker = WorkerState(store_path, policy_attrs, seed)
+
+
+def decode_files(task: tuple) -> tuple[str, int, list[str]]:
+    """Decode files into rows [start, start + len(files)) of a source split's array."""
+    split, start, files, resize = task
+    target = np.load(source_file(_worker.build_dir, split), mmap_mode="r+")
+    height, width = target.shape[1:3]
+    digests = []
+    for offset, file in enumerate(files):
+        image, digest = read_image_file(Path(file))
+        if image.shape[:2] != (height, width):
+            if not resize:
+                raise UserError(
+                    f"images differ in size: {file} is {image.shape[1]}x{image.shape[0]}, the first is "
+                    f"{width}x{height}; pass --image-size N to resize them all to NxN"
+                )
+            image = resize_to(image, height, width)
+        target[start + offset] = image
+        digests.append(digest)
+    target.flush()
+    return split, start, digests
+
+
+def compute_chunk(task: tuple) -> tuple[str, int, int]:
+    """Compute and write one chunk of a split's images; return (split, chunk, rows)."""
+    split, chunk, start, from_split, source_index, copy_index = task
+    state = _worker
+    source = state.source(from_split)
+    block = np.empty((len(source_index), *source.shape[1:]), np.uint8)
+    for row, (s, k) in enumerate(zip(source_index.tolist(), copy_index.tolist())):
+        if k == 0:
+            block[row] = source[s]
+        else:
+            state.seeder.reseed(s, k)
+            block[row] = state.pipeline(image=source[s])["image"]
+    state.array(split)[start : start + len(block)] = block
+    write_atomic(marker_file(state.build_dir, split, chunk), hashlib.sha256(block).hexdigest())
+    return split, chunk, len(block)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

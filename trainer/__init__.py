@@ -1,0 +1,1 @@
+"""augzarr trainer: stream a store into a Keras CNN."""
