@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,9 +108,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     build_dir = out / BUILD_DIR
 
     workers = options.workers or default_workers()
-    context = multiprocessing.get_context("forkserver")  # never fork a process that may hold TensorFlow or zarr threads
-    context.set_forkserver_preload(["builder.worker"])
-    pool = context.Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed))
+    pool = pool_context().Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed))
     with pool:
         content_hash = stage_source(source, build_dir, pool, options.image_size is not None, reporter)
         recorded = json.loads((build_dir / "build.json").read_text())
@@ -141,6 +140,16 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
         raw_bytes=raw_image_bytes(root),
         ignored=source.ignored,
     )
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe: workers start at once with everything imported (spawned
+    workers would each spend ~1 s importing albumentations). A process that has
+    started TensorFlow's threads (the Keras loader) must not fork; it uses forkserver."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and "tensorflow" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> dict:
@@ -226,7 +235,6 @@ def stage_source(source: Source, build_dir: Path, pool, resize: bool, reporter: 
         for name, split in splits.items():
             target = np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=split.images.shape)
             target[:] = split.images
-            target.flush()
         return source.content_hash
     tasks = []
     for name, split in splits.items():
@@ -301,7 +309,7 @@ def finish_store(out: Path, splits: dict, chunk_rows: int, started: float) -> No
     root = zarr.open_group(str(out), mode="r+")
     root.attrs.update({
         "complete": True,
-        "chunk_sha256": checksums,
+        "chunk_crc32": checksums,
         "built": {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)},
     })
     shutil.rmtree(build_dir)

@@ -33,10 +33,10 @@ def read_image_file(path: Path) -> tuple[np.ndarray, str]:
     if data[:2] == b"\xff\xd8" and JPEG_END_OF_IMAGE not in data[-16:]:
         # libjpeg fills a truncated JPEG with grey and only warns: refuse it instead
         raise UserError(f"image {path} is a truncated JPEG: remove it or replace it")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise UserError(f"cannot decode image {path}: not a supported image or corrupt; remove it or replace it")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), digest
+    return rgb, digest
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from .errors import UserError
 
@@ -23,14 +22,13 @@ FORMAT_NAME = "augzarr"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 BUILD_DIR = ".build"  # present while a build is unfinished; removed when it completes
-# Chosen by bench/bench_codecs.py on real CIFAR-10 images (see BENCHMARKS.md).
-IMAGE_CODEC = {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"}
+# Image chunks are stored raw. bench/bench_codecs.py on real CIFAR-10 chunks (BENCHMARKS.md):
+# the best generic codec saves 15% (blosc zstd + bitshuffle) at 10x the write and 6x the read
+# time, lz4 saves under 1%; decoded JPEG pixels are close to incompressible for these codecs.
+IMAGE_CODEC = "none"
+SMALL_ARRAY_CHUNK = 1 << 20  # rows per chunk of labels, source_index, copy_index
 
 zarr.config.set({"array.write_empty_chunks": True})  # every chunk is a file, so a missing one is a fault
-
-
-def image_compressor() -> BloscCodec:
-    return BloscCodec(cname=IMAGE_CODEC["cname"], clevel=IMAGE_CODEC["clevel"], shuffle=IMAGE_CODEC["shuffle"], typesize=1)
 
 
 def default_chunk_rows(image_shape: tuple[int, ...], target_bytes: int = 4 << 20) -> int:
@@ -50,13 +48,14 @@ def create_skeleton(path: Path, splits: dict, image_shape: tuple[int, ...], n_cl
     for name, rows in splits.items():
         group = root.require_group(name)
         n = len(rows)
-        common = {"chunks": (chunk_rows,), "overwrite": True}
+        # per-row arrays are tiny: few big chunks (one file each) rather than one per image chunk
+        common = {"chunks": (max(1, min(n, SMALL_ARRAY_CHUNK)),), "overwrite": True}
         group.create_array(
             "images",
             shape=(n, *image_shape),
             chunks=(chunk_rows, *image_shape),
             dtype="uint8",
-            compressors=image_compressor(),
+            compressors=None,  # see IMAGE_CODEC
             fill_value=0,
             overwrite=True,
         )
