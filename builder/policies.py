@@ -27,11 +27,15 @@ def notebook_policy(height: int, width: int) -> A.Compose:
 
     Keras draws the x and y zoom independently from [0.8, 1.2], as keep_ratio=False
     does here; fill_mode 'nearest' repeats the edge pixel, which is BORDER_REPLICATE.
+    Albumentations shifts by whole pixels: translate_percent would truncate 20% toward
+    zero (0 twice as likely as any other shift), so the shift is drawn uniformly from
+    the whole pixels within 20% instead (-6..6 at 32 px).
     """
+    max_dx, max_dy = int(0.2 * width), int(0.2 * height)
     return A.Compose([
         A.Affine(
             rotate=(-40, 40),
-            translate_percent={"x": (-0.2, 0.2), "y": (-0.2, 0.2)},
+            translate_px={"x": (-max_dx, max_dx), "y": (-max_dy, max_dy)},
             scale=(0.8, 1.2),
             keep_ratio=False,
             interpolation=cv2.INTER_LINEAR,

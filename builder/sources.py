@@ -135,12 +135,18 @@ def load_keras_cifar10() -> Source:
 # --- the official CIFAR-10 pickle format -------------------------------------
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """The batches are pickles; allow only what numpy arrays need, never arbitrary code."""
+    """The batches are pickles: allow what numpy arrays need and nothing else, never
+    arbitrary code (the same globals as Keras' own RestrictedUnpickler)."""
 
-    ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] == "numpy" and name in self.ALLOWED:
+        if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
 

@@ -1,0 +1,105 @@
+"""Small real data the tests make themselves: JPEG/PNG image folders and CIFAR-10 pickle archives."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random but natural-looking image: a smooth gradient plus a blob, so augmentations visibly act."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    colour = rng.uniform(0, 255, (2, 3))
+    img = colour[0] * x[..., None] + colour[1] * y[..., None]
+    cy, cx = rng.uniform(0.2, 0.8, 2)
+    img[(y - cy) ** 2 + (x - cx) ** 2 < 0.04] = rng.uniform(0, 255, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_image_folder(root: Path, classes: dict[str, int], size: int = 16, seed: int = 0, fmt: str = "jpg") -> Path:
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(smooth_image(rng, size)).save(root / name / f"{i:04d}.{fmt}", quality=95)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """3 classes x 10 JPEGs of 16x16."""
+    return write_image_folder(tmp_path / "images", {"cat": 10, "dog": 10, "emu": 10})
+
+
+def cifar_batch(images: np.ndarray, labels: np.ndarray, name: str) -> bytes:
+    """One batch in the official format: a pickled dict of bytes keys, data as [n, 3072] CHW rows.
+    Protocol 4 stores bytes natively, as the official Python 2 pickles' strings load with encoding='bytes'."""
+    batch = {
+        b"batch_label": name.encode(),
+        b"labels": [int(v) for v in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }
+    return pickle.dumps(batch, protocol=4)
+
+
+def write_cifar_archive(path: Path, n_batches: int = 2, per_batch: int = 20, n_test: int = 10, seed: int = 0) -> dict:
+    """A small cifar-10-python.tar.gz; returns the arrays it holds."""
+    rng = np.random.default_rng(seed)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    train = np.stack([smooth_image(rng, 32) for _ in range(n_batches * per_batch)])
+    train_labels = rng.integers(0, 10, len(train))
+    test = np.stack([smooth_image(rng, 32) for _ in range(n_test)])
+    test_labels = rng.integers(0, 10, n_test)
+    members = {f"data_batch_{b + 1}": cifar_batch(train[b * per_batch:(b + 1) * per_batch], train_labels[b * per_batch:(b + 1) * per_batch], f"training batch {b + 1}") for b in range(n_batches)}
+    members["test_batch"] = cifar_batch(test, test_labels, "testing batch 1")
+    members["batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in names], b"num_vis": 3072, b"num_cases_per_batch": per_batch}, protocol=4)
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return {"train": train, "train_labels": train_labels, "test": test, "test_labels": test_labels, "names": names}
+
+
+@pytest.fixture
+def cifar_archive(tmp_path) -> tuple[Path, dict]:
+    path = tmp_path / "cifar-10-python.tar.gz"
+    return path, write_cifar_archive(path)
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """Run an installed console script (build-aug, inspect-aug, ...) as a user would."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def store_arrays(path: Path) -> dict[str, np.ndarray]:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {f"{split}/{name}": group[f"{split}/{name}"][:] for split in ("train", "val", "test") if split in group
+            for name in ("images", "labels", "source_index", "copy_index")}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    arrays_a, arrays_b = store_arrays(a), store_arrays(b)
+    assert arrays_a.keys() == arrays_b.keys()
+    for key in arrays_a:
+        assert arrays_a[key].dtype == arrays_b[key].dtype, key
+        assert np.array_equal(arrays_a[key], arrays_b[key]), f"{key} differs"
