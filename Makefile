@@ -1,0 +1,26 @@
+# Each target does its own set-up on a fresh machine (only Python 3.11+, pip and git needed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test run bench clean
+
+$(BIN)/build-aug: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/build-aug
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+run: setup
+	$(BIN)/build-aug --copies 5
+
+bench: setup
+	$(BIN)/python bench/bench_codecs.py --store data/aug.zarr
+
+clean:
+	rm -rf $(VENV) preview
