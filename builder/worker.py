@@ -10,8 +10,8 @@ row's random state derives from (seed, source index, copy index) alone.
 from __future__ import annotations
 
 import os
-import zlib
 import signal
+import zlib
 from pathlib import Path
 
 import numcodecs
@@ -37,8 +37,7 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
-            # a plain ndarray view of the map: indexing the np.memmap subclass costs ~15 us a row
-            self.sources[split] = np.asarray(np.load(source_file(self.build_dir, split), mmap_mode="r"))
+            self.sources[split] = map_source(self.build_dir, split, "r")
         return self.sources[split]
 
     def array(self, split: str) -> zarr.Array:
@@ -49,6 +48,12 @@ class WorkerState:
 
 def source_file(build_dir: Path, split: str) -> Path:
     return build_dir / f"source-{split}.npy"
+
+
+def map_source(build_dir: Path, split: str, mode: str) -> np.ndarray:
+    """The decoded source split, shared through a file mapping, as a plain ndarray view:
+    indexing the np.memmap subclass itself costs ~15 us a row."""
+    return np.asarray(np.load(source_file(build_dir, split), mmap_mode=mode))
 
 
 def marker_file(build_dir: Path, split: str, chunk: int) -> Path:
@@ -66,7 +71,7 @@ def init_worker(store_path: str, policy_attrs: dict, seed: int) -> None:
 def decode_files(task: tuple) -> tuple[str, int, list[str]]:
     """Decode files into rows [start, start + len(files)) of a source split's array."""
     split, start, files, resize = task
-    target = np.asarray(np.load(source_file(_worker.build_dir, split), mmap_mode="r+"))  # see WorkerState.source
+    target = map_source(_worker.build_dir, split, "r+")
     height, width = target.shape[1:3]
     digests = []
     for offset, file in enumerate(files):
