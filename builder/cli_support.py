@@ -23,7 +23,7 @@ def os_error_message(exc: OSError) -> str:
     return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
-def run_app(app: typer.Typer, prog: str) -> None:
+def run_app(app: typer.Typer, prog: str, interrupted_hint: str = "run the same command again to resume where it stopped") -> None:
     try:
         # Not standalone: typer would print usage errors as a multi-line box and swallow Ctrl-C.
         code = app(standalone_mode=False, prog_name=prog)
@@ -36,7 +36,7 @@ def run_app(app: typer.Typer, prog: str) -> None:
     except OSError as exc:
         fail(prog, os_error_message(exc), EXIT_USER_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
-        fail(prog, "interrupted: run the same command again to resume where it stopped", EXIT_INTERRUPTED)
+        fail(prog, f"interrupted: {interrupted_hint}", EXIT_INTERRUPTED)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -1,0 +1,330 @@
+"""train and evaluate on small stores the tests build themselves, with the real TensorFlow on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from builder.build import BuildOptions, build_store
+from builder.errors import UserError
+from conftest import BIN, REPO, run_cli, write_image_folder
+
+CLASSES = {"cat": 12, "dog": 12, "emu": 12}
+FAST = ["--epochs", "2", "--batch-size", "16"]
+
+
+def make_store(root: Path, size: int = 16, copies: int = 2, test: bool = True, **options) -> Path:
+    images = root / f"images-{size}"
+    if not images.exists():
+        write_image_folder(images / "train", CLASSES, size=size)
+        if test:
+            write_image_folder(images / "test", {name: 4 for name in CLASSES}, size=size, seed=1)
+    out = root / f"store-{size}-{copies}-{'test' if test else 'notest'}.zarr"
+    build_store(BuildOptions(source=str(images), out=out, copies=copies, chunk_size=8, val_fraction=0.25, workers=1, **options))
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """3 classes; train 27 sources x 3 rows = 81 rows in 11 chunks; val 9; test 12; 16x16."""
+    return make_store(tmp_path_factory.mktemp("train-store"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    result = run_cli("train", "--store", str(store), *FAST, "--out", str(run_dir), check=True)
+    return run_dir, result
+
+
+# -- the stream ---------------------------------------------------------------------------------------
+
+def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
+    from trainer.stream import StoreStream
+
+    group = zarr.open_group(str(store), mode="r")
+    images = group["train/images"][:]
+    stream = StoreStream(group, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3)  # batches straddle windows
+    assert stream.batches_per_epoch == 9  # 81 rows
+    orders = []
+    for epoch in range(2):
+        batches = [stream[epoch * stream.batches_per_epoch + i] for i in range(stream.batches_per_epoch)]
+        x = np.concatenate([b[0] for b in batches])
+        y = np.concatenate([b[1] for b in batches])
+        assert x.dtype == np.uint8 and x.shape == images.shape
+        assert [len(b[0]) for b in batches] == [10] * 8 + [1]
+        # each stored row exactly once, with its own label
+        rows = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in x]
+        assert sorted(rows) == list(range(len(images)))
+        assert np.array_equal(y, group["train/labels"][:][rows])
+        assert len(stream._windows) <= 2  # memory: the current window and the one being read ahead
+        orders.append(rows)
+    assert orders[0] != orders[1]
+    stream.close()
+
+    again = StoreStream(group, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3, start_epoch=1)
+    assert all(np.array_equal(again[i][0], stream[stream.batches_per_epoch + i][0]) for i in range(stream.batches_per_epoch))
+    other_seed = StoreStream(group, "train", batch_size=10, shuffle=True, seed=4, buffer_chunks=3)
+    assert not np.array_equal(other_seed[0][0], stream[0][0])
+    again.close(), other_seed.close()
+
+
+def test_unshuffled_stream_is_one_pass_in_stored_order(store):
+    from trainer.stream import StoreStream
+
+    group = zarr.open_group(str(store), mode="r")
+    stream = StoreStream(group, "val", batch_size=4, shuffle=False)
+    assert stream.num_batches == 3
+    x = np.concatenate([stream[i][0] for i in range(stream.num_batches)])
+    assert np.array_equal(x, group["val/images"][:])
+    with pytest.raises(IndexError):
+        stream[stream.num_batches]
+    stream.close()
+
+
+def test_stream_feeds_fit_on_tensorflow(store):
+    import keras
+
+    from trainer.models import build_model
+    from trainer.stream import StoreStream
+
+    assert keras.backend.backend() == "tensorflow"
+    group = zarr.open_group(str(store), mode="r")
+    stream = StoreStream(group, "train", batch_size=16, shuffle=True)
+    model = build_model("shallow", (16, 16, 3), 3)
+    assert stream[0][0].dtype == np.uint8 and type(model.layers[0]).__name__ == "Rescaling"  # uint8 until the model
+    model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(stream, steps_per_epoch=stream.batches_per_epoch, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    stream.close()
+
+
+JAX_FIT = """
+import sys, numpy as np, keras, zarr
+from trainer.stream import StoreStream
+from trainer.models import build_model
+assert keras.backend.backend() == "jax", keras.backend.backend()
+group = zarr.open_group(sys.argv[1], mode="r")
+stream = StoreStream(group, "train", batch_size=16, shuffle=True)
+model = build_model("deep", (16, 16, 3), 3)
+model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+history = model.fit(stream, steps_per_epoch=stream.batches_per_epoch, epochs=1, shuffle=False, verbose=0,
+                    validation_data=StoreStream(group, "val", batch_size=16, shuffle=False))
+print("loss", history.history["loss"][0], "val_accuracy", history.history["val_accuracy"][0])
+"""
+
+
+def test_stream_feeds_fit_on_jax(store):
+    pytest.importorskip("jax")
+    result = subprocess.run([sys.executable, "-c", JAX_FIT, str(store)], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_accuracy" in result.stdout
+
+
+# -- models -------------------------------------------------------------------------------------------
+
+def test_models_follow_the_notebook_and_size_from_the_store():
+    from keras import layers
+
+    from trainer.models import build_model
+
+    deep = build_model("deep", (32, 32, 3), 10)
+    convs = [layer for layer in deep.layers if isinstance(layer, layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 32, 64, 64]
+    assert all(c.kernel_size == (3, 3) and c.strides == (1, 1) for c in convs)  # the Conv2D(64, 3, 3) bug fixed
+    assert [type(layer).__name__ for layer in deep.layers][:1] == ["Rescaling"]
+    assert [layer.rate for layer in deep.layers if isinstance(layer, layers.Dropout)] == [0.25, 0.25, 0.5]
+    assert deep.output_shape == (None, 10)
+    shallow = build_model("shallow", (24, 20, 3), 7)
+    assert len([layer for layer in shallow.layers if isinstance(layer, layers.Conv2D)]) == 1
+    assert shallow.input_shape == (None, 24, 20, 3) and shallow.output_shape == (None, 7)
+
+
+# -- train end to end ---------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run_folder(finished_run, store):
+    run_dir, result = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"Test score: {metrics['loss']:.4f}" in result.stdout
+    assert f"Test accuracy: {metrics['accuracy']:.4f}" in result.stdout
+    assert metrics["evaluated_on"] == "test" and metrics["count"] == 12
+    assert np.array(metrics["confusion_matrix"]).sum() == 12
+    assert set(metrics["per_class"]) == set(CLASSES)
+    for name in ("model.keras", "model.json", "model.weights.h5", "history.csv", "curves.png", "confusion.png", "model_card.md"):
+        assert (run_dir / name).stat().st_size > 0, name
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "complete" and run["options"]["epochs"] == 2
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(history) == 3
+    card = (run_dir / "model_card.md").read_text()
+    attrs = zarr.open_group(str(store), mode="r").attrs
+    assert attrs["source"]["content_hash"] in card and "notebook" in card and "gap" in card and "Known limits" in card
+
+    import keras
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    architecture = keras.models.model_from_json((run_dir / "model.json").read_text())
+    architecture.load_weights(run_dir / "model.weights.h5")
+    x = zarr.open_group(str(store), mode="r")["test/images"][:]
+    assert np.allclose(model.predict(x, verbose=0), architecture.predict(x, verbose=0), atol=1e-6)
+
+
+def test_evaluate_on_the_store_matches_train_and_writes_json(finished_run, store, tmp_path):
+    run_dir, _ = finished_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result = run_cli("evaluate", "--model", str(run_dir), "--store", str(store), "--json", str(tmp_path / "eval.json"), check=True)
+    assert f"Test accuracy: {metrics['accuracy']:.4f}" in result.stdout
+    for name in CLASSES:
+        assert name in result.stdout
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["confusion_matrix"] == metrics["confusion_matrix"]
+    assert written["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+
+
+def test_evaluate_on_an_image_folder_resizes_to_the_model(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    folder = write_image_folder(tmp_path / "photos", {"dog": 3, "emu": 2}, size=24)  # a subset of the classes, bigger images
+    result = run_cli("evaluate", "--model", str(run_dir), "--source", str(folder), "--json", str(tmp_path / "e.json"), check=True)
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert written["count"] == 5
+    assert written["per_class"]["dog"]["count"] == 3 and written["per_class"]["emu"]["count"] == 2
+    assert written["per_class"]["cat"]["accuracy"] is None
+    assert "Test accuracy" in result.stdout
+
+    unknown = write_image_folder(tmp_path / "zoo", {"yak": 2}, size=16)
+    refused = run_cli("evaluate", "--model", str(run_dir), "--source", str(unknown))
+    assert refused.returncode == 1 and "yak" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_same_seed_and_store_give_the_same_run(store, tmp_path):
+    import keras
+
+    from trainer.training import train_run
+
+    weights = []
+    for name in ("one", "two"):
+        train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 5}, out=tmp_path / name, verbose=0, say=lambda _: None)
+        weights.append(keras.models.load_model(tmp_path / name / "model.keras").get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 6}, out=tmp_path / "three", verbose=0, say=lambda _: None)
+    other = keras.models.load_model(tmp_path / "three" / "model.keras").get_weights()
+    assert not np.array_equal(other[0], weights[0][0])
+
+
+def test_store_without_test_split_is_evaluated_on_val_and_says_so(tmp_path):
+    store = make_store(tmp_path, test=False, copies=1)
+    result = run_cli("train", "--store", str(store), "--epochs", "1", "--batch-size", "16", "--model", "shallow", "--out", str(tmp_path / "r"), check=True)
+    assert "no test split" in result.stdout
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["evaluated_on"] == "val"
+    assert "validation split" in (tmp_path / "r" / "model_card.md").read_text()
+
+
+# -- resume -------------------------------------------------------------------------------------------
+
+def wait_for_epochs(run_dir: Path, at_least: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        progress = run_dir / "state" / "progress.json"
+        if progress.exists() and json.loads(progress.read_text())["epochs_done"] >= at_least:
+            return
+        assert process.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no epoch finished in time")
+
+
+@pytest.mark.parametrize("how", ["kill -9", "ctrl-c"])
+def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
+    run_dir = tmp_path / "run"
+    epochs = 5
+    process = subprocess.Popen([str(BIN / "train"), "--store", str(store), "--epochs", str(epochs), "--batch-size", "8", "--out", str(run_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_epochs(run_dir, 1, process)
+    if how == "kill -9":
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130
+        assert "--resume" in stderr and "Traceback" not in stderr
+    progress = json.loads((run_dir / "state" / "progress.json").read_text())
+    assert 1 <= progress["epochs_done"] < epochs
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_cli("train", "--resume", "--out", str(run_dir), check=True)
+    assert f"after epoch {progress['epochs_done']} of {epochs}" in resumed.stdout
+    rows = (run_dir / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, epochs + 1))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert (run_dir / "model.keras").exists() and (run_dir / "metrics.json").exists()
+    assert len(list((run_dir / "state").glob("epoch-*.keras"))) == 1
+
+
+def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp_path):
+    run_dir, _ = finished_run
+    done = run_cli("train", "--resume", "--out", str(run_dir))
+    assert done.returncode == 1 and "already complete" in done.stderr
+
+    from trainer.training import train_run
+
+    progress_dir = tmp_path / "partial"
+    train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=progress_dir, verbose=0, say=lambda _: None)
+    run = json.loads((progress_dir / "run.json").read_text())
+    (progress_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))  # as if stopped before its reports
+    with pytest.raises(UserError, match="--batch-size 16 -> 32"):
+        train_run({"batch_size": 32}, out=progress_dir, resume=True)
+    with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
+        train_run({"store": str(store)}, out=progress_dir)
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+def test_bad_stores_and_options_give_one_line(store, tmp_path):
+    import shutil
+
+    from trainer.training import train_run
+
+    def refused(given: dict, match: str, out: Path | None = None) -> None:
+        with pytest.raises(UserError, match=match):
+            train_run(given, out=out or tmp_path / "never", verbose=0)
+        assert not (tmp_path / "never").exists()  # nothing written for a refused run
+
+    refused({"store": str(tmp_path / "missing.zarr")}, "does not exist")
+    (tmp_path / "folder").mkdir()
+    refused({"store": str(tmp_path / "folder")}, "not an augzarr store")
+    for name, edit, match in [("newer", {"format_version": 2}, "newer than this augzarr reads"),
+                              ("incomplete", {"complete": False}, "is incomplete")]:
+        copy = tmp_path / f"{name}.zarr"
+        shutil.copytree(store, copy)
+        meta = json.loads((copy / "zarr.json").read_text())
+        meta["attributes"].update(edit)
+        (copy / "zarr.json").write_text(json.dumps(meta))
+        refused({"store": str(copy)}, match)
+    refused({"store": str(store), "epochs": 0}, "--epochs must be at least 1")
+    refused({"store": str(store), "optimizer": "adagrad"}, "--optimizer must be one of")
+    (tmp_path / "afile").write_text("x")
+    refused({"store": str(store)}, "is a file", out=tmp_path / "afile")
+
+    cli = run_cli("train", "--store", str(store), "--epochs", "0", "--out", str(tmp_path / "never"))
+    assert cli.returncode == 1 and cli.stderr.strip() == "train: error: --epochs must be at least 1"
+    unwritable = run_cli("train", "--store", str(store), "--epochs", "1", "--out", "/proc/augzarr-run")
+    assert unwritable.returncode == 1 and "/proc/augzarr-run" in unwritable.stderr and len(unwritable.stderr.strip().splitlines()) == 1
+
+
+def test_model_and_store_that_disagree_are_refused(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    bigger = make_store(tmp_path, size=32, copies=1)
+    result = run_cli("evaluate", "--model", str(run_dir), "--store", str(bigger))
+    assert result.returncode == 1 and "(16, 16, 3)" in result.stderr and "(32, 32, 3)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,107 @@
+"""Command-line entry points: train and evaluate. Thin: parse options, call the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from builder.cli_support import run_app
+
+train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@train_app.command()
+def train(
+    store: Optional[str] = typer.Option(None, help="The augzarr store to train from [default: data/aug.zarr]."),
+    model: Optional[str] = typer.Option(None, help="deep (the notebook's second network) or shallow (its first) [default: deep]."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the store's training rows [default: 20]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 128]."),
+    optimizer: Optional[str] = typer.Option(None, help="rmsprop, adam or sgd [default: rmsprop]."),
+    learning_rate: Optional[float] = typer.Option(None, help="[default: the optimizer's Keras default, 0.001 for rmsprop]"),
+    seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
+    buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
+    out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the latest unfinished run]."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
+    quiet: bool = typer.Option(False, help="No per-epoch progress."),
+) -> None:
+    """Stream a store into the CNN, validate every epoch, evaluate, and write a run folder."""
+    from .training import train_run
+
+    given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                                    learning_rate=learning_rate, seed=seed, buffer_chunks=buffer_chunks).items() if v is not None}
+    say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
+    result = train_run(given, out=out, resume=resume, verbose=0 if quiet else ("auto" if sys.stdout.isatty() else 2), say=say)
+    metrics = result.metrics
+    # the notebook's two lines, always printed
+    print(f"Test score: {metrics['loss']:.4f}")
+    print(f"Test accuracy: {metrics['accuracy']:.4f}")
+    say(f"({result.evaluated_on} split, {metrics['count']:,} images); run folder: {result.run_dir}")
+
+
+@evaluate_app.command()
+def evaluate(
+    model: Path = typer.Option(..., help="A finished run folder (train --out)."),
+    store: Optional[Path] = typer.Option(None, help="Evaluate on this store's test split (val when it has none)."),
+    source: Optional[Path] = typer.Option(None, help="Or on an image folder DIR/<class>/<image> with the model's classes."),
+    split: Optional[str] = typer.Option(None, help="With --store: test or val [default: test, else val]."),
+    batch_size: int = typer.Option(256, help="Images per prediction step."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Loss, accuracy and per-class accuracy of a trained model."""
+    from builder.errors import UserError
+
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, write_json
+
+    if (store is None) == (source is None):
+        raise UserError("give exactly one of --store PATH or --source DIR")
+    if split not in (None, "test", "val"):
+        raise typer.BadParameter("must be test or val", param_hint="--split")
+    if batch_size < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    if store is not None:
+        metrics = evaluate_on_store(model, store, split, batch_size)
+    else:
+        metrics = evaluate_on_folder(model, source, batch_size)
+    print(f"{metrics['model']} on {metrics['data']}, {metrics['count']:,} images")
+    print(format_metrics(metrics))
+    if json_out is not None:
+        write_json(metrics, json_out)
+        print(f"wrote {json_out}")
+
+
+def import_keras_quietly() -> None:
+    """Import Keras with TensorFlow's C++ start-up lines (oneDNN, absl) kept off the terminal;
+    they are shown if the import fails."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def main_train() -> None:
+    import_keras_quietly()
+    run_app(train_app, "train", interrupted_hint="run train --resume (with the same --out) to continue from the last finished epoch")
+
+
+def main_evaluate() -> None:
+    import_keras_quietly()
+    run_app(evaluate_app, "evaluate")

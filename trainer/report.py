@@ -1,0 +1,119 @@
+"""What a run folder shows a person: history CSV, curves and confusion PNGs, the model card."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import class_gap  # noqa: E402
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+
+
+def history_csv(history: list[dict]) -> str:
+    columns = [c for c in HISTORY_COLUMNS if any(c in row for row in history)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        axis.plot(epochs, [row.get(metric) for row in history], marker="o", label="train")
+        if any("val_" + metric in row for row in history):
+            axis.plot(epochs, [row.get("val_" + metric) for row in history], marker="o", label="val")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(metrics: dict, path: Path, title: str) -> None:
+    confusion = np.array(metrics["confusion_matrix"])
+    names = metrics["class_names"]
+    size = max(4.0, 0.6 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(confusion, cmap="Blues")
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    threshold = confusion.max() / 2 if confusion.size else 0
+    if len(names) <= 20:
+        for (i, j), value in np.ndenumerate(confusion):
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict]) -> str:
+    options = run["options"]
+    source = store_attrs.get("source", {})
+    policy = store_attrs.get("policy", {})
+    best, best_acc, worst, worst_acc = class_gap(metrics)
+    final = history[-1] if history else {}
+    lines = [
+        f"# Model card: {options['model']} CNN, {run['run_dir']}",
+        "",
+        "## Data and provenance",
+        "",
+        f"- store: `{options['store']}` (augzarr format {store_attrs.get('format_version')}, built {store_attrs.get('built', {}).get('finished_utc', '?')})",
+        f"- source: {source.get('kind')} `{source.get('location')}`, {source.get('train_count', 0):,} training and {source.get('test_count', 0):,} test images"
+        + (f" (limited to the first {source['limit']:,})" if source.get("limit") else ""),
+        f"- source content hash: `{source.get('content_hash')}`",
+        f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.get('copies')}; originals included: {store_attrs.get('include_original')}; build seed: {store_attrs.get('seed')}",
+        f"- validation: {store_attrs.get('val_fraction')} of the training images, held out (stratified) before augmenting",
+        f"- classes ({len(metrics['class_names'])}): {', '.join(metrics['class_names'])}",
+        f"- image shape: {tuple(store_attrs.get('image_shape', []))}",
+        "",
+        "## Training",
+        "",
+        f"- model: `{options['model']}`, {run.get('parameters', 0):,} parameters",
+        f"- optimizer: {options['optimizer']}, learning rate {run.get('learning_rate')}, batch size {options['batch_size']}, epochs {options['epochs']}, seed {options['seed']}",
+        f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",
+        f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
+        + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),
+        "",
+        f"## Results on {run['evaluated_on']} ({metrics['count']:,} images)",
+        "",
+        f"- loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}",
+        f"- best class: {best} ({best_acc:.3f}); worst class: {worst} ({worst_acc:.3f}); gap {best_acc - worst_acc:.3f}",
+        "",
+        "| class | images | accuracy |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, row in metrics["per_class"].items():
+        accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        lines.append(f"| {name} | {row['count']:,} | {accuracy} |")
+    lines += [
+        "",
+        "## Known limits of use",
+        "",
+        f"- Trained on {tuple(store_attrs.get('image_shape', []))} images of these {len(metrics['class_names'])} classes only: "
+        "any other image is forced into one of them; there is no 'none of these' answer.",
+        "- Accuracy is measured on images from the same source as the training data; photos from other cameras, "
+        "crops or resolutions can score lower.",
+        f"- Per-class accuracy differs by {best_acc - worst_acc:.3f} between the best and the worst class: do not assume "
+        "the overall accuracy holds for every class.",
+        "- The softmax outputs are not calibrated probabilities.",
+    ]
+    if run["evaluated_on"] != "test":
+        lines.append("- The store has no test split: these results are on the validation split, which also chose nothing "
+                     "here but was seen every epoch, so they are an optimistic estimate.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""Chunk-shuffled uint8 batches from one split of a store, as a Keras PyDataset.
+
+PyDataset is Keras 3's backend-neutral input mechanism: the same stream feeds
+model.fit under TensorFlow, JAX or PyTorch.
+
+Order of an epoch (a pure function of seed, epoch and batch index, so any batch
+can be recomputed and a resumed run sees the same batches):
+  1. the split's chunks in a seeded random order,
+  2. cut into windows of `buffer_chunks` consecutive chunks,
+  3. the rows of each window in a seeded random order.
+Rows were written in a shuffled order, so a window is already a fair sample of
+classes; shuffling within a window of several chunks mixes it further.
+
+Only a window or two is in memory at once, whatever the store's size, and the
+next window is read by a background thread while the current one is served.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import keras
+import numpy as np
+import zarr
+
+DEFAULT_BUFFER_CHUNKS = 8
+
+
+class StoreStream(keras.utils.PyDataset):
+    """Batches (images uint8 [b, H, W, C], labels int32 [b]) from `group[split]`.
+
+    shuffle=True: an endless stream, epoch after epoch in a new order; give fit
+    `steps_per_epoch=stream.batches_per_epoch`. Batch i belongs to epoch
+    start_epoch + i // batches_per_epoch, so fit's order does not rely on callbacks.
+    shuffle=False: one pass in stored order (validation, evaluation).
+    """
+
+    def __init__(self, group: zarr.Group, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+                 start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images = group[f"{split}/images"]
+        # one byte a row, read whole: slicing zarr per chunk would decompress a 1M-row label chunk each time
+        self.labels = group[f"{split}/labels"][:].astype(np.int32)
+        self.rows = self.images.shape[0]
+        if self.rows == 0:
+            raise ValueError(f"split {split} of the store is empty")
+        self.chunk_rows = self.images.chunks[0]
+        self.n_chunks = -(-self.rows // self.chunk_rows)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.start_epoch = start_epoch
+        self.buffer_chunks = max(1, buffer_chunks)
+        self.batches_per_epoch = -(-self.rows // batch_size)
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[int, int], Future] = {}
+        self._reader: ThreadPoolExecutor | None = None  # started on first use, again after close()
+
+    # -- the order ----------------------------------------------------------------------------------
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chunks in visiting order, first epoch position of each window plus the end)."""
+        return epoch_plan(self.rows, self.chunk_rows, self.buffer_chunks, self.seed if self.shuffle else None, epoch)
+
+    def load_window(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+        order, _ = self.plan(epoch)
+        chunks = order[window * self.buffer_chunks:(window + 1) * self.buffer_chunks]
+        images = [self.images[c * self.chunk_rows:(c + 1) * self.chunk_rows] for c in chunks]
+        labels = [self.labels[c * self.chunk_rows:(c + 1) * self.chunk_rows] for c in chunks]
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        if self.shuffle:
+            rows = np.random.default_rng([self.seed, epoch, window]).permutation(len(images))
+            images, labels = images[rows], labels[rows]
+        return images, labels
+
+    def window(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """A window's rows, reading it now if the background thread has not; then start reading the next."""
+        key = (epoch, window)
+        last = len(self.plan(epoch)[1]) - 2
+        upcoming = (epoch, window + 1) if window < last else ((epoch + 1, 0) if self.shuffle else (epoch, 0))
+        with self._lock:
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+            for wanted in (key, upcoming):
+                if wanted not in self._windows:
+                    self._windows[wanted] = self._reader.submit(self.load_window, *wanted)
+            future = self._windows[key]
+            # the caller holds what it needs of older windows: keep memory to these two
+            self._windows = {k: v for k, v in self._windows.items() if k in (key, upcoming)}
+        return future.result()
+
+    # -- PyDataset ----------------------------------------------------------------------------------
+
+    @property
+    def num_batches(self) -> int | None:
+        return None if self.shuffle else self.batches_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, batch = divmod(index, self.batches_per_epoch)
+        if not self.shuffle and epoch:
+            raise IndexError(index)
+        epoch += self.start_epoch
+        start, stop = batch * self.batch_size, min((batch + 1) * self.batch_size, self.rows)
+        _, bounds = self.plan(epoch)
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        parts_x, parts_y = [], []
+        w = first
+        while start < stop:
+            images, labels = self.window(epoch, w)
+            lo, hi = start - bounds[w], min(stop, bounds[w + 1]) - bounds[w]
+            parts_x.append(images[lo:hi])
+            parts_y.append(labels[lo:hi])
+            start = bounds[w] + hi
+            w += 1
+        if len(parts_x) == 1:
+            return parts_x[0], parts_y[0]
+        return np.concatenate(parts_x), np.concatenate(parts_y)
+
+    def close(self) -> None:
+        """Stop the reader thread and drop the windows held; a later batch starts them again."""
+        with self._lock:
+            if self._reader is not None:
+                self._reader.shutdown(wait=True, cancel_futures=True)
+                self._reader = None
+            self._windows = {}
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_plan(rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks in visiting order (stored order when seed is None), and the epoch positions where windows start, plus the end."""
+    n_chunks = -(-rows // chunk_rows)
+    order = np.arange(n_chunks) if seed is None else np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    sizes = np.minimum(chunk_rows, rows - order * chunk_rows)
+    window_sizes = np.add.reduceat(sizes, np.arange(0, n_chunks, buffer_chunks))
+    return order, np.concatenate([[0], np.cumsum(window_sizes)])

@@ -1,0 +1,283 @@
+"""train's engine: open the store, fit the CNN from the stream, checkpoint every epoch, resume, report.
+
+A run folder is in one of these states:
+  running   -> run.json says "running"; state/ holds the last finished epoch's
+               checkpoint (model and optimizer) and the history so far: --resume continues it
+  complete  -> run.json says "complete"; every output below is written
+Final outputs, written before run.json turns complete: model.keras, model.json (the
+architecture), model.weights.h5, history.csv, curves.png, metrics.json,
+confusion.png, model_card.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from builder.errors import UserError
+from builder.store import open_store
+
+from .metrics import evaluate_stream
+from .models import MODELS, build_model
+from .report import history_csv, model_card, plot_confusion, plot_curves
+from .stream import DEFAULT_BUFFER_CHUNKS, StoreStream
+
+OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+RUNS_DIR = Path("runs")
+STATE_DIR = "state"
+
+
+@dataclass
+class TrainOptions:
+    store: str = "data/aug.zarr"
+    model: str = "deep"
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "rmsprop"
+    learning_rate: float | None = None  # None: the optimizer's Keras default
+    seed: int = 0
+    buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.learning_rate is None or self.learning_rate > 0, "--learning-rate must be positive"),
+            (0 <= self.seed < 2**32, "--seed must be in [0, 2**32)"),
+            (self.buffer_chunks >= 1, "--buffer-chunks must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    evaluated_on: str
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def default_run_dir() -> Path:
+    return RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
+
+
+def latest_unfinished_run(runs_dir: Path = RUNS_DIR) -> Path:
+    candidates = sorted(p.parent for p in runs_dir.glob("*/run.json") if read_json(p).get("status") == "running")
+    if not candidates:
+        raise UserError(f"--resume: no unfinished run under {runs_dir}/; name one with --out RUN_DIR")
+    return candidates[-1]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def store_fingerprint(attrs: dict) -> dict:
+    """What a resumed run checks: the same store contents, not merely the same path."""
+    return {"identity": attrs.get("identity"), "content_hash": attrs.get("source", {}).get("content_hash"),
+            "chunk_crc32": attrs.get("chunk_crc32")}
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # same seed and store -> same run on this machine
+
+
+def check_model_fits_store(model: keras.Model, attrs: dict, where: str) -> None:
+    expected_shape = tuple(attrs["image_shape"])
+    model_shape = tuple(model.input_shape[1:])
+    n_classes = len(attrs["class_names"])
+    if model_shape != expected_shape or model.output_shape[-1] != n_classes:
+        raise UserError(
+            f"{where} takes {model_shape} images into {model.output_shape[-1]} classes, but the store holds "
+            f"{expected_shape} images of {n_classes} classes: use a store built like the model's, or train a new model"
+        )
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: save model and optimizer, then the history, then drop older checkpoints.
+    progress.json names the checkpoint, and it is replaced atomically, so a kill at any point
+    leaves the last finished epoch loadable."""
+
+    def __init__(self, run_dir: Path, history: list[dict], train_rows: int):
+        super().__init__()
+        self.state_dir = run_dir / STATE_DIR
+        self.run_dir = run_dir
+        self.history = history
+        self.train_rows = train_rows
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["seconds"] = round(time.perf_counter() - self.started, 2)
+        self.history.append(row)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        self.model.save(self.state_dir / name)
+        write_atomic(self.state_dir / "progress.json", json.dumps({"epochs_done": epoch + 1, "checkpoint": name, "history": self.history}))
+        for old in self.state_dir.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()
+        write_atomic(self.run_dir / "history.csv", history_csv(self.history))
+
+
+def find_run_to_resume(out: Path | None) -> tuple[Path, dict]:
+    run_dir = out or latest_unfinished_run()
+    run = read_json(run_dir / "run.json")
+    if not run:
+        raise UserError(f"--resume: {run_dir} is not a train run folder (no readable run.json)")
+    if run.get("status") == "complete":
+        raise UserError(f"--resume: {run_dir} is already complete; start a new run with another --out")
+    return run_dir, run
+
+
+def claim_run_dir(out: Path | None) -> Path:
+    """A new, empty run folder; never one that holds anything."""
+    run_dir = out or default_run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        status = read_json(run_dir / "run.json").get("status")
+        hint = "continue it with --resume" if status == "running" else "choose another --out"
+        raise UserError(f"--out {run_dir} already holds {'a run' if status else 'files'}: {hint}")
+    (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train_run(given: dict, out: Path | None = None, resume: bool = False, verbose: int | str = "auto",
+              say=print) -> TrainResult:
+    """Train (or resume) a run; returns its folder and metrics.
+
+    given: the TrainOptions fields the user set (the rest take defaults, or on --resume the
+    run's recorded values; a resume may change --epochs only). say() gets the human-readable lines.
+    """
+    unknown = set(given) - {f.name for f in fields(TrainOptions)}
+    if unknown:
+        raise ValueError(f"unknown train options {sorted(unknown)}")
+    options = TrainOptions(**given)
+    options.validate()  # before touching any folder
+    if resume:
+        run_dir, run = find_run_to_resume(out)
+        recorded = run["options"]
+        conflicts = [f"--{k.replace('_', '-')} {recorded[k]} -> {v}" for k, v in given.items() if k != "epochs" and recorded[k] != v]
+        if conflicts:
+            raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
+        options = TrainOptions(**{**recorded, **given})
+
+    group = open_store(options.store)
+    attrs = dict(group.attrs)
+    train_rows = group["train/images"].shape[0]
+    val_rows = group["val/images"].shape[0] if "val/images" in group else 0
+    test_rows = group["test/images"].shape[0] if "test/images" in group else 0
+    if train_rows == 0:
+        raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
+    if val_rows == 0 and test_rows == 0:
+        raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
+    if not resume:
+        run_dir = claim_run_dir(out)
+
+    state_dir = run_dir / STATE_DIR
+    progress = read_json(state_dir / "progress.json")
+    history: list[dict] = progress.get("history", [])
+    done = progress.get("epochs_done", 0)
+    if resume:
+        if run["store_fingerprint"] != store_fingerprint(attrs):
+            raise UserError(f"--resume: the store {options.store} is not the one {run_dir} started with; resume with that store or start a new run")
+        if done:
+            model = keras.models.load_model(state_dir / progress["checkpoint"])
+        say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
+    if not resume or not done:
+        seed_everything(options.seed)
+        model = build_model(options.model, tuple(attrs["image_shape"]), len(attrs["class_names"]))
+        optimizer = OPTIMIZERS[options.optimizer]()
+        if options.learning_rate is not None:
+            optimizer.learning_rate = options.learning_rate
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
+    check_model_fits_store(model, attrs, f"the model of {run_dir}")
+
+    run = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "options": asdict(options),
+        "store_fingerprint": store_fingerprint(attrs),
+        "backend": keras.backend.backend(),
+        "versions": {"keras": keras.__version__, "numpy": np.__version__},
+        "parameters": model.count_params(),
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        "train_rows": train_rows,
+        "class_names": attrs["class_names"],
+        "image_shape": attrs["image_shape"],
+    }
+    write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
+
+    train_stream = StoreStream(group, "train", options.batch_size, shuffle=True, seed=options.seed,
+                               start_epoch=done, buffer_chunks=options.buffer_chunks)
+    val_stream = StoreStream(group, "val", options.batch_size, shuffle=False) if val_rows else None
+    if not val_rows:
+        say("the store has no validation rows: no validation during training")
+    try:
+        if done < options.epochs:
+            model.fit(
+                train_stream,
+                steps_per_epoch=train_stream.batches_per_epoch,
+                epochs=options.epochs,
+                initial_epoch=done,
+                validation_data=val_stream,
+                shuffle=False,  # the stream shuffles; Keras would reorder batch indices
+                callbacks=[EpochCheckpoint(run_dir, history, train_rows)],
+                verbose=verbose,
+            )
+        evaluated_on = "test" if test_rows else "val"
+        if not test_rows:
+            say("the store has no test split: evaluating on the validation split instead")
+        eval_stream = StoreStream(group, evaluated_on, options.batch_size, shuffle=False)
+        metrics = evaluate_stream(model, eval_stream, attrs["class_names"])
+        eval_stream.close()
+    finally:
+        train_stream.close()
+        if val_stream is not None:
+            val_stream.close()
+
+    write_outputs(run_dir, model, run, attrs, metrics, history, evaluated_on)
+    return TrainResult(run_dir=run_dir, metrics=metrics, evaluated_on=evaluated_on, history=history, resumed_from=done)
+
+
+def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: dict, metrics: dict, history: list[dict], evaluated_on: str) -> None:
+    """Every final output, then run.json marked complete: a run folder never claims more than it holds."""
+    run = {**run, "evaluated_on": evaluated_on}
+    model.save(run_dir / "model.keras")
+    (run_dir / "model.json").write_text(model.to_json(indent=2))
+    model.save_weights(run_dir / "model.weights.h5")
+    write_atomic(run_dir / "history.csv", history_csv(history))
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+    (run_dir / "metrics.json").write_text(json.dumps({"evaluated_on": evaluated_on, **metrics}, indent=2))
+    plot_confusion(metrics, run_dir / "confusion.png", f"{run['options']['model']} on {evaluated_on}: accuracy {metrics['accuracy']:.3f}")
+    (run_dir / "model_card.md").write_text(model_card(run, attrs, metrics, history))
+    write_atomic(run_dir / "run.json", json.dumps({**run, "status": "complete", "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
