@@ -18,6 +18,7 @@ test: setup
 
 run: setup
 	$(BIN)/build-aug --copies 5
+	$(BIN)/train --store data/aug.zarr
 
 bench: setup
 	$(BIN)/python bench/bench_codecs.py --store data/aug.zarr
