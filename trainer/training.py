@@ -205,6 +205,8 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
     history: list[dict] = progress.get("history", [])
     done = progress.get("epochs_done", 0)
     if resume:
+        if options.epochs < done:
+            raise UserError(f"--epochs {options.epochs} is fewer than the {done} epochs {run_dir} has already finished")
         if run["store_fingerprint"] != store_fingerprint(attrs):
             raise UserError(f"--resume: the store {options.store} is not the one {run_dir} started with; resume with that store or start a new run")
         if done:
@@ -229,7 +231,7 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         "backend": keras.backend.backend(),
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "parameters": model.count_params(),
-        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        "learning_rate": float(model.optimizer.learning_rate.numpy()),
         "train_rows": train_rows,
         "class_names": attrs["class_names"],
         "image_shape": attrs["image_shape"],
