@@ -20,7 +20,7 @@ import zarr
 
 from .decode import read_image_file, resize_to
 from .errors import UserError
-from .policies import Policy, SampleSeeder
+from .policies import Policy, SampleSeeder, image_applier
 from .store import BUILD_DIR
 
 _worker: "WorkerState | None" = None
@@ -32,6 +32,7 @@ class WorkerState:
         self.build_dir = Path(store_path) / BUILD_DIR
         self.pipeline = Policy.from_attrs(policy_attrs).pipeline
         self.seeder = SampleSeeder(self.pipeline, seed)
+        self.augment = image_applier(self.pipeline)
         self.sources: dict[str, np.ndarray] = {}
         self.arrays: dict[str, zarr.Array] = {}
 
@@ -100,7 +101,7 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
             block[row] = source[s]
         else:
             state.seeder.reseed(s, k)
-            block[row] = state.pipeline(image=source[s])["image"]
+            block[row] = state.augment(source[s])
     state.array(split)[start : start + len(block)] = block
     write_atomic(marker_file(state.build_dir, split, chunk), f"{zlib.crc32(block):08x}")
     return split, chunk, len(block)

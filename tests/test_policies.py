@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from builder.errors import UserError
-from builder.policies import PRESETS, Policy, SampleSeeder, load_policy
+from builder.policies import PRESETS, Policy, SampleSeeder, image_applier, load_policy
 from conftest import smooth_image
 
 N_SAMPLES = 3000
@@ -146,3 +146,25 @@ def test_presets_keep_shape_for_other_sizes():
     for name in PRESETS:
         pipeline = load_policy(name, (48, 64, 3)).pipeline
         assert pipeline(image=np.zeros((48, 64, 3), np.uint8))["image"].shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PRESETS["notebook"](32, 32),
+    lambda: PRESETS["crop-flip"](32, 32),
+    lambda: A.Compose([A.OneOf([A.Rotate(limit=30), A.RandomBrightnessContrast()], p=0.7), A.VerticalFlip()], p=0.6),
+    lambda: A.Compose([A.HorizontalFlip()], bbox_params=A.BboxParams(format="pascal_voc")),  # takes the full call
+])
+def test_fast_image_path_gives_the_full_calls_bytes(make):
+    full, fast = make(), make()
+    full_seeder, fast_seeder = SampleSeeder(full, 7), SampleSeeder(fast, 7)
+    apply = image_applier(fast)
+    rng = np.random.default_rng(0)
+    differs = 0
+    for i in range(150):
+        image = smooth_image(rng, 32)
+        full_seeder.reseed(i, 1)
+        fast_seeder.reseed(i, 1)
+        expected = full(image=image)["image"]
+        assert np.array_equal(apply(image), expected), i
+        differs += not np.array_equal(expected, image)
+    assert differs > 50  # the pipelines did act
