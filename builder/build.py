@@ -10,6 +10,7 @@ The output folder is in one of these states:
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import multiprocessing
@@ -102,13 +103,38 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     )
     identity = build_identity(options, source, policy, chunk_rows)
 
+    lock = lock_output(out)
+    try:
+        return run_build(options, out, lock, source, policy, chunk_rows, splits, identity, started, reporter)
+    finally:
+        os.close(lock)
+
+
+def lock_output(out: Path) -> int:
+    """Hold an exclusive lock on the store folder for the whole build, so a second build-aug into
+    the same store refuses instead of interleaving. The kernel drops it when the process dies."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path for the store")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"another build-aug is writing {out} right now: wait for it to finish, or stop it, then run this again") from None
+    return fd
+
+
+def run_build(options, out, lock, source, policy, chunk_rows, splits, identity, started, reporter) -> BuildResult:
     resume = claim_output(out, identity, source, options.overwrite)
     if resume == "already complete":
         return BuildResult(out=out, status="already complete", rows={s: len(r) for s, r in splits.items()})
     build_dir = out / BUILD_DIR
 
     workers = options.workers or default_workers()
-    pool = pool_context().Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed))
+    context = pool_context()
+    inherited_lock = lock if context.get_start_method() == "fork" else None  # only forked workers hold a copy
+    pool = context.Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed, inherited_lock))
     with pool:
         content_hash = stage_source(source, build_dir, pool, options.image_size is not None, reporter)
         recorded = json.loads((build_dir / "build.json").read_text())
@@ -188,8 +214,6 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
     out/.build exists and build.json records the arguments.
     """
     build_dir = out / BUILD_DIR
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder path for the store")
     attrs = read_attrs(out) if out.is_dir() else None
     in_progress = (build_dir / "build.json").is_file()
     is_ours = in_progress or (attrs is not None and attrs.get("format") == FORMAT_NAME)

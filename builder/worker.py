@@ -61,9 +61,12 @@ def marker_file(build_dir: Path, split: str, chunk: int) -> Path:
     return build_dir / "chunks" / f"{split}.{chunk}"
 
 
-def init_worker(store_path: str, policy_attrs: dict, seed: int) -> None:
+def init_worker(store_path: str, policy_attrs: dict, seed: int, parent_lock: int | None = None) -> None:
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_lock is not None:
+        # a forked worker shares the parent's store lock: let go, so the lock dies with the parent
+        os.close(parent_lock)
     numcodecs.blosc.use_threads = False  # one process per core already
     global _worker
     _worker = WorkerState(store_path, policy_attrs, seed)

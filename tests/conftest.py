@@ -103,3 +103,13 @@ def assert_same_store(a: Path, b: Path) -> None:
     for key in arrays_a:
         assert arrays_a[key].dtype == arrays_b[key].dtype, key
         assert np.array_equal(arrays_a[key], arrays_b[key]), f"{key} differs"
+
+
+@pytest.fixture
+def resumable_case(tmp_path):
+    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store."""
+    folder = write_image_folder(tmp_path / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
+    args = ["--source", str(folder), "--copies", "5", "--chunk-size", "8", "--preview", "0", "--workers", "2", "--quiet"]
+    reference = tmp_path / "reference.zarr"
+    run_cli("build-aug", *args, "--out", str(reference), check=True)
+    return args, reference

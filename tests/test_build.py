@@ -192,16 +192,6 @@ def wait_for_chunks(out: Path, at_least: int, process: subprocess.Popen, timeout
     raise AssertionError("no chunks appeared")
 
 
-@pytest.fixture
-def resumable_case(tmp_path):
-    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store."""
-    folder = write_image_folder(tmp_path / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
-    args = ["--source", str(folder), "--copies", "5", "--chunk-size", "8", "--preview", "0", "--workers", "2", "--quiet"]
-    reference = tmp_path / "reference.zarr"
-    run_cli("build-aug", *args, "--out", str(reference), check=True)
-    return args, reference
-
-
 def test_resume_after_kill_9_is_byte_identical(resumable_case, tmp_path):
     args, reference = resumable_case
     out = tmp_path / "killed.zarr"
