@@ -31,7 +31,7 @@ from .policies import Policy, load_policy
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source
 from .store import (
-    BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
+    BUILD_DIR, FORMAT_NAME, ROW_ARRAYS, array_crc32, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
     read_attrs, remove_store_contents, size_on_disk,
 )
 from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file, write_atomic
@@ -334,6 +334,7 @@ def finish_store(out: Path, splits: dict, chunk_rows: int, started: float) -> No
     root.attrs.update({
         "complete": True,
         "chunk_crc32": checksums,
+        "array_crc32": {f"{s}/{name}": array_crc32(root[f"{s}/{name}"]) for s in splits for name in ROW_ARRAYS},
         "built": {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)},
     })
     shutil.rmtree(build_dir)

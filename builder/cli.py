@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .cli_support import run_app
+from .errors import UserError
 from .progress import ConsoleReporter, Reporter
 from .store import open_store
 from .summary import format_summary, human_bytes, summarize
@@ -69,8 +71,20 @@ def inspect_aug(
     preview: int = typer.Option(0, help="Also write previews of this many training images."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verify: bool = typer.Option(False, help="Read every chunk back and check it against the checksums recorded at build time."),
 ) -> None:
     """Summarize a store: counts per split and class, policy, source, size on disk."""
+    if verify:
+        from .verify import verify_store
+
+        checked, problems = verify_store(store, open_store(store, check_chunks=False))
+        for problem in problems:
+            print(f"damaged: {problem}", file=sys.stderr)
+        if problems:
+            raise UserError(f"store {store} failed verification ({len(problems)} problems above); rebuild it with build-aug --overwrite")
+        rows_note = "" if "array_crc32" in open_store(store, check_chunks=False).attrs else " (no per-row array checksums recorded in this store)"
+        print(f"verified {store}: all {checked} image chunks and the per-row arrays match the checksums recorded at build time{rows_note}")
+        return
     group = open_store(store)
     summary = summarize(store, group)
     print(json.dumps(summary, indent=2) if as_json else format_summary(summary))

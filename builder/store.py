@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ BUILD_DIR = ".build"  # present while a build is unfinished; removed when it com
 # time, lz4 saves under 1%; decoded JPEG pixels are close to incompressible for these codecs.
 IMAGE_CODEC = "none"
 SMALL_ARRAY_CHUNK = 1 << 20  # rows per chunk of labels, source_index, copy_index
+ROW_ARRAYS = ("labels", "source_index", "copy_index")
 
 zarr.config.set({"array.write_empty_chunks": True})  # every chunk is a file, so a missing one is a fault
 
@@ -79,7 +81,7 @@ def is_build_in_progress(path: Path) -> bool:
     return (path / BUILD_DIR).is_dir()
 
 
-def open_store(path: str | Path, require_complete: bool = True) -> zarr.Group:
+def open_store(path: str | Path, require_complete: bool = True, check_chunks: bool = True) -> zarr.Group:
     """Open a store for reading, refusing anything that is not a complete format-1 store."""
     path = Path(path)
     if not path.exists():
@@ -93,10 +95,53 @@ def open_store(path: str | Path, require_complete: bool = True) -> zarr.Group:
     if require_complete and (not attrs.get("complete") or is_build_in_progress(path)):
         raise UserError(f"store {path} is incomplete (its build was interrupted or is running): rerun the same build-aug command to finish it")
     group = zarr.open_group(str(path), mode="r")
-    missing = [f"{s}/{a}" for s in attrs.get("splits", []) for a in ("images", "labels", "source_index", "copy_index") if f"{s}/{a}" not in group]
+    missing = [f"{s}/{a}" for s in attrs.get("splits", []) for a in ("images", *ROW_ARRAYS) if f"{s}/{a}" not in group]
     if missing:
         raise UserError(f"store {path} is damaged: missing arrays {', '.join(missing)}; rebuild it with build-aug --overwrite")
+    problems = shape_problems(group, attrs)
+    if check_chunks:
+        problems += [message for _, message in chunk_file_problems(path, group, attrs.get("splits", []))]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(f"store {path} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite")
     return group
+
+
+def shape_problems(group: zarr.Group, attrs: dict) -> list[str]:
+    """Attributes that disagree with the arrays (an edited zarr.json, a mixed-up copy)."""
+    problems = []
+    shape = tuple(attrs.get("image_shape", ()))
+    for split in attrs.get("splits", []):
+        images = group[f"{split}/images"]
+        if tuple(images.shape[1:]) != shape:
+            problems.append(f"{split}/images holds {tuple(images.shape[1:])} images but the attributes say {shape}")
+        for name in ROW_ARRAYS:
+            if group[f"{split}/{name}"].shape[0] != images.shape[0]:
+                problems.append(f"{split}/{name} has {group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}")
+    return problems
+
+
+def chunk_file_problems(path: Path, group: zarr.Group, splits: list[str]) -> list[tuple[Path, str]]:
+    """Image chunk files that are missing or not their full size: a cheap check (one stat a chunk)
+    for every reader, since zarr would read a missing chunk as black images without a word."""
+    problems = []
+    for split in splits:
+        images = group[f"{split}/images"]
+        expected = int(np.prod(images.chunks)) * images.dtype.itemsize
+        for c in range(images.cdata_shape[0]):
+            file = path / images.path / images.metadata.encode_chunk_key((c, 0, 0, 0))
+            try:
+                size = file.stat().st_size
+            except FileNotFoundError:
+                problems.append((file, f"chunk file {file} is missing"))
+                continue
+            if size != expected:
+                problems.append((file, f"chunk file {file} has {size:,} bytes, not {expected:,}"))
+    return problems
+
+
+def array_crc32(array: zarr.Array) -> str:
+    return f"{zlib.crc32(np.ascontiguousarray(array[:])):08x}"
 
 
 def size_on_disk(path: Path) -> int:
