@@ -29,6 +29,7 @@ from .errors import UserError
 from .layout import plan_rows
 from .policies import Policy, load_policy
 from .progress import Reporter
+from .decode import shown
 from .sources import Source, folder_content_hash, hash_folder_files, open_source
 from .store import (
     BUILD_DIR, FORMAT_NAME, ROW_ARRAYS, array_crc32, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
@@ -54,6 +55,7 @@ class BuildOptions:
     limit: int | None = None
     workers: int | None = None
     overwrite: bool = False
+    skip_bad: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -80,6 +82,7 @@ class BuildResult:
     bytes_on_disk: int = 0
     raw_bytes: int = 0
     ignored: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # bad files left out under --skip-bad: file, reason
 
 
 def default_workers() -> int:
@@ -95,17 +98,12 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     for note in source.ignored:
         reporter.warning(f"not used: {note}")
     policy = load_policy(options.policy, source.image_shape)
-    chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape)
-    splits = plan_rows(
-        source.train.labels,
-        source.test.labels if source.test is not None else None,
-        options.copies, options.include_original, options.val_fraction, options.seed,
-    )
+    chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
 
     lock = lock_output(out)
     try:
-        return run_build(options, out, lock, source, policy, chunk_rows, splits, identity, started, reporter)
+        return run_build(options, out, lock, source, policy, chunk_rows, identity, started, reporter)
     finally:
         os.close(lock)
 
@@ -125,10 +123,11 @@ def lock_output(out: Path) -> int:
     return fd
 
 
-def run_build(options, out, lock, source, policy, chunk_rows, splits, identity, started, reporter) -> BuildResult:
+def run_build(options, out, lock, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
     resume = claim_output(out, identity, source, options.overwrite)
     if resume == "already complete":
-        return BuildResult(out=out, status="already complete", rows={s: len(r) for s, r in splits.items()})
+        root = zarr.open_group(str(out), mode="r")
+        return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/images"].shape[0] for s in root.attrs["splits"]})
     build_dir = out / BUILD_DIR
 
     workers = options.workers or default_workers()
@@ -136,7 +135,7 @@ def run_build(options, out, lock, source, policy, chunk_rows, splits, identity, 
     inherited_lock = lock if context.get_start_method() == "fork" else None  # only forked workers hold a copy
     pool = context.Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed, inherited_lock))
     with pool:
-        content_hash = stage_source(source, build_dir, pool, options.image_size is not None, reporter)
+        content_hash, bad = stage_source(source, build_dir, pool, options.image_size is not None, options.skip_bad, reporter)
         recorded = json.loads((build_dir / "build.json").read_text())
         if recorded.get("source_hash") not in (None, content_hash):
             raise UserError(
@@ -144,9 +143,17 @@ def run_build(options, out, lock, source, policy, chunk_rows, splits, identity, 
                 "pass --overwrite to start over, or restore the source to resume"
             )
         write_atomic(build_dir / "build.json", json.dumps({**recorded, "source_hash": content_hash}))
+        # planned after decoding: with --skip-bad, the bad files' rows are left out
+        splits = plan_rows(
+            source.train.labels,
+            source.test.labels if source.test is not None else None,
+            options.copies, options.include_original, options.val_fraction, options.seed,
+            skipped={name: [row for row, _ in entries] for name, entries in bad.items()},
+        )
+        skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
         if not (build_dir / "skeleton").exists():
             attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity)
-            create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, attrs)
+            create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, {**attrs, "skipped": skipped})
             write_atomic(build_dir / "skeleton", "done")
         tasks, done_rows = pending_chunks(splits, chunk_rows, build_dir)
         total_rows = sum(len(r) for r in splits.values())
@@ -165,7 +172,12 @@ def run_build(options, out, lock, source, policy, chunk_rows, splits, identity, 
         bytes_on_disk=size_on_disk(out),
         raw_bytes=raw_image_bytes(root),
         ignored=source.ignored,
+        skipped=skipped,
     )
+
+
+def files_of(source: Source, split: str) -> list[Path]:
+    return (source.train if split == "train" else source.test).files
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -193,6 +205,7 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
         "chunk_rows": chunk_rows,
         "policy": json.loads(json.dumps(policy.to_attrs())),
         "codec": IMAGE_CODEC,
+        **({"skip_bad": True} if options.skip_bad else {}),
     }
 
 
@@ -250,8 +263,11 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
     return "fresh"
 
 
-def stage_source(source: Source, build_dir: Path, pool, resize: bool, reporter: Reporter) -> str:
-    """Put every source image, decoded, in .build/source-<split>.npy for the workers; return the content hash."""
+def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
+    """Put every source image, decoded, in .build/source-<split>.npy for the workers.
+
+    Returns the content hash and, by source split, the (row, message) of each file left out under --skip-bad.
+    """
     splits = {"train": source.train}
     if source.test is not None:
         splits["test"] = source.test
@@ -259,19 +275,26 @@ def stage_source(source: Source, build_dir: Path, pool, resize: bool, reporter: 
         for name, split in splits.items():
             target = np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=split.images.shape)
             target[:] = split.images
-        return source.content_hash
+        return source.content_hash, {}
     tasks = []
     for name, split in splits.items():
         np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=(len(split), *source.image_shape))
         for start in range(0, len(split), DECODE_BATCH):
-            tasks.append((name, start, [str(f) for f in split.files[start : start + DECODE_BATCH]], resize))
+            tasks.append((name, start, [str(f) for f in split.files[start : start + DECODE_BATCH]], resize, skip_bad))
     digests = {name: [""] * len(split) for name, split in splits.items()}
+    bad: dict[str, list[tuple[int, str]]] = {}
     with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
-        for name, start, batch in pool.imap_unordered(decode_files, tasks):
+        for name, start, batch, batch_bad in pool.imap_unordered(decode_files, tasks):
             digests[name][start : start + len(batch)] = batch
+            if batch_bad:
+                bad.setdefault(name, []).extend(batch_bad)
             advance(len(batch))
+    for entries in bad.values():
+        entries.sort()
+    if len(bad.get("train", [])) == len(source.train):
+        raise UserError(f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)")
     source.content_hash = folder_content_hash(source, digests)
-    return source.content_hash
+    return source.content_hash, bad
 
 
 def pending_chunks(splits: dict, chunk_rows: int, build_dir: Path) -> tuple[list[tuple], int]:

@@ -33,6 +33,7 @@ def build_aug(
     seed: int = typer.Option(0, help="Seed for the split, the row order and every augmentation."),
     workers: Optional[int] = typer.Option(None, help="Worker processes [default: all cores]; the store's bytes do not depend on it."),
     overwrite: bool = typer.Option(False, help="Replace a complete store, or restart an unfinished build with other arguments."),
+    skip_bad: bool = typer.Option(False, help="Leave out images that cannot be read or decoded (listed at the end and in the store's attrs) instead of stopping."),
     preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
@@ -47,7 +48,7 @@ def build_aug(
     options = BuildOptions(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
-        workers=workers, overwrite=overwrite,
+        workers=workers, overwrite=overwrite, skip_bad=skip_bad,
     )
     result = build_store(options, reporter)
     if result.status == "already complete":
@@ -63,6 +64,10 @@ def build_aug(
     )
     if result.ignored:
         reporter.message(f"{len(result.ignored)} files or folders of the source were not used (listed above and in the store's attrs)")
+    if result.skipped:
+        for entry in result.skipped:
+            reporter.warning(f"skipped: {entry['reason']}")
+        reporter.message(f"{len(result.skipped)} bad images skipped (--skip-bad; listed above and in the store's attrs 'skipped')")
 
 
 @inspect_app.command()

@@ -28,16 +28,17 @@ class SplitRows:
         return len(self.source_index)
 
 
-def hold_out_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of source rows into (train, val), each sorted."""
+def hold_out_validation(labels: np.ndarray, val_fraction: float, seed: int, usable: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of the usable source rows into (train, val), each sorted."""
+    usable = np.ones(len(labels), bool) if usable is None else usable
     rng = np.random.default_rng([seed, SPLIT_STREAM])
     val = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
+    for cls in np.unique(labels[usable]):
+        members = np.flatnonzero((labels == cls) & usable)
         n_val = int(round(val_fraction * len(members)))
         val.append(rng.permutation(members)[:n_val])
     val_rows = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
-    train_rows = np.setdiff1d(np.arange(len(labels)), val_rows)
+    train_rows = np.setdiff1d(np.flatnonzero(usable), val_rows)
     return train_rows, val_rows
 
 
@@ -48,8 +49,13 @@ def plan_rows(
     include_original: bool,
     val_fraction: float,
     seed: int,
+    skipped: dict[str, list[int]] | None = None,
 ) -> dict[str, SplitRows]:
-    train_sources, val_sources = hold_out_validation(train_labels, val_fraction, seed)
+    """The rows of every split. skipped: source rows left out (bad files under --skip-bad), by source split."""
+    skipped = skipped or {}
+    usable_train = np.ones(len(train_labels), bool)
+    usable_train[skipped.get("train", [])] = False
+    train_sources, val_sources = hold_out_validation(train_labels, val_fraction, seed, usable_train)
     first_copy = 0 if include_original else 1
     copy_numbers = np.arange(first_copy, copies + 1)
     sources = np.repeat(train_sources, len(copy_numbers))
@@ -63,7 +69,8 @@ def plan_rows(
     if len(val_sources):
         splits["val"] = originals_only(val_sources, train_labels, "train")
     if test_labels is not None and len(test_labels):
-        splits["test"] = originals_only(np.arange(len(test_labels)), test_labels, "test")
+        test_sources = np.setdiff1d(np.arange(len(test_labels)), skipped.get("test", []))
+        splits["test"] = originals_only(test_sources, test_labels, "test")
     return splits
 
 

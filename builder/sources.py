@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import resize_to
+from .decode import file_digest, resize_to, shown
 from .errors import UserError
 
 # Fixed by the dataset (the official archive's batches.meta holds the same list);
@@ -241,15 +241,15 @@ def list_class_folders(root: Path, ignored: list[str]) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for entry in sorted(root.iterdir()):
         if is_hidden(entry):
-            ignored.append(f"{entry}: hidden")
+            ignored.append(f"{shown(entry)}: hidden")
         elif not entry.is_dir():
-            ignored.append(f"{entry}: not in a class folder")
+            ignored.append(f"{shown(entry)}: not in a class folder")
         else:
             files = list_images(entry, ignored)
             if files:
                 classes[entry.name] = files
             else:
-                ignored.append(f"{entry}: empty class folder, not used as a class")
+                ignored.append(f"{shown(entry)}: empty class folder, not used as a class")
     return classes
 
 
@@ -258,14 +258,17 @@ def list_images(folder: Path, ignored: list[str]) -> list[Path]:
     # os.walk does not follow symbolic links to folders, so a link loop cannot trap it
     for parent, dirs, names in os.walk(folder):
         for name in [d for d in dirs if d.startswith(".")]:
-            ignored.append(f"{Path(parent, name)}: hidden")
+            ignored.append(f"{shown(Path(parent, name))}: hidden")
+            dirs.remove(name)
+        for name in [d for d in dirs if Path(parent, d).is_symlink()]:
+            ignored.append(f"{shown(Path(parent, name))}: a symbolic link to a folder, not followed")  # (os.walk would not either)
             dirs.remove(name)
         for name in names:
             file = Path(parent, name)
             if is_hidden(file):
-                ignored.append(f"{file}: hidden")
+                ignored.append(f"{shown(file)}: hidden")
             elif file.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(f"{file}: not an image file (.jpg .jpeg .png .bmp .webp)")
+                ignored.append(f"{shown(file)}: not an image file (.jpg .jpeg .png .bmp .webp)")
             else:
                 files.append(file)
     return sorted(files)
@@ -330,7 +333,7 @@ def folder_split(classes: dict[str, list[Path]], class_names: list[str]) -> Spli
 def hash_folder_files(source: Source) -> str:
     """The content hash computed from the files alone, without decoding them."""
     digests = {
-        name: [hashlib.sha256(f.read_bytes()).hexdigest() for f in split.files]
+        name: [file_digest(f) for f in split.files]
         for name, split in (("train", source.train), ("test", source.test))
         if split is not None
     }
@@ -344,6 +347,7 @@ def folder_content_hash(source: Source, digests: dict[str, list[str]]) -> str:
     for split_name, split in (("train", source.train), ("test", source.test)):
         if split is None:
             continue
-        for file, label, file_digest in zip(split.files, split.labels, digests[split_name]):
-            digest.update(f"{file.relative_to(root).as_posix()}\0{label}\0{file_digest}\n".encode())
+        for file, label, file_hash in zip(split.files, split.labels, digests[split_name]):
+            # file names as bytes: a name that is not UTF-8 must hash, not crash
+            digest.update(os.fsencode(file.relative_to(root).as_posix()) + f"\0{label}\0{file_hash}\n".encode())
     return "sha256:" + digest.hexdigest()

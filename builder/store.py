@@ -33,9 +33,13 @@ ROW_ARRAYS = ("labels", "source_index", "copy_index")
 zarr.config.set({"array.write_empty_chunks": True})  # every chunk is a file, so a missing one is a fault
 
 
-def default_chunk_rows(image_shape: tuple[int, ...], target_bytes: int = 4 << 20) -> int:
-    """The largest power of two of rows whose raw size stays within ~4 MiB (1024 at 32x32x3)."""
+def default_chunk_rows(image_shape: tuple[int, ...], target_bytes: int = 4 << 20, max_rows: int | None = None) -> int:
+    """The largest power of two of rows whose raw size stays within ~4 MiB (1024 at 32x32x3),
+    and no larger than the power of two that holds max_rows (a chunk file is written whole,
+    so a tiny dataset in a 4 MiB chunk would be mostly padding)."""
     rows = max(1, target_bytes // int(np.prod(image_shape)))
+    if max_rows is not None:
+        rows = min(rows, 1 << max(0, (max_rows - 1).bit_length()))
     return 1 << (rows.bit_length() - 1)
 
 

@@ -18,7 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from .decode import read_image_file, resize_to
+from .decode import file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .errors import UserError
 from .policies import Policy, SampleSeeder, image_applier
 from .store import BUILD_DIR
@@ -72,25 +72,37 @@ def init_worker(store_path: str, policy_attrs: dict, seed: int, parent_lock: int
     _worker = WorkerState(store_path, policy_attrs, seed)
 
 
-def decode_files(task: tuple) -> tuple[str, int, list[str]]:
-    """Decode files into rows [start, start + len(files)) of a source split's array."""
-    split, start, files, resize = task
+def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
+    """Decode files into rows [start, start + len(files)) of a source split's array.
+
+    Returns (split, start, digests, bad): with skip_bad, a file that cannot be used leaves its
+    row black and is listed in bad as (row, message); without, its message stops the build.
+    """
+    split, start, files, resize, skip_bad = task
     target = map_source(_worker.build_dir, split, "r+")
     height, width = target.shape[1:3]
-    digests = []
-    for offset, file in enumerate(files):
-        image, digest = read_image_file(Path(file))
-        if image.shape[:2] != (height, width):
-            if not resize:
-                raise UserError(
-                    f"images differ in size: {file} is {image.shape[1]}x{image.shape[0]}, the first is "
-                    f"{width}x{height}; pass --image-size N to resize them all to NxN"
-                )
-            image = resize_to(image, height, width)
-        target[start + offset] = image
-        digests.append(digest)
+    digests, bad = [], []
+    with native_stderr_silenced():
+        for offset, file in enumerate(files):
+            try:
+                image, digest = read_image_file(Path(file))
+            except UserError as exc:
+                if not skip_bad:
+                    raise
+                bad.append((start + offset, str(exc)))
+                digests.append(file_digest(Path(file)))
+                continue
+            if image.shape[:2] != (height, width):
+                if not resize:
+                    raise UserError(
+                        f"images differ in size: {shown(file)} is {image.shape[1]}x{image.shape[0]}, the first is "
+                        f"{width}x{height}; pass --image-size N to resize them all to NxN"
+                    )
+                image = resize_to(image, height, width)
+            target[start + offset] = image
+            digests.append(digest)
     # no flush: the map is shared, other processes see the rows at once; msync would only wait for the disk
-    return split, start, digests
+    return split, start, digests, bad
 
 
 def compute_chunk(task: tuple) -> tuple[str, int, int]:

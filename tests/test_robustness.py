@@ -7,10 +7,15 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 
+from builder.decode import resize_to, shown
+from builder.sources import open_source
 from builder.store import BUILD_DIR
-from conftest import assert_same_store, run_cli
+from conftest import assert_same_store, run_cli, write_image_folder
+from corpus import CASES, expected_rgb, make_case
 from test_build import start_build, wait_for_chunks
 
 
@@ -98,3 +103,45 @@ def test_edited_attributes_are_detected(small_store, tmp_path):
     edit_attrs(small_store, format_version=7)
     newer = run_cli("inspect-aug", "--store", str(small_store))
     assert newer.returncode == 1 and "format version 7, newer than this augzarr reads (1): upgrade augzarr" in newer.stderr
+
+
+# -- the bad image corpus -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", {"a": 4, "b": 4}, size=16)
+    odd = make_case(folder / "a", case)
+    args = ["--source", str(folder), "--copies", "1", "--image-size", "16", "--val-fraction", "0", "--preview", "0", "--quiet"]
+    result = run_cli("build-aug", *args, "--out", str(tmp_path / "s.zarr"))
+    if CASES[case] == "valid":
+        assert result.returncode == 0, result.stderr
+        group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+        files = open_source(str(folder)).train.files
+        row = np.flatnonzero((group["train/source_index"][:] == files.index(odd)) & (group["train/copy_index"][:] == 0))[0]
+        stored = group["train/images"][row].astype(int)
+        expected = resize_to(expected_rgb(odd, 16), 16, 16).astype(int)
+        assert np.abs(stored - expected).mean() < 3, f"{case}: the stored pixels are not the image"
+        return
+    message = f"build-aug: error: {result.stderr.strip().split('error: ', 1)[-1]}"
+    assert result.returncode == 1 and result.stderr.strip() == message, result.stderr  # exactly one line
+    assert shown(odd) in result.stderr and "Traceback" not in result.stderr
+    skipped = run_cli("build-aug", *args, "--skip-bad", "--out", str(tmp_path / "t.zarr"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert f"skipped: " in skipped.stderr and shown(odd) in skipped.stderr
+    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
+    assert [entry["file"] for entry in group.attrs["skipped"]] == [shown(odd)]
+    files = open_source(str(folder)).train.files
+    assert sorted(set(group["train/source_index"][:])) == sorted(i for i, f in enumerate(files) if f != odd)  # no row for it
+
+
+def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=16)
+    for litter in ("a/.DS_Store", "a/Thumbs.db", "b/._b0000.jpg", "notes.txt"):
+        (folder / litter).write_bytes(b"\0\1junk")
+    (folder / "b" / "more").mkdir()
+    os.symlink(folder / "a", folder / "b" / "more" / "loop")  # a folder link: never followed
+    result = run_cli("build-aug", "--source", str(folder), "--copies", "1", "--val-fraction", "0", "--preview", "0",
+                     "--out", str(tmp_path / "s.zarr"), check=True)
+    for litter in (".DS_Store", "Thumbs.db", "._b0000.jpg", "notes.txt", "loop"):
+        assert litter in result.stderr
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["train/images"].shape[0] == 12  # 6 images x 2 rows
