@@ -12,18 +12,19 @@ from .errors import UserError
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+RESUME_HINT = "run the same command again to resume where it stopped"
 
 
-def os_error_message(exc: OSError) -> str:
+def os_error_message(exc: OSError, resume_hint: str = RESUME_HINT) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return f"no space left writing{where} ({exc.strerror}): free some space, then run the same command again to resume"
+        return f"no space left writing{where} ({exc.strerror}): free some space, then {resume_hint}"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write{where} ({exc.strerror}): choose a writable --out or fix its permissions"
     return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
-def run_app(app: typer.Typer, prog: str, interrupted_hint: str = "run the same command again to resume where it stopped") -> None:
+def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT) -> None:
     try:
         # Not standalone: typer would print usage errors as a multi-line box and swallow Ctrl-C.
         code = app(standalone_mode=False, prog_name=prog)
@@ -34,9 +35,9 @@ def run_app(app: typer.Typer, prog: str, interrupted_hint: str = "run the same c
     except (KeyboardInterrupt, typer.Abort):
         code = EXIT_INTERRUPTED
     except OSError as exc:
-        fail(prog, os_error_message(exc), EXIT_USER_ERROR)
+        fail(prog, os_error_message(exc, resume_hint), EXIT_USER_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
-        fail(prog, f"interrupted: {interrupted_hint}", EXIT_INTERRUPTED)
+        fail(prog, f"interrupted: {resume_hint}", EXIT_INTERRUPTED)
     if isinstance(code, int) and code:
         sys.exit(code)
 

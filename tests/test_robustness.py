@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ import zarr
 from builder.decode import resize_to, shown
 from builder.sources import open_source
 from builder.store import BUILD_DIR
-from conftest import assert_same_store, run_cli, write_image_folder
+import campaign
+from conftest import BIN, assert_same_store, run_cli, write_image_folder
 from corpus import CASES, expected_rgb, make_case
-from test_build import start_build, wait_for_chunks
+from test_build import set_file_size_limit, start_build, wait_for_chunks
 
 
 def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_first(resumable_case, tmp_path):
@@ -145,3 +147,32 @@ def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
     for litter in (".DS_Store", "Thumbs.db", "._b0000.jpg", "notes.txt", "loop"):
         assert litter in result.stderr
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["train/images"].shape[0] == 12  # 6 images x 2 rows
+
+
+# -- crash points, full disk ----------------------------------------------------------------------------
+
+def test_crash_campaign_fast_form(tmp_path):
+    """A few seeded kill points of the campaign (python tests/campaign.py runs all 20 + 5)."""
+    figures = campaign.main(["--build-kills", "3", "--train-kills", "1", "--seed", "1", "--work", str(tmp_path)])
+    assert len(figures["build"]) == 3 and len(figures["train"]) == 1
+    for trial in figures["build"]:
+        assert trial["resume_exit"] == 0 and trial["byte_identical"], trial
+    for trial in figures["train"]:
+        assert trial["resume_exit"] == 0 and trial["complete"], trial
+
+
+def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=16)
+    store = tmp_path / "s.zarr"
+    run_cli("build-aug", "--source", str(folder), "--copies", "1", "--preview", "0", "--quiet", "--out", str(store), check=True)
+    run_dir = tmp_path / "run"
+    limited = subprocess.run([str(BIN / "train"), "--store", str(store), "--epochs", "2", "--batch-size", "8", "--model", "shallow",
+                              "--out", str(run_dir)], capture_output=True, text=True, preexec_fn=set_file_size_limit(1 << 20))
+    assert limited.returncode == 1, limited.stderr
+    last = limited.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: error: no space left writing") and last.endswith("then run train --resume (with the same --out) to continue from the last finished epoch")
+    assert "Traceback" not in limited.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    resumed = run_cli("train", "--resume", "--out", str(run_dir), check=True)
+    assert "Test accuracy" in resumed.stdout
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"

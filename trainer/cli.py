@@ -99,7 +99,7 @@ def import_keras_quietly() -> None:
 
 def main_train() -> None:
     import_keras_quietly()
-    run_app(train_app, "train", interrupted_hint="run train --resume (with the same --out) to continue from the last finished epoch")
+    run_app(train_app, "train", resume_hint="run train --resume (with the same --out) to continue from the last finished epoch")
 
 
 def main_evaluate() -> None:

@@ -155,16 +155,19 @@ def find_run_to_resume(out: Path | None) -> tuple[Path, dict]:
     return run_dir, run
 
 
-def claim_run_dir(out: Path | None) -> Path:
-    """A new, empty run folder; never one that holds anything."""
+def claim_run_dir(out: Path | None, record: dict) -> Path:
+    """A new, empty run folder (never one that holds anything), with run.json saying "running"
+    written first: a run killed from then on can be resumed (from scratch if no epoch finished)."""
     run_dir = out or default_run_dir()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file; give a folder for the run")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(not entry.name.endswith(".tmp") for entry in run_dir.iterdir()):  # a .tmp: cut short before it counted
         status = read_json(run_dir / "run.json").get("status")
         hint = "continue it with --resume" if status == "running" else "choose another --out"
         raise UserError(f"--out {run_dir} already holds {'a run' if status else 'files'}: {hint}")
-    (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "run.json", json.dumps({"status": "running", "run_dir": str(run_dir), **record}, indent=2))
+    (run_dir / STATE_DIR).mkdir(exist_ok=True)
     return run_dir
 
 
@@ -198,9 +201,10 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
     if val_rows == 0 and test_rows == 0:
         raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
     if not resume:
-        run_dir = claim_run_dir(out)
+        run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs)})
 
     state_dir = run_dir / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
     progress = read_json(state_dir / "progress.json")
     history: list[dict] = progress.get("history", [])
     done = progress.get("epochs_done", 0)
