@@ -39,6 +39,9 @@ from .worker import compute_chunk, decode_files, init_worker, marker_file, sourc
 
 DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096
+MAX_COPIES = 10_000
+MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
+WORKERS_PER_CORE = 4
 
 
 @dataclass
@@ -59,13 +62,14 @@ class BuildOptions:
 
     def validate(self) -> None:
         checks = [
-            (self.copies >= 1, "--copies must be at least 1"),
+            (1 <= self.copies <= MAX_COPIES, f"--copies must be in [1, {MAX_COPIES}]"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
             (self.chunk_size is None or self.chunk_size >= 1, "--chunk-size must be at least 1"),
             (self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be in [1, {MAX_IMAGE_SIZE}]"),
             (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
-            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+            (self.workers is None or 1 <= self.workers <= max_workers(),
+             f"--workers must be in [1, {max_workers()}] ({WORKERS_PER_CORE} per core on this machine)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,6 +93,25 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def max_workers() -> int:
+    return WORKERS_PER_CORE * default_workers()
+
+
+def check_fits(options: BuildOptions, source: Source, chunk_rows: int, out: Path) -> None:
+    """Refuse, before any work, a chunk too big for memory or a store too big for the disk."""
+    row_bytes = int(np.prod(source.image_shape))
+    if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
+        raise UserError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
+                        f"{MAX_CHUNK_BYTES // row_bytes:,} rows of {'x'.join(map(str, source.image_shape))} images")
+    rows = len(source.train) * (options.copies + 1) + (len(source.test) if source.test is not None else 0)
+    needed = rows * row_bytes
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    free = shutil.disk_usage(existing).free + (size_on_disk(out) if out.is_dir() else 0)
+    if needed > free:
+        raise UserError(f"the store needs about {needed / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB are free for --out {out}: "
+                        "free some space, choose another --out, or use fewer --copies")
+
+
 def build_store(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     reporter = reporter or Reporter()
     options.validate()
@@ -100,6 +123,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     policy = load_policy(options.policy, source.image_shape)
     chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
+    check_fits(options, source, chunk_rows, out)
 
     lock = lock_output(out)
     try:

@@ -42,8 +42,7 @@ def build_aug(
     from .build import BuildOptions, build_store  # albumentations loads only when building
     from .preview import write_previews
 
-    if preview < 0:
-        raise typer.BadParameter("must be 0 or more", param_hint="--preview")
+    check_preview_options(preview, preview_dir)
     reporter = Reporter() if quiet else ConsoleReporter()
     options = BuildOptions(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
@@ -70,6 +69,16 @@ def build_aug(
         reporter.message(f"{len(result.skipped)} bad images skipped (--skip-bad; listed above and in the store's attrs 'skipped')")
 
 
+MAX_PREVIEW = 256  # rows of the contact sheet
+
+
+def check_preview_options(preview: int, preview_dir: Path) -> None:
+    if not 0 <= preview <= MAX_PREVIEW:
+        raise UserError(f"--preview must be in [0, {MAX_PREVIEW}]")
+    if preview and preview_dir.exists() and not preview_dir.is_dir():
+        raise UserError(f"--preview-dir {preview_dir} is a file; give a folder for the previews")
+
+
 @inspect_app.command()
 def inspect_aug(
     store: Path = typer.Option(Path("data/aug.zarr"), help="The store to describe."),
@@ -79,6 +88,7 @@ def inspect_aug(
     verify: bool = typer.Option(False, help="Read every chunk back and check it against the checksums recorded at build time."),
 ) -> None:
     """Summarize a store: counts per split and class, policy, source, size on disk."""
+    check_preview_options(preview, preview_dir)
     if verify:
         from .verify import verify_store
 

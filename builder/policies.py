@@ -82,6 +82,8 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
     path = Path(spec).expanduser()
     if not path.suffix.lower() in (".json", ".yaml", ".yml"):
         raise UserError(f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()")
+    if path.is_dir():
+        raise UserError(f"--policy {spec} is a folder; give the .json/.yaml file saved with albumentations.save()")
     if not path.is_file():
         raise UserError(f"--policy {spec}: no such file")
     data_format = "json" if path.suffix.lower() == ".json" else "yaml"

@@ -176,3 +176,85 @@ def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path)
     resumed = run_cli("train", "--resume", "--out", str(run_dir), check=True)
     assert "Test accuracy" in resumed.stdout
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+
+
+# -- bad options ----------------------------------------------------------------------------------------
+
+BUILD_BAD = [  # option, value, what the one line says
+    ("--copies", "0", "--copies must be in [1, 10000]"), ("--copies", "-3", "--copies must be in [1, 10000]"),
+    ("--copies", "99999999", "--copies must be in [1, 10000]"), ("--copies", "five", "'--copies'"),
+    ("--val-fraction", "1", "--val-fraction must be in [0, 1)"), ("--val-fraction", "-0.1", "--val-fraction must be in [0, 1)"),
+    ("--val-fraction", "nan", "--val-fraction must be in [0, 1)"), ("--val-fraction", "lots", "'--val-fraction'"),
+    ("--chunk-size", "0", "--chunk-size must be at least 1"), ("--chunk-size", "-1", "--chunk-size must be at least 1"),
+    ("--chunk-size", "10000000", "MiB chunks; use at most"), ("--chunk-size", "1e3", "'--chunk-size'"),
+    ("--image-size", "0", "--image-size must be in [1, 4096]"), ("--image-size", "99999", "--image-size must be in [1, 4096]"),
+    ("--image-size", "big", "'--image-size'"),
+    ("--limit", "0", "--limit must be at least 1"), ("--limit", "-5", "--limit must be at least 1"), ("--limit", "x", "'--limit'"),
+    ("--seed", "-1", "--seed must be in [0, 2**63)"), ("--seed", str(2**64), "--seed must be in [0, 2**63)"), ("--seed", "abc", "'--seed'"),
+    ("--workers", "0", "--workers must be in [1, "), ("--workers", "100000", "--workers must be in [1, "), ("--workers", "two", "'--workers'"),
+    ("--preview", "-1", "--preview must be in [0, 256]"), ("--preview", "1000000", "--preview must be in [0, 256]"),
+    ("--preview", "some", "'--preview'"),
+    ("--policy", "sharpen-it", "--policy sharpen-it: unknown policy"),
+]
+
+
+@pytest.mark.parametrize("option, value, message", BUILD_BAD)
+def test_bad_build_options_give_one_line_naming_the_option(option, value, message, image_folder, tmp_path):
+    result = run_cli("build-aug", "--source", str(image_folder), "--out", str(tmp_path / "s.zarr"), "--quiet", option, value)
+    assert result.returncode in (1, 2), result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("build-aug: error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_store_too_big_for_the_disk_is_refused_up_front(image_folder, tmp_path):
+    # 24 images at 4096x4096 (48 MiB a row) x 10,001 rows each: about 11 TiB, more than this disk
+    result = run_cli("build-aug", "--source", str(image_folder), "--image-size", "4096", "--copies", "10000",
+                     "--out", str(tmp_path / "s.zarr"), "--quiet")
+    assert result.returncode == 1 and "GiB are free for --out" in result.stderr and "fewer --copies" in result.stderr
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("make, option, message", [
+    (lambda d: (d / "p.json").write_text("{not json"), "--policy", "not a valid albumentations json pipeline"),
+    (lambda d: (d / "p.yaml").write_text("transform: [unclosed"), "--policy", "not a valid albumentations yaml pipeline"),
+    (lambda d: (d / "p.json").write_text('{"__version__": "2.0.8", "transform": {"__class_fullname__": "Sharpenify", "p": 1}}'),
+     "--policy", "not a valid albumentations json pipeline"),
+    (lambda d: (d / "p.json").mkdir(), "--policy", "is a folder"),
+    (lambda d: (d / "prev").write_text("a file"), "--preview-dir", "is a file"),
+    (lambda d: (d / "out").write_text("a file"), "--out", "is a file"),
+    (lambda d: (d / "src.txt").write_text("a file"), "--source", "a file must be the official cifar-10-python.tar.gz"),
+])
+def test_files_and_folders_in_the_wrong_place(make, option, message, image_folder, tmp_path):
+    make(tmp_path)
+    target = {"--policy": next(tmp_path.glob("p.*"), None), "--preview-dir": tmp_path / "prev", "--out": tmp_path / "out",
+              "--source": tmp_path / "src.txt"}[option]
+    args = {"--source": str(image_folder), "--out": str(tmp_path / "s.zarr"), option: str(target)}
+    result = run_cli("build-aug", *[x for pair in args.items() for x in pair], "--quiet")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and option in result.stderr, result.stderr
+
+
+TRAIN_BAD = [
+    ("--epochs", "0", "--epochs must be in [1, 100000]"), ("--epochs", "-2", "--epochs must be in [1, 100000]"),
+    ("--epochs", "10000000", "--epochs must be in [1, 100000]"), ("--epochs", "many", "'--epochs'"),
+    ("--batch-size", "0", "--batch-size must be in [1, 65536]"), ("--batch-size", "100000000", "--batch-size must be in [1, 65536]"),
+    ("--batch-size", "big", "'--batch-size'"),
+    ("--learning-rate", "0", "--learning-rate must be in (0, 10.0]"), ("--learning-rate", "-0.1", "--learning-rate must be in (0, 10.0]"),
+    ("--learning-rate", "1e9", "--learning-rate must be in (0, 10.0]"), ("--learning-rate", "fast", "'--learning-rate'"),
+    ("--seed", "-1", "--seed must be in [0, 2**32)"), ("--seed", str(2**40), "--seed must be in [0, 2**32)"),
+    ("--buffer-chunks", "0", "--buffer-chunks must be at least 1"), ("--buffer-chunks", "100000000", "per window of this store; use at most"),
+    ("--model", "resnet", "--model must be one of deep, shallow"), ("--optimizer", "lion", "--optimizer must be one of rmsprop, adam, sgd"),
+]
+
+
+def test_bad_train_and_evaluate_options_give_one_line_naming_the_option(small_store, tmp_path):
+    for option, value, message in TRAIN_BAD:
+        result = run_cli("train", "--store", str(small_store), "--out", str(tmp_path / "run"), option, value)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode in (1, 2) and len(lines) == 1 and message in lines[0], (option, value, result.stderr)
+        assert not (tmp_path / "run").exists()
+    result = run_cli("evaluate", "--model", str(tmp_path), "--store", str(small_store), "--batch-size", "0")
+    assert result.returncode == 1 and "--batch-size must be in [1, 65536]" in result.stderr
+    result = run_cli("evaluate", "--model", str(small_store), "--store", str(small_store))
+    assert result.returncode == 1 and "not a train run folder" in result.stderr

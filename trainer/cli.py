@@ -12,6 +12,8 @@ import typer
 
 from builder.cli_support import run_app
 
+from .options import MAX_BATCH
+
 train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -31,10 +33,14 @@ def train(
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
 ) -> None:
     """Stream a store into the CNN, validate every epoch, evaluate, and write a run folder."""
-    from .training import train_run
+    from .options import TrainOptions
 
     given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                     learning_rate=learning_rate, seed=seed, buffer_chunks=buffer_chunks).items() if v is not None}
+    TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
+    import_keras_quietly()
+    from .training import train_run
+
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     result = train_run(given, out=out, resume=resume, verbose=0 if quiet else ("auto" if sys.stdout.isatty() else 2), say=say)
     metrics = result.metrics
@@ -56,14 +62,17 @@ def evaluate(
     """Loss, accuracy and per-class accuracy of a trained model."""
     from builder.errors import UserError
 
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, write_json
-
     if (store is None) == (source is None):
         raise UserError("give exactly one of --store PATH or --source DIR")
     if split not in (None, "test", "val"):
         raise typer.BadParameter("must be test or val", param_hint="--split")
-    if batch_size < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--batch-size must be in [1, {MAX_BATCH}]")
+    if json_out is not None and json_out.is_dir():
+        raise UserError(f"--json {json_out} is a folder; give a file name for the results")
+    import_keras_quietly()
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, write_json
+
     if store is not None:
         metrics = evaluate_on_store(model, store, split, batch_size)
     else:
@@ -98,10 +107,8 @@ def import_keras_quietly() -> None:
 
 
 def main_train() -> None:
-    import_keras_quietly()
     run_app(train_app, "train", resume_hint="run train --resume (with the same --out) to continue from the last finished epoch")
 
 
 def main_evaluate() -> None:
-    import_keras_quietly()
     run_app(evaluate_app, "evaluate")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-MODELS = ("deep", "shallow")
-
 
 def shallow(image_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
     """The notebook's first network: one 3x3 convolution, pooling, a dense layer."""

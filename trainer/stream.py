@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import zarr
 
-DEFAULT_BUFFER_CHUNKS = 8
+from .options import DEFAULT_BUFFER_CHUNKS
 
 
 class StoreStream(keras.utils.PyDataset):

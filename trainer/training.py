@@ -24,39 +24,16 @@ from builder.errors import UserError
 from builder.store import open_store
 
 from .metrics import evaluate_stream
-from .models import MODELS, build_model
+from .models import build_model
 from .report import history_csv, model_card, plot_confusion, plot_curves
-from .stream import DEFAULT_BUFFER_CHUNKS, StoreStream
+from .options import OPTIMIZER_NAMES, TrainOptions
+from .stream import StoreStream
 
 OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
 RUNS_DIR = Path("runs")
+MAX_BUFFER_BYTES = 2 << 30  # the stream holds about two windows of --buffer-chunks chunks
 STATE_DIR = "state"
-
-
-@dataclass
-class TrainOptions:
-    store: str = "data/aug.zarr"
-    model: str = "deep"
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "rmsprop"
-    learning_rate: float | None = None  # None: the optimizer's Keras default
-    seed: int = 0
-    buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.learning_rate is None or self.learning_rate > 0, "--learning-rate must be positive"),
-            (0 <= self.seed < 2**32, "--seed must be in [0, 2**32)"),
-            (self.buffer_chunks >= 1, "--buffer-chunks must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
 
 
 @dataclass
@@ -198,6 +175,10 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
     test_rows = group["test/images"].shape[0] if "test/images" in group else 0
     if train_rows == 0:
         raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
+    chunk_bytes = int(np.prod(group["train/images"].chunks))
+    if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
+        raise UserError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
+                        f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
     if val_rows == 0 and test_rows == 0:
         raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
     if not resume:

@@ -1,0 +1,40 @@
+"""train's options and their limits. Imports no Keras, so a bad option is refused at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from builder.errors import UserError
+
+MODELS = ("deep", "shallow")
+OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
+DEFAULT_BUFFER_CHUNKS = 8
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_LEARNING_RATE = 10.0
+
+
+@dataclass
+class TrainOptions:
+    store: str = "data/aug.zarr"
+    model: str = "deep"
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "rmsprop"
+    learning_rate: float | None = None  # None: the optimizer's Keras default
+    seed: int = 0
+    buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
+
+    def validate(self) -> None:
+        checks = [
+            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be in [1, {MAX_EPOCHS}]"),
+            (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be in [1, {MAX_BATCH}]"),
+            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
+            (self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
+            (self.learning_rate is None or 0 < self.learning_rate <= MAX_LEARNING_RATE, f"--learning-rate must be in (0, {MAX_LEARNING_RATE}]"),
+            (0 <= self.seed < 2**32, "--seed must be in [0, 2**32)"),
+            (self.buffer_chunks >= 1, "--buffer-chunks must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
