@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,11 @@ class Policy:
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "Policy":
-        return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
+        with warnings.catch_warnings():
+            # albumentations 2 serializes derived fields (PadIfNeeded's 'padding') that it then
+            # warns about when reading them back; the rebuilt pipeline is the same (tested)
+            warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+            return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
 
 
 def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:

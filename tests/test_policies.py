@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import albumentations as A
 import cv2
@@ -102,9 +103,12 @@ def test_same_sample_same_pixels_and_different_samples_differ():
     assert len(outputs) == 4 and first.tobytes() not in outputs
 
 
-def test_stored_form_rebuilds_an_identical_policy():
-    policy = load_policy("notebook", (32, 32, 3))
-    reloaded = Policy.from_attrs(json.loads(json.dumps(policy.to_attrs())))
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_stored_form_rebuilds_an_identical_policy(name):
+    policy = load_policy(name, (32, 32, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and quietly
+        reloaded = Policy.from_attrs(json.loads(json.dumps(policy.to_attrs())))
     image = smooth_image(np.random.default_rng(3), 32)
     s1, s2 = SampleSeeder(policy.pipeline, 1), SampleSeeder(reloaded.pipeline, 1)
     for i in range(20):
