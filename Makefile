@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test run bench clean
+.PHONY: setup test run bench campaign clean
 
 $(BIN)/build-aug: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: setup
 run: setup
 	$(BIN)/build-aug --copies 5
 	$(BIN)/train --store data/aug.zarr
+
+campaign: setup
+	$(BIN)/python tests/campaign.py --json campaign.json
 
 bench: setup
 	$(BIN)/python bench/bench_codecs.py --store data/aug.zarr

@@ -27,6 +27,7 @@ CASES = {
     "text-as-jpg": "bad",
     "decompression-bomb": "bad",
     "symlink-loop": "bad",
+    "no-read-permission": "bad",
     "cmyk-jpeg": "valid",
     "png-16-bit": "valid",
     "palette-transparent": "valid",
@@ -80,6 +81,10 @@ def make_case(folder: Path, name: str, size: int = 16, seed: int = 0) -> Path:
     elif name == "symlink-loop":
         path = folder / f"{name}.jpg"
         os.symlink(path.name, path)  # points at itself
+    elif name == "no-read-permission":
+        path = folder / f"{name}.jpg"
+        path.write_bytes(encoded(rgb, "JPEG"))
+        path.chmod(0)
     elif name == "cmyk-jpeg":
         path = folder / f"{name}.jpg"
         path.write_bytes(encoded(rgb.convert("CMYK"), "JPEG", quality=95))
