@@ -220,7 +220,7 @@ def test_bad_build_options_give_one_line_naming_the_option(option, value, messag
 
 
 def test_a_store_too_big_for_the_disk_is_refused_up_front(image_folder, tmp_path):
-    # 24 images at 4096x4096 (48 MiB a row) x 10,001 rows each: about 11 TiB, more than this disk
+    # 30 images at 4096x4096 (48 MiB a row) x 10,001 rows each: about 14 TiB, more than this disk
     result = run_cli("build-aug", "--source", str(image_folder), "--image-size", "4096", "--copies", "10000",
                      "--out", str(tmp_path / "s.zarr"), "--quiet")
     assert result.returncode == 1 and "GiB are free for --out" in result.stderr and "fewer --copies" in result.stderr
