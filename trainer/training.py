@@ -25,12 +25,11 @@ from builder.store import open_store
 
 from .metrics import evaluate_stream
 from .models import build_model
-from .report import history_csv, model_card, plot_confusion, plot_curves
 from .options import OPTIMIZER_NAMES, TrainOptions
+from .report import history_csv, model_card, plot_confusion, plot_curves
 from .stream import StoreStream
 
-OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
+OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (keras.optimizers.RMSprop, keras.optimizers.Adam, keras.optimizers.SGD)))
 RUNS_DIR = Path("runs")
 MAX_BUFFER_BYTES = 2 << 30  # the stream holds about two windows of --buffer-chunks chunks
 STATE_DIR = "state"
@@ -99,12 +98,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     progress.json names the checkpoint, and it is replaced atomically, so a kill at any point
     leaves the last finished epoch loadable."""
 
-    def __init__(self, run_dir: Path, history: list[dict], train_rows: int):
+    def __init__(self, run_dir: Path, history: list[dict]):
         super().__init__()
         self.state_dir = run_dir / STATE_DIR
         self.run_dir = run_dir
         self.history = history
-        self.train_rows = train_rows
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -237,7 +235,7 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
                 initial_epoch=done,
                 validation_data=val_stream,
                 shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                callbacks=[EpochCheckpoint(run_dir, history, train_rows)],
+                callbacks=[EpochCheckpoint(run_dir, history)],
                 verbose=verbose,
             )
         evaluated_on = "test" if test_rows else "val"
