@@ -260,18 +260,18 @@ def list_images(folder: Path, ignored: list[str]) -> list[Path]:
         for name in [d for d in dirs if d.startswith(".")]:
             ignored.append(f"{shown(Path(parent, name))}: hidden")
             dirs.remove(name)
-        for name in [d for d in dirs if Path(parent, d).is_symlink()]:
-            ignored.append(f"{shown(Path(parent, name))}: a symbolic link to a folder, not followed")  # (os.walk would not either)
+        for name in [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
+            ignored.append(f"{shown(Path(parent, name))}: a symbolic link to a folder, not followed")
             dirs.remove(name)
         for name in names:
-            file = Path(parent, name)
-            if is_hidden(file):
-                ignored.append(f"{shown(file)}: hidden")
-            elif file.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(f"{shown(file)}: not an image file (.jpg .jpeg .png .bmp .webp)")
+            if name.startswith(".") or name in IGNORED_NAMES:
+                ignored.append(f"{shown(Path(parent, name))}: hidden")
+            elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                ignored.append(f"{shown(Path(parent, name))}: not an image file (.jpg .jpeg .png .bmp .webp)")
             else:
-                files.append(file)
-    return sorted(files)
+                files.append(os.path.join(parent, name))
+    # strings, sorted by path components as Path objects sort, are ~10x cheaper than sorting Paths
+    return [Path(file) for file in sorted(files, key=lambda file: file.split(os.sep))]
 
 
 def probe_size(path: Path) -> tuple[int, int]:
@@ -288,6 +288,7 @@ def probe_size(path: Path) -> tuple[int, int]:
 def scan_image_folder(root: Path, image_size: int | None) -> Source:
     if not root.is_dir():
         raise UserError(f"--source {root}: not a folder")
+    root = root.absolute()  # every file below it, so the content hash can name them relative to it
     ignored: list[str] = []
     subdirs = {p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p)}
     split_layout = "train" in subdirs and subdirs <= {"train", "test"}
@@ -309,7 +310,7 @@ def scan_image_folder(root: Path, image_size: int | None) -> Source:
         shape = (*probe_size(train_split.files[0]), 3)
     return Source(
         kind="image-folder",
-        location=str(root.resolve()),
+        location=str(root),
         class_names=class_names,
         image_shape=shape,
         train=train_split,
@@ -343,11 +344,11 @@ def hash_folder_files(source: Source) -> str:
 def folder_content_hash(source: Source, digests: dict[str, list[str]]) -> str:
     """Hash of every used file's relative path, label and bytes, in source order."""
     digest = hashlib.sha256()
-    root = Path(source.location)
+    skip = len(source.location) + 1  # files are listed below the location: their path relative to it, cheaply
     for split_name, split in (("train", source.train), ("test", source.test)):
         if split is None:
             continue
         for file, label, file_hash in zip(split.files, split.labels, digests[split_name]):
             # file names as bytes: a name that is not UTF-8 must hash, not crash
-            digest.update(os.fsencode(file.relative_to(root).as_posix()) + f"\0{label}\0{file_hash}\n".encode())
+            digest.update(os.fsencode(str(file)[skip:]) + f"\0{label}\0{file_hash}\n".encode())
     return "sha256:" + digest.hexdigest()

@@ -79,8 +79,9 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
     row black and is listed in bad as (row, message); without, its message stops the build.
     """
     split, start, files, resize, skip_bad = task
-    target = map_source(_worker.build_dir, split, "r+")
-    height, width = target.shape[1:3]
+    mapped = np.load(source_file(_worker.build_dir, split), mmap_mode="r")
+    height, width = mapped.shape[1:3]
+    block = np.zeros((len(files), *mapped.shape[1:]), np.uint8)
     digests, bad = [], []
     with native_stderr_silenced():
         for offset, file in enumerate(files):
@@ -99,9 +100,13 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
                         f"{width}x{height}; pass --image-size N to resize them all to NxN"
                     )
                 image = resize_to(image, height, width)
-            target[start + offset] = image
+            block[offset] = image
             digests.append(digest)
-    # no flush: the map is shared, other processes see the rows at once; msync would only wait for the disk
+    # One write into the shared file, not row by row through the mapping: first touches of a
+    # fresh file's pages cost a page fault each (~40 us a CIFAR row). Other processes see the
+    # rows through their mappings at once; no fsync, which would only wait for the disk.
+    with open(source_file(_worker.build_dir, split), "r+b") as target:
+        os.pwrite(target.fileno(), block, mapped.offset + start * block[0].nbytes)
     return split, start, digests, bad
 
 

@@ -6,6 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 
 from builder.errors import UserError
@@ -149,3 +150,14 @@ def test_every_mode_becomes_rgb(tmp_path):
         decoded, _ = read_image_file(tmp_path / name)
         assert decoded.shape == (8, 8, 3) and decoded.dtype == np.uint8, name
         assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1, name
+
+
+def test_a_relative_source_folder_builds_and_hashes_like_an_absolute_one(image_folder, tmp_path):
+    relative = run_cli("build-aug", "--source", image_folder.name, "--copies", "1", "--preview", "0", "--quiet",
+                       "--out", "rel.zarr", cwd=image_folder.parent)
+    assert relative.returncode == 0, relative.stderr
+    absolute = run_cli("build-aug", "--source", str(image_folder), "--copies", "1", "--preview", "0", "--quiet",
+                       "--out", str(tmp_path / "abs.zarr"), check=True)
+    assert absolute.returncode == 0
+    read = lambda p: zarr.open_group(str(p), mode="r").attrs["source"]["content_hash"]
+    assert read(image_folder.parent / "rel.zarr") == read(tmp_path / "abs.zarr")
