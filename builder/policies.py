@@ -170,8 +170,12 @@ class GeneratorRandom(random.Random):
         return value
 
     def getrandbits(self, k: int) -> int:
+        if k <= 53:
+            # random() is a multiple of 2**-53, so this is exactly k uniform bits, from the batch
+            # (randint and choice land here: ~0.3 us instead of ~2.5 for a numpy scalar draw)
+            return int(self.random() * (1 << k))
         if k <= 63:
-            return int(self.generator.integers(0, 1 << k)) if k else 0
+            return int(self.generator.integers(0, 1 << k))
         return int.from_bytes(self.generator.bytes((k + 7) // 8), "little") >> (-k % 8)
 
 
