@@ -7,7 +7,8 @@ an identity policy (an empty albumentations Compose), one copy, no separate orig
 Every run evaluates on the same validation images: same source, --val-fraction and --seed.
 Interrupted? Rerun the same command: finished stores and runs are kept, unfinished runs resume.
 
-    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality [--runs a,b-crop-flip,b-notebook]
+    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs a,b-crop-flip              # 2M image-steps each
+    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs b-notebook,b-crop-flip-lr1e-4 --budget 1000000
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ RUNS = {  # name: (policy, copies, extra train options)
     "a": ("identity", 1, []),
     "b-crop-flip": ("crop-flip", 5, []),
     "b-notebook": ("notebook", 5, []),
+    "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
 }
 
 
@@ -67,9 +69,9 @@ def main() -> None:
         rows = zarr.open_group(str(store), mode="r")["train/images"].shape[0]
         epochs = -(-args.budget // rows)
         print(f"{name}: {rows:,} rows x {epochs} epochs = {rows * epochs:,} image-steps", flush=True)
-        progress = train(store, args.work / f"run-{name}", epochs, extra)
+        progress = train(store, args.work / f"run-{name}" if args.budget == 2_000_000 else args.work / f"run-{name}-{args.budget}", epochs, extra)
         results[name] = {"rows": rows, "history": progress["history"]}
-        (args.work / "results.json").write_text(json.dumps(results, indent=1))
+        (args.work / f"results-{args.budget}.json").write_text(json.dumps(results, indent=1))
 
     import matplotlib
 
@@ -90,8 +92,8 @@ def main() -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(args.work / "quality.png", dpi=100)
-    print(f"curves: {args.work / 'quality.png'}")
+    figure.savefig(args.work / f"quality-{args.budget}.png", dpi=100)
+    print(f"curves: {args.work / f'quality-{args.budget}.png'}")
 
 
 if __name__ == "__main__":
