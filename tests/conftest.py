@@ -80,6 +80,14 @@ def cifar_archive(tmp_path) -> tuple[Path, dict]:
     return path, write_cifar_archive(path)
 
 
+def restore_ctrl_c() -> None:
+    """For a child that must feel Ctrl-C: a shell that starts a command in the background (as CI
+    may) makes it ignore SIGINT, and Python would then never raise KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Run an installed console script (build-aug, inspect-aug, ...) as a user would."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}

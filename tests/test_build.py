@@ -18,7 +18,7 @@ from PIL import Image
 from builder.build import BuildOptions, build_store
 from builder.errors import UserError
 from builder.store import BUILD_DIR, open_store
-from conftest import BIN, assert_same_store, run_cli, store_arrays, write_cifar_archive, write_image_folder
+from conftest import BIN, assert_same_store, restore_ctrl_c, run_cli, store_arrays, write_cifar_archive, write_image_folder
 
 
 def build(source, out, **kwargs):
@@ -178,7 +178,8 @@ def test_out_that_is_not_a_store_is_never_touched(image_folder, tmp_path):
 
 
 def start_build(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "build-aug"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen([str(BIN / "build-aug"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=restore_ctrl_c, **kwargs)
 
 
 def wait_for_chunks(out: Path, at_least: int, process: subprocess.Popen, timeout: float = 60) -> None:

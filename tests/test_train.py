@@ -16,7 +16,7 @@ import zarr
 
 from builder.build import BuildOptions, build_store
 from builder.errors import UserError
-from conftest import BIN, REPO, run_cli, write_image_folder
+from conftest import BIN, REPO, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 12, "dog": 12, "emu": 12}
 FAST = ["--epochs", "2", "--batch-size", "16"]
@@ -247,7 +247,8 @@ def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
     run_dir = tmp_path / "run"
     epochs = 5
     process = subprocess.Popen([str(BIN / "train"), "--store", str(store), "--epochs", str(epochs), "--batch-size", "8", "--out", str(run_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=restore_ctrl_c)
     wait_for_epochs(run_dir, 1, process)
     if how == "kill -9":
         os.killpg(process.pid, signal.SIGKILL)
