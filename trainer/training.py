@@ -45,7 +45,13 @@ class TrainResult:
 
 
 def default_run_dir() -> Path:
-    return RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
+    """runs/<timestamp>, with -2, -3, ... when runs start within the same second."""
+    base = RUNS_DIR / time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 def latest_unfinished_run(runs_dir: Path = RUNS_DIR) -> Path:
