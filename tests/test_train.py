@@ -329,3 +329,15 @@ def test_model_and_store_that_disagree_are_refused(finished_run, tmp_path):
     result = run_cli("evaluate", "--model", str(run_dir), "--store", str(bigger))
     assert result.returncode == 1 and "(16, 16, 3)" in result.stderr and "(32, 32, 3)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
+    from trainer import training
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(training.time, "strftime", lambda *_: "20261127-120000")  # runs started in the same second
+    first = training.default_run_dir()
+    first.mkdir(parents=True)
+    second = training.default_run_dir()
+    second.mkdir()
+    assert (first.name, second.name, training.default_run_dir().name) == ("20261127-120000", "20261127-120000-2", "20261127-120000-3")
