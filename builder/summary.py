@@ -40,6 +40,7 @@ def summarize(path: Path, group: zarr.Group) -> dict:
         "compression_ratio": raw / disk if disk else None,
         "versions": attrs.get("versions", {}),
         "built": attrs.get("built", {}),
+        "skipped": attrs.get("skipped", []),
     }
 
 
@@ -56,6 +57,9 @@ def format_summary(s: dict) -> str:
     ]
     if src.get("ignored"):
         lines.append(f"not used     {len(src['ignored'])} files or folders of the source (see the store's attrs)")
+    if s["skipped"]:
+        lines.append(f"skipped      {len(s['skipped'])} bad images (--skip-bad): " + "; ".join(e["file"] for e in s["skipped"][:3])
+                     + (" ..." if len(s["skipped"]) > 3 else ""))
     splits = list(s["counts"])
     width = max(len(c) for c in s["class_names"] + ["class", "total"])
     lines.append("")
