@@ -8,7 +8,7 @@ Every run evaluates on the same validation images: same source, --val-fraction a
 Interrupted? Rerun the same command: finished stores and runs are kept, unfinished runs resume.
 
     python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs a,b-crop-flip              # 2M image-steps each
-    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs b-notebook,b-crop-flip-lr1e-4 --budget 1000000
+    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs b-crop-flip-lr1e-4,a-lr1e-4
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ RUNS = {  # name: (policy, copies, extra train options)
     "b-crop-flip": ("crop-flip", 5, []),
     "b-notebook": ("notebook", 5, []),
     "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
+    "a-lr1e-4": ("identity", 1, ["--learning-rate", "1e-4"]),
 }
 
 
