@@ -122,9 +122,34 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
         else:
             state.seeder.reseed(s, k)
             block[row] = state.augment(source[s])
-    state.array(split)[start : start + len(block)] = block
+    write_chunk(state.array(split), Path(state.store_path), chunk, block)
     write_atomic(marker_file(state.build_dir, split, chunk), f"{zlib.crc32(block):08x}")
     return split, chunk, len(block)
+
+
+def write_chunk(array: zarr.Array, store_path: Path, chunk: int, block: np.ndarray) -> None:
+    """Write chunk `chunk` (rows chunk * chunk_rows ...) of an images array in one go.
+
+    The store's image arrays are uncompressed (IMAGE_CODEC): zarr v3's only codec is then
+    'bytes', and a chunk file is the chunk's pixels in C order, padded with the fill value to the
+    full chunk. Writing that file directly (to a temporary name, renamed into place, so readers see
+    the whole chunk or none) costs ~1.5 ms for a 3 MB chunk against 6-20 ms through zarr's
+    asynchronous pipeline. Any other layout goes through zarr.
+    """
+    meta = array.metadata
+    raw = (len(meta.codecs) == 1 and type(meta.codecs[0]).__name__ == "BytesCodec"
+           and array.dtype == np.uint8 and meta.fill_value == 0)
+    if not raw:
+        array[chunk * array.chunks[0]: chunk * array.chunks[0] + len(block)] = block
+        return
+    if len(block) < array.chunks[0]:  # the last, partial chunk: zarr stores it full size
+        block = np.concatenate([block, np.zeros((array.chunks[0] - len(block), *block.shape[1:]), np.uint8)])
+    path = store_path / array.path / meta.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as file:
+        file.write(np.ascontiguousarray(block).data)
+    os.replace(tmp, path)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -291,3 +291,19 @@ def test_missing_source_and_unwritable_out(image_folder, tmp_path):
     read_only = run_cli("build-aug", "--source", str(image_folder), "--out", "/proc/augzarr-test.zarr")
     assert read_only.returncode == 1 and len(read_only.stderr.strip().splitlines()) == 1, read_only.stderr
     assert "/proc/augzarr-test.zarr" in read_only.stderr
+
+
+def test_chunk_files_are_byte_for_byte_what_zarr_writes(image_folder, tmp_path):
+    """build-aug writes raw image chunks itself (faster); they must be exactly zarr's own files."""
+    out = tmp_path / "s.zarr"
+    build(image_folder, out, copies=2, chunk_size=7, workers=1)  # 72 train rows: the last chunk is partial
+    ours = zarr.open_group(str(out), mode="r")
+    for split in ("train", "val"):
+        images = ours[f"{split}/images"]
+        theirs = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="a", zarr_format=3).create_array(
+            split, shape=images.shape, chunks=images.chunks, dtype="uint8", compressors=None, fill_value=0)
+        theirs[:] = images[:]
+        for c in range(images.cdata_shape[0]):
+            key = images.metadata.encode_chunk_key((c, 0, 0, 0))
+            assert (out / split / "images" / key).read_bytes() == (tmp_path / "zarr.zarr" / split / key).read_bytes(), (split, c)
+    assert not list(out.rglob("*.tmp"))
