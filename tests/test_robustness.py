@@ -180,15 +180,16 @@ def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path)
     store = tmp_path / "s.zarr"
     run_cli("build-aug", "--source", str(folder), "--copies", "1", "--preview", "0", "--quiet", "--out", str(store), check=True)
     run_dir = tmp_path / "run"
-    limited = subprocess.run([str(BIN / "train"), "--store", str(store), "--epochs", "2", "--batch-size", "8", "--model", "shallow",
-                              "--out", str(run_dir)], capture_output=True, text=True, preexec_fn=set_file_size_limit(1 << 20))
+    command = ["--store", str(store), "--epochs", "2", "--batch-size", "8", "--model", "shallow", "--out", str(run_dir)]
+    limited = subprocess.run([str(BIN / "train"), *command], capture_output=True, text=True, preexec_fn=set_file_size_limit(1 << 20))
     assert limited.returncode == 1, limited.stderr
     last = limited.stderr.strip().splitlines()[-1]
-    assert last.startswith("train: error: no space left writing") and last.endswith("then run train --resume (with the same --out) to continue from the last finished epoch")
+    assert last.startswith("train: error: no space left writing")
+    assert last.endswith("then run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch")
     assert "Traceback" not in limited.stderr
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
-    resumed = run_cli("train", "--resume", "--out", str(run_dir), check=True)
-    assert "Test accuracy" in resumed.stdout
+    resumed = run_cli("train", *command, check=True)  # the same command, once space is free
+    assert "resuming" in resumed.stdout and "Test accuracy" in resumed.stdout
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
 
 

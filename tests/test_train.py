@@ -257,7 +257,7 @@ def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 130
-        assert "--resume" in stderr and "Traceback" not in stderr
+        assert "run the same command again (or train --resume" in stderr and "Traceback" not in stderr
     progress = json.loads((run_dir / "state" / "progress.json").read_text())
     assert 1 <= progress["epochs_done"] < epochs
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
@@ -287,6 +287,10 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
         train_run({"batch_size": 32}, out=progress_dir, resume=True)
     with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
         train_run({"store": str(store)}, out=progress_dir)
+    said = []
+    result = train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=progress_dir, verbose=0, say=said.append)
+    assert result.resumed_from == 1 and any("resuming" in line for line in said)  # the same command again continues it
+    assert json.loads((progress_dir / "run.json").read_text())["status"] == "complete"
 
 
 # -- errors -------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def import_keras_quietly() -> None:
 
 
 def main_train() -> None:
-    run_app(train_app, "train", resume_hint="run train --resume (with the same --out) to continue from the last finished epoch")
+    run_app(train_app, "train", resume_hint="run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch")
 
 
 def main_evaluate() -> None:

@@ -164,6 +164,9 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         raise ValueError(f"unknown train options {sorted(unknown)}")
     options = TrainOptions(**given)
     options.validate()  # before touching any folder
+    if not resume and out is not None and read_json(out / "run.json").get("status") == "running" \
+            and read_json(out / "run.json").get("options") == asdict(options):
+        resume = True  # the very command that was interrupted, run again: it continues, as build-aug's does
     if resume:
         run_dir, run = find_run_to_resume(out)
         recorded = run["options"]
