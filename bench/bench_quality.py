@@ -8,7 +8,7 @@ Every run evaluates on the same validation images: same source, --val-fraction a
 Interrupted? Rerun the same command: finished stores and runs are kept, unfinished runs resume.
 
     python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs a,b-crop-flip              # 2M image-steps each
-    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs b-crop-flip-lr1e-4,a-lr1e-4
+    python bench/bench_quality.py --images /tmp/cifar --work /tmp/quality --runs b-crop-flip-cosine,a-cosine
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ RUNS = {  # name: (policy, copies, extra train options)
     "b-notebook": ("notebook", 5, []),
     "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
     "a-lr1e-4": ("identity", 1, ["--learning-rate", "1e-4"]),
+    "b-crop-flip-cosine": ("crop-flip", 5, ["--lr-schedule", "cosine"]),  # RMSprop 1e-3 decayed to 0 over the run
+    "a-cosine": ("identity", 1, ["--lr-schedule", "cosine"]),
 }
 
 

@@ -260,6 +260,7 @@ TRAIN_BAD = [
     ("--seed", "-1", "--seed must be in [0, 2**32)"), ("--seed", str(2**40), "--seed must be in [0, 2**32)"),
     ("--buffer-chunks", "0", "--buffer-chunks must be at least 1"), ("--buffer-chunks", "100000000", "per window of this store; use at most"),
     ("--model", "resnet", "--model must be one of deep, shallow"), ("--optimizer", "lion", "--optimizer must be one of rmsprop, adam, sgd"),
+    ("--lr-schedule", "step", "--lr-schedule must be one of constant, cosine"),
 ]
 
 

@@ -345,3 +345,16 @@ def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
     second = training.default_run_dir()
     second.mkdir()
     assert (first.name, second.name, training.default_run_dir().name) == ("20261127-120000", "20261127-120000-2", "20261127-120000-3")
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(store, tmp_path):
+    import keras
+
+    from trainer.training import train_run
+
+    train_run({"store": str(store), "epochs": 2, "batch_size": 16, "model": "shallow", "lr_schedule": "cosine"},
+              out=tmp_path / "run", verbose=0, say=lambda _: None)
+    optimizer = keras.models.load_model(tmp_path / "run" / "model.keras").optimizer
+    assert int(optimizer.iterations.numpy()) == 2 * 6  # 81 rows in batches of 16
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.0, abs=1e-9)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["learning_rate"] == pytest.approx(1e-3)

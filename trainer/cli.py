@@ -26,6 +26,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 128]."),
     optimizer: Optional[str] = typer.Option(None, help="rmsprop, adam or sgd [default: rmsprop]."),
     learning_rate: Optional[float] = typer.Option(None, help="[default: the optimizer's Keras default, 0.001 for rmsprop]"),
+    lr_schedule: Optional[str] = typer.Option(None, help="constant, or cosine (decays to 0 over the run) [default: constant]."),
     seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
     buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the latest unfinished run]."),
@@ -36,7 +37,8 @@ def train(
     from .options import TrainOptions
 
     given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
-                                    learning_rate=learning_rate, seed=seed, buffer_chunks=buffer_chunks).items() if v is not None}
+                                    learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
+                                    buffer_chunks=buffer_chunks).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
     import_keras_quietly()
     from .training import train_run

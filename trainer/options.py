@@ -8,6 +8,7 @@ from builder.errors import UserError
 
 MODELS = ("deep", "shallow")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_BUFFER_CHUNKS = 8
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
@@ -22,6 +23,7 @@ class TrainOptions:
     batch_size: int = 128
     optimizer: str = "rmsprop"
     learning_rate: float | None = None  # None: the optimizer's Keras default
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over the run's steps
     seed: int = 0
     buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
 
@@ -32,6 +34,7 @@ class TrainOptions:
             (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
             (self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
             (self.learning_rate is None or 0 < self.learning_rate <= MAX_LEARNING_RATE, f"--learning-rate must be in (0, {MAX_LEARNING_RATE}]"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (0 <= self.seed < 2**32, "--seed must be in [0, 2**32)"),
             (self.buffer_chunks >= 1, "--buffer-chunks must be at least 1"),
         ]
