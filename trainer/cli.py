@@ -26,7 +26,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 128]."),
     optimizer: Optional[str] = typer.Option(None, help="rmsprop, adam or sgd [default: rmsprop]."),
     learning_rate: Optional[float] = typer.Option(None, help="[default: the optimizer's Keras default, 0.001 for rmsprop]"),
-    lr_schedule: Optional[str] = typer.Option(None, help="constant, or cosine (decays to 0 over the run) [default: constant]."),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine (the rate decays to 0 over the run) or constant (the notebook's) [default: cosine]."),
     seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
     buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the latest unfinished run]."),

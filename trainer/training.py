@@ -131,9 +131,9 @@ def initial_learning_rate(options: TrainOptions) -> float:
 
 
 def make_optimizer(options: TrainOptions, steps: int) -> keras.optimizers.Optimizer:
-    """The optimizer at --learning-rate (or its Keras default), constant or cosine-decayed to 0 over
-    `steps`: a constant RMSprop rate of 1e-3 leaves the validation accuracy swinging by +-2 points
-    between late epochs (BENCHMARKS.md); decaying it settles the end of training."""
+    """The optimizer at --learning-rate (or its Keras default), cosine-decayed to 0 over `steps`
+    (the default) or constant: a constant RMSprop rate of 1e-3 leaves the validation accuracy
+    swinging by +-2 points between late epochs (BENCHMARKS.md); decaying it settles training."""
     rate = initial_learning_rate(options)
     if options.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(initial_learning_rate=rate, decay_steps=steps)
