@@ -33,9 +33,9 @@ from .decode import shown
 from .sources import Source, folder_content_hash, hash_folder_files, open_source
 from .store import (
     BUILD_DIR, FORMAT_NAME, ROW_ARRAYS, array_crc32, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
-    read_attrs, remove_store_contents, size_on_disk,
+    read_attrs, remove_store_contents, size_on_disk, write_atomic,
 )
-from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file, write_atomic
+from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file
 
 DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096

@@ -172,3 +172,10 @@ def remove_store_contents(path: Path, keep: str) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a small file whole: readers see the old text or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

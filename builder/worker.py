@@ -21,7 +21,7 @@ import zarr
 from .decode import file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .errors import UserError
 from .policies import Policy, SampleSeeder, image_applier
-from .store import BUILD_DIR
+from .store import BUILD_DIR, write_atomic
 
 _worker: "WorkerState | None" = None
 
@@ -149,10 +149,4 @@ def write_chunk(array: zarr.Array, store_path: Path, chunk: int, block: np.ndarr
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as file:
         file.write(np.ascontiguousarray(block).data)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)

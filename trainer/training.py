@@ -12,7 +12,6 @@ confusion.png, model_card.md.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ import keras
 import numpy as np
 
 from builder.errors import UserError
-from builder.store import open_store
+from builder.store import open_store, write_atomic
 
 from .metrics import evaluate_stream
 from .models import build_model
@@ -66,12 +65,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def store_fingerprint(attrs: dict) -> dict:
@@ -178,8 +171,8 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         raise ValueError(f"unknown train options {sorted(unknown)}")
     options = TrainOptions(**given)
     options.validate()  # before touching any folder
-    if not resume and out is not None and read_json(out / "run.json").get("status") == "running" \
-            and read_json(out / "run.json").get("options") == asdict(options):
+    interrupted = read_json(out / "run.json") if out is not None and not resume else {}
+    if interrupted.get("status") == "running" and interrupted.get("options") == asdict(options):
         resume = True  # the very command that was interrupted, run again: it continues, as build-aug's does
     if resume:
         run_dir, run = find_run_to_resume(out)
