@@ -112,30 +112,6 @@ def check_policy_runs(spec: str, pipeline: A.Compose, image_shape: tuple[int, ..
         raise UserError(f"--policy {spec}: the pipeline turns a {tuple(image_shape)} uint8 image into {out.shape} {out.dtype}; it must keep shape and dtype")
 
 
-def image_applier(pipeline: A.BaseCompose):
-    """A function image -> pipeline(image=image)["image"], cheaper per call where that is safe.
-
-    For a plain Compose without bbox or keypoint processors, Compose.__call__ draws once for
-    its own p, checks target shapes, then calls each transform in turn; the checks concern
-    other targets only. Skipping them saves ~15 us of the ~105 us a CIFAR image costs and
-    gives the same bytes (tests/test_policies.py holds it to that). Anything else takes
-    the full call.
-    """
-    if type(pipeline) is not A.Compose or pipeline.processors or pipeline.save_applied_params:
-        return lambda image: pipeline(image=image)["image"]
-    transforms, p = list(pipeline.transforms), pipeline.p
-
-    def apply(image: np.ndarray) -> np.ndarray:
-        if not pipeline.py_random.random() < p:  # the draw Compose makes, so the random streams stay in step
-            return image
-        data = {"image": image}
-        for transform in transforms:
-            data = transform(**data)
-        return data["image"]
-
-    return apply
-
-
 def policy_json(policy: Policy) -> str:
     return json.dumps(policy.to_attrs(), sort_keys=True)
 

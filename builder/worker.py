@@ -20,7 +20,8 @@ import zarr
 
 from .decode import file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .errors import UserError
-from .policies import Policy, SampleSeeder, image_applier
+from .applier import image_applier
+from .policies import Policy, SampleSeeder
 from .store import BUILD_DIR, write_atomic
 
 _worker: "WorkerState | None" = None

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from builder.errors import UserError
-from builder.policies import PRESETS, Policy, SampleSeeder, image_applier, load_policy
+from builder.applier import image_applier, is_identity
+from builder.policies import PRESETS, Policy, SampleSeeder, load_policy
 from conftest import smooth_image
 
 N_SAMPLES = 3000
@@ -157,6 +158,11 @@ def test_presets_keep_shape_for_other_sizes():
     lambda: PRESETS["crop-flip"](32, 32),
     lambda: A.Compose([A.OneOf([A.Rotate(limit=30), A.RandomBrightnessContrast()], p=0.7), A.VerticalFlip()], p=0.6),
     lambda: A.Compose([A.HorizontalFlip()], bbox_params=A.BboxParams(format="pascal_voc")),  # takes the full call
+    # Affine's own step, through each of its sampling branches, and the cases it hands back
+    lambda: A.Compose([A.Affine(translate_percent=(-0.2, 0.3), shear=(-10, 20), rotate=(-5, 5), p=0.6)]),
+    lambda: A.Compose([A.Affine(scale=(0.7, 1.5), balanced_scale=True, keep_ratio=True, border_mode=cv2.BORDER_CONSTANT,
+                                fill=(10, 200, 30), interpolation=cv2.INTER_NEAREST)]),
+    lambda: A.Compose([A.Affine(scale=0.5, rotate=(-90, 90), fit_output=True, p=1)]),  # takes the full call
 ])
 def test_fast_image_path_gives_the_full_calls_bytes(make):
     full, fast = make(), make()
@@ -172,3 +178,17 @@ def test_fast_image_path_gives_the_full_calls_bytes(make):
         assert np.array_equal(apply(image), expected), i
         differs += not np.array_equal(expected, image)
     assert differs > 50  # the pipelines did act
+
+
+def test_identity_check_agrees_with_np_allclose():
+    # affine_step returns the image unwarped exactly when albumentations' np.allclose test would
+    rng = np.random.default_rng(0)
+    identities = 0
+    for _ in range(4000):
+        matrix = np.eye(3)  # one entry off by 1e-10 to 1e-3: around both tolerances (1e-8 off the diagonal, ~1e-5 on it)
+        matrix[rng.integers(3), rng.integers(3)] += rng.choice([-1, 1]) * 10 ** rng.uniform(-10, -3)
+        expected = bool(np.allclose(matrix, np.eye(3)))
+        assert is_identity(matrix) == expected, matrix
+        identities += expected
+    assert 500 < identities < 3500  # both answers were exercised
+    assert not is_identity(np.full((3, 3), np.nan))
