@@ -20,14 +20,15 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-RUNS = {  # name: (policy, copies, extra train options)
-    "a": ("identity", 1, []),
-    "b-crop-flip": ("crop-flip", 5, []),
-    "b-notebook": ("notebook", 5, []),
-    "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
-    "a-lr1e-4": ("identity", 1, ["--learning-rate", "1e-4"]),
+RUNS = {  # name: (policy, copies, extra train options); the first five ran before cosine became the default
+    "a": ("identity", 1, ["--lr-schedule", "constant"]),
+    "b-crop-flip": ("crop-flip", 5, ["--lr-schedule", "constant"]),
+    "b-notebook": ("notebook", 5, ["--lr-schedule", "constant"]),
+    "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--lr-schedule", "constant", "--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
+    "a-lr1e-4": ("identity", 1, ["--lr-schedule", "constant", "--learning-rate", "1e-4"]),
     "b-crop-flip-cosine": ("crop-flip", 5, ["--lr-schedule", "cosine"]),  # RMSprop 1e-3 decayed to 0 over the run
     "a-cosine": ("identity", 1, ["--lr-schedule", "cosine"]),
+    "b-notebook-cosine": ("notebook", 5, ["--lr-schedule", "cosine"]),
 }
 
 
