@@ -21,6 +21,11 @@ from albumentations.core.transforms_interface import BasicTransform
 
 Step = Callable[[np.ndarray], np.ndarray]
 
+# The albumentations releases whose BasicTransform.__call__ and Affine internals the steps below
+# follow (their private helpers were renamed within 2.0.x); under any other release every
+# transform takes its full call: the same bytes, at the library's own speed.
+FOLLOWED_RELEASES = ("2.0.8",)
+
 
 def image_applier(pipeline: A.BaseCompose) -> Step:
     """A function image -> pipeline(image=image)["image"].
@@ -45,14 +50,15 @@ def image_applier(pipeline: A.BaseCompose) -> Step:
 
 def transform_step(transform) -> Step:
     """The cheapest exact image-only step for one transform of a plain Compose."""
-    standard = (isinstance(transform, BasicTransform)
+    standard = (A.__version__ in FOLLOWED_RELEASES
+                and isinstance(transform, BasicTransform)
                 and type(transform).__call__ is BasicTransform.__call__
                 and type(transform).apply_with_params is BasicTransform.apply_with_params
                 and not transform.replay_mode and not transform.deterministic
                 and set(transform.targets_as_params) <= {"image"})
     if not standard:
         return lambda image: transform(image=image)["image"]
-    if type(transform) is A.Affine and not transform.fit_output and hasattr(transform, "_get_translate_params"):
+    if type(transform) is A.Affine and not transform.fit_output:
         return affine_step(transform)
     return direct_step(transform)
 

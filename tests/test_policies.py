@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from builder.errors import UserError
-from builder.applier import image_applier, is_identity
+from builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
 from builder.policies import PRESETS, Policy, SampleSeeder, load_policy
 from conftest import smooth_image
 
@@ -192,3 +192,14 @@ def test_identity_check_agrees_with_np_allclose():
         identities += expected
     assert 500 < identities < 3500  # both answers were exercised
     assert not is_identity(np.full((3, 3), np.nan))
+
+
+def test_cheap_steps_only_under_the_releases_they_follow(monkeypatch):
+    # the byte tests above exercise the cheap steps, not only the full call they fall back to
+    affine, flip = A.Affine(rotate=(-10, 10), p=1), A.HorizontalFlip()
+    if A.__version__ in FOLLOWED_RELEASES:  # pyproject's pin installs one
+        assert transform_step(affine).__qualname__.startswith("affine_step")
+        assert transform_step(flip).__qualname__.startswith("direct_step")
+    monkeypatch.setattr(A, "__version__", "2.1.0")  # a release whose internals nobody checked: the full call
+    assert transform_step(affine).__qualname__.startswith("transform_step")
+    assert transform_step(flip).__qualname__.startswith("transform_step")
