@@ -98,9 +98,8 @@ def affine_step(affine: A.Affine) -> Step:
         matrix = fgeometric.create_affine_transformation_matrix(translate, shear, scale, rotate, fgeometric.center(shape))
         if is_identity(matrix):
             return image
-        out = cv2.warpAffine(np.ascontiguousarray(image), matrix[:2, :], (shape[1], shape[0]), flags=affine.interpolation,
-                             borderMode=affine.border_mode, borderValue=fgeometric.extend_value(affine.fill, image.shape[2]))
-        return out
+        return cv2.warpAffine(np.ascontiguousarray(image), matrix[:2, :], (shape[1], shape[0]), flags=affine.interpolation,
+                              borderMode=affine.border_mode, borderValue=fgeometric.extend_value(affine.fill, image.shape[2]))
 
     return step
 
