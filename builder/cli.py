@@ -24,7 +24,7 @@ def build_aug(
     source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/..."),
     copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
-    policy: str = typer.Option("notebook", help="Preset (notebook, crop-flip) or a .json/.yaml file saved with albumentations.save()."),
+    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
     val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting."),
     out: Path = typer.Option(Path("data/aug.zarr"), help="The zarr store to write."),
     chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),

@@ -36,7 +36,7 @@ def test_store_layout_follows_format_v1(cifar_archive, tmp_path):
     assert attrs["class_names"] == truth["names"] and attrs["image_shape"] == [32, 32, 3]
     assert attrs["copies"] == 3 and attrs["include_original"] is True and attrs["seed"] == 0
     assert attrs["source"]["kind"] == "cifar10-pickle" and attrs["source"]["content_hash"].startswith("sha256:")
-    assert attrs["policy"]["name"] == "notebook" and attrs["policy"]["albumentations"]["transform"]["transforms"]
+    assert attrs["policy"]["name"] == "crop-flip" and attrs["policy"]["albumentations"]["transform"]["transforms"]
     assert {"albumentations", "zarr", "numpy"} <= set(attrs["versions"])
     assert not (out / BUILD_DIR).exists()
     n_val = root["val/images"].shape[0]
@@ -135,7 +135,7 @@ def test_cli_build_previews_and_summary(image_folder, tmp_path):
     assert quiet.stdout == "" and not (tmp_path / "none").exists()
 
     inspected = run_cli("inspect-aug", "--store", str(out), "--preview", "2", "--preview-dir", str(tmp_path / "again"), check=True)
-    assert "complete" in inspected.stdout and "notebook" in inspected.stdout
+    assert "complete" in inspected.stdout and "crop-flip" in inspected.stdout
     lines = {line.split()[0]: line.split()[1:] for line in inspected.stdout.splitlines() if line.split()}
     assert lines["cat"] == ["24", "2"] and lines["total"] == ["72", "6"]
     assert "ratio" in inspected.stdout
