@@ -5,7 +5,7 @@ one run: (a) Keras' legacy ImageDataGenerator with the notebook's settings, in m
 (b) a single-process loop of the notebook albumentations policy over images already
 decoded in memory, through albumentations' full call, and (b') the same loop through build-aug's
 image applier (the same bytes, cheaper calls: builder/applier.py); build-aug end to end (decode JPEGs, augment, write, previews) with
-2 workers and --val-fraction 0, so it augments as many images as (a) and (b).
+2 workers, --policy notebook and --val-fraction 0, so it augments as many images as (a) and (b), with the same settings.
 
     python bench/bench_build.py --images /tmp/cifar [--limit 50000] [--copies 5] [--rounds 3]
 """
@@ -27,7 +27,7 @@ import numpy as np
 def timed_build(images: str, out: Path, copies: int, limit: int, workers: int) -> float:
     bin_dir = Path(sys.executable).parent
     args = [str(bin_dir / "build-aug"), "--source", images, "--out", str(out / "aug.zarr"), "--copies", str(copies),
-            "--val-fraction", "0", "--workers", str(workers), "--limit", str(limit), "--preview-dir", str(out / "preview"), "--quiet"]
+            "--policy", "notebook", "--val-fraction", "0", "--workers", str(workers), "--limit", str(limit), "--preview-dir", str(out / "preview"), "--quiet"]
     start = time.perf_counter()
     subprocess.run(args, check=True)
     return time.perf_counter() - start
