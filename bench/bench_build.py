@@ -1,11 +1,12 @@
 """build-aug against (a) the notebook's ImageDataGenerator.flow and (b) the compute floor.
 
-All three produce COPIES augmented copies of the same decoded images, side by side in
-one run: (a) Keras' legacy ImageDataGenerator with the notebook's settings, in memory;
-(b) a single-process loop of the notebook albumentations policy over images already
-decoded in memory, through albumentations' full call, and (b') the same loop through build-aug's
-image applier (the same bytes, cheaper calls: builder/applier.py); build-aug end to end (decode JPEGs, augment, write, previews) with
-2 workers, --policy notebook and --val-fraction 0, so it augments as many images as (a) and (b), with the same settings.
+Each produces COPIES augmented copies of the same images, side by side in every round:
+(a) Keras' legacy ImageDataGenerator with the notebook's settings, in memory;
+(b) a single-process loop of the notebook albumentations policy over images already decoded in
+memory, through albumentations' full call; (b') the same loop through build-aug's image applier
+(the same bytes, cheaper calls: builder/applier.py); build-aug end to end (decode JPEGs, augment,
+write, previews) with 2 workers, --policy notebook and --val-fraction 0, so it augments as many
+images as (a) and (b), with the same settings.
 
     python bench/bench_build.py --images /tmp/cifar [--limit 50000] [--copies 5] [--rounds 3]
 """
@@ -92,7 +93,6 @@ def main() -> None:
         print(f"round {round_number + 1}: " + ", ".join(f"{key} {t[-1]:.1f} s" for key, t in times.items()), flush=True)
 
     median = {key: float(np.median(t)) for key, t in times.items()}
-    ratio = lambda a, b: [x / y for x, y in zip(a, b)]  # noqa: E731 -- per round, both sides from the same round
     print(f"{'method':<56} {'median s':>9} {'images/s':>9}")
     for key, name in names.items():
         print(f"{name:<56} {median[key]:>9.1f} {n / median[key]:>9,.0f}")
@@ -100,6 +100,11 @@ def main() -> None:
     print(f"build-aug / ((b) / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['floor']]))} (target <= 1.25)")
     print(f"build-aug / ((b') / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['fast']]))} (the parallel overhead)")
     shutil.rmtree(tmp)
+
+
+def ratio(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Per round: both sides measured in the same round."""
+    return [x / y for x, y in zip(numerators, denominators)]
 
 
 def fmt(values: list[float]) -> str:
