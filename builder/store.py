@@ -125,6 +125,11 @@ def shape_problems(group: zarr.Group, attrs: dict) -> list[str]:
     return problems
 
 
+def chunk_path(store_path: Path, array: zarr.Array, chunk: int) -> Path:
+    """The file holding chunk `chunk` along an array's rows (each chunk spans the other axes whole)."""
+    return store_path / array.path / array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+
+
 def chunk_file_problems(path: Path, group: zarr.Group, splits: list[str]) -> list[tuple[Path, str]]:
     """Image chunk files that are missing or not their full size: a cheap check (one stat a chunk)
     for every reader, since zarr would read a missing chunk as black images without a word."""
@@ -133,7 +138,7 @@ def chunk_file_problems(path: Path, group: zarr.Group, splits: list[str]) -> lis
         images = group[f"{split}/images"]
         expected = int(np.prod(images.chunks)) * images.dtype.itemsize
         for c in range(images.cdata_shape[0]):
-            file = path / images.path / images.metadata.encode_chunk_key((c, 0, 0, 0))
+            file = chunk_path(path, images, c)
             try:
                 size = file.stat().st_size
             except FileNotFoundError:
@@ -174,8 +179,9 @@ def remove_store_contents(path: Path, keep: str) -> None:
             entry.unlink()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace a small file whole: readers see the old text or the new, never a part."""
+def write_atomic(path: Path, data: str | bytes | memoryview) -> None:
+    """Replace a file whole: readers see the old contents or the new, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w" if isinstance(data, str) else "wb") as file:
+        file.write(data)
     os.replace(tmp, path)

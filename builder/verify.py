@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .store import ROW_ARRAYS, array_crc32, chunk_file_problems, shape_problems
+from .store import ROW_ARRAYS, array_crc32, chunk_file_problems, chunk_path, shape_problems
 
 
 def verify_store(path: Path, group: zarr.Group) -> tuple[int, list[str]]:
@@ -39,7 +39,7 @@ def verify_store(path: Path, group: zarr.Group) -> tuple[int, list[str]]:
             continue
         chunk_rows = images.chunks[0]
         for c, expected in enumerate(crcs):
-            file = path / images.path / images.metadata.encode_chunk_key((c, 0, 0, 0))
+            file = chunk_path(path, images, c)
             if file in damaged_files:
                 continue
             block = np.ascontiguousarray(images[c * chunk_rows:min((c + 1) * chunk_rows, rows)])
