@@ -92,12 +92,13 @@ def inspect_aug(
     if verify:
         from .verify import verify_store
 
-        checked, problems = verify_store(store, open_store(store, check_chunks=False))
+        group = open_store(store, check_chunks=False)  # verify_store reports damaged chunks itself, with the rest
+        checked, problems = verify_store(store, group)
         for problem in problems:
             print(f"damaged: {problem}", file=sys.stderr)
         if problems:
             raise UserError(f"store {store} failed verification ({len(problems)} problems above); rebuild it with build-aug --overwrite")
-        rows_note = "" if "array_crc32" in open_store(store, check_chunks=False).attrs else " (no per-row array checksums recorded in this store)"
+        rows_note = "" if "array_crc32" in group.attrs else " (no per-row array checksums recorded in this store)"
         print(f"verified {store}: all {checked} image chunks and the per-row arrays match the checksums recorded at build time{rows_note}")
         return
     group = open_store(store)
