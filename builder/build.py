@@ -25,15 +25,15 @@ import numpy as np
 import zarr
 
 from . import __version__
+from .decode import shown
 from .errors import UserError
 from .layout import plan_rows
 from .policies import Policy, load_policy
 from .progress import Reporter
-from .decode import shown
 from .sources import Source, folder_content_hash, hash_folder_files, open_source
 from .store import (
-    BUILD_DIR, FORMAT_NAME, ROW_ARRAYS, array_crc32, FORMAT_VERSION, IMAGE_CODEC, create_skeleton, default_chunk_rows, raw_image_bytes,
-    read_attrs, remove_store_contents, size_on_disk, write_atomic,
+    BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, ROW_ARRAYS, array_crc32, create_skeleton, default_chunk_rows,
+    raw_image_bytes, read_attrs, remove_store_contents, size_on_disk, write_atomic,
 )
 from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file
 

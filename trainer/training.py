@@ -155,7 +155,6 @@ def claim_run_dir(out: Path | None, record: dict) -> Path:
         raise UserError(f"--out {run_dir} already holds {'a run' if status else 'files'}: {hint}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "run.json", json.dumps({"status": "running", "run_dir": str(run_dir), **record}, indent=2))
-    (run_dir / STATE_DIR).mkdir(exist_ok=True)
     return run_dir
 
 
