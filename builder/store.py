@@ -94,7 +94,8 @@ def is_build_in_progress(path: Path) -> bool:
 
 
 def open_store(path: str | Path, require_complete: bool = True, check_chunks: bool = True) -> zarr.Group:
-    """Open a store for reading, refusing anything that is not a complete format-1 store."""
+    """Open a store for reading, refusing anything that is not a complete format-1 store whose
+    arrays, per-row data and attributes agree (check_chunks=False: only the format and the arrays' metadata)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"store {path} does not exist: build one with build-aug --out {path}")
@@ -118,8 +119,9 @@ def open_store(path: str | Path, require_complete: bool = True, check_chunks: bo
     if missing or unreadable:
         problems = ([f"missing arrays {', '.join(missing)}"] if missing else []) + unreadable[:3]
         raise UserError(f"store {path} is damaged: {'; '.join(problems)}; rebuild it with build-aug --overwrite")
-    problems = shape_problems(group, attrs)
-    if check_chunks:
+    problems = []
+    if check_chunks:  # without: the caller (inspect-aug --verify) reports these with the rest of what it finds
+        problems += shape_problems(group, attrs)
         problems += [message for _, message in chunk_file_problems(path, group, attrs.get("splits", []))]
         problems += row_array_problems(path, group, attrs)  # read whole: a few bytes a row, cheap for a big store too
     if problems:
