@@ -74,6 +74,23 @@ def test_train_valid_test_uses_valid_as_val_and_test_as_test(tmp_path):
 
     again = build(root, out)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
+    # the content hash covers valid/'s files too
+    Image.fromarray(smooth_image(np.random.default_rng(9), 16)).save(root / "valid" / "a" / "0000.jpg", quality=95)
+    changed = build(root, out)
+    assert changed.returncode == 1 and "was built from other source images" in changed.stderr.strip().splitlines()[-1]
+
+
+def test_a_bad_image_in_valid_is_named_or_skipped(tmp_path):
+    root = split_layout(tmp_path / "d", test=False)
+    bad = root / "valid" / "b" / "0000.jpg"
+    bad.write_bytes(b"not a jpeg")
+    stopped = build(root, tmp_path / "s.zarr")
+    assert stopped.returncode == 1 and str(bad) in stopped.stderr.strip().splitlines()[-1]
+    skipped = build(root, tmp_path / "t.zarr", "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
+    assert group["val/labels"][:].tolist() == [0, 0]  # valid/b's only image left out, valid/a's two kept
+    assert [entry["file"] for entry in group.attrs["skipped"]] == [str(bad)]
 
 
 @pytest.mark.parametrize("case, expected_layout, rows", [
