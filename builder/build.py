@@ -30,7 +30,7 @@ from .errors import UserError
 from .layout import plan_rows
 from .policies import Policy, load_policy
 from .progress import Reporter
-from .sources import Source, folder_content_hash, hash_folder_files, open_source
+from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
 from .store import (
     BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, ROW_ARRAYS, array_crc32, create_skeleton, default_chunk_rows,
     raw_image_bytes, read_attrs, remove_store_contents, size_on_disk, write_atomic,
@@ -87,6 +87,7 @@ class BuildResult:
     raw_bytes: int = 0
     ignored: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # bad files left out under --skip-bad: file, reason
+    layout: str | None = None  # an image folder's layout, as recorded in the store
 
 
 def default_workers() -> int:
@@ -103,7 +104,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, out: Path
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise UserError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
                         f"{MAX_CHUNK_BYTES // row_bytes:,} rows of {'x'.join(map(str, source.image_shape))} images")
-    rows = len(source.train) * (options.copies + 1) + (len(source.test) if source.test is not None else 0)
+    rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source_splits(source).items() if name != "train")
     needed = rows * row_bytes
     existing = next(p for p in [out, *out.parents] if p.exists())
     free = shutil.disk_usage(existing).free + (size_on_disk(out) if out.is_dir() else 0)
@@ -117,9 +118,12 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     options.validate()
     started = time.time()
     out = Path(options.out)
-    source = open_source(options.source, options.image_size, options.limit)
+    # --out inside an image folder (re-run, or resumed) is reported as not used, never read as a class
+    source = open_source(options.source, options.image_size, options.limit, exclude={out: "the store this build writes (--out), not images"})
     for note in source.ignored:
         reporter.warning(f"not used: {note}")
+    if source.val is not None and options.val_fraction != BuildOptions.val_fraction:
+        reporter.warning(f"--val-fraction {options.val_fraction} is not used: the source's own validation folder is the val split ({source.layout})")
     policy = load_policy(options.policy, source.image_shape)
     chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
@@ -173,6 +177,7 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
             source.test.labels if source.test is not None else None,
             options.copies, options.include_original, options.val_fraction, options.seed,
             skipped={name: [row for row, _ in entries] for name, entries in bad.items()},
+            val_labels=source.val.labels if source.val is not None else None,
         )
         skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
         if not (build_dir / "skeleton").exists():
@@ -200,11 +205,12 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
         raw_bytes=raw_image_bytes(root),
         ignored=source.ignored,
         skipped=skipped,
+        layout=source.layout,
     )
 
 
 def files_of(source: Source, split: str) -> list[Path]:
-    return (source.train if split == "train" else source.test).files
+    return source_splits(source)[split].files
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -227,13 +233,18 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
         "limit": options.limit,
         "copies": options.copies,
         "include_original": options.include_original,
-        "val_fraction": options.val_fraction,
+        "val_fraction": held_out_fraction(options, source),
         "seed": options.seed,
         "chunk_rows": chunk_rows,
         "policy": json.loads(json.dumps(policy.to_attrs())),
         "codec": IMAGE_CODEC,
         **({"skip_bad": True} if options.skip_bad else {}),
     }
+
+
+def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
+    """The fraction of train held out for validation; None when the source brings its own val split."""
+    return None if source.val is not None else options.val_fraction
 
 
 def describe_difference(recorded: dict, identity: dict) -> str:
@@ -295,9 +306,7 @@ def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: 
 
     Returns the content hash and, by source split, the (row, message) of each file left out under --skip-bad.
     """
-    splits = {"train": source.train}
-    if source.test is not None:
-        splits["test"] = source.test
+    splits = source_splits(source)
     if source.train.images is not None:
         for name, split in splits.items():
             np.save(source_file(build_dir, name), split.images)  # a plain write: no page fault per page of a mapping
@@ -345,7 +354,7 @@ def store_attrs(options, source: Source, content_hash: str, policy: Policy, chun
         "image_shape": list(source.image_shape),
         "copies": options.copies,
         "include_original": options.include_original,
-        "val_fraction": options.val_fraction,
+        "val_fraction": held_out_fraction(options, source),
         "seed": options.seed,
         "chunk_rows": chunk_rows,
         "policy": policy.to_attrs(),
@@ -354,6 +363,8 @@ def store_attrs(options, source: Source, content_hash: str, policy: Policy, chun
             "location": source.location,
             "train_count": len(source.train),
             "test_count": len(source.test) if source.test is not None else 0,
+            "val_count": len(source.val) if source.val is not None else 0,
+            "layout": source.layout,
             "limit": options.limit,
             "content_hash": content_hash,
             "ignored": source.ignored,

@@ -21,11 +21,11 @@ inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @build_app.command()
 def build_aug(
-    source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/..."),
+    source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
     copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
     policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),
     out: Path = typer.Option(Path("data/aug.zarr"), help="The zarr store to write."),
     chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
     image_size: Optional[int] = typer.Option(None, help="Resize every image to NxN (needed when image sizes differ)."),
@@ -60,6 +60,7 @@ def build_aug(
         f"{result.status} {out}: {rows} rows ({result.computed_rows:,} computed) in {result.seconds:.1f} s, "
         f"{human_bytes(result.bytes_on_disk)} on disk (compression {ratio:.2f}x)"
         + (f"; {len(written)} previews in {preview_dir}/" if written else "")
+        + (f"; source layout {result.layout}" if result.layout else "")
     )
     if result.ignored:
         reporter.message(f"{len(result.ignored)} files or folders of the source were not used (listed above and in the store's attrs)")

@@ -22,7 +22,7 @@ class SplitRows:
     source_index: np.ndarray  # int32: row of the image in the source split it came from
     copy_index: np.ndarray  # int16: 0 = original, k = k-th augmented copy
     labels: np.ndarray
-    from_split: str  # the source split the images come from: "train" or "test"
+    from_split: str  # the source split the images come from: "train", "test" or "val"
 
     def __len__(self) -> int:
         return len(self.source_index)
@@ -50,12 +50,19 @@ def plan_rows(
     val_fraction: float,
     seed: int,
     skipped: dict[str, list[int]] | None = None,
+    val_labels: np.ndarray | None = None,
 ) -> dict[str, SplitRows]:
-    """The rows of every split. skipped: source rows left out (bad files under --skip-bad), by source split."""
+    """The rows of every split. skipped: source rows left out (bad files under --skip-bad), by source split.
+    val_labels: the source's own validation split (an image folder's val/): used as it is, and nothing
+    is held out of train (val_fraction unused)."""
     skipped = skipped or {}
     usable_train = np.ones(len(train_labels), bool)
     usable_train[skipped.get("train", [])] = False
-    train_sources, val_sources = hold_out_validation(train_labels, val_fraction, seed, usable_train)
+    if val_labels is None:
+        train_sources, val_sources = hold_out_validation(train_labels, val_fraction, seed, usable_train)
+    else:
+        train_sources = np.flatnonzero(usable_train)
+        val_sources = np.setdiff1d(np.arange(len(val_labels)), skipped.get("val", []))
     first_copy = 0 if include_original else 1
     copy_numbers = np.arange(first_copy, copies + 1)
     sources = np.repeat(train_sources, len(copy_numbers))
@@ -67,7 +74,8 @@ def plan_rows(
         "train": SplitRows(sources.astype(np.int32), copy_of_row.astype(np.int16), train_labels[sources], "train"),
     }
     if len(val_sources):
-        splits["val"] = originals_only(val_sources, train_labels, "train")
+        splits["val"] = (originals_only(val_sources, train_labels, "train") if val_labels is None
+                         else originals_only(val_sources, val_labels, "val"))
     if test_labels is not None and len(test_labels):
         test_sources = np.setdiff1d(np.arange(len(test_labels)), skipped.get("test", []))
         splits["test"] = originals_only(test_sources, test_labels, "test")

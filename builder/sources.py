@@ -1,7 +1,8 @@
 """Where training images come from: Keras' CIFAR-10 loader, the official CIFAR-10
 pickle archive, or an image folder.
 
-A source yields a training split and an optional test split. Arrays sources
+A source yields a training split, an optional test split and (image folders with a
+val/ or valid/ folder) an optional validation split. Arrays sources
 (CIFAR-10) arrive decoded; image folders arrive as file lists that the build's
 workers decode in parallel (see build.py).
 """
@@ -27,6 +28,13 @@ from .errors import UserError
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 IGNORED_NAMES = {"Thumbs.db", "desktop.ini"}
+# The split layout's folder names, in one place (matched ignoring case): folder name -> the
+# store's split. Any other top-level folder makes a folder of classes ("flat" layout).
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+# A folder holding one of these is a zarr store (v3, v2 group, v2 array): data, never a class of images
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+UNFINISHED_BUILD_MARKER = (".build", "build.json")  # build-aug's state before the store's zarr.json exists
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -49,10 +57,22 @@ class Source:
     test: Split | None
     content_hash: str | None = None  # known up front for arrays, after decoding for folders
     ignored: list[str] = field(default_factory=list)  # files and folders reported, not used
+    val: Split | None = None  # an image folder's own val/ (or valid/) split: then nothing is held out of train
+    layout: str | None = None  # image folders: "flat" or "split (train, ...)", the folders used
 
 
-def open_source(spec: str, image_size: int | None = None, limit: int | None = None) -> Source:
-    """Resolve --source (the word 'cifar10' or a path) into a Source."""
+def source_splits(source: Source) -> dict[str, Split]:
+    """The source's splits that exist, in the order the content hash covers them (val last, so a
+    source without one hashes as it always did)."""
+    named = {"train": source.train, "test": source.test, "val": source.val}
+    return {name: split for name, split in named.items() if split is not None}
+
+
+def open_source(spec: str, image_size: int | None = None, limit: int | None = None, exclude: dict | None = None) -> Source:
+    """Resolve --source (the word 'cifar10' or a path) into a Source.
+
+    exclude: folders that must not be read as images even when they sit inside an image folder
+    (the build's own --out), mapped to the reason to report."""
     if spec == "cifar10":
         source = load_keras_cifar10()
     else:
@@ -66,7 +86,7 @@ def open_source(spec: str, image_size: int | None = None, limit: int | None = No
         elif find_pickle_dir(path) is not None:
             source = load_cifar10_pickle(path)
         else:
-            source = scan_image_folder(path, image_size)
+            source = scan_image_folder(path, image_size, exclude)
     if limit is not None:
         source.train = take_first(source.train, limit)
     if source.train.images is not None:
@@ -239,7 +259,20 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name in IGNORED_NAMES
 
 
-def list_class_folders(root: Path, ignored: list[str]) -> dict[str, list[Path]]:
+def is_store(folder: Path) -> bool:
+    return any((folder / marker).is_file() for marker in ZARR_MARKERS) or folder.joinpath(*UNFINISHED_BUILD_MARKER).is_file()
+
+
+def not_scanned(folder: Path, excluded: dict[str, str]) -> str | None:
+    """Why a folder below the source is not read for images, or None: the build's own store
+    (--out inside --source) or any other zarr store must never become a class."""
+    reason = excluded.get(os.path.realpath(folder))
+    if reason is None and is_store(folder):
+        reason = "a zarr store, not images"
+    return reason
+
+
+def list_class_folders(root: Path, ignored: list[str], excluded: dict[str, str]) -> dict[str, list[Path]]:
     """class name -> sorted image files (subfolders included), reporting all that is not used."""
     classes: dict[str, list[Path]] = {}
     for entry in sorted(root.iterdir()):
@@ -247,8 +280,10 @@ def list_class_folders(root: Path, ignored: list[str]) -> dict[str, list[Path]]:
             ignored.append(f"{shown(entry)}: hidden")
         elif not entry.is_dir():
             ignored.append(f"{shown(entry)}: not in a class folder")
+        elif reason := not_scanned(entry, excluded):
+            ignored.append(f"{shown(entry)}: {reason}")
         else:
-            files = list_images(entry, ignored)
+            files = list_images(entry, ignored, excluded)
             if files:
                 classes[entry.name] = files
             else:
@@ -256,56 +291,105 @@ def list_class_folders(root: Path, ignored: list[str]) -> dict[str, list[Path]]:
     return classes
 
 
-def list_images(folder: Path, ignored: list[str]) -> list[Path]:
-    files = []
+def walk_images(folder: Path, ignored: list[str], excluded: dict[str, str]):
+    """Yield the image files below folder (as strings, in no set order), reporting what is not used."""
     # os.walk does not follow symbolic links to folders, so a link loop cannot trap it
     for parent, dirs, names in os.walk(folder):
-        for name in [d for d in dirs if d.startswith(".")]:
-            ignored.append(f"{shown(Path(parent, name))}: hidden")
-            dirs.remove(name)
-        for name in [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
-            ignored.append(f"{shown(Path(parent, name))}: a symbolic link to a folder, not followed")
-            dirs.remove(name)
+        dirs.sort()  # the report's order does not depend on the file system's
+        for name in list(dirs):
+            path = os.path.join(parent, name)
+            if name.startswith("."):
+                reason = "hidden"
+            elif os.path.islink(path):
+                reason = "a symbolic link to a folder, not followed"
+            else:
+                reason = not_scanned(Path(path), excluded)
+            if reason:
+                ignored.append(f"{shown(path)}: {reason}")
+                dirs.remove(name)
         for name in names:
             if name.startswith(".") or name in IGNORED_NAMES:
                 ignored.append(f"{shown(Path(parent, name))}: hidden")
             elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 ignored.append(f"{shown(Path(parent, name))}: not an image file (.jpg .jpeg .png .bmp .webp)")
             else:
-                files.append(os.path.join(parent, name))
+                yield os.path.join(parent, name)
+
+
+def list_images(folder: Path, ignored: list[str], excluded: dict[str, str]) -> list[Path]:
+    files = list(walk_images(folder, ignored, excluded))
     # strings, sorted by path components as Path objects sort, are ~10x cheaper than sorting Paths
     return [Path(file) for file in sorted(files, key=lambda file: file.split(os.sep))]
 
 
+def has_images(folder: Path, excluded: dict[str, str]) -> bool:
+    return next(walk_images(folder, [], excluded), None) is not None
+
+
 def probe_size(path: Path) -> tuple[int, int]:
+    """(height, width) as the decoder will return the image: EXIF orientations 5-8 (a phone's
+    portrait photo stored landscape) swap them, as OpenCV and ImageOps.exif_transpose do.
+    Reads the header and the EXIF block only, never the pixels."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             width, height = image.size
+            exif = Image.Exif()
+            if image.info.get("exif"):  # JPEG, WebP and PNG put it here when they open, before any pixel
+                exif.load(image.info["exif"])
+            orientation = exif.get(EXIF_ORIENTATION)
     except Exception as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from exc
-    return height, width
+        raise UserError(f"cannot read image {shown(path)}: {exc}") from exc
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def scan_image_folder(root: Path, image_size: int | None) -> Source:
+def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None = None) -> Source:
+    """An image folder in one of two layouts, decided from what is there, never guessed:
+    flat   DIR/<class>/<image>
+    split  DIR/train/<class>/<image>, optional DIR/test/<class>/... and DIR/val/ (or valid/) <class>/...
+    Split-folder names beside other folders are ambiguous and refused."""
     if not root.is_dir():
         raise UserError(f"--source {root}: not a folder")
     root = root.absolute()  # every file below it, so the content hash can name them relative to it
+    if is_store(root):
+        raise UserError(f"--source {root} is a zarr store, not an image folder; pass the folder of images (or the CIFAR-10 archive) to build from")
+    excluded = {os.path.realpath(path): reason for path, reason in (exclude or {}).items()}
     ignored: list[str] = []
-    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p)}
-    split_layout = "train" in subdirs and subdirs <= {"train", "test"}
-    train_classes = list_class_folders(root / "train" if split_layout else root, ignored)
+    folders, empty, loose = [], [], []
+    for entry in sorted(root.iterdir()):
+        if is_hidden(entry):
+            ignored.append(f"{shown(entry)}: hidden")
+        elif not entry.is_dir():
+            loose.append(entry)
+        elif reason := not_scanned(entry, excluded):
+            ignored.append(f"{shown(entry)}: {reason}")
+        elif has_images(entry, excluded):
+            folders.append(entry)
+        else:
+            empty.append(entry)
+    splits = [f for f in folders if f.name.lower() in SPLIT_FOLDERS]
+    if not splits:
+        layout, chosen = "flat", {}
+        ignored.extend(f"{shown(f)}: not in a class folder" for f in loose)
+        ignored.extend(f"{shown(f)}: empty class folder, not used as a class" for f in empty)
+        train_classes = {f.name: list_images(f, ignored, excluded) for f in folders}
+    else:
+        chosen = choose_split_folders(root, folders, splits)
+        ignored.extend(f"{shown(f)}: not in a split folder" for f in loose)
+        ignored.extend(f"{shown(f)}: empty folder, not used" for f in empty)
+        layout = "split (" + ", ".join(chosen[name].name for name in ("train", "val", "test") if name in chosen) + ")"
+        train_classes = list_class_folders(chosen["train"], ignored, excluded)
+        if not train_classes:
+            raise UserError(f"--source {root}: {chosen['train'].name}/ holds no class folders with images; expected "
+                            f"{root}/{chosen['train'].name}/<class>/<image>")
     if not train_classes:
         raise UserError(f"--source {root}: no images found; expected {root}/<class>/<image> or {root}/train/<class>/<image>")
     class_names = sorted(train_classes)
-    test_split = None
-    if split_layout and (root / "test").is_dir():
-        test_classes = list_class_folders(root / "test", ignored)
-        unknown = sorted(set(test_classes) - set(class_names))
-        if unknown:
-            raise UserError(f"--source {root}: test/ has classes that train/ lacks: {', '.join(unknown)}")
-        test_split = folder_split(test_classes, class_names)
+    held = {}
+    for name in ("test", "val"):
+        if name in chosen:
+            held[name] = held_out_split(root, chosen[name], chosen["train"], class_names, ignored, excluded)
     train_split = folder_split(train_classes, class_names)
     if image_size is not None:
         shape = (image_size, image_size, 3)
@@ -317,9 +401,46 @@ def scan_image_folder(root: Path, image_size: int | None) -> Source:
         class_names=class_names,
         image_shape=shape,
         train=train_split,
-        test=test_split,
+        test=held.get("test"),
         ignored=ignored,
+        val=held.get("val"),
+        layout=layout,
     )
+
+
+def choose_split_folders(root: Path, folders: list[Path], splits: list[Path]) -> dict[str, Path]:
+    """The store's split -> its folder, for a source whose non-empty folders include split names;
+    refuse every case that could be read two ways."""
+    names = lambda paths: ", ".join(f"{p.name}/" for p in paths)
+    others = [f for f in folders if f not in splits]
+    if others:
+        raise UserError(
+            f"--source {root}: cannot tell its layout: split folders ({names(splits)}) beside other folders "
+            f"({names(others)}); for DIR/train/<class>/... move {names(others)} out of it, for DIR/<class>/... rename "
+            f"{names(splits)}, or point --source at the folder that holds only class folders"
+        )
+    chosen: dict[str, Path] = {}
+    for folder in splits:
+        split = SPLIT_FOLDERS[folder.name.lower()]
+        if split in chosen:
+            raise UserError(f"--source {root}: both {chosen[split].name}/ and {folder.name}/ hold {split} images; "
+                            "keep one of them (merge or move the other out)")
+        chosen[split] = folder
+    if "train" not in chosen:
+        raise UserError(f"--source {root}: {names(splits)} without train/: the split layout needs {root}/train/<class>/<image>; "
+                        f"add train/, or point --source at {names(splits[:1])} itself to read it as DIR/<class>/<image>")
+    return chosen
+
+
+def held_out_split(root: Path, folder: Path, train: Path, class_names: list[str], ignored: list[str], excluded: dict[str, str]) -> Split:
+    """A test/ or val/ folder's images: its classes must be train/'s."""
+    classes = list_class_folders(folder, ignored, excluded)
+    if not classes:
+        raise UserError(f"--source {root}: {folder.name}/ holds no class folders with images; expected {root}/{folder.name}/<class>/<image>")
+    unknown = sorted(set(classes) - set(class_names))
+    if unknown:
+        raise UserError(f"--source {root}: {folder.name}/ has classes that {train.name}/ lacks: {', '.join(unknown)}")
+    return folder_split(classes, class_names)
 
 
 def folder_split(classes: dict[str, list[Path]], class_names: list[str]) -> Split:
@@ -336,11 +457,7 @@ def folder_split(classes: dict[str, list[Path]], class_names: list[str]) -> Spli
 
 def hash_folder_files(source: Source) -> str:
     """The content hash computed from the files alone, without decoding them."""
-    digests = {
-        name: [file_digest(f) for f in split.files]
-        for name, split in (("train", source.train), ("test", source.test))
-        if split is not None
-    }
+    digests = {name: [file_digest(f) for f in split.files] for name, split in source_splits(source).items()}
     return folder_content_hash(source, digests)
 
 
@@ -348,9 +465,7 @@ def folder_content_hash(source: Source, digests: dict[str, list[str]]) -> str:
     """Hash of every used file's relative path, label and bytes, in source order."""
     digest = hashlib.sha256()
     skip = len(source.location) + 1  # files are listed below the location: their path relative to it, cheaply
-    for split_name, split in (("train", source.train), ("test", source.test)):
-        if split is None:
-            continue
+    for split_name, split in source_splits(source).items():
         for file, label, file_hash in zip(split.files, split.labels, digests[split_name]):
             # file names as bytes: a name that is not UTF-8 must hash, not crash
             digest.update(os.fsencode(str(file)[skip:]) + f"\0{label}\0{file_hash}\n".encode())

@@ -36,6 +36,7 @@ def summarize(path: Path, group: zarr.Group) -> dict:
         "policy": attrs["policy"]["name"],
         "policy_transforms": [t["__class_fullname__"] for t in attrs["policy"]["albumentations"]["transform"]["transforms"]],
         "source": attrs["source"],
+        "layout": attrs["source"].get("layout"),  # an image folder's: "flat" or "split (train, ...)"
         "bytes_on_disk": disk,
         "raw_image_bytes": raw,
         "compression_ratio": raw / disk if disk else None,
@@ -52,11 +53,15 @@ def format_summary(s: dict) -> str:
         f"images       {'x'.join(map(str, s['image_shape']))} uint8, {s['chunk_rows']} rows per chunk"
         + "".join(f", {split} {rows}" for split, rows in s["split_chunk_rows"].items() if rows != s["chunk_rows"]),
         f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
+        + (f", {src['val_count']} val" if src.get("val_count") else "")
         + (f", limit {src['limit']}" if src.get("limit") else "") + f") {src['content_hash'][:23]}...",
         f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}",
-        f"copies       {s['copies']} per image, originals {'included' if s['include_original'] else 'not included'}, seed {s['seed']}, val fraction {s['val_fraction']}",
+        f"copies       {s['copies']} per image, originals {'included' if s['include_original'] else 'not included'}, seed {s['seed']}, "
+        + (f"val fraction {s['val_fraction']}" if s["val_fraction"] is not None else "val from the source's own folder"),
         f"on disk      {human_bytes(s['bytes_on_disk'])} for {human_bytes(s['raw_image_bytes'])} of pixels (ratio {s['compression_ratio']:.2f})",
     ]
+    if src.get("layout"):
+        lines.insert(3, f"layout       {src['layout']}")
     if src.get("ignored"):
         lines.append(f"not used     {len(src['ignored'])} files or folders of the source (see the store's attrs)")
     if s["skipped"]:

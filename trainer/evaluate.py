@@ -47,11 +47,12 @@ def evaluate_on_store(run_dir: Path, store: Path, split: str | None, batch_size:
 
 
 def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
-    """An image folder DIR/<class>/<image> (or its test/ part), resized to the model's input."""
+    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input."""
     model, run = load_run_model(run_dir)
     height, width, _ = model.input_shape[1:]
     source = scan_image_folder(folder, image_size=height)
-    split = source.test or source.train
+    # a split layout is judged on its held-out part, never on the images a model may have trained on
+    part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
     unknown = sorted(set(source.class_names) - set(run["class_names"]))
     if unknown:
         raise UserError(f"--source {folder}: classes the model does not know: {', '.join(unknown)} (it knows {', '.join(run['class_names'])})")
@@ -59,7 +60,6 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
     images = np.stack([resize_to(read_image_file(f)[0], height, width) for f in split.files])
     labels = to_model[split.labels]
     metrics = evaluate_arrays(model, images, labels, run["class_names"], batch_size)
-    part = "test/ part" if source.test is not None else "all images"
     return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics}
 
 

@@ -78,7 +78,8 @@ def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict])
         + (f" (limited to the first {source['limit']:,})" if source.get("limit") else ""),
         f"- source content hash: `{source.get('content_hash')}`",
         f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.get('copies')}; originals included: {store_attrs.get('include_original')}; build seed: {store_attrs.get('seed')}",
-        f"- validation: {store_attrs.get('val_fraction')} of the training images, held out (stratified) before augmenting",
+        (f"- validation: {store_attrs.get('val_fraction')} of the training images, held out (stratified) before augmenting"
+         if store_attrs.get("val_fraction") is not None else f"- validation: the source's own validation folder ({source.get('layout')})"),
         f"- classes ({len(metrics['class_names'])}): {', '.join(metrics['class_names'])}",
         f"- image shape: {tuple(store_attrs.get('image_shape', []))}",
         "",
