@@ -114,6 +114,7 @@ class ShapeFlow:
 
     def __init__(self, image_shape: tuple[int, ...]):
         self.good: State = (tuple(image_shape), "uint8")
+        self.seeds = effort(image_shape)[0]
         self.probes: dict[tuple, tuple[set, str | None]] = {}
         self.copies: dict[int, tuple] = {}
 
@@ -201,7 +202,7 @@ class ShapeFlow:
             self.copies[id(node)] = (node, variants)  # node kept alive, so its id stays its own
         afters = set()
         for i, image in enumerate(test_images(state)):
-            for seed in range(i * PROBE_SEEDS, (i + 1) * PROBE_SEEDS):
+            for seed in range(i * self.seeds, (i + 1) * self.seeds):
                 for variant in self.copies[id(node)][1]:
                     variant.set_random_seed(seed)
                     try:
@@ -246,11 +247,20 @@ def probe_copy(node, force: bool):
 def test_images(state: State) -> list[np.ndarray]:
     """Flat dark and bright images, noise, and a smooth gradient, of the given shape and dtype."""
     shape, dtype = state
+    dtype = np.dtype(dtype)
     rng = np.random.default_rng(0)
-    top = 255 if np.dtype(dtype) == UINT8 else 1
-    ramp = np.linspace(0, 1, int(np.prod(shape))).reshape(shape) if shape else np.zeros(shape)
-    images = [np.zeros(shape), np.full(shape, top), rng.uniform(0, top, shape), ramp * top]
-    return [np.ascontiguousarray(image.astype(dtype)) for image in images]
+    top = 255 if dtype == UINT8 else 1
+    ramp = np.linspace(0, top, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    noise = rng.integers(0, 256, shape, dtype=np.uint8) if dtype == UINT8 else rng.random(shape, dtype=np.float32)
+    images = [np.zeros(shape, dtype), np.full(shape, top, dtype), noise, ramp]
+    return [np.ascontiguousarray(image, dtype=dtype) for image in images]
+
+
+def effort(image_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(seeds per test image and transform, whole-pipeline draws): fewer for big images, whose every
+    draw costs more, while still probing each transform several times."""
+    big = int(np.prod(image_shape[:2])) > 512 * 512
+    return (2, 16) if big else (PROBE_SEEDS, DRAWS)
 
 
 def one_line(exc: BaseException) -> str:
@@ -271,7 +281,7 @@ def check_policy(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...])
 
 
 def check_draws(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...]) -> None:
-    """The second net: the whole pipeline as the build runs it, over DRAWS seeded draws."""
+    """The second net: the whole pipeline as the build runs it, over DRAWS seeded draws (fewer when big)."""
     from .applier import image_applier  # late: applier and policies import nothing of this module
     from .policies import SampleSeeder
 
@@ -279,7 +289,7 @@ def check_draws(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...]) 
     seeder = SampleSeeder(trial, 0)
     apply = image_applier(trial)
     images = test_images(((tuple(image_shape)), "uint8"))
-    for draw in range(DRAWS):
+    for draw in range(effort(image_shape)[1]):
         image = images[draw % len(images)]
         seeder.reseed(draw, 1)
         try:
