@@ -7,6 +7,7 @@ the build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import warnings
@@ -73,11 +74,18 @@ class Policy:
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "Policy":
-        with warnings.catch_warnings():
-            # albumentations 2 serializes derived fields (PadIfNeeded's 'padding') that it then
-            # warns about when reading them back; the rebuilt pipeline is the same (tested)
-            warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+        with derived_fields_unwarned():
             return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
+
+
+@contextlib.contextmanager
+def derived_fields_unwarned():
+    """albumentations 2 serializes derived fields (PadIfNeeded's 'padding') that it then warns
+    about when reading them back, from the store or a saved policy file; the rebuilt pipeline is
+    the same (tested)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+        yield
 
 
 def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
@@ -98,7 +106,8 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
         raise UserError(f"--policy {spec}: no such file")
     data_format = "json" if path.suffix.lower() == ".json" else "yaml"
     try:
-        pipeline = A.load(str(path), data_format=data_format)
+        with derived_fields_unwarned():
+            pipeline = A.load(str(path), data_format=data_format)
     except Exception as exc:
         raise UserError(f"--policy {spec}: not a valid albumentations {data_format} pipeline ({type(exc).__name__}: {exc})".replace("\n", " ")) from exc
     if not isinstance(pipeline, A.BaseCompose):

@@ -30,6 +30,9 @@ SOME_DRAWS = {
                "Resize(height=16, width=16, p=0.1) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies"),
     "one-of": (lambda: A.Compose([A.OneOf([A.RandomCrop(28, 28), A.HorizontalFlip()])]), "json",
                "RandomCrop(height=28, width=28) changes a 32x32x3 uint8 image into 28x28x3 uint8 on the draws where it applies"),
+    # and one whose crop back to size may not apply (also: the file's PadIfNeeded loads without a warning line)
+    "pad-maybe-crop": (lambda: A.Compose([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32, p=0.5)]), "yaml",
+                       "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8"),
 }
 
 
