@@ -180,7 +180,10 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
             attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity)
             create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, {**attrs, "skipped": skipped})
             write_atomic(build_dir / "skeleton", "done")
-        tasks, done_rows = pending_chunks(splits, chunk_rows, build_dir)
+        # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
+        skeleton = zarr.open_group(str(out), mode="r")
+        rows_per_chunk = {name: skeleton[f"{name}/images"].chunks[0] for name in splits}
+        tasks, done_rows = pending_chunks(splits, rows_per_chunk, build_dir)
         total_rows = sum(len(r) for r in splits.values())
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
@@ -189,7 +192,7 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
                     advance(n)
             except BadSample as exc:  # named here, where the source's file names are
                 raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
-    finish_store(out, splits, chunk_rows, started)
+    finish_store(out, splits, rows_per_chunk, started)
     root = zarr.open_group(str(out), mode="r")
     return BuildResult(
         out=out,
@@ -332,9 +335,10 @@ def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: 
     return source.content_hash, bad
 
 
-def pending_chunks(splits: dict, chunk_rows: int, build_dir: Path) -> tuple[list[tuple], int]:
+def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], build_dir: Path) -> tuple[list[tuple], int]:
     tasks, done_rows = [], 0
     for name, rows in splits.items():
+        chunk_rows = rows_per_chunk[name]
         for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
             stop = min(start + chunk_rows, len(rows))
             if marker_file(build_dir, name, chunk).exists():
@@ -381,11 +385,11 @@ def package_versions() -> dict:
     return versions
 
 
-def finish_store(out: Path, splits: dict, chunk_rows: int, started: float) -> None:
+def finish_store(out: Path, splits: dict, rows_per_chunk: dict[str, int], started: float) -> None:
     """Record checksums, mark the store complete, then drop the build state."""
     build_dir = out / BUILD_DIR
     checksums = {
-        name: [marker_file(build_dir, name, c).read_text() for c in range(-(-len(rows) // chunk_rows))]
+        name: [marker_file(build_dir, name, c).read_text() for c in range(-(-len(rows) // rows_per_chunk[name]))]
         for name, rows in splits.items()
     }
     root = zarr.open_group(str(out), mode="r+")

@@ -218,8 +218,11 @@ def load_cifar10_pickle(path: Path) -> Source:
         test_images, test_labels = decode_batch(unpickle_batch(members["test_batch"], "test_batch", path), "test_batch", path)
         test = Split(labels=test_labels, images=test_images)
     labels = np.concatenate([t[1] for t in train])
-    if labels.min() < 0 or labels.max() >= len(class_names):
-        raise UserError(f"--source {path}: labels fall outside the {len(class_names)} classes of batches.meta")
+    # every batch's labels, the test batch's too: a bad test label would only surface after a whole training run
+    for name, batch_labels in [*zip(batch_names, (t[1] for t in train)), *([("test_batch", test.labels)] if test else [])]:
+        if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() >= len(class_names)):
+            bad = int(batch_labels.min() if batch_labels.min() < 0 else batch_labels.max())
+            raise UserError(f"--source {path}: {name} has label {bad}, outside the {len(class_names)} classes of batches.meta")
     return Source(
         kind="cifar10-pickle",
         location=str(path.resolve()),

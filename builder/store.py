@@ -2,7 +2,8 @@
 
 A zarr v3 group holding train/, val/ and test/ subgroups, each with
 images (uint8 [n, H, W, C]), labels, source_index and copy_index, chunked
-along the sample axis with the same number of rows per chunk. This module
+along the sample axis. A split's images are chunked with min(chunk_rows, its rows),
+so readers take each array's own chunk shape, never the chunk_rows attribute. This module
 imports no albumentations: the trainer uses it to open and validate stores.
 """
 
@@ -29,6 +30,7 @@ BUILD_DIR = ".build"  # present while a build is unfinished; removed when it com
 IMAGE_CODEC = "none"
 SMALL_ARRAY_CHUNK = 1 << 20  # rows per chunk of labels, source_index, copy_index
 ROW_ARRAYS = ("labels", "source_index", "copy_index")
+ROW_DTYPES = {"source_index": "int32", "copy_index": "int16"}  # labels: label_dtype(classes)
 
 zarr.config.set({"array.write_empty_chunks": True})  # every chunk is a file, so a missing one is a fault
 
@@ -41,6 +43,12 @@ def default_chunk_rows(image_shape: tuple[int, ...], target_bytes: int = 4 << 20
     if max_rows is not None:
         rows = min(rows, 1 << max(0, (max_rows - 1).bit_length()))
     return 1 << (rows.bit_length() - 1)
+
+
+def split_chunk_rows(chunk_rows: int, rows: int) -> int:
+    """Rows per image chunk of one split: the requested chunk_rows, but no more than the split holds,
+    since a chunk file is stored whole (a 60-row val split would otherwise fill a 1024-row chunk)."""
+    return max(1, min(chunk_rows, rows))
 
 
 def label_dtype(n_classes: int) -> str:
@@ -59,7 +67,7 @@ def create_skeleton(path: Path, splits: dict, image_shape: tuple[int, ...], n_cl
         group.create_array(
             "images",
             shape=(n, *image_shape),
-            chunks=(chunk_rows, *image_shape),
+            chunks=(split_chunk_rows(chunk_rows, n), *image_shape),
             dtype="uint8",
             compressors=None,  # see IMAGE_CODEC
             fill_value=0,
@@ -86,7 +94,8 @@ def is_build_in_progress(path: Path) -> bool:
 
 
 def open_store(path: str | Path, require_complete: bool = True, check_chunks: bool = True) -> zarr.Group:
-    """Open a store for reading, refusing anything that is not a complete format-1 store."""
+    """Open a store for reading, refusing anything that is not a complete format-1 store whose
+    arrays, per-row data and attributes agree (check_chunks=False: only the format and the arrays' metadata)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"store {path} does not exist: build one with build-aug --out {path}")
@@ -99,12 +108,22 @@ def open_store(path: str | Path, require_complete: bool = True, check_chunks: bo
     if require_complete and (not attrs.get("complete") or is_build_in_progress(path)):
         raise UserError(f"store {path} is incomplete (its build was interrupted or is running): rerun the same build-aug command to finish it")
     group = zarr.open_group(str(path), mode="r")
-    missing = [f"{s}/{a}" for s in attrs.get("splits", []) for a in ("images", *ROW_ARRAYS) if f"{s}/{a}" not in group]
-    if missing:
-        raise UserError(f"store {path} is damaged: missing arrays {', '.join(missing)}; rebuild it with build-aug --overwrite")
-    problems = shape_problems(group, attrs)
-    if check_chunks:
+    missing, unreadable = [], []
+    for key in (k for s in attrs.get("splits", []) for k in (s, *(f"{s}/{a}" for a in ("images", *ROW_ARRAYS)))):
+        try:
+            group[key]
+        except KeyError:
+            missing.append(key)
+        except Exception as exc:  # a damaged zarr.json of the array or its split: zarr's own parse error
+            unreadable.append(f"{path / key / 'zarr.json'} cannot be read ({first_line(exc)})")
+    if missing or unreadable:
+        problems = ([f"missing arrays {', '.join(missing)}"] if missing else []) + unreadable[:3]
+        raise UserError(f"store {path} is damaged: {'; '.join(problems)}; rebuild it with build-aug --overwrite")
+    problems = []
+    if check_chunks:  # without: the caller (inspect-aug --verify) reports these with the rest of what it finds
+        problems += shape_problems(group, attrs)
         problems += [message for _, message in chunk_file_problems(path, group, attrs.get("splits", []))]
+        problems += row_array_problems(path, group, attrs)  # read whole: a few bytes a row, cheap for a big store too
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise UserError(f"store {path} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite")
@@ -113,7 +132,7 @@ def open_store(path: str | Path, require_complete: bool = True, check_chunks: bo
 
 def shape_problems(group: zarr.Group, attrs: dict) -> list[str]:
     """Attributes that disagree with the arrays (an edited zarr.json, a mixed-up copy)."""
-    problems = []
+    problems = class_name_problems(attrs)
     shape = tuple(attrs.get("image_shape", ()))
     for split in attrs.get("splits", []):
         images = group[f"{split}/images"]
@@ -123,6 +142,73 @@ def shape_problems(group: zarr.Group, attrs: dict) -> list[str]:
             if group[f"{split}/{name}"].shape[0] != images.shape[0]:
                 problems.append(f"{split}/{name} has {group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}")
     return problems
+
+
+def class_name_problems(attrs: dict) -> list[str]:
+    """class_names must be distinct, non-empty strings equal to those the build recorded in its identity:
+    an edit of class_names alone (fewer, renamed, reordered) is caught here; an edit of both copies
+    is caught only where it leaves labels beyond the names (row_array_problems)."""
+    names = attrs.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        return [f"class_names {short_json(names)} is not a list of non-empty names"]
+    problems = []
+    if len(set(names)) != len(names):
+        problems.append(f"class_names {short_json(names)} repeats a name")
+    identity = attrs.get("identity")
+    built = identity.get("class_names", names) if isinstance(identity, dict) else names
+    if built != names:
+        problems.append(f"class_names {short_json(names)} differ from those it was built with {short_json(built)}")
+    return problems
+
+
+def short_json(value, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def row_array_problems(path: Path, group: zarr.Group, attrs: dict) -> list[str]:
+    """labels, source_index and copy_index of every split, read whole and checked: every chunk file
+    present and decodable, the dtype, the CRC-32 recorded at build time (stores built before it
+    was recorded skip that), and labels within the class names."""
+    problems = []
+    n_classes = len(attrs["class_names"]) if isinstance(attrs.get("class_names"), list) else 0
+    recorded = attrs.get("array_crc32")
+    for split in attrs.get("splits", []):
+        for name in ROW_ARRAYS:
+            key, array = f"{split}/{name}", group[f"{split}/{name}"]
+            dtype = np.dtype(label_dtype(n_classes) if name == "labels" else ROW_DTYPES[name])
+            if array.dtype != dtype:
+                problems.append(f"{key} is {array.dtype}, not {dtype}")
+                continue
+            data, problem = read_row_array(path, array)
+            if problem:
+                problems.append(problem)
+                continue
+            if recorded is not None and crc32_hex(data) != recorded.get(key):
+                problems.append(f"{key} ({path / array.path}) does not match its checksum from the build")
+            elif name == "labels" and len(data) and int(data.min()) < 0:
+                problems.append(f"{key} hold label {int(data.min())}, below 0")
+            elif name == "labels" and len(data) and int(data.max()) >= n_classes:
+                problems.append(f"{key} go up to {int(data.max())}, but the attributes name {n_classes} classes")
+    return problems
+
+
+def read_row_array(path: Path, array: zarr.Array) -> tuple[np.ndarray | None, str | None]:
+    """(the array's data, None), or (None, what is wrong with the first bad chunk file)."""
+    rows, parts = array.chunks[0], []
+    for c in range(array.cdata_shape[0]):
+        file = chunk_path(path, array, c)
+        if not file.is_file():  # zarr would read it as zeros
+            return None, f"chunk file {file} is missing"
+        try:
+            parts.append(array[c * rows:(c + 1) * rows])
+        except Exception as exc:  # whatever the codec raises on damaged bytes (zstd: RuntimeError)
+            return None, f"chunk file {file} cannot be decoded ({first_line(exc)})"
+    return (np.concatenate(parts) if parts else np.empty(0, array.dtype)), None
+
+
+def first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def chunk_path(store_path: Path, array: zarr.Array, chunk: int) -> Path:
@@ -150,7 +236,11 @@ def chunk_file_problems(path: Path, group: zarr.Group, splits: list[str]) -> lis
 
 
 def array_crc32(array: zarr.Array) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(array[:])):08x}"
+    return crc32_hex(array[:])
+
+
+def crc32_hex(data: np.ndarray) -> str:
+    return f"{zlib.crc32(np.ascontiguousarray(data)):08x}"
 
 
 def size_on_disk(path: Path) -> int:

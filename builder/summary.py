@@ -31,7 +31,8 @@ def summarize(path: Path, group: zarr.Group) -> dict:
         "include_original": attrs["include_original"],
         "val_fraction": attrs["val_fraction"],
         "seed": attrs["seed"],
-        "chunk_rows": attrs["chunk_rows"],
+        "chunk_rows": attrs["chunk_rows"],  # as requested; a split smaller than that is one chunk of its size
+        "split_chunk_rows": {split: group[f"{split}/images"].chunks[0] for split in counts},
         "policy": attrs["policy"]["name"],
         "policy_transforms": [t["__class_fullname__"] for t in attrs["policy"]["albumentations"]["transform"]["transforms"]],
         "source": attrs["source"],
@@ -48,7 +49,8 @@ def format_summary(s: dict) -> str:
     src = s["source"]
     lines = [
         f"store        {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE'}, format v{s['format_version']})",
-        f"images       {'x'.join(map(str, s['image_shape']))} uint8, {s['chunk_rows']} rows per chunk",
+        f"images       {'x'.join(map(str, s['image_shape']))} uint8, {s['chunk_rows']} rows per chunk"
+        + "".join(f", {split} {rows}" for split, rows in s["split_chunk_rows"].items() if rows != s["chunk_rows"]),
         f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
         + (f", limit {src['limit']}" if src.get("limit") else "") + f") {src['content_hash'][:23]}...",
         f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .store import ROW_ARRAYS, array_crc32, chunk_file_problems, chunk_path, shape_problems
+from .store import chunk_file_problems, chunk_path, row_array_problems, shape_problems
 
 
 def verify_store(path: Path, group: zarr.Group) -> tuple[int, list[str]]:
@@ -18,21 +18,12 @@ def verify_store(path: Path, group: zarr.Group) -> tuple[int, list[str]]:
     splits = attrs.get("splits", [])
     damaged = chunk_file_problems(path, group, splits)
     damaged_files = {file for file, _ in damaged}
-    problems = shape_problems(group, attrs) + [message for _, message in damaged]
+    problems = shape_problems(group, attrs) + [message for _, message in damaged] + row_array_problems(path, group, attrs)
     recorded = attrs.get("chunk_crc32", {})
-    n_classes = len(attrs.get("class_names", []))
     checked = 0
     for split in splits:
         images = group[f"{split}/images"]
         rows = images.shape[0]
-        for name in ROW_ARRAYS:
-            array = group[f"{split}/{name}"]
-            expected = attrs.get("array_crc32", {}).get(f"{split}/{name}")
-            if expected is not None and array_crc32(array) != expected:
-                problems.append(f"{split}/{name} does not match its checksum from the build")
-        labels = group[f"{split}/labels"][:]
-        if len(labels) and labels.max() >= n_classes:
-            problems.append(f"{split}/labels go up to {labels.max()}, but the attributes name {n_classes} classes")
         crcs = recorded.get(split, [])
         if len(crcs) != images.cdata_shape[0]:
             problems.append(f"{split}: {len(crcs)} chunk checksums recorded for {images.cdata_shape[0]} chunks")

@@ -1,0 +1,235 @@
+"""Issue #9 points 3 and 11: every array of a store is checked when a reader opens it, and small
+splits are not padded to a full chunk. Stores are built for real, then damaged on disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import zarr
+
+from builder.store import chunk_path, crc32_hex
+from conftest import run_cli, write_cifar_archive, write_image_folder
+
+ARRAYS = ("labels", "source_index", "copy_index", "images")
+SPLITS = ("train", "val", "test")
+DAMAGES = ("delete", "truncate", "flip")
+
+
+@pytest.fixture(scope="module")
+def cifar_store(tmp_path_factory) -> Path:
+    """A CIFAR archive source (so a test split): train ~10 chunks of 16 rows, val ~12 rows, test 12, 32x32."""
+    root = tmp_path_factory.mktemp("cifar-store")
+    archive = root / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive, n_batches=2, per_batch=30, n_test=12)
+    out = root / "s.zarr"
+    run_cli("build-aug", "--source", str(archive), "--copies", "2", "--chunk-size", "16", "--preview", "0",
+            "--workers", "1", "--quiet", "--out", str(out), check=True)
+    run_cli("inspect-aug", "--store", str(out), "--verify", check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_store, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    run_cli("train", "--store", str(cifar_store), "--epochs", "1", "--model", "shallow", "--batch-size", "32",
+            "--quiet", "--out", str(run_dir), check=True)
+    return run_dir
+
+
+def copy_of(store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(store, copy)
+    return copy
+
+
+def damage(store: Path, key: str, how: str) -> Path:
+    """Damage one chunk file of array `key` (a middle one where there are several); return it."""
+    array = zarr.open_array(str(store), path=key, mode="r")
+    victim = chunk_path(store, array, array.cdata_shape[0] // 2)
+    data = victim.read_bytes()
+    if how == "delete":
+        victim.unlink()
+    elif how == "truncate":
+        victim.write_bytes(data[:len(data) // 2])
+    else:
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(flipped))
+    return victim
+
+
+def edit_attrs(store: Path, edit) -> None:
+    meta = json.loads((store / "zarr.json").read_text())
+    edit(meta["attributes"])
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+def assert_one_line_refusal(result, *expected: str) -> str:
+    line = result.stderr.strip()
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and len(line.splitlines()) == 1, result.stderr
+    for text in expected:
+        assert text in line, (text, line)
+    return line
+
+
+# -- damaged chunks of every array ----------------------------------------------------------------
+
+EXPECTED = {
+    # (array kind, damage) -> what the one line says
+    ("row", "delete"): "is missing",
+    ("row", "truncate"): "cannot be decoded",
+    ("images", "delete"): "is missing",
+    ("images", "truncate"): "bytes, not",
+}
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("name", ARRAYS)
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_damaged_chunk_of_every_array_is_refused_by_inspect(split, name, how, cifar_store, tmp_path):
+    store = copy_of(cifar_store, tmp_path)
+    victim = damage(store, f"{split}/{name}", how)
+    inspect = run_cli("inspect-aug", "--store", str(store))
+    if name == "images" or how == "flip":  # --verify shares the checks; run it where it differs
+        verify = run_cli("inspect-aug", "--store", str(store), "--verify")
+        assert verify.returncode == 1 and "Traceback" not in verify.stderr
+        assert str(victim) in verify.stderr or f"{split}/{name}" in verify.stderr
+    if name == "images" and how == "flip":
+        # documented: opening stats image chunks without reading them; --verify re-reads them
+        assert inspect.returncode == 0, inspect.stderr
+        assert f"({victim}) does not match its checksum from the build" in verify.stderr
+        return
+    line = assert_one_line_refusal(inspect, f"store {store} is damaged", "rebuild it with build-aug --overwrite")
+    if how == "flip":  # a zstd chunk with a changed byte either fails to decode or decodes to other values
+        assert f"chunk file {victim} cannot be decoded" in line or f"{split}/{name} ({victim.parent.parent}) does not match its checksum" in line
+    else:
+        assert str(victim) in line and EXPECTED["images" if name == "images" else "row", how] in line
+
+
+@pytest.mark.parametrize("key, how", [
+    ("test/labels", "truncate"),  # zstd's RuntimeError, once a traceback
+    ("train/images", "delete"),
+])
+def test_train_and_evaluate_refuse_a_damaged_array_before_any_work(key, how, cifar_store, finished_run, tmp_path):
+    """Every reader goes through store.open_store, which inspect-aug's cases above cover for all arrays."""
+    store = copy_of(cifar_store, tmp_path)
+    victim = damage(store, key, how)
+    train = run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--out", str(tmp_path / "run"))
+    line = assert_one_line_refusal(train, f"train: error: store {store} is damaged")
+    assert str(victim) in line or key in line
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+    evaluate = run_cli("evaluate", "--model", str(finished_run), "--store", str(store))
+    assert assert_one_line_refusal(evaluate, f"evaluate: error: store {store} is damaged") == line.replace("train:", "evaluate:", 1)
+
+
+def test_damaged_array_metadata_is_refused(cifar_store, tmp_path):
+    for key in ("train/labels", "val", "test/images"):
+        store = copy_of(cifar_store, tmp_path / key.replace("/", "-"))
+        meta = store / key / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[:50])
+        inspect = run_cli("inspect-aug", "--store", str(store))
+        assert_one_line_refusal(inspect, f"{meta} cannot be read")
+
+
+# -- attributes that disagree with the data -----------------------------------------------------------
+
+def with_names(names):
+    return lambda attrs: attrs.update(class_names=names(attrs["class_names"]))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (with_names(lambda n: n[:5]), "differ from those it was built with"),  # fewer names than labels
+    (with_names(lambda n: ["plane", *n[1:]]), "differ from those it was built with"),  # renamed
+    (with_names(lambda n: n[::-1]), "differ from those it was built with"),  # reordered
+    (with_names(lambda n: [*n, "extra"]), "differ from those it was built with"),  # one more
+    (with_names(lambda n: [n[0], n[0], *n[2:]]), "repeats a name"),
+    (with_names(lambda n: ["", *n[1:]]), "is not a list of non-empty names"),
+    (lambda attrs: attrs.pop("class_names"), "is not a list of non-empty names"),
+    # both copies edited alike: caught where labels fall beyond the names, in every split
+    (lambda attrs: [attrs.update(class_names=attrs["class_names"][:5]), attrs["identity"].update(class_names=attrs["class_names"])],
+     "labels go up to"),
+])
+def test_edited_class_names_are_refused(edit, message, cifar_store, tmp_path):
+    store = copy_of(cifar_store, tmp_path)
+    edit_attrs(store, edit)
+    assert_one_line_refusal(run_cli("inspect-aug", "--store", str(store)), "class_names" if "labels" not in message else "test/labels", message)
+
+
+def test_labels_outside_the_classes_in_the_test_split_are_refused_before_training(cifar_store, finished_run, tmp_path):
+    """Labels written wrong with a matching checksum (a bad source once did this): once an IndexError
+    after a whole training run, now refused when the store is opened."""
+    store = copy_of(cifar_store, tmp_path)
+    labels = zarr.open_array(str(store), path="test/labels", mode="r+")
+    data = labels[:]
+    data[3] = 10
+    labels[:] = data
+    edit_attrs(store, lambda attrs: attrs["array_crc32"].update({"test/labels": crc32_hex(data)}))
+    expected = "test/labels go up to 10, but the attributes name 10 classes"
+    assert_one_line_refusal(run_cli("inspect-aug", "--store", str(store)), expected)
+    train = run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--out", str(tmp_path / "run"))
+    assert_one_line_refusal(train, expected)
+    assert not (tmp_path / "run").exists()
+    assert_one_line_refusal(run_cli("evaluate", "--model", str(finished_run), "--store", str(store)), expected)
+
+
+def rewrite_batch(archive: Path, name: str, edit) -> None:
+    """Edit one pickled batch of a CIFAR archive written by write_cifar_archive."""
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    key = f"cifar-10-batches-py/{name}"
+    batch = pickle.loads(members[key], encoding="bytes")
+    edit(batch)
+    members[key] = pickle.dumps(batch, protocol=4)
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("batch, label", [("test_batch", 10), ("test_batch", -1), ("data_batch_2", 10)])
+def test_a_cifar_source_with_labels_outside_its_classes_is_refused_at_build_time(batch, label, tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive)
+    rewrite_batch(archive, batch, lambda b: b[b"labels"].__setitem__(1, label))
+    result = run_cli("build-aug", "--source", str(archive), "--preview", "0", "--out", str(tmp_path / "s.zarr"))
+    assert_one_line_refusal(result, f"--source {archive}: {batch} has label {label}, outside the 10 classes of batches.meta")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# -- small splits are not padded -------------------------------------------------------------------
+
+def test_each_split_is_chunked_to_at_most_its_own_rows(tmp_path):
+    """300 images of 32x32: train 240 x 4 rows in one default 1024-row chunk size; val's 60 rows take 60 rows
+    of bytes, not a 3 MiB chunk of 1024."""
+    folder = write_image_folder(tmp_path / "images", {"a": 100, "b": 100, "c": 100}, size=32)
+    out = tmp_path / "s.zarr"
+    build = run_cli("build-aug", "--source", str(folder), "--copies", "3", "--preview", "0", "--out", str(out), check=True)
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["chunk_rows"] == 1024  # as requested
+    row_bytes = 32 * 32 * 3
+    for split, rows, chunk_rows in (("train", 960, 960), ("val", 60, 60)):
+        images = group[f"{split}/images"]
+        assert images.shape[0] == rows and images.chunks[0] == chunk_rows
+        assert chunk_path(out, images, 0).stat().st_size == rows * row_bytes
+    ratio = float(build.stdout.rsplit("compression ", 1)[1].split("x")[0])
+    assert ratio > 0.9, build.stdout  # was 0.06x-like with a padded val chunk
+    summary = run_cli("inspect-aug", "--store", str(out), check=True).stdout
+    assert "1024 rows per chunk, train 960, val 60" in summary
+    assert "all 2 image chunks" in run_cli("inspect-aug", "--store", str(out), "--verify", check=True).stdout
+
+
+def test_a_split_larger_than_a_chunk_keeps_the_requested_chunk_rows(cifar_store):
+    group = zarr.open_group(str(cifar_store), mode="r")
+    assert group["val/images"].shape[0] < 16  # about 20% of 60 sources
+    assert {s: group[f"{s}/images"].chunks[0] for s in SPLITS} == {"train": 16, "val": group["val/images"].shape[0], "test": 12}
+    assert group["train/images"].shape[0] > 16
+    last = group["train/images"].cdata_shape[0] - 1
+    assert chunk_path(cifar_store, group["train/images"], last).stat().st_size == 16 * 32 * 32 * 3  # one partial chunk, full size
