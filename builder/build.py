@@ -29,6 +29,7 @@ from .decode import shown
 from .errors import UserError
 from .layout import plan_rows
 from .policies import Policy, load_policy
+from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
 from .store import (
@@ -191,8 +192,11 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
         total_rows = sum(len(r) for r in splits.values())
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
-            for _, _, n in pool.imap_unordered(compute_chunk, tasks):
-                advance(n)
+            try:
+                for _, _, n in pool.imap_unordered(compute_chunk, tasks):
+                    advance(n)
+            except BadSample as exc:  # named here, where the source's file names are
+                raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
     finish_store(out, splits, rows_per_chunk, started)
     root = zarr.open_group(str(out), mode="r")
     return BuildResult(
@@ -211,6 +215,14 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
 
 def files_of(source: Source, split: str) -> list[Path]:
     return source_splits(source)[split].files
+
+
+def sample_name(source: Source, split: str, index: int) -> str:
+    """A source image in a message: its file where it has one, else its split and index."""
+    files = files_of(source, split)
+    if files is not None and index < len(files):
+        return f"source image {shown(files[index])}"
+    return f"source {split} image {index}"
 
 
 def pool_context() -> multiprocessing.context.BaseContext:

@@ -7,6 +7,7 @@ the build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import warnings
@@ -73,17 +74,29 @@ class Policy:
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "Policy":
-        with warnings.catch_warnings():
-            # albumentations 2 serializes derived fields (PadIfNeeded's 'padding') that it then
-            # warns about when reading them back; the rebuilt pipeline is the same (tested)
-            warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+        with derived_fields_unwarned():
             return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
 
 
+@contextlib.contextmanager
+def derived_fields_unwarned():
+    """albumentations 2 serializes derived fields (PadIfNeeded's 'padding') that it then warns
+    about when reading them back, from the store or a saved policy file; the rebuilt pipeline is
+    the same (tested)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+        yield
+
+
 def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
-    """--policy: a preset name, or a JSON/YAML file saved with albumentations.save()."""
+    """--policy: a preset name, or a JSON/YAML file saved with albumentations.save(); refused
+    unless it keeps the image's shape and uint8 dtype on every draw (policy_check)."""
+    from .policy_check import check_policy  # late: policy_check imports SampleSeeder from here
+
     if spec in PRESETS:
-        return Policy(name=spec, pipeline=PRESETS[spec](image_shape[0], image_shape[1]))
+        policy = Policy(name=spec, pipeline=PRESETS[spec](image_shape[0], image_shape[1]))
+        check_policy(spec, policy.pipeline, image_shape)
+        return policy
     path = Path(spec).expanduser()
     if not path.suffix.lower() in (".json", ".yaml", ".yml"):
         raise UserError(f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()")
@@ -93,23 +106,14 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
         raise UserError(f"--policy {spec}: no such file")
     data_format = "json" if path.suffix.lower() == ".json" else "yaml"
     try:
-        pipeline = A.load(str(path), data_format=data_format)
+        with derived_fields_unwarned():
+            pipeline = A.load(str(path), data_format=data_format)
     except Exception as exc:
         raise UserError(f"--policy {spec}: not a valid albumentations {data_format} pipeline ({type(exc).__name__}: {exc})".replace("\n", " ")) from exc
     if not isinstance(pipeline, A.BaseCompose):
         pipeline = A.Compose([pipeline])
-    check_policy_runs(spec, pipeline, image_shape)
+    check_policy(spec, pipeline, image_shape)
     return Policy(name=str(path), pipeline=pipeline)
-
-
-def check_policy_runs(spec: str, pipeline: A.Compose, image_shape: tuple[int, ...]) -> None:
-    """Fail now, with the option named, if the pipeline cannot keep the image shape."""
-    try:
-        out = pipeline(image=np.zeros(image_shape, np.uint8))["image"]
-    except Exception as exc:
-        raise UserError(f"--policy {spec}: the pipeline fails on a {image_shape} image ({type(exc).__name__}: {exc})") from exc
-    if out.shape != tuple(image_shape) or out.dtype != np.uint8:
-        raise UserError(f"--policy {spec}: the pipeline turns a {tuple(image_shape)} uint8 image into {out.shape} {out.dtype}; it must keep shape and dtype")
 
 
 def policy_json(policy: Policy) -> str:

@@ -22,6 +22,7 @@ from .decode import file_digest, native_stderr_silenced, read_image_file, resize
 from .errors import UserError
 from .applier import image_applier
 from .policies import Policy, SampleSeeder
+from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .store import BUILD_DIR, chunk_path, write_atomic
 
 _worker: "WorkerState | None" = None
@@ -31,6 +32,7 @@ class WorkerState:
     def __init__(self, store_path: str, policy_attrs: dict, seed: int):
         self.store_path = store_path
         self.build_dir = Path(store_path) / BUILD_DIR
+        self.policy_attrs, self.seed = policy_attrs, seed
         self.pipeline = Policy.from_attrs(policy_attrs).pipeline
         self.seeder = SampleSeeder(self.pipeline, seed)
         self.augment = image_applier(self.pipeline)
@@ -41,6 +43,12 @@ class WorkerState:
         if split not in self.sources:
             self.sources[split] = map_source(self.build_dir, split, "r")
         return self.sources[split]
+
+    def bad_sample(self, split: str, index: int, copy_index: int) -> BadSample:
+        """The row of (index, copy_index) broke the rule: replay it to name the transform."""
+        problem = explain_sample(lambda: Policy.from_attrs(self.policy_attrs).pipeline, self.seed,
+                                 np.array(self.source(split)[index]), index, copy_index)
+        return BadSample(self.policy_attrs["name"], problem, split, index, copy_index)
 
     def array(self, split: str) -> zarr.Array:
         if split not in self.arrays:
@@ -116,13 +124,25 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
     split, chunk, start, from_split, source_index, copy_index = task
     state = _worker
     source = state.source(from_split)
-    block = np.empty((len(source_index), *source.shape[1:]), np.uint8)
+    shape = source.shape[1:]
+    block = np.empty((len(source_index), *shape), np.uint8)
     for row, (s, k) in enumerate(zip(source_index.tolist(), copy_index.tolist())):
         if k == 0:
             block[row] = source[s]
         else:
             state.seeder.reseed(s, k)
-            block[row] = state.augment(source[s])
+            image = source[s]
+            # Every row is checked before it is stored: assigning would silently cast a float
+            # image to uint8 or broadcast another shape. A tuple compare and a dtype identity test
+            # cost well under 1 us; row_fits decides the rare case where the identity test fails.
+            try:
+                out = state.augment(image)
+                fits = out.shape == shape and out.dtype is UINT8
+            except Exception:
+                raise state.bad_sample(from_split, s, k) from None
+            if not fits and not row_fits(out, shape):
+                raise state.bad_sample(from_split, s, k)
+            block[row] = out
     write_chunk(state.array(split), Path(state.store_path), chunk, block)
     write_atomic(marker_file(state.build_dir, split, chunk), f"{zlib.crc32(block):08x}")
     return split, chunk, len(block)

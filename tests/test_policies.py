@@ -141,7 +141,7 @@ def test_bad_policies_name_the_option(tmp_path):
         load_policy(str(unknown), (32, 32, 3))
     resizing = tmp_path / "resize.yaml"
     A.save(A.Compose([A.Resize(8, 8)]), str(resizing), data_format="yaml")
-    with pytest.raises(UserError, match="it must keep shape and dtype"):
+    with pytest.raises(UserError, match=r"Resize\(height=8, width=8\) changes a 32x32x3 uint8 image into 8x8x3 uint8; a policy must keep the image.s shape and uint8 dtype"):
         load_policy(str(resizing), (32, 32, 3))
     with pytest.raises(UserError, match="no such file"):
         load_policy(str(tmp_path / "missing.yaml"), (32, 32, 3))
