@@ -129,13 +129,13 @@ def check_trainable(options: BuildOptions, source: Source, usable: np.ndarray | 
     if options.val_fraction > 0 and not has_test:
         _, val = hold_out_validation(source.train.labels, options.val_fraction, options.seed, usable)
         if not len(val):
-            raise UserError(f"--val-fraction {options.val_fraction} holds out no image: every class of --source {source.location} "
+            raise UserError(f"--val-fraction {options.val_fraction:g} holds out no image: every class of --source {source.location} "
                             "has a single training image, which it keeps for training, and the source has no test split, so "
                             "train would have nothing to judge a model on: add images to the classes")
 
 
 def no_validation_warning(options: BuildOptions, has_test: bool) -> str:
-    why = f"--val-fraction {options.val_fraction}" + ("" if options.val_fraction == 0 else " held out no image (every class has one training image)")
+    why = f"--val-fraction {options.val_fraction:g}" + ("" if options.val_fraction == 0 else " held out no image (every class has one training image)")
     if has_test:
         return f"{why}: the store has no validation split; train will not validate during training and will judge the model on the test split"
     return (f"{why}: the store has no validation split and the source no test split, so train will refuse it "
