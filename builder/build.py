@@ -294,6 +294,7 @@ MISSING = object()
 
 
 def differences(old, new, path: list[str]) -> list[tuple[str, object, object]]:
+    """(path, old, new) of every leaf that differs; a key one side lacks is MISSING there."""
     if old == new:
         return []
     if isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name"):  # another name says it all
