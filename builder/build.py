@@ -27,7 +27,7 @@ import zarr
 from . import __version__
 from .decode import shown
 from .errors import UserError
-from .layout import plan_rows
+from .layout import hold_out_validation, plan_rows
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
@@ -89,6 +89,7 @@ class BuildResult:
     ignored: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # bad files left out under --skip-bad: file, reason
     layout: str | None = None  # an image folder's layout, as recorded in the store
+    warnings: list[str] = field(default_factory=list)  # about the store built: printed after the summary
 
 
 def default_workers() -> int:
@@ -114,6 +115,35 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, out: Path
                         "free some space, choose another --out, or use fewer --copies")
 
 
+def check_trainable(options: BuildOptions, source: Source, usable: np.ndarray | None = None) -> None:
+    """Refuse, before any work (and again once --skip-bad has left images out), a store that train
+    would refuse: fewer than 2 classes, or nothing to judge a model on when validation was asked for."""
+    labels = source.train.labels if usable is None else source.train.labels[usable]
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        what = f"--source {source.location}" + (f" with --limit {options.limit}" if options.limit else "")
+        if usable is not None:
+            what += " after --skip-bad left out its bad images"
+        names = ", ".join(source.class_names[c] for c in classes) or "none"
+        raise UserError(f"{what} has training images of {len(classes)} class ({names}); a classifier needs at least 2 classes: "
+                        "give a source with images of 2 or more classes")
+    has_test = source.test is not None and len(source.test) > 0
+    if options.val_fraction > 0 and not has_test:
+        _, val = hold_out_validation(source.train.labels, options.val_fraction, options.seed, usable)
+        if not len(val):
+            raise UserError(f"--val-fraction {options.val_fraction:g} holds out no image: every class of --source {source.location} "
+                            "has a single training image, which it keeps for training, and the source has no test split, so "
+                            "train would have nothing to judge a model on: add images to the classes")
+
+
+def no_validation_warning(options: BuildOptions, has_test: bool) -> str:
+    why = f"--val-fraction {options.val_fraction:g}" + ("" if options.val_fraction == 0 else " held out no image (every class has one training image)")
+    if has_test:
+        return f"{why}: the store has no validation split; train will not validate during training and will judge the model on the test split"
+    return (f"{why}: the store has no validation split and the source no test split, so train will refuse it "
+            "(nothing to judge a model on); build with --val-fraction above 0 to train on it")
+
+
 def build_store(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
     reporter = reporter or Reporter()
     options.validate()
@@ -128,6 +158,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     policy = load_policy(options.policy, source.image_shape)
     chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
+    check_trainable(options, source)
     check_fits(options, source, chunk_rows, out)
 
     lock = lock_output(out)
@@ -154,6 +185,8 @@ def lock_output(out: Path) -> int:
 
 def run_build(options, out, lock, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
     resume = claim_output(out, identity, source, options.overwrite)
+    if resume == "restart":
+        reporter.message(f"restarting the unfinished build in {out} with these arguments: no chunk had been committed")
     if resume == "already complete":
         root = zarr.open_group(str(out), mode="r")
         return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/images"].shape[0] for s in root.attrs["splits"]})
@@ -172,6 +205,10 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
                 "pass --overwrite to start over, or restore the source to resume"
             )
         write_atomic(build_dir / "build.json", json.dumps({**recorded, "source_hash": content_hash}))
+        if bad.get("train"):
+            usable = np.ones(len(source.train), bool)
+            usable[[row for row, _ in bad["train"]]] = False
+            check_trainable(options, source, usable)
         # planned after decoding: with --skip-bad, the bad files' rows are left out
         splits = plan_rows(
             source.train.labels,
@@ -181,6 +218,11 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
             val_labels=source.val.labels if source.val is not None else None,
         )
         skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
+        if (build_dir / "skeleton").exists() and not skeleton_matches(out, splits):
+            if committed_chunks(build_dir):
+                raise UserError(f"the unfinished build in {out} laid out its rows otherwise (an older augzarr started it): "
+                                "pass --overwrite to start over, or finish it with the version that started it")
+            (build_dir / "skeleton").unlink()  # nothing computed yet: lay it out again
         if not (build_dir / "skeleton").exists():
             attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity)
             create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, {**attrs, "skipped": skipped})
@@ -210,6 +252,7 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
         ignored=source.ignored,
         skipped=skipped,
         layout=source.layout,
+        warnings=[] if "val" in splits else [no_validation_warning(options, "test" in splits)],
     )
 
 
@@ -257,15 +300,48 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
 def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
     """The fraction of train held out for validation; None when the source brings its own val split."""
     return None if source.val is not None else options.val_fraction
+IDENTITY_DEFAULTS = {"skip_bad": False}  # keys an identity leaves out at their default
+MAX_DIFFERENCES = 4
 
 
 def describe_difference(recorded: dict, identity: dict) -> str:
-    keys = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
-    shown = [f"{k} {short(recorded.get(k))} -> {short(identity.get(k))}" for k in keys]
-    return "; ".join(shown) or "unknown difference"
+    """The arguments that differ, by name: inside a nested value (the policy's serialized form), the
+    path to each field that differs, so one name on both sides never hides what changed."""
+    found = differences({**IDENTITY_DEFAULTS, **recorded}, {**IDENTITY_DEFAULTS, **identity}, [])
+    found.sort(key=lambda difference: difference[0].count("."))  # whole arguments first, then fields inside one
+    shown = [f"{path} {short(old)} -> {short(new)}" for path, old, new in found[:MAX_DIFFERENCES]]
+    more = f"; and {len(found) - MAX_DIFFERENCES} more" if len(found) > MAX_DIFFERENCES else ""
+    return "; ".join(shown) + more if shown else "unknown difference"
+
+
+MISSING = object()
+
+
+def differences(old, new, path: list[str]) -> list[tuple[str, object, object]]:
+    """(path, old, new) of every leaf that differs; a key one side lacks is MISSING there."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name"):  # another name says it all
+        return [found for key in sorted(set(old) | set(new), key=str)
+                for found in differences(old.get(key, MISSING), new.get(key, MISSING), [*path, str(key)])]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(isinstance(x, dict) for x in old + new):
+        return [found for i, (a, b) in enumerate(zip(old, new)) for found in differences(a, b, [*path, item_name(a, b, i)])]
+    # a policy's path reads policy.PadIfNeeded.min_height, not policy.albumentations.transform.transforms.0.min_height
+    shown = [p for p in path if p not in ("albumentations", "transform", "transforms")]
+    return [(".".join(shown), old, new)]
+
+
+def item_name(a, b, index: int) -> str:
+    """A list item by its albumentations class when both sides have the same one, else by position."""
+    names = {x.get("__class_fullname__") for x in (a, b) if isinstance(x, dict)}
+    return names.pop() if len(names) == 1 and None not in names else str(index)
 
 
 def short(value) -> str:
+    if value is MISSING:
+        return "(none)"
+    if isinstance(value, list) and value and all(isinstance(x, dict) and "__class_fullname__" in x for x in value):
+        value = [x["__class_fullname__"] for x in value]  # a list of transforms, by class
     text = json.dumps(value.get("name") if isinstance(value, dict) and "name" in value else value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -273,7 +349,8 @@ def short(value) -> str:
 def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> str:
     """Decide fresh / resume / already complete, and refuse what must not be touched.
 
-    Returns "fresh", "resume" or "already complete". On "fresh" and "resume",
+    Returns "fresh", "restart" (an unfinished build with other arguments that had committed no
+    chunk, started over), "resume" or "already complete". On all but "already complete",
     out/.build exists and build.json records the arguments.
     """
     build_dir = out / BUILD_DIR
@@ -287,6 +364,11 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
         recorded = json.loads((build_dir / "build.json").read_text())
         if recorded["identity"] == identity and not overwrite:
             return "resume"
+        if not overwrite and not committed_chunks(build_dir):
+            # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
+            # error suggested just works, without --overwrite
+            claim_fresh(out, identity)
+            return "restart"
         if not overwrite:
             raise UserError(
                 f"{out} holds an unfinished build with other arguments ({describe_difference(recorded['identity'], identity)}): "
@@ -302,7 +384,13 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
             raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
         return "already complete"
 
-    # Fresh build: claim the folder first, so an interruption from here on leaves a store we know to be ours.
+    claim_fresh(out, identity)
+    return "fresh"
+
+
+def claim_fresh(out: Path, identity: dict) -> None:
+    """Claim the folder first, so an interruption from here on leaves a store we know to be ours."""
+    build_dir = out / BUILD_DIR
     build_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(build_dir / "build.json", json.dumps({"identity": identity, "source_hash": None}))
     remove_store_contents(out, keep=BUILD_DIR)
@@ -310,7 +398,22 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
         if entry.name != "build.json":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     (build_dir / "chunks").mkdir()
-    return "fresh"
+
+
+def committed_chunks(build_dir: Path) -> list[Path]:
+    """The chunks an unfinished build has finished (a marker's .tmp, cut short, is not one)."""
+    chunks = build_dir / "chunks"
+    return [p for p in chunks.iterdir() if not p.name.startswith(".")] if chunks.is_dir() else []
+
+
+def skeleton_matches(out: Path, splits: dict) -> bool:
+    """Whether the rows an unfinished build laid out are this plan's: a build started by a version
+    that planned otherwise must not be finished with chunks of another plan."""
+    root = zarr.open_group(str(out), mode="r")
+    if list(root.attrs.get("splits", [])) != list(splits):
+        return False
+    return all(np.array_equal(root[f"{name}/{array}"][:], getattr(rows, array))
+               for name, rows in splits.items() for array in ROW_ARRAYS)
 
 
 def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:

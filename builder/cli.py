@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +41,7 @@ def build_aug(
 ) -> None:
     """Pre-generate augmented copies of every training image into a chunked zarr store."""
     from .build import BuildOptions, build_store  # albumentations loads only when building
-    from .preview import write_previews
+    from .preview import missing_previews, write_previews
 
     check_preview_options(preview, preview_dir)
     reporter = Reporter() if quiet else ConsoleReporter()
@@ -51,7 +52,12 @@ def build_aug(
     )
     result = build_store(options, reporter)
     if result.status == "already complete":
-        reporter.message(f"{out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
+        group = open_store(out)
+        if preview and missing_previews(group, preview, preview_dir):  # deleted since, or a build stopped before writing them
+            written = write_previews(group, preview, preview_dir)
+            reporter.message(f"{out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/")
+        else:
+            reporter.message(f"{out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
         return
     written = write_previews(open_store(out), preview, preview_dir)
     rows = ", ".join(f"{n:,} {split}" for split, n in result.rows.items())
@@ -68,6 +74,8 @@ def build_aug(
         for entry in result.skipped:
             reporter.warning(f"skipped: {entry['reason']}")
         reporter.message(f"{len(result.skipped)} bad images skipped (--skip-bad; listed above and in the store's attrs 'skipped')")
+    for warning in result.warnings:
+        reporter.warning(warning)
 
 
 MAX_PREVIEW = 256  # rows of the contact sheet
@@ -78,6 +86,20 @@ def check_preview_options(preview: int, preview_dir: Path) -> None:
         raise UserError(f"--preview must be in [0, {MAX_PREVIEW}]")
     if preview and preview_dir.exists() and not preview_dir.is_dir():
         raise UserError(f"--preview-dir {preview_dir} is a file; give a folder for the previews")
+    if preview:
+        check_writable(preview_dir)
+
+
+def check_writable(preview_dir: Path) -> None:
+    """Write a probe file, as the previews will: the only test that holds for every cause
+    (a file on the path, permissions, a read-only mount, root's powers dropped)."""
+    try:
+        preview_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=preview_dir, prefix=".augzarr-probe-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--preview-dir {preview_dir} cannot be written ({exc.strerror or exc}): "
+                        "choose a writable folder for the previews, or pass --preview 0") from None
 
 
 @inspect_app.command()

@@ -27,6 +27,7 @@ from .errors import UserError  # noqa: E402
 cv2.setNumThreads(1)  # parallelism comes from worker processes, not OpenCV threads
 
 JPEG_END_OF_IMAGE = b"\xff\xd9"
+SKIP_HINT = "or pass --skip-bad to leave it out"  # ends every message about one bad image, unless skipping
 
 
 def shown(path: Path | str) -> str:
@@ -47,7 +48,7 @@ def read_image_file(path: Path) -> tuple[np.ndarray, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read image {shown(path)}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot read image {shown(path)} ({exc.strerror or exc}): make it readable or remove it") from exc
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise UserError(f"image {shown(path)} is empty (0 bytes): remove it or replace it")

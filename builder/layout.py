@@ -13,6 +13,7 @@ import numpy as np
 # Independent random streams derived from the user's seed.
 SPLIT_STREAM = 1
 ORDER_STREAM = 2
+TIE_STREAM = 3
 
 
 @dataclass
@@ -32,14 +33,37 @@ def hold_out_validation(labels: np.ndarray, val_fraction: float, seed: int, usab
     """Stratified split of the usable source rows into (train, val), each sorted."""
     usable = np.ones(len(labels), bool) if usable is None else usable
     rng = np.random.default_rng([seed, SPLIT_STREAM])
-    val = []
-    for cls in np.unique(labels[usable]):
-        members = np.flatnonzero((labels == cls) & usable)
-        n_val = int(round(val_fraction * len(members)))
-        val.append(rng.permutation(members)[:n_val])
+    members = [np.flatnonzero((labels == cls) & usable) for cls in np.unique(labels[usable])]
+    counts = validation_counts(np.array([len(m) for m in members], np.int64), val_fraction, seed)
+    val = [rng.permutation(rows)[:n_val] for rows, n_val in zip(members, counts)]
     val_rows = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
     train_rows = np.setdiff1d(np.flatnonzero(usable), val_rows)
     return train_rows, val_rows
+
+
+def validation_counts(sizes: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Images of each class to hold out: round(f * N) in all (at least 1 when f > 0), each class
+    keeping at least one training image; a class gets the floor or the ceiling of its share f * n.
+
+    Rounding each class on its own can miss the total by far (300 classes of 2 images at 0.2 hold
+    out none), so the total is apportioned by largest remainder, ties broken by the seed. Where the
+    per-class rounding already meets these rules it is kept, so such stores keep their rows.
+    """
+    per_class = np.array([int(round(val_fraction * n)) for n in sizes.tolist()], np.int64)
+    target = round(val_fraction * int(sizes.sum()))
+    if val_fraction > 0:
+        target = max(1, target)
+    target = min(target, int((sizes - 1).sum()))  # every class keeps one training image
+    if int(per_class.sum()) == target and (per_class < sizes).all():
+        return per_class
+    quota = val_fraction * sizes
+    counts = np.minimum(np.floor(quota).astype(np.int64), sizes - 1)
+    tie = np.random.default_rng([seed, TIE_STREAM]).random(len(sizes))
+    while counts.sum() < target:
+        order = np.lexsort((tie, counts - quota))  # largest remainder first
+        order = order[counts[order] < sizes[order] - 1]
+        counts[order[: target - int(counts.sum())]] += 1
+    return counts
 
 
 def plan_rows(

@@ -31,6 +31,16 @@ def preview_rows(group: zarr.Group, count: int) -> list[tuple[int, np.ndarray, n
     return result
 
 
+def preview_name(source: int, copy: int) -> str:
+    return f"{PREFIX}_{source}_{copy}.jpeg"
+
+
+def missing_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
+    """The preview files write_previews would write that are not in out_dir."""
+    expected = [out_dir / preview_name(source, int(copy)) for source, copies, _ in preview_rows(group, count) for copy in copies]
+    return [path for path in [*expected, out_dir / SHEET_NAME] if not path.is_file()]
+
+
 def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     """Write <prefix>_<source>_<copy>.jpeg files and the contact sheet; return the paths written."""
     if count <= 0:
@@ -45,7 +55,7 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     for source, copy_numbers, rows in preview_rows(group, count):
         pictures = images.get_orthogonal_selection((rows,))
         for copy, picture in zip(copy_numbers, pictures):
-            path = out_dir / f"{PREFIX}_{source}_{copy}.jpeg"
+            path = out_dir / preview_name(source, copy)
             Image.fromarray(picture).save(path, quality=95)
             written.append(path)
         sheet_rows.append((f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, pictures))

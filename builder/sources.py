@@ -344,6 +344,18 @@ def probe_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
+def first_readable_size(files: list[Path]) -> tuple[int, int]:
+    """The size of the first image that can be read: a bad first file is then named by the decoder,
+    with the --skip-bad hint, and --skip-bad can leave it out."""
+    errors = []
+    for file in files:
+        try:
+            return probe_size(file)
+        except UserError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
 def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None = None) -> Source:
     """An image folder in one of two layouts, decided from what is there, never guessed:
     flat   DIR/<class>/<image>
@@ -394,7 +406,7 @@ def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None =
     if image_size is not None:
         shape = (image_size, image_size, 3)
     else:
-        shape = (*probe_size(train_split.files[0]), 3)
+        shape = (*first_readable_size(train_split.files), 3)
     return Source(
         kind="image-folder",
         location=str(root),

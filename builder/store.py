@@ -101,12 +101,14 @@ def open_store(path: str | Path, require_complete: bool = True, check_chunks: bo
         raise UserError(f"store {path} does not exist: build one with build-aug --out {path}")
     attrs = read_attrs(path)
     if attrs is None or attrs.get("format") != FORMAT_NAME:
+        if (path / BUILD_DIR / "build.json").is_file():  # a build that stopped before it wrote the group
+            raise UserError(unfinished_message(path))
         raise UserError(f"{path} is not an augzarr store (no augzarr group metadata in {path / 'zarr.json'})")
     version = attrs.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"store {path} has format version {version}, newer than this augzarr reads ({FORMAT_VERSION}): upgrade augzarr")
     if require_complete and (not attrs.get("complete") or is_build_in_progress(path)):
-        raise UserError(f"store {path} is incomplete (its build was interrupted or is running): rerun the same build-aug command to finish it")
+        raise UserError(unfinished_message(path))
     group = zarr.open_group(str(path), mode="r")
     missing, unreadable = [], []
     for key in (k for s in attrs.get("splits", []) for k in (s, *(f"{s}/{a}" for a in ("images", *ROW_ARRAYS)))):
@@ -128,6 +130,11 @@ def open_store(path: str | Path, require_complete: bool = True, check_chunks: bo
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise UserError(f"store {path} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite")
     return group
+
+
+def unfinished_message(path: Path) -> str:
+    return (f"store {path} is incomplete, an unfinished build (it stopped or is still running): rerun the same build-aug "
+            "command to finish it, or start over with build-aug --overwrite")
 
 
 def shape_problems(group: zarr.Group, attrs: dict) -> list[str]:

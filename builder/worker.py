@@ -18,7 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from .decode import file_digest, native_stderr_silenced, read_image_file, resize_to, shown
+from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .errors import UserError
 from .applier import image_applier
 from .policies import Policy, SampleSeeder
@@ -98,7 +98,7 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
                 image, digest = read_image_file(Path(file))
             except UserError as exc:
                 if not skip_bad:
-                    raise
+                    raise UserError(f"{exc}, {SKIP_HINT}") from None
                 bad.append((start + offset, str(exc)))
                 digests.append(file_digest(Path(file)))
                 continue

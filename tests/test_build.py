@@ -268,7 +268,7 @@ def test_corrupt_image_is_named_and_the_build_resumes_once_fixed(tmp_path):
     args = ["build-aug", "--source", str(folder), "--out", str(out), "--copies", "2", "--preview", "0"]
     failed = run_cli(*args)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1] == f"build-aug: error: image {victim} is a truncated JPEG: remove it or replace it"
+    assert failed.stderr.strip().splitlines()[-1] == f"build-aug: error: image {victim} is a truncated JPEG: remove it or replace it, or pass --skip-bad to leave it out"
     victim.write_bytes(b"GIF89a not really")
     failed = run_cli(*args)
     assert f"cannot decode image {victim}" in failed.stderr
