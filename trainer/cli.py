@@ -29,7 +29,7 @@ def train(
     lr_schedule: Optional[str] = typer.Option(None, help="cosine (the rate decays to 0 over the run) or constant (the notebook's) [default: cosine]."),
     seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
     buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
-    out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the latest unfinished run]."),
+    out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
 ) -> None:

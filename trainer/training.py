@@ -4,6 +4,7 @@ A run folder is in one of these states:
   running   -> run.json says "running"; state/ holds the last finished epoch's
                checkpoint (model and optimizer) and the history so far: --resume continues it
   complete  -> run.json says "complete"; every output below is written
+A live train holds an exclusive lock on its run folder (runlock.py): one writer per run folder.
 Final outputs, written before run.json turns complete: model.keras, model.json (the
 architecture), model.weights.h5, history.csv, curves.png, metrics.json,
 confusion.png, model_card.md.
