@@ -219,13 +219,18 @@ def test_the_run_lock_is_not_kept_by_a_forked_child(tmp_path):
     fd = try_lock(folder)
     assert fd is not None
     read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
     child = os.fork()
-    if child == 0:  # holds on until the parent closes the pipe
+    if child == 0:  # past the fork hooks: says so, then holds on until the parent closes the pipe
         os.close(write_end)
+        os.write(ready_write, b"r")
         os.read(read_end, 1)
         os._exit(0)
     try:
         os.close(read_end)
+        os.close(ready_write)
+        assert os.read(ready_read, 1) == b"r"
+        os.close(ready_read)
         release(fd)
         assert not is_live(folder)  # the child's copy was closed when it forked: the lock went with the parent's
     finally:
