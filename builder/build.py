@@ -26,7 +26,7 @@ import zarr
 
 from . import __version__
 from .decode import shown
-from .errors import UserError
+from .errors import OptionError, UserError
 from .layout import hold_out_validation, plan_rows
 from .policies import Policy, load_policy
 from .policy_check import BadSample
@@ -74,7 +74,7 @@ class BuildOptions:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise OptionError(message)
 
 
 @dataclass
@@ -104,7 +104,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, out: Path
     """Refuse, before any work, a chunk too big for memory or a store too big for the disk."""
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
-        raise UserError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
+        raise OptionError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
                         f"{MAX_CHUNK_BYTES // row_bytes:,} rows of {'x'.join(map(str, source.image_shape))} images")
     rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source_splits(source).items() if name != "train")
     needed = rows * row_bytes

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .cli_support import run_app
-from .errors import UserError
+from .errors import OptionError, UserError
 from .progress import ConsoleReporter, Reporter
 from .store import open_store
 from .summary import format_summary, human_bytes, summarize
@@ -83,7 +83,7 @@ MAX_PREVIEW = 256  # rows of the contact sheet
 
 def check_preview_options(preview: int, preview_dir: Path) -> None:
     if not 0 <= preview <= MAX_PREVIEW:
-        raise UserError(f"--preview must be in [0, {MAX_PREVIEW}]")
+        raise OptionError(f"--preview must be in [0, {MAX_PREVIEW}]")
     if preview and preview_dir.exists() and not preview_dir.is_dir():
         raise UserError(f"--preview-dir {preview_dir} is a file; give a folder for the previews")
     if preview:

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from .errors import UserError
+from .errors import OptionError, UserError, one_line
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -24,12 +24,16 @@ def os_error_message(exc: OSError, resume_hint: str = RESUME_HINT) -> str:
     return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
-def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT) -> None:
+def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT, interrupted: str | None = None) -> None:
+    """interrupted: the line for Ctrl-C [default: "interrupted: <resume_hint>"], for a command
+    that has nothing to resume."""
     try:
         # Not standalone: typer would print usage errors as a multi-line box and swallow Ctrl-C.
         code = app(standalone_mode=False, prog_name=prog)
     except typer.TyperException as exc:  # bad options, in typer's words
         fail(prog, exc.format_message().replace("\n", " "), EXIT_USAGE)
+    except OptionError as exc:  # a value typer let through but out of range: a bad option all the same
+        fail(prog, str(exc), EXIT_USAGE)
     except UserError as exc:
         fail(prog, str(exc), EXIT_USER_ERROR)
     except (KeyboardInterrupt, typer.Abort):
@@ -37,11 +41,12 @@ def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT) -> None
     except OSError as exc:
         fail(prog, os_error_message(exc, resume_hint), EXIT_USER_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
-        fail(prog, f"interrupted: {resume_hint}", EXIT_INTERRUPTED)
+        fail(prog, interrupted or f"interrupted: {resume_hint}", EXIT_INTERRUPTED)
     if isinstance(code, int) and code:
         sys.exit(code)
 
 
 def fail(prog: str, message: str, code: int) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Every error line goes out here: one line, whatever a file name in it holds."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)

@@ -18,7 +18,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from .errors import UserError
+from .errors import OptionError, UserError
 
 MASK64 = (1 << 64) - 1
 
@@ -99,7 +99,7 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
         return policy
     path = Path(spec).expanduser()
     if not path.suffix.lower() in (".json", ".yaml", ".yml"):
-        raise UserError(f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()")
+        raise OptionError(f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()")
     if path.is_dir():
         raise UserError(f"--policy {spec} is a folder; give the .json/.yaml file saved with albumentations.save()")
     if not path.is_file():

@@ -4,6 +4,7 @@ show exactly what training will see."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 PREFIX = "cifar"  # the notebook's save_prefix
 SHEET_NAME = "contact_sheet.png"
 MIN_CELL = 96  # small images are enlarged (nearest neighbour) to at least this many pixels
-LABEL_WIDTH = 120
+LABEL_WIDTH = 120  # at least; widened to the widest label line
+MAX_LABEL_WIDTH = 320  # a longer class name wraps onto more lines (the row grows to fit them)
 HEADER_HEIGHT = 24
+FONT_SIZE = 13
 
 
 def preview_rows(group: zarr.Group, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -67,20 +70,84 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image:
-    """A row per source image, labelled with its class, its copies left to right."""
+    """A row per source image, labelled with its class, its copies left to right. The labels are
+    drawn whole, in a font with their glyphs: the label column widens (and long names wrap) to fit."""
     height, width = rows[0][2].shape[1:3]
     zoom = max(1, -(-MIN_CELL // max(height, width)))
     cell_h, cell_w = height * zoom + 4, width * zoom + 4
     columns = max(len(r[1]) for r in rows)
-    sheet = Image.new("RGB", (LABEL_WIDTH + columns * cell_w, HEADER_HEIGHT + len(rows) * cell_h), "white")
+    labels = []
+    for label, _, _ in rows:
+        font = label_font(label)
+        lines = [piece for line in label.split("\n") for piece in wrap_to_width(line, font, MAX_LABEL_WIDTH)]
+        labels.append((font, "\n".join(lines)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [probe.multiline_textbbox((0, 0), text, font=font) for font, text in labels]
+    label_width = max(LABEL_WIDTH, max(box[2] for box in boxes) + 12)
+    row_h = max(cell_h, max(box[3] for box in boxes) + 8)
+    sheet = Image.new("RGB", (label_width + columns * cell_w, HEADER_HEIGHT + len(rows) * row_h), "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
+    header_font = label_font("original copy 0123456789")
     for c, copy in enumerate(rows[0][1]):
-        draw.text((LABEL_WIDTH + c * cell_w + 4, 6), "original" if copy == 0 else f"copy {copy}", fill="black", font=font)
-    for r, (label, copy_numbers, pictures) in enumerate(rows):
-        top = HEADER_HEIGHT + r * cell_h
-        draw.multiline_text((6, top + cell_h // 3), label, fill="black", font=font)
+        draw.text((label_width + c * cell_w + 4, 4), "original" if copy == 0 else f"copy {copy}", fill="black", font=header_font)
+    for r, ((font, text), box, (_, copy_numbers, pictures)) in enumerate(zip(labels, boxes, rows)):
+        top = HEADER_HEIGHT + r * row_h
+        draw.multiline_text((6, top + max(2, (row_h - box[3]) // 2)), text, fill="black", font=font)
         for c, picture in enumerate(pictures):
             tile = Image.fromarray(picture).resize((width * zoom, height * zoom), Image.NEAREST)
-            sheet.paste(tile, (LABEL_WIDTH + c * cell_w + 2, top + 2))
+            sheet.paste(tile, (label_width + c * cell_w + 2, top + 2))
     return sheet
+
+
+def wrap_to_width(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
+    """text cut into lines no wider than max_width, after a space, '_' or '-' where one is near;
+    no character is dropped, so the lines joined give the text back."""
+    lines = []
+    while text and font.getlength(text) > max_width:
+        cut = 1
+        while cut < len(text) and font.getlength(text[: cut + 1]) <= max_width:
+            cut += 1
+        breaks = [i + 1 for i in range(cut // 2, cut) if text[i] in " _-"]
+        cut = breaks[-1] if breaks else cut
+        lines.append(text[:cut])
+        text = text[cut:]
+    return [*lines, text] if text or not lines else lines
+
+
+def label_font(text: str) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (matplotlib ships it) when it has a glyph for every character of text; else
+    the first font on this system that has them all (CJK, for one, is not in DejaVu); else
+    DejaVu Sans anyway, which draws the missing characters as boxes."""
+    needed = {ord(ch) for ch in text if not ch.isspace()}
+    for path in (dejavu_path(), *system_font_paths()):
+        if needed <= font_charmap(path):
+            return truetype(path)
+    return truetype(dejavu_path())
+
+
+def dejavu_path() -> str:
+    import matplotlib
+
+    return str(Path(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+
+
+@functools.lru_cache(maxsize=1)
+def system_font_paths() -> tuple[str, ...]:
+    from matplotlib import font_manager
+
+    return tuple(sorted(font_manager.findSystemFonts()))
+
+
+@functools.lru_cache(maxsize=None)
+def font_charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read: no glyphs from it
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def truetype(path: str) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, FONT_SIZE)

@@ -9,6 +9,8 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .errors import one_line
+
 
 class Reporter:
     """Tells the user what long work is doing. The base class is silent (--quiet)."""
@@ -21,7 +23,7 @@ class Reporter:
         pass
 
     def warning(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
+        print(f"warning: {one_line(text)}", file=sys.stderr)  # one line, whatever a file name in it holds
 
 
 class ConsoleReporter(Reporter):

@@ -325,7 +325,7 @@ def test_bad_stores_and_options_give_one_line(store, tmp_path):
     refused({"store": str(store)}, "is a file", out=tmp_path / "afile")
 
     cli = run_cli("train", "--store", str(store), "--epochs", "0", "--out", str(tmp_path / "never"))
-    assert cli.returncode == 1 and cli.stderr.strip() == "train: error: --epochs must be in [1, 100000]"
+    assert cli.returncode == 2 and cli.stderr.strip() == "train: error: --epochs must be in [1, 100000]"
     unwritable = run_cli("train", "--store", str(store), "--epochs", "1", "--out", "/proc/augzarr-run")
     assert unwritable.returncode == 1 and "/proc/augzarr-run" in unwritable.stderr and len(unwritable.stderr.strip().splitlines()) == 1
 

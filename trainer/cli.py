@@ -29,7 +29,7 @@ def train(
     lr_schedule: Optional[str] = typer.Option(None, help="cosine (the rate decays to 0 over the run) or constant (the notebook's) [default: cosine]."),
     seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
     buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
-    out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the latest unfinished run]."),
+    out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
 ) -> None:
@@ -40,6 +40,12 @@ def train(
                                     learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
                                     buffer_chunks=buffer_chunks).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
+    from .runlock import is_live, live_run_message
+
+    if out is not None and out.is_dir() and is_live(out):  # likewise a live run (train_run takes the lock itself)
+        from builder.errors import UserError
+
+        raise UserError(live_run_message(out))
     import_keras_quietly()
     from .training import train_run
 
@@ -62,24 +68,32 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained model."""
-    from builder.errors import UserError
+    from builder.errors import OptionError, UserError, one_line
 
     if (store is None) == (source is None):
-        raise UserError("give exactly one of --store PATH or --source DIR")
+        raise OptionError("give exactly one of --store PATH or --source DIR")
     if split not in (None, "test", "val"):
         raise typer.BadParameter("must be test or val", param_hint="--split")
+    if split is not None and source is not None:
+        raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part if it has one, else on all its images")
     if not 1 <= batch_size <= MAX_BATCH:
-        raise UserError(f"--batch-size must be in [1, {MAX_BATCH}]")
+        raise OptionError(f"--batch-size must be in [1, {MAX_BATCH}]")
     if json_out is not None and json_out.is_dir():
         raise UserError(f"--json {json_out} is a folder; give a file name for the results")
     import_keras_quietly()
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, write_json
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, write_json
 
     if store is not None:
         metrics = evaluate_on_store(model, store, split, batch_size)
     else:
         metrics = evaluate_on_folder(model, source, batch_size)
     print(f"{metrics['model']} on {metrics['data']}, {metrics['count']:,} images")
+    if resize_note(metrics):
+        print(resize_note(metrics))
+    if metrics.get("training_source"):
+        print("warning: " + one_line(f"--source {source} holds the images the model's store was built from (same folder or content hash): "
+              "most of them were trained on, so this is not a held-out score; use --store with its val or test split, or unseen images"),
+              file=sys.stderr)
     print(format_metrics(metrics))
     if json_out is not None:
         write_json(metrics, json_out)
@@ -113,4 +127,6 @@ def main_train() -> None:
 
 
 def main_evaluate() -> None:
-    run_app(evaluate_app, "evaluate")
+    # evaluate writes nothing until its results (--json, written whole): there is nothing to resume
+    run_app(evaluate_app, "evaluate", resume_hint="run it again",
+            interrupted="interrupted: nothing was evaluated or written; run it again for the results")

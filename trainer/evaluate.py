@@ -10,8 +10,8 @@ import numpy as np
 
 from builder.decode import read_image_file, resize_to
 from builder.errors import UserError
-from builder.sources import scan_image_folder
-from builder.store import open_store
+from builder.sources import hash_folder_files, scan_image_folder
+from builder.store import open_store, write_atomic
 
 from .metrics import evaluate_arrays, evaluate_stream
 from .stream import StoreStream
@@ -47,7 +47,11 @@ def evaluate_on_store(run_dir: Path, store: Path, split: str | None, batch_size:
 
 
 def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
-    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input."""
+    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input.
+
+    The result also says how many images were resized from which sizes ("resized"), and
+    whether they are the very images the model's store was built from ("training_source"):
+    then the figure is not a held-out score."""
     model, run = load_run_model(run_dir)
     height, width, _ = model.input_shape[1:]
     source = scan_image_folder(folder, image_size=height)
@@ -57,10 +61,40 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
     if unknown:
         raise UserError(f"--source {folder}: classes the model does not know: {', '.join(unknown)} (it knows {', '.join(run['class_names'])})")
     to_model = np.array([run["class_names"].index(name) for name in source.class_names])
-    images = np.stack([resize_to(read_image_file(f)[0], height, width) for f in split.files])
+    images, resized = [], {}
+    for file in split.files:
+        image = read_image_file(file)[0]
+        if image.shape[:2] != (height, width):
+            size = f"{image.shape[1]}x{image.shape[0]}"
+            resized[size] = resized.get(size, 0) + 1
+        images.append(resize_to(image, height, width))
     labels = to_model[split.labels]
-    metrics = evaluate_arrays(model, images, labels, run["class_names"], batch_size)
-    return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics}
+    metrics = evaluate_arrays(model, np.stack(images), labels, run["class_names"], batch_size)
+    return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics,
+            "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
+            "training_source": split is source.train and is_training_source(run, folder, source)}
+
+
+def is_training_source(run: dict, folder: Path, source) -> bool:
+    """Whether `folder` is the image folder the run's store was built from: the same path as the
+    recorded location, or the same content hash (computed as build-aug computes it, so a copy
+    or a moved folder is recognised too)."""
+    recorded = run.get("store_source") or {"content_hash": run.get("store_fingerprint", {}).get("content_hash")}
+    location = recorded.get("location")
+    if location and recorded.get("kind") == "image-folder" and Path(location).resolve() == folder.resolve():
+        return True
+    return recorded.get("content_hash") is not None and hash_folder_files(source) == recorded["content_hash"]
+
+
+def resize_note(metrics: dict) -> str | None:
+    """'resized N images from WxH to the model's 32x32', or None when none was resized."""
+    sizes = metrics.get("resized", {}).get("from", {})
+    if not sizes:
+        return None
+    count = sum(sizes.values())
+    shown = ", ".join(f"{n:,} from {size}" if len(sizes) > 1 else size for size, n in sizes.items())
+    where = f"({shown})" if len(sizes) > 1 else f"from {shown}"
+    return f"resized {count:,} image{'s' if count != 1 else ''} {where} to the model's {metrics['resized']['to']}"
 
 
 def format_metrics(metrics: dict) -> str:
@@ -74,4 +108,4 @@ def format_metrics(metrics: dict) -> str:
 
 def write_json(metrics: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
+    write_atomic(path, json.dumps(metrics, indent=2))  # whole or not at all, even on Ctrl-C

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builder.errors import UserError
+from builder.errors import OptionError
 
 MODELS = ("deep", "shallow")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
@@ -40,4 +40,4 @@ class TrainOptions:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise OptionError(message)

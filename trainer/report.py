@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -42,24 +43,60 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+MAX_FIGURE_INCHES = 40  # 4,000 px at 100 dpi, whatever the class count: Pillow refuses images above ~13,000 px square
+MAX_NAMED_CLASSES = 60  # beyond this, names on the axes would overlap: the matrix is drawn by class index
+MAX_CELL_COUNTS = 20  # beyond this, a count in every cell would not fit
+TOP_CONFUSED = 20  # the most confused pairs listed beside an unnamed matrix
+
+
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:
+    figure = confusion_figure(metrics, title)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing")  # a class name in a script DejaVu lacks: drawn as boxes, no noise
+        figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion_figure(metrics: dict, title: str):
+    """The confusion matrix, at most MAX_FIGURE_INCHES square. Up to MAX_NAMED_CLASSES classes
+    the axes name every class; beyond that they show class indices (the names are in
+    metrics.json, in that order) and the most confused pairs are listed by name beside it."""
     confusion = np.array(metrics["confusion_matrix"])
     names = metrics["class_names"]
-    size = max(4.0, 0.6 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    axis.imshow(confusion, cmap="Blues")
-    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axis.set_yticks(range(len(names)), names)
+    named = len(names) <= MAX_NAMED_CLASSES
+    size = min(MAX_FIGURE_INCHES, max(4.0, 0.6 * len(names) + 2))
+    if named:
+        figure, axis = plt.subplots(figsize=(size, size))
+    else:
+        figure, (axis, side) = plt.subplots(1, 2, figsize=(size, size * 0.75), width_ratios=(3, 1))
+    axis.imshow(confusion, cmap="Blues", interpolation="nearest")
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)
+    if named:
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_yticks(range(len(names)), names)
+    else:
+        axis.set_xlabel("predicted (class index; names in metrics.json)")
+        axis.set_ylabel("true (class index)")
+        side.axis("off")
+        side.set_title(f"most confused of {len(names)} classes", loc="left")
+        side.text(0, 1, "\n".join(f"{count:,}  {names[i]} -> {names[j]}" for i, j, count in most_confused(confusion, TOP_CONFUSED)) or "none",
+                  va="top", ha="left", transform=side.transAxes, fontsize=11)
     threshold = confusion.max() / 2 if confusion.size else 0
-    if len(names) <= 20:
+    if len(names) <= MAX_CELL_COUNTS:
         for (i, j), value in np.ndenumerate(confusion):
             axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def most_confused(confusion: np.ndarray, k: int) -> list[tuple[int, int, int]]:
+    """(true, predicted, count) of the k largest off-diagonal cells, largest first."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:k]  # ties in row order
+    return [(int(i), int(j), int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
 
 
 def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict]) -> str:

@@ -4,6 +4,7 @@ A run folder is in one of these states:
   running   -> run.json says "running"; state/ holds the last finished epoch's
                checkpoint (model and optimizer) and the history so far: --resume continues it
   complete  -> run.json says "complete"; every output below is written
+A live train holds an exclusive lock on its run folder (runlock.py): one writer per run folder.
 Final outputs, written before run.json turns complete: model.keras, model.json (the
 architecture), model.weights.h5, history.csv, curves.png, metrics.json,
 confusion.png, model_card.md.
@@ -11,6 +12,8 @@ confusion.png, model_card.md.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -19,13 +22,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from builder.errors import UserError
+from builder.errors import OptionError, UserError
 from builder.store import open_store, write_atomic
 
 from .metrics import evaluate_stream
 from .models import build_model
 from .options import OPTIMIZER_NAMES, TrainOptions
 from .report import history_csv, model_card, plot_confusion, plot_curves
+from .runlock import lock_run_dir, release, try_lock
 from .stream import StoreStream
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (keras.optimizers.RMSprop, keras.optimizers.Adam, keras.optimizers.SGD)))
@@ -53,11 +57,41 @@ def default_run_dir() -> Path:
     return candidate
 
 
-def latest_unfinished_run(runs_dir: Path = RUNS_DIR) -> Path:
-    candidates = sorted(p.parent for p in runs_dir.glob("*/run.json") if read_json(p).get("status") == "running")
-    if not candidates:
+def now_utc() -> str:
+    """An ISO time to the microsecond: runs started within one second still order by it."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def last_activity(run_json: Path, run: dict) -> str:
+    """When the run last started or finished an epoch (run.json's updated_utc; for a run
+    recorded before that field existed, when run.json was last written)."""
+    if run.get("updated_utc"):
+        return run["updated_utc"]
+    mtime = datetime.datetime.fromtimestamp(run_json.stat().st_mtime, datetime.timezone.utc)
+    return mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def latest_unfinished_run(held: contextlib.ExitStack, runs_dir: Path = RUNS_DIR) -> Path:
+    """The unfinished run under runs_dir that was active most recently (not the last by name)
+    and that no live train is writing; locked for this process on return."""
+    unfinished = [(last_activity(p, run), p.parent) for p in runs_dir.glob("*/run.json") if (run := read_json(p)).get("status") == "running"]
+    if not unfinished:
         raise UserError(f"--resume: no unfinished run under {runs_dir}/; name one with --out RUN_DIR")
-    return candidates[-1]
+    for _, run_dir in sorted(unfinished, reverse=True):
+        fd = try_lock(run_dir)
+        if fd is not None:
+            held.callback(release, fd)
+            return run_dir
+    live = ", ".join(str(d) for _, d in sorted(unfinished, reverse=True))
+    raise UserError(f"--resume: every unfinished run under {runs_dir}/ is being written by a live train right now ({live}); "
+                    "wait for one to stop, or name one with --out RUN_DIR")
+
+
+def mark_active(run_dir: Path) -> None:
+    """Record in run.json that the run is alive now: train --resume picks the latest such run."""
+    run = read_json(run_dir / "run.json")
+    if run:
+        write_atomic(run_dir / "run.json", json.dumps({**run, "updated_utc": now_utc()}, indent=2))
 
 
 def read_json(path: Path) -> dict:
@@ -71,6 +105,13 @@ def store_fingerprint(attrs: dict) -> dict:
     """What a resumed run checks: the same store contents, not merely the same path."""
     return {"identity": attrs.get("identity"), "content_hash": attrs.get("source", {}).get("content_hash"),
             "chunk_crc32": attrs.get("chunk_crc32")}
+
+
+def store_source(attrs: dict) -> dict:
+    """Where the store's images came from: evaluate --source recognises that folder (by path or
+    by content hash) and warns that a score on it is not a held-out score."""
+    source = attrs.get("source", {})
+    return {key: source.get(key) for key in ("kind", "location", "content_hash", "limit")}
 
 
 def seed_everything(seed: int) -> None:
@@ -117,6 +158,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             if old.name != name:
                 old.unlink()
         write_atomic(self.run_dir / "history.csv", history_csv(self.history))
+        mark_active(self.run_dir)
 
 
 def initial_learning_rate(options: TrainOptions) -> float:
@@ -133,8 +175,11 @@ def make_optimizer(options: TrainOptions, steps: int) -> keras.optimizers.Optimi
     return OPTIMIZERS[options.optimizer](learning_rate=rate)
 
 
-def find_run_to_resume(out: Path | None) -> tuple[Path, dict]:
-    run_dir = out or latest_unfinished_run()
+def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Path, dict]:
+    """The run to continue, locked for this process first (a live run is refused), then read."""
+    run_dir = out or latest_unfinished_run(held)
+    if out is not None and out.is_dir():
+        held.callback(release, lock_run_dir(out))
     run = read_json(run_dir / "run.json")
     if not run:
         raise UserError(f"--resume: {run_dir} is not a train run folder (no readable run.json)")
@@ -143,18 +188,26 @@ def find_run_to_resume(out: Path | None) -> tuple[Path, dict]:
     return run_dir, run
 
 
-def claim_run_dir(out: Path | None, record: dict) -> Path:
-    """A new, empty run folder (never one that holds anything), with run.json saying "running"
-    written first: a run killed from then on can be resumed (from scratch if no epoch finished)."""
-    run_dir = out or default_run_dir()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+def claim_run_dir(out: Path | None, record: dict, held: contextlib.ExitStack) -> Path:
+    """A new, empty run folder (never one that holds anything), locked for this process, with
+    run.json saying "running" written first: a run killed from then on can be resumed (from
+    scratch if no epoch finished)."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    run_dir = out
+    while run_dir is None:  # runs/<timestamp>: made here, so two trains started together get two folders
+        candidate = default_run_dir()
+        with contextlib.suppress(FileExistsError):
+            candidate.mkdir(parents=True)
+            run_dir = candidate
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held.callback(release, lock_run_dir(run_dir))  # before looking inside: a live run is refused as such
     if run_dir.is_dir() and any(not entry.name.endswith(".tmp") for entry in run_dir.iterdir()):  # a .tmp: cut short before it counted
         status = read_json(run_dir / "run.json").get("status")
         hint = "continue it with --resume" if status == "running" else "choose another --out"
         raise UserError(f"--out {run_dir} already holds {'a run' if status else 'files'}: {hint}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "run.json", json.dumps({"status": "running", "run_dir": str(run_dir), **record}, indent=2))
+    write_atomic(run_dir / "run.json", json.dumps({"status": "running", "run_dir": str(run_dir), "updated_utc": now_utc(), **record}, indent=2))
     return run_dir
 
 
@@ -164,7 +217,13 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
 
     given: the TrainOptions fields the user set (the rest take defaults, or on --resume the
     run's recorded values; a resume may change --epochs only). say() gets the human-readable lines.
+    The run folder is locked from when it is chosen to the end: one writer per run folder.
     """
+    with contextlib.ExitStack() as held:
+        return train_locked(given, out, resume, verbose, say, held)
+
+
+def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str, say, held: contextlib.ExitStack) -> TrainResult:
     unknown = set(given) - {f.name for f in fields(TrainOptions)}
     if unknown:
         raise ValueError(f"unknown train options {sorted(unknown)}")
@@ -174,7 +233,7 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
     if interrupted.get("status") == "running" and interrupted.get("options") == asdict(options):
         resume = True  # the very command that was interrupted, run again: it continues, as build-aug's does
     if resume:
-        run_dir, run = find_run_to_resume(out)
+        run_dir, run = find_run_to_resume(out, held)
         recorded = run["options"]
         conflicts = [f"--{k.replace('_', '-')} {recorded[k]} -> {v}" for k, v in given.items() if k != "epochs" and recorded[k] != v]
         if conflicts:
@@ -190,12 +249,13 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
     chunk_bytes = int(np.prod(group["train/images"].chunks))
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
-        raise UserError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
+        raise OptionError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
                         f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
     if val_rows == 0 and test_rows == 0:
         raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
     if not resume:
-        run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs)})
+        run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs),
+                                      "store_source": store_source(attrs)}, held)
 
     state_dir = run_dir / STATE_DIR
     state_dir.mkdir(exist_ok=True)
@@ -224,6 +284,8 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         "run_dir": str(run_dir),
         "options": asdict(options),
         "store_fingerprint": store_fingerprint(attrs),
+        "store_source": store_source(attrs),
+        "updated_utc": now_utc(),
         "backend": keras.backend.backend(),
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "parameters": model.count_params(),
@@ -278,4 +340,4 @@ def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: dict, met
     (run_dir / "metrics.json").write_text(json.dumps({"evaluated_on": evaluated_on, **metrics}, indent=2))
     plot_confusion(metrics, run_dir / "confusion.png", f"{run['options']['model']} on {evaluated_on}: accuracy {metrics['accuracy']:.3f}")
     (run_dir / "model_card.md").write_text(model_card(run, attrs, metrics, history))
-    write_atomic(run_dir / "run.json", json.dumps({**run, "status": "complete", "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    write_atomic(run_dir / "run.json", json.dumps({**run, "status": "complete", "updated_utc": now_utc(), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
