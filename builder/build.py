@@ -60,6 +60,7 @@ class BuildOptions:
     workers: int | None = None
     overwrite: bool = False
     skip_bad: bool = False
+    preview_dir: Path | None = None  # where the CLI writes previews: never read as images when inside --source
 
     def validate(self) -> None:
         checks = [
@@ -149,8 +150,11 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     options.validate()
     started = time.time()
     out = Path(options.out)
-    # --out inside an image folder (re-run, or resumed) is reported as not used, never read as a class
-    source = open_source(options.source, options.image_size, options.limit, exclude={out: "the store this build writes (--out), not images"})
+    # --out or --preview-dir inside an image folder (re-run, or resumed) is reported as not used, never read as a class
+    excluded = {out: "the store this build writes (--out), not images"}
+    if options.preview_dir is not None:
+        excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
+    source = open_source(options.source, options.image_size, options.limit, exclude=excluded)
     for note in source.ignored:
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:

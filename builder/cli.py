@@ -48,7 +48,7 @@ def build_aug(
     options = BuildOptions(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
-        workers=workers, overwrite=overwrite, skip_bad=skip_bad,
+        workers=workers, overwrite=overwrite, skip_bad=skip_bad, preview_dir=preview_dir if preview else None,
     )
     result = build_store(options, reporter)
     if result.status == "already complete":

@@ -281,3 +281,16 @@ def test_evaluate_on_a_split_folder_uses_its_held_out_part(tmp_path):
     run_cli("evaluate", "--model", str(run_dir), "--source", str(root), "--json", str(tmp_path / "v.json"), check=True)
     on_val = json.loads((tmp_path / "v.json").read_text())
     assert on_val["count"] == 3 and on_val["data"].endswith("(val/ part)")
+
+
+def test_previews_written_inside_the_source_are_never_read_as_a_class(tmp_path):
+    """`cd photos; build-aug --source .` writes preview/ into the source: the next run must not take it for a class."""
+    root = write_image_folder(tmp_path / "d", {"a": 4, "b": 4})
+    args = ["build-aug", "--source", str(root), "--out", str(tmp_path / "s.zarr"), "--copies", "1", "--workers", "1",
+            "--preview", "2", "--preview-dir", str(root / "preview")]
+    first = run_cli(*args)
+    assert first.returncode == 0 and any((root / "preview").glob("*.jpeg")), first.stderr
+    again = run_cli(*args, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert f"not used: {root / 'preview'}: the previews this build writes (--preview-dir), not images" in again.stderr
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs["class_names"] == ["a", "b"]
