@@ -1,4 +1,5 @@
-"""The robustness campaign: the bad-image corpus, then build-aug and train killed with SIGKILL at seeded
+"""The robustness campaign: the bad-image corpus, the misuse cases (misuse.py: layouts, policies, build
+inputs, corrupted arrays, concurrent writers), then build-aug and train killed with SIGKILL at seeded
 random moments, resumed and checked.
 
 Each trial starts a fresh build (or training run), kills its whole process group after a
@@ -8,8 +9,8 @@ work was already complete is drawn again), then runs the same command again (tra
   build-aug: the store is byte-identical to the uninterrupted build's;
   train:     the run is complete, with every epoch in its history and every output written.
 
-    python tests/campaign.py                       # the full campaign: the bad-image corpus, 20 build kills, 5 train kills
-    python tests/campaign.py --build-kills 3 --train-kills 1 --no-corpus --json figures.json
+    python tests/campaign.py                       # the full campaign: corpus, misuse cases, 20 build kills, 5 train kills
+    python tests/campaign.py --build-kills 3 --train-kills 1 --no-corpus --no-misuse --json figures.json
 
 The tests run its fast form (tests/test_robustness.py); RELIABILITY.md holds the full figures.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import BIN, assert_same_store, write_image_folder  # noqa: E402
 from corpus import CASES, make_case  # noqa: E402
+import misuse  # noqa: E402
 
 BUILD_ARGS = ["--copies", "5", "--chunk-size", "8", "--preview", "2", "--workers", "2", "--quiet"]
 TRAIN_EPOCHS = 6
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--build-kills", type=int, default=20)
     parser.add_argument("--train-kills", type=int, default=5)
     parser.add_argument("--corpus", action=argparse.BooleanOptionalAction, default=True, help="run the bad-image corpus too")
+    parser.add_argument("--misuse", action=argparse.BooleanOptionalAction, default=True, help="run the misuse cases too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder [default: a temporary one, removed]")
     parser.add_argument("--json", type=Path, default=None, help="also write the trials here")
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(args.seed)
     try:
         figures = {"corpus": corpus_campaign(work) if args.corpus else [],
+                   "misuse": misuse.run_cases(work) if args.misuse else [],
                    "build": build_campaign(work, args.build_kills, rng) if args.build_kills else [],
                    "train": train_campaign(work, args.train_kills, rng) if args.train_kills else []}
     finally:
@@ -191,6 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         ended = "used" if trial["exit"] == 0 else f"exit {trial['exit']}: {trial['message']}"
         print(f"corpus {trial['case']:20} ({trial['expected']}): {ended}; with --skip-bad: exit {trial['skip_bad_exit']}"
               f"{', reported' if trial['skip_bad_reported'] else ''}")
+    for trial in figures["misuse"]:
+        print(f"misuse {trial['category']:16} {trial['case']:48} {trial['outcome']:8} {'as expected' if trial['ok'] else 'NOT AS EXPECTED'}: "
+              f"{trial['detail'].replace(str(work), 'WORK')[:160]}")
+    for category, row in misuse.counts(figures["misuse"]).items():
+        print(f"misuse {category}: {row['as expected']}/{row['tried']} as expected "
+              f"({row['store']} correct stores, {row['refusal']} one-line refusals, {row['warning']} documented warnings)")
     for trial in figures["build"]:
         print(f"build trial {trial['trial']:2}: kill at {trial['delay_s']:5.2f} s ({trial['outcome']}; {trial['state_at_kill']}) "
               f"-> resume exit {trial['resume_exit']}, byte-identical: {trial['byte_identical']}")
@@ -218,6 +228,7 @@ def corpus_ok(trial: dict) -> bool:
 
 if __name__ == "__main__":
     results = main()
-    ok = (all(corpus_ok(t) for t in results["corpus"]) and all(t["byte_identical"] for t in results["build"])
+    ok = (all(corpus_ok(t) for t in results["corpus"]) and all(t["ok"] for t in results["misuse"])
+          and all(t["byte_identical"] for t in results["build"])
           and all(t["complete"] for t in results["train"]))
     sys.exit(0 if ok else 1)

@@ -17,6 +17,7 @@ from builder.decode import resize_to, shown
 from builder.sources import open_source
 from builder.store import BUILD_DIR
 import campaign
+import misuse
 from conftest import BIN, assert_same_store, run_cli, write_image_folder
 from corpus import CASES, expected_rgb, make_case
 from test_build import set_file_size_limit, start_build, wait_for_chunks
@@ -167,12 +168,21 @@ def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
 
 def test_crash_campaign_fast_form(tmp_path):
     """A few seeded kill points of the campaign (python tests/campaign.py runs all 20 + 5)."""
-    figures = campaign.main(["--build-kills", "3", "--train-kills", "1", "--no-corpus", "--seed", "1", "--work", str(tmp_path)])
+    figures = campaign.main(["--build-kills", "3", "--train-kills", "1", "--no-corpus", "--no-misuse", "--seed", "1", "--work", str(tmp_path)])
     assert len(figures["build"]) == 3 and len(figures["train"]) == 1
     for trial in figures["build"]:
         assert trial["resume_exit"] == 0 and trial["byte_identical"], trial
     for trial in figures["train"]:
         assert trial["resume_exit"] == 0 and trial["complete"], trial
+
+
+def test_misuse_campaign_fast_form(tmp_path):
+    """Cases of every misuse kind end in a correct store, a one-line refusal or a documented warning
+    (python tests/campaign.py runs them all; each kind is also tested in detail in its own test file)."""
+    trials = misuse.run_cases(tmp_path, misuse.fast_selection)
+    assert {t["category"] for t in trials} == set(misuse.CATEGORIES)
+    assert {t["outcome"] for t in trials} == set(misuse.EXPECTED_OUTCOMES)
+    assert [t for t in trials if not t["ok"]] == []
 
 
 def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path):
