@@ -233,3 +233,33 @@ def test_a_split_larger_than_a_chunk_keeps_the_requested_chunk_rows(cifar_store)
     assert group["train/images"].shape[0] > 16
     last = group["train/images"].cdata_shape[0] - 1
     assert chunk_path(cifar_store, group["train/images"], last).stat().st_size == 16 * 32 * 32 * 3  # one partial chunk, full size
+
+
+def test_raw_chunk_reads_give_zarrs_rows_and_refuse_a_chunk_cut_short_after_open(cifar_store, tmp_path):
+    """The stream reads raw image chunks straight from their files; the rows must be zarr's own,
+    the last partial chunk included, and a chunk cut short since the store was opened is named."""
+    import numpy as np
+
+    from builder.errors import UserError
+    from builder.store import is_raw_layout, read_chunk_rows
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(cifar_store, store)
+    images = zarr.open_group(str(store), mode="r")["train/images"]
+    assert is_raw_layout(images)
+    for chunk in range(images.cdata_shape[0]):
+        for rows in (images.chunks[0], 5):  # a whole chunk, and the first rows of one (as of a last, partial chunk)
+            start = chunk * images.chunks[0]
+            expected = images[start:start + rows]
+            got = np.empty_like(expected)
+            read_chunk_rows(images, chunk, got)
+            assert np.array_equal(got, expected), (chunk, rows)
+    labels = zarr.open_group(str(store), mode="r")["train/labels"]  # compressed: read through zarr
+    assert not is_raw_layout(labels)
+    first = np.empty(labels.chunks[0], labels.dtype)
+    read_chunk_rows(labels, 0, first)
+    assert np.array_equal(first, labels[:labels.chunks[0]])
+    victim = chunk_path(store, images, 0)
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(UserError, match=f"chunk file {victim} has 1,000 bytes"):
+        read_chunk_rows(images, 0, np.empty((images.chunks[0], *images.shape[1:]), np.uint8))
