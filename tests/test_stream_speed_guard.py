@@ -12,8 +12,10 @@ Run as a script (python tests/test_stream_speed_guard.py STORE arrays|stream) it
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +101,21 @@ def test_stream_steps_fault_no_more_than_array_steps(store):
     assert counts["stream"] <= MAX_RATIO * counts["arrays"], (
         f"training from StoreStream took {counts['stream']:,} minor page faults over {LAST_STEP - FIRST_STEP + 1} steps, "
         f"from arrays {counts['arrays']:,}: the glibc mmap threshold TensorFlow sets is back in force (trainer/allocator.py)")
+
+
+def test_train_reports_images_per_second_every_epoch(store, tmp_path):
+    """Users see what their hardware does: the rate of every epoch in its line, history.csv and the model card."""
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--store", str(store), "--model", "shallow", "--epochs", "2", "--batch-size", "16",
+                     "--out", str(run_dir), check=True)
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(row["images_per_second"]) > 0 for row in rows)
+    epoch_lines = [line for line in result.stdout.splitlines() if "val_loss" in line]
+    assert len(epoch_lines) == 2 and all("images_per_second: " in line for line in epoch_lines), result.stdout
+    card = (run_dir / "model_card.md").read_text()
+    median = statistics.median(float(row["images_per_second"]) for row in rows)
+    assert f"- training rate: {median:,.0f} images/s (median of 2 epochs" in card
 
 
 if __name__ == "__main__":
