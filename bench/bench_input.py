@@ -161,6 +161,7 @@ def main() -> None:
                 first, last = epochs[0], epochs[-1]
                 print(f"| {onednn} | {input_} | {first['peak_rss_mib']:,.0f} MiB | {last['peak_rss_mib']:,.0f} MiB | "
                       f"{first['rss_mib']:,.0f} MiB | {last['rss_mib']:,.0f} MiB | {statistics.median(rates):,.0f} |", flush=True)
+                print(f"  peak RSS after each epoch (MiB): {[round(e['peak_rss_mib']) for e in epochs]}", file=sys.stderr, flush=True)
         return
 
     cases = speed_cases(args)

@@ -42,7 +42,7 @@ def _glibc_mallopt():
     """glibc's mallopt, or None where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(None)
-    except OSError:  # no C library to load by handle (Windows)
+    except (OSError, TypeError):  # no C library to load by handle (Windows)
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return None
