@@ -5,7 +5,8 @@ sets glibc's mmap threshold to 128 KiB, after which every large allocation is a 
 page faults on every page, and training from the stream ran up to 40% slower than from arrays.
 trainer/allocator.py undoes it. This guard counts minor page faults (no timing) over the same
 training steps from arrays and from the stream, each in a fresh process, and fails if the
-stream's steps fault many times more, as they did (~250x here, 267,466 against 1,091) without the fix.
+stream's median step faults many times more, as it did without the fix (13,377 faults against 1 from
+arrays on a 2-core AMD EPYC; 3-50 with it).
 
 Run as a script (python tests/test_stream_speed_guard.py STORE arrays|stream) it prints the count.
 """
@@ -26,11 +27,12 @@ from conftest import run_cli, write_image_folder
 
 BATCH = 64  # 32x32 images: a 16-channel activation of a batch is 4 MiB, far above the 128 KiB threshold
 FIRST_STEP, LAST_STEP = 5, 24  # counted steps, after tracing and warm-up
-MAX_RATIO = 10.0  # stream / arrays, measured on a 2-core AMD EPYC: 0.6-2.3x with the fix, 64-250x without
+MAX_RATIO = 10.0  # stream / arrays, median step
+FLOOR = 100  # faults a step from arrays is taken to have at least, so a near-zero count does not make the test fragile
 
 
 def count_faults(store: str, source: str) -> int:
-    """Minor page faults over steps FIRST_STEP..LAST_STEP of a fit from in-memory arrays (tf.data from
+    """Minor page faults of the median step among steps FIRST_STEP..LAST_STEP of a fit from in-memory arrays (tf.data from
     tensors) or from StoreStream. Each in a fresh process: the setting is process-wide, applied once,
     and it only bites while the heap is still small, as in a `train` run (a fit from arrays earlier in
     the same process leaves enough free heap that large blocks rarely reach mmap)."""
@@ -47,13 +49,17 @@ def count_faults(store: str, source: str) -> int:
     images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
 
     class Faults(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            if batch == FIRST_STEP:
-                self.start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        """Faults of each step, end to end (so a batch made between steps counts too)."""
+
+        def __init__(self):
+            super().__init__()
+            self.per_step = []
 
         def on_train_batch_end(self, batch, logs=None):
-            if batch == LAST_STEP:
-                self.count = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.start
+            now = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            if FIRST_STEP <= batch <= LAST_STEP:
+                self.per_step.append(now - self.last)
+            self.last = now
 
     def fit(data) -> int:
         keras.utils.set_random_seed(0)
@@ -66,7 +72,7 @@ def count_faults(store: str, source: str) -> int:
         model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
         faults = Faults()
         model.fit(data, steps_per_epoch=LAST_STEP + 1, epochs=1, shuffle=False, verbose=0, callbacks=[faults])
-        return faults.count
+        return int(np.median(faults.per_step))  # the median step: one-off bursts (a thread starting) do not count
 
     if source == "arrays":
         return fit(tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(BATCH))
@@ -97,11 +103,9 @@ def test_stream_steps_fault_no_more_than_array_steps(store):
                                 cwd=Path(__file__).parent.parent)
         assert result.returncode == 0, result.stderr[-3000:]
         counts[source] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert counts["arrays"] > 0
-    assert counts["stream"] <= MAX_RATIO * counts["arrays"], (
-        f"training from StoreStream took {counts['stream']:,} minor page faults over {LAST_STEP - FIRST_STEP + 1} steps, "
+    assert counts["stream"] <= MAX_RATIO * max(counts["arrays"], FLOOR), (
+        f"a training step from StoreStream took {counts['stream']:,} minor page faults (median of steps {FIRST_STEP}-{LAST_STEP}), "
         f"from arrays {counts['arrays']:,}: the glibc mmap threshold TensorFlow sets is back in force (trainer/allocator.py)")
-
 
 def test_train_reports_images_per_second_every_epoch(store, tmp_path):
     """Users see what their hardware does: the rate of every epoch in its line, history.csv and the model card."""
