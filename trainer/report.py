@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from .metrics import class_gap  # noqa: E402
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second")
 
 
 def history_csv(history: list[dict]) -> str:
@@ -99,6 +99,15 @@ def most_confused(confusion: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     return [(int(i), int(j), int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
 
 
+def training_rate_lines(history: list[dict], run: dict) -> list[str]:
+    """The training rate this machine reached, from the epochs that recorded it (none before a resume from older runs)."""
+    rates = [row["images_per_second"] for row in history if row.get("images_per_second")]
+    if not rates:
+        return []
+    return [f"- training rate: {float(np.median(rates)):,.0f} images/s (median of {len(rates)} epochs; first {rates[0]:,.0f}, "
+            f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
+
+
 def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict]) -> str:
     options = run["options"]
     source = store_attrs.get("source", {})
@@ -125,6 +134,7 @@ def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict])
         f"- model: `{options['model']}`, {run.get('parameters', 0):,} parameters",
         f"- optimizer: {options['optimizer']}, learning rate {run.get('learning_rate', 0):g} ({options.get('lr_schedule', 'constant')}), batch size {options['batch_size']}, epochs {options['epochs']}, seed {options['seed']}",
         f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",
+        *training_rate_lines(history, run),
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
         + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),
         "",

@@ -27,6 +27,7 @@ import zarr
 
 from builder.store import read_chunk_rows
 
+from .allocator import restore_malloc_thresholds
 from .options import DEFAULT_BUFFER_CHUNKS
 
 
@@ -108,6 +109,7 @@ class StoreStream(keras.utils.PyDataset):
         return None if self.shuffle else self.batches_per_epoch
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        restore_malloc_thresholds()  # after TensorFlow's generator pipeline has slowed every large allocation (allocator.py)
         epoch, batch = divmod(index, self.batches_per_epoch)
         if not self.shuffle and epoch:
             raise IndexError(index)

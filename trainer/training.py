@@ -138,16 +138,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
     progress.json names the checkpoint, and it is replaced atomically, so a kill at any point
     leaves the last finished epoch loadable."""
 
-    def __init__(self, run_dir: Path, history: list[dict]):
+    def __init__(self, run_dir: Path, history: list[dict], images_per_epoch: int = 0):
         super().__init__()
         self.state_dir = run_dir / STATE_DIR
         self.run_dir = run_dir
         self.history = history
+        self.images_per_epoch = images_per_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+        self.started = self.trained = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trained = time.perf_counter()  # the rate counts training steps only, not validation
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.images_per_epoch and logs is not None and self.trained > self.started:
+            # into the logs, so Keras' epoch line shows it too (this callback runs before the progress bar)
+            logs["images_per_second"] = round(self.images_per_epoch / (self.trained - self.started), 1)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.history.append(row)
@@ -310,7 +317,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
                 initial_epoch=done,
                 validation_data=val_stream,
                 shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                callbacks=[EpochCheckpoint(run_dir, history)],
+                callbacks=[EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
                 verbose=verbose,
             )
         evaluated_on = "test" if test_rows else "val"
