@@ -48,13 +48,18 @@ def gpu_sampler(stop: threading.Event, samples: list, names: set) -> None:
 
 def child(case: dict) -> dict:
     sys.path.insert(0, str(REPO))
+    import augzarr
+
+    # the GPU machine runs a copy of the working tree, not an install: there augzarr.trainer is REPO/trainer
+    if str(REPO) not in augzarr.__path__:
+        augzarr.__path__.append(str(REPO))
     import jax
     import keras
     import numpy as np
     import zarr
 
-    from trainer.models import build_model
-    from trainer.stream import StoreStream
+    from augzarr.trainer.models import build_model
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(case["store"], mode="r")
     shape, n_classes, batch = tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]), case["batch"]
