@@ -1,7 +1,7 @@
 """The deep CNN on a GPU (Keras on JAX): trained from the store (StoreStream) against numpy arrays of the
 same rows already in memory, at batch 128 and a larger batch (issue #10, point 5: target >= 0.95x).
 
-Needs only keras, jax (with CUDA), zarr and numpy: trainer.stream imports no TensorFlow, albumentations
+Needs only keras, jax (with CUDA), zarr and numpy: augzarr.trainer.stream imports no TensorFlow, albumentations
 or OpenCV (Keras imports OpenCV and matplotlib only if they are installed). The store is built beforehand
 on a machine with the builder and carried here; keep it small (it travels with the working tree) and in
 an ignored folder, never committed:
