@@ -63,7 +63,8 @@ def installed(tmp_path_factory) -> dict:
     return {"python": python, "bin": env_dir / "bin", "site": site, "env": env, "work": work}
 
 
-def run_in(installed: dict, *args: str) -> subprocess.CompletedProcess:
+def run_in(installed: dict, *args: str | Path) -> subprocess.CompletedProcess:
+    """Run a command of the fresh venv from its work folder, outside the checkout."""
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=installed["env"],
                           cwd=installed["work"])
 
