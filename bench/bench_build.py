@@ -37,8 +37,8 @@ def timed_build(images: str, out: Path, copies: int, limit: int, workers: int) -
 def floor_loop(decoded: np.ndarray, copies: int, fast: bool) -> float:
     """(b): the notebook policy over decoded images, one process; fast=True goes through
     build-aug's image applier (the same bytes, tests/test_policies.py) instead of the full call."""
-    from builder.applier import image_applier
-    from builder.policies import load_policy
+    from augzarr.builder.applier import image_applier
+    from augzarr.builder.policies import load_policy
 
     pipeline = load_policy("notebook", decoded.shape[1:]).pipeline
     apply = image_applier(pipeline) if fast else (lambda image: pipeline(image=image)["image"])
@@ -72,8 +72,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="each round measures every method once; medians are reported")
     args = parser.parse_args()
-    from builder.sources import open_source
-    from builder.decode import read_image_file
+    from augzarr.builder.sources import open_source
+    from augzarr.builder.decode import read_image_file
 
     source = open_source(args.images, limit=args.limit)
     decoded = np.stack([read_image_file(f)[0] for f in source.train.files])

@@ -19,7 +19,7 @@ import numcodecs
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from builder.store import open_store, size_on_disk
+from augzarr.builder.store import open_store, size_on_disk
 
 CANDIDATES = {
     "none": None,

@@ -1,7 +1,7 @@
 """The deep CNN on a GPU (Keras on JAX): trained from the store (StoreStream) against numpy arrays of the
 same rows already in memory, at batch 128 and a larger batch (issue #10, point 5: target >= 0.95x).
 
-Needs only keras, jax (with CUDA), zarr and numpy: trainer.stream imports no TensorFlow, albumentations
+Needs only keras, jax (with CUDA), zarr and numpy: augzarr.trainer.stream imports no TensorFlow, albumentations
 or OpenCV (Keras imports OpenCV and matplotlib only if they are installed). The store is built beforehand
 on a machine with the builder and carried here; keep it small (it travels with the working tree) and in
 an ignored folder, never committed:
@@ -48,13 +48,18 @@ def gpu_sampler(stop: threading.Event, samples: list, names: set) -> None:
 
 def child(case: dict) -> dict:
     sys.path.insert(0, str(REPO))
+    import augzarr
+
+    # the GPU machine runs a copy of the working tree, not an install: there augzarr.trainer is REPO/trainer
+    if str(REPO) not in augzarr.__path__:
+        augzarr.__path__.append(str(REPO))
     import jax
     import keras
     import numpy as np
     import zarr
 
-    from trainer.models import build_model
-    from trainer.stream import StoreStream
+    from augzarr.trainer.models import build_model
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(case["store"], mode="r")
     shape, n_classes, batch = tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]), case["batch"]

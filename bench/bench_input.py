@@ -37,15 +37,15 @@ def child(case: dict) -> dict:
     import time
 
     if case["input"] == "stream-nofix":
-        import trainer.stream as stream_module
+        import augzarr.trainer.stream as stream_module
 
         stream_module.restore_malloc_thresholds = lambda: False
     import keras
     import numpy as np
     import zarr
 
-    from trainer.models import build_model
-    from trainer.stream import StoreStream
+    from augzarr.trainer.models import build_model
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(case["store"], mode="r")
     shape, n_classes, batch = tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]), case["batch"]

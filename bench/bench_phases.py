@@ -13,8 +13,8 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import shutil  # noqa: E402
 
-from builder.build import BuildOptions, build_store  # noqa: E402
-from builder.progress import Reporter  # noqa: E402
+from augzarr.builder.build import BuildOptions, build_store  # noqa: E402
+from augzarr.builder.progress import Reporter  # noqa: E402
 
 IMPORTED = time.perf_counter()
 

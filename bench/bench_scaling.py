@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from builder.policies import load_policy
+from augzarr.builder.policies import load_policy
 
 
 def augment(n: int) -> float:

@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 def stream_rate(store: str, repeats: int) -> float:
     import zarr
 
-    from trainer.stream import StoreStream
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(store, mode="r")
     rates = []
@@ -46,8 +46,8 @@ def training_rate(store: str, steps: int) -> float:
     import keras
     import zarr
 
-    from trainer.models import build_model
-    from trainer.stream import StoreStream
+    from augzarr.trainer.models import build_model
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(store, mode="r")
     stream = StoreStream(group, "train", batch_size=128, shuffle=True)

@@ -1,3 +1,1 @@
 """augzarr builder: pre-generate augmented copies of a dataset into a zarr store."""
-
-__version__ = "0.1.0"

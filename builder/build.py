@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from . import __version__
+from augzarr import __version__
 from .decode import shown
 from .errors import OptionError, UserError
 from .layout import hold_out_validation, plan_rows

@@ -15,9 +15,9 @@ import pytest
 import zarr
 from PIL import Image
 
-from builder.build import BuildOptions, build_store
-from builder.errors import UserError
-from builder.store import BUILD_DIR, open_store
+from augzarr.builder.build import BuildOptions, build_store
+from augzarr.builder.errors import UserError
+from augzarr.builder.store import BUILD_DIR, open_store
 from conftest import BIN, assert_same_store, restore_ctrl_c, run_cli, store_arrays, write_cifar_archive, write_image_folder
 
 

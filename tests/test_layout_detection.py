@@ -12,8 +12,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from builder.decode import read_image_file
-from builder.sources import probe_size
+from augzarr.builder.decode import read_image_file
+from augzarr.builder.sources import probe_size
 from conftest import run_cli, smooth_image, write_image_folder
 
 

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from builder.errors import UserError
-from builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
-from builder.policies import PRESETS, Policy, SampleSeeder, load_policy
+from augzarr.builder.errors import UserError
+from augzarr.builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
+from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
 from conftest import smooth_image
 
 N_SAMPLES = 3000

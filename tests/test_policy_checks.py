@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import zarr
 
-from builder import worker
-from builder.applier import image_applier
-from builder.errors import UserError
-from builder.policies import PRESETS, Policy, SampleSeeder, load_policy
-from builder.sources import open_source
-from builder.policy_check import BadSample, check_draws, state_of
-from builder.worker import WorkerState, compute_chunk, marker_file
+from augzarr.builder import worker
+from augzarr.builder.applier import image_applier
+from augzarr.builder.errors import UserError
+from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
+from augzarr.builder.sources import open_source
+from augzarr.builder.policy_check import BadSample, check_draws, state_of
+from augzarr.builder.worker import WorkerState, compute_chunk, marker_file
 from conftest import run_cli, smooth_image, write_image_folder
 
 RULE = "a policy must keep the image's shape and uint8 dtype"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import zarr
 
-from builder.decode import resize_to, shown
-from builder.sources import open_source
-from builder.store import BUILD_DIR
+from augzarr.builder.decode import resize_to, shown
+from augzarr.builder.sources import open_source
+from augzarr.builder.store import BUILD_DIR
 import campaign
 import misuse
 from conftest import BIN, assert_same_store, run_cli, write_image_folder

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builder.errors import UserError
+from augzarr.builder.errors import UserError
 from conftest import BIN, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 8, "dog": 8, "emu": 8}
@@ -26,8 +26,8 @@ CLASSES = {"cat": 8, "dog": 8, "emu": 8}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """A 3-class 16x16 image folder, its store, and a finished 1-epoch shallow run on it."""
-    from builder.build import BuildOptions, build_store
-    from trainer.training import train_run
+    from augzarr.builder.build import BuildOptions, build_store
+    from augzarr.trainer.training import train_run
 
     root = tmp_path_factory.mktemp("checks")
     folder = write_image_folder(root / "images", CLASSES, size=16)
@@ -98,10 +98,10 @@ def test_a_bad_image_whose_name_holds_a_newline_gives_exactly_one_line(tmp_path)
 
 
 def test_fail_escapes_every_control_character():
-    from builder.errors import one_line
+    from augzarr.builder.errors import one_line
 
     assert one_line("a\nb\rc\td\x1be\u2028f\udcffg é 猫") == "a\\nb\\rc\\td\\x1be\\u2028f\\udcffg é 猫"
-    failed = subprocess.run([sys.executable, "-c", "from builder.cli_support import fail; fail('x', 'one\\ntwo\\x1b[2J', 1)"],
+    failed = subprocess.run([sys.executable, "-c", "from augzarr.builder.cli_support import fail; fail('x', 'one\\ntwo\\x1b[2J', 1)"],
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr == "x: error: one\\ntwo\\x1b[2J\n"
 
@@ -185,7 +185,7 @@ def unfinished_run(runs: Path, name: str, updated: str | None, mtime: float | No
 
 
 def test_resume_without_out_picks_the_most_recently_active_unlocked_run(tmp_path):
-    from trainer.training import latest_unfinished_run
+    from augzarr.trainer.training import latest_unfinished_run
 
     runs = tmp_path / "runs"
     older_by_name = unfinished_run(runs, "20260101-000000", "2026-11-28T10:00:00.000000Z")  # most recently active
@@ -212,7 +212,7 @@ def test_resume_without_out_picks_the_most_recently_active_unlocked_run(tmp_path
 
 
 def test_the_run_lock_is_not_kept_by_a_forked_child(tmp_path):
-    from trainer.runlock import is_live, release, try_lock
+    from augzarr.trainer.runlock import is_live, release, try_lock
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -239,7 +239,7 @@ def test_the_run_lock_is_not_kept_by_a_forked_child(tmp_path):
 
 
 def test_a_live_run_refuses_a_second_writer_at_once(trained, tmp_path):
-    from trainer.runlock import is_live
+    from augzarr.trainer.runlock import is_live
 
     live = tmp_path / "runs" / "live"
     command = ["--store", str(trained["store"]), "--epochs", "100000", "--batch-size", "8", "--model", "shallow", "--out", str(live)]
@@ -269,7 +269,7 @@ def test_a_live_run_refuses_a_second_writer_at_once(trained, tmp_path):
 
 
 def test_train_run_itself_refuses_a_folder_another_process_holds(trained, tmp_path):
-    from trainer.training import train_run
+    from augzarr.trainer.training import train_run
 
     given = {"store": str(trained["store"]), "epochs": 1, "batch_size": 8, "model": "shallow"}
     fresh = tmp_path / "fresh"
@@ -309,7 +309,7 @@ def confusion_metrics(n: int, names: list[str] | None = None) -> dict:
 
 
 def test_a_300_class_confusion_png_opens_with_pillow(tmp_path):
-    from trainer.report import plot_confusion
+    from augzarr.trainer.report import plot_confusion
 
     plot_confusion(confusion_metrics(300), tmp_path / "confusion.png", "300 classes")
     with Image.open(tmp_path / "confusion.png") as image:
@@ -320,7 +320,7 @@ def test_a_300_class_confusion_png_opens_with_pillow(tmp_path):
 def test_confusion_names_the_classes_when_they_fit_and_lists_the_most_confused_otherwise():
     import matplotlib.pyplot as plt
 
-    from trainer.report import confusion_figure
+    from augzarr.trainer.report import confusion_figure
 
     small = confusion_figure(confusion_metrics(3, ["café", "dog", "emu"]), "three")
     axis = small.axes[0]
@@ -336,7 +336,7 @@ def test_confusion_names_the_classes_when_they_fit_and_lists_the_most_confused_o
 
 
 def label_area(sheet: Image.Image, row: int, width: int) -> np.ndarray:
-    from builder.preview import HEADER_HEIGHT
+    from augzarr.builder.preview import HEADER_HEIGHT
 
     row_h = (sheet.height - HEADER_HEIGHT) // ROWS
     return np.asarray(sheet.convert("L"))[HEADER_HEIGHT + row * row_h: HEADER_HEIGHT + (row + 1) * row_h, :width]
@@ -347,14 +347,14 @@ LONG_NAME = "a_very_long_class_name_that_keeps_going_well_past_any_column"[:60]
 
 
 def sheet_for(names: list[str]) -> Image.Image:
-    from builder.preview import contact_sheet
+    from augzarr.builder.preview import contact_sheet
 
     pictures = np.full((3, 16, 16, 3), 128, np.uint8)
     return contact_sheet([(f"{name}\n#{i}", np.arange(3), pictures) for i, name in enumerate(names)])
 
 
 def test_contact_sheet_draws_non_ascii_names_whole(tmp_path):
-    from builder.preview import LABEL_WIDTH, MAX_LABEL_WIDTH, font_charmap, label_font, system_font_paths, wrap_to_width
+    from augzarr.builder.preview import LABEL_WIDTH, MAX_LABEL_WIDTH, font_charmap, label_font, system_font_paths, wrap_to_width
 
     assert len(LONG_NAME) == 60
     names = ["café", "Ωmega", "猫", LONG_NAME, "cat"]

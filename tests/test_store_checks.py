@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from builder.store import chunk_path, crc32_hex
+from augzarr.builder.store import chunk_path, crc32_hex
 from conftest import run_cli, write_cifar_archive, write_image_folder
 
 ARRAYS = ("labels", "source_index", "copy_index", "images")
@@ -240,8 +240,8 @@ def test_raw_chunk_reads_give_zarrs_rows_and_refuse_a_chunk_cut_short_after_open
     the last partial chunk included, and a chunk cut short since the store was opened is named."""
     import numpy as np
 
-    from builder.errors import UserError
-    from builder.store import is_raw_layout, read_chunk_rows
+    from augzarr.builder.errors import UserError
+    from augzarr.builder.store import is_raw_layout, read_chunk_rows
 
     store = tmp_path / "s.zarr"
     shutil.copytree(cifar_store, store)

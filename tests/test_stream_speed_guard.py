@@ -43,7 +43,7 @@ def count_faults(store: str, source: str) -> int:
     import tensorflow as tf
     import zarr
 
-    from trainer.stream import StoreStream
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(store, mode="r")
     images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)

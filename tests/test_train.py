@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
-from builder.build import BuildOptions, build_store
-from builder.errors import UserError
+from augzarr.builder.build import BuildOptions, build_store
+from augzarr.builder.errors import UserError
 from conftest import BIN, REPO, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 12, "dog": 12, "emu": 12}
@@ -49,7 +49,7 @@ def finished_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 # -- the stream ---------------------------------------------------------------------------------------
 
 def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
-    from trainer.stream import StoreStream
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(str(store), mode="r")
     images = group["train/images"][:]
@@ -82,7 +82,7 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
 
 
 def test_unshuffled_stream_is_one_pass_in_stored_order(store):
-    from trainer.stream import StoreStream
+    from augzarr.trainer.stream import StoreStream
 
     group = zarr.open_group(str(store), mode="r")
     stream = StoreStream(group, "val", batch_size=4, shuffle=False)
@@ -97,8 +97,8 @@ def test_unshuffled_stream_is_one_pass_in_stored_order(store):
 def test_stream_feeds_fit_on_tensorflow(store):
     import keras
 
-    from trainer.models import build_model
-    from trainer.stream import StoreStream
+    from augzarr.trainer.models import build_model
+    from augzarr.trainer.stream import StoreStream
 
     assert keras.backend.backend() == "tensorflow"
     group = zarr.open_group(str(store), mode="r")
@@ -113,8 +113,8 @@ def test_stream_feeds_fit_on_tensorflow(store):
 
 JAX_FIT = """
 import sys, numpy as np, keras, zarr
-from trainer.stream import StoreStream
-from trainer.models import build_model
+from augzarr.trainer.stream import StoreStream
+from augzarr.trainer.models import build_model
 assert keras.backend.backend() == "jax", keras.backend.backend()
 group = zarr.open_group(sys.argv[1], mode="r")
 stream = StoreStream(group, "train", batch_size=16, shuffle=True)
@@ -139,7 +139,7 @@ def test_stream_feeds_fit_on_jax(store):
 def test_models_follow_the_notebook_and_size_from_the_store():
     from keras import layers
 
-    from trainer.models import build_model
+    from augzarr.trainer.models import build_model
 
     deep = build_model("deep", (32, 32, 3), 10)
     convs = [layer for layer in deep.layers if isinstance(layer, layers.Conv2D)]
@@ -212,7 +212,7 @@ def test_evaluate_on_an_image_folder_resizes_to_the_model(finished_run, tmp_path
 def test_same_seed_and_store_give_the_same_run(store, tmp_path):
     import keras
 
-    from trainer.training import train_run
+    from augzarr.trainer.training import train_run
 
     weights = []
     for name in ("one", "two"):
@@ -280,7 +280,7 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
     done = run_cli("train", "--resume", "--out", str(run_dir))
     assert done.returncode == 1 and "already complete" in done.stderr
 
-    from trainer.training import train_run
+    from augzarr.trainer.training import train_run
 
     progress_dir = tmp_path / "partial"
     train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=progress_dir, verbose=0, say=lambda _: None)
@@ -301,7 +301,7 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
 def test_bad_stores_and_options_give_one_line(store, tmp_path):
     import shutil
 
-    from trainer.training import train_run
+    from augzarr.trainer.training import train_run
 
     def refused(given: dict, match: str, out: Path | None = None) -> None:
         with pytest.raises(UserError, match=match):
@@ -339,7 +339,7 @@ def test_model_and_store_that_disagree_are_refused(finished_run, tmp_path):
 
 
 def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
-    from trainer import training
+    from augzarr.trainer import training
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(training.time, "strftime", lambda *_: "20261127-120000")  # runs started in the same second
@@ -353,7 +353,7 @@ def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
 def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(store, tmp_path):
     import keras
 
-    from trainer.training import train_run
+    from augzarr.trainer.training import train_run
 
     train_run({"store": str(store), "epochs": 2, "batch_size": 16, "model": "shallow", "lr_schedule": "cosine"},
               out=tmp_path / "run", verbose=0, say=lambda _: None)

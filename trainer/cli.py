@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from builder.cli_support import run_app
+from augzarr.builder.cli_support import run_app
 
 from .options import MAX_BATCH
 
@@ -43,7 +43,7 @@ def train(
     from .runlock import is_live, live_run_message
 
     if out is not None and out.is_dir() and is_live(out):  # likewise a live run (train_run takes the lock itself)
-        from builder.errors import UserError
+        from augzarr.builder.errors import UserError
 
         raise UserError(live_run_message(out))
     import_keras_quietly()
@@ -68,7 +68,7 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained model."""
-    from builder.errors import OptionError, UserError, one_line
+    from augzarr.builder.errors import OptionError, UserError, one_line
 
     if (store is None) == (source is None):
         raise OptionError("give exactly one of --store PATH or --source DIR")

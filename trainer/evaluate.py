@@ -8,10 +8,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from builder.decode import read_image_file, resize_to
-from builder.errors import UserError
-from builder.sources import hash_folder_files, scan_image_folder
-from builder.store import open_store, write_atomic
+from augzarr.builder.decode import read_image_file, resize_to
+from augzarr.builder.errors import UserError
+from augzarr.builder.sources import hash_folder_files, scan_image_folder
+from augzarr.builder.store import open_store, write_atomic
 
 from .metrics import evaluate_arrays, evaluate_stream
 from .stream import StoreStream

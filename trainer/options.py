@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from builder.errors import OptionError
+from augzarr.builder.errors import OptionError
 
 MODELS = ("deep", "shallow")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import zarr
 
-from builder.store import read_chunk_rows
+from augzarr.builder.store import read_chunk_rows
 
 from .allocator import restore_malloc_thresholds
 from .options import DEFAULT_BUFFER_CHUNKS

@@ -22,8 +22,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from builder.errors import OptionError, UserError
-from builder.store import open_store, write_atomic
+from augzarr.builder.errors import OptionError, UserError
+from augzarr.builder.store import open_store, write_atomic
 
 from .metrics import evaluate_stream
 from .models import build_model
