@@ -367,6 +367,7 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
     if in_progress:
         recorded = json.loads((build_dir / "build.json").read_text())
         if recorded["identity"] == identity and not overwrite:
+            (build_dir / "chunks").mkdir(exist_ok=True)  # a claim killed before it made the folder (claim_fresh)
             return "resume"
         if not overwrite and not committed_chunks(build_dir):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -257,3 +258,19 @@ def test_missing_previews_of_a_complete_store_are_written_on_the_next_run(tmp_pa
     assert sorted(p.name for p in previews.iterdir()) == written
     third = run_cli(*args, check=True)
     assert "nothing to do" in third.stdout
+
+
+def test_a_claim_killed_before_it_made_the_chunks_folder_resumes(tmp_path):
+    """The campaign once killed a build between writing .build/build.json and making .build/chunks/:
+    the rerun must resume it (it stopped with 'No such file or directory'), to the same store."""
+    folder = write_image_folder(tmp_path / "imgs", {"a": 6, "b": 6})
+    args = ["build-aug", "--source", str(folder), "--copies", "2", "--chunk-size", "4", "--preview", "0", "--workers", "1", "--quiet"]
+    reference = tmp_path / "reference.zarr"
+    run_cli(*args, "--out", str(reference), check=True)
+    out = tmp_path / "cut.zarr"
+    (out / ".build").mkdir(parents=True)
+    identity = zarr.open_group(str(reference), mode="r").attrs["identity"]
+    (out / ".build" / "build.json").write_text(json.dumps({"identity": identity, "source_hash": None}))
+    resumed = run_cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_store(out, reference)
