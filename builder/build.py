@@ -304,6 +304,8 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
 def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
     """The fraction of train held out for validation; None when the source brings its own val split."""
     return None if source.val is not None else options.val_fraction
+
+
 IDENTITY_DEFAULTS = {"skip_bad": False}  # keys an identity leaves out at their default
 MAX_DIFFERENCES = 4
 
