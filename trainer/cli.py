@@ -75,7 +75,7 @@ def evaluate(
     if split not in (None, "test", "val"):
         raise typer.BadParameter("must be test or val", param_hint="--split")
     if split is not None and source is not None:
-        raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part if it has one, else on all its images")
+        raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part, else its val/ part, else all its images")
     if not 1 <= batch_size <= MAX_BATCH:
         raise OptionError(f"--batch-size must be in [1, {MAX_BATCH}]")
     if json_out is not None and json_out.is_dir():
