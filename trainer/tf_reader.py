@@ -1,0 +1,91 @@
+"""StoreStream's batches as a TensorFlow-native tf.data pipeline (issue #10).
+
+Keras feeds a PyDataset to TensorFlow through from_generator: a Python call per batch, which
+caps a cheap model at ~0.8x the rate of in-memory input (BENCHMARKS.md). This reader yields the
+very batches StoreStream yields, in the same order, but moves the bytes in TensorFlow's C++:
+
+  per epoch, one numpy call (tf.numpy_function) computes the order from StoreStream's own
+  epoch_plan() and the same per-window permutations (np.random.default_rng([seed, epoch, window]));
+  per window, tf.io.read_file + decode_raw read its raw chunk files, and one tf.gather puts the
+  rows in the window's order; Dataset.rebatch cuts the epoch's windows into batches (straddling
+  windows, the last batch of an epoch partial), exactly as StoreStream.__getitem__ slices them.
+
+Only stores whose image chunks are raw files of a local store can be read so; store_dataset
+returns None otherwise and the caller keeps the StoreStream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import zarr
+
+from builder.store import chunk_path, is_raw_layout
+
+from .options import DEFAULT_BUFFER_CHUNKS
+from .stream import epoch_plan
+
+# windows read ahead of the one being batched: StoreStream holds two windows; this holds about
+# as many (one being read, one being cut into batches) plus the batches prefetched
+PARALLEL_WINDOWS = 2
+
+
+def store_dataset(group: zarr.Group, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+                  start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS) -> tf.data.Dataset | None:
+    """Batches (images uint8 [b, H, W, C], labels int32 [b]) equal to StoreStream(group, split, ...)[i]
+    for i = 0, 1, ...: endless when shuffle (epoch start_epoch, then the next, ...), one pass when not.
+    None when the split's image chunks are not raw files of a local store."""
+    images = group[f"{split}/images"]
+    root = getattr(images.store, "root", None)  # zarr's LocalStore
+    if root is None or not is_raw_layout(images) or tuple(images.chunks[1:]) != tuple(images.shape[1:]):
+        return None
+    rows, chunk_rows, shape = images.shape[0], images.chunks[0], tuple(images.shape[1:])
+    if rows == 0:
+        raise ValueError(f"split {split} of the store is empty")
+    buffer_chunks = max(1, buffer_chunks)
+    n_chunks = -(-rows // chunk_rows)
+    n_windows = -(-n_chunks // buffer_chunks)
+    paths = tf.constant([str(chunk_path(Path(root), images, c)) for c in range(n_chunks)])
+    labels = tf.constant(group[f"{split}/labels"][:].astype(np.int32))
+    chunk_bytes = int(np.prod(images.chunks))
+    plan_seed = seed if shuffle else None
+
+    def epoch_order(epoch: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For one epoch: chunks in visiting order, window starts in epoch positions (plus the end),
+        and for each epoch position the row to take from its window's stacked chunk files."""
+        epoch = int(epoch)
+        order, bounds = epoch_plan(rows, chunk_rows, buffer_chunks, plan_seed, epoch)
+        sizes = np.minimum(chunk_rows, rows - order * chunk_rows)
+        take = np.empty(rows, np.int64)
+        for w in range(n_windows):
+            window_sizes = sizes[w * buffer_chunks:(w + 1) * buffer_chunks]
+            # rows of the stacked files [k * chunk_rows] in the window's stored order, padding left out
+            stacked = np.concatenate([j * chunk_rows + np.arange(n) for j, n in enumerate(window_sizes.tolist())])
+            if shuffle:  # StoreStream.load_window's permutation
+                stacked = stacked[np.random.default_rng([seed, epoch, w]).permutation(len(stacked))]
+            take[bounds[w]:bounds[w + 1]] = stacked
+        return order.astype(np.int64), bounds.astype(np.int64), take
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        order, bounds, take = tf.numpy_function(epoch_order, [epoch], [tf.int64, tf.int64, tf.int64], stateful=False)
+        order.set_shape([n_chunks]), bounds.set_shape([n_windows + 1]), take.set_shape([rows])
+
+        def read_window(w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            chunks = order[w * buffer_chunks:(w + 1) * buffer_chunks]
+            files = tf.map_fn(lambda path: tf.io.decode_raw(tf.io.read_file(path), tf.uint8), tf.gather(paths, chunks),
+                              fn_output_signature=tf.TensorSpec([chunk_bytes], tf.uint8))
+            files = tf.ensure_shape(files, [None, chunk_bytes])
+            picked = take[bounds[w]:bounds[w + 1]]
+            window = tf.gather(tf.reshape(files, (-1, *shape)), picked)
+            # a picked row's chunk and offset give its row in the split, for its label
+            global_rows = tf.gather(chunks, picked // chunk_rows) * chunk_rows + picked % chunk_rows
+            return window, tf.gather(labels, global_rows)
+
+        windows = tf.data.Dataset.range(n_windows).map(read_window, num_parallel_calls=PARALLEL_WINDOWS, deterministic=True)
+        return windows.rebatch(batch_size)
+
+    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if shuffle else start_epoch + 1)
+    dataset = epochs.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+    return dataset
