@@ -75,3 +75,23 @@ def test_stores_it_cannot_read_raw_fall_back_to_the_stream(store):
     array[:] = source["train/images"][:]
     copy.create_array("train/labels", shape=(66,), dtype="uint8")[:] = source["train/labels"][:]
     assert store_dataset(copy, "train", BATCH, True) is None  # not a local store: no chunk files to read
+
+
+def test_train_on_tensorflow_reads_through_the_reader_and_trains_as_from_the_stream(store, tmp_path, monkeypatch):
+    """train feeds fit the reader on TensorFlow; forced back to the stream (the fallback a store
+    without raw local chunks takes), the same seed gives the same weights over two epochs."""
+    import keras
+
+    import trainer.tf_reader
+    from trainer.training import train_run
+
+    given = {"store": str(store), "epochs": 2, "batch_size": BATCH, "model": "shallow", "seed": 5, "buffer_chunks": 2}
+    used = []
+    real = trainer.tf_reader.store_dataset
+    monkeypatch.setattr(trainer.tf_reader, "store_dataset", lambda *a, **k: used.append(1) or real(*a, **k))
+    train_run(given, out=tmp_path / "reader", verbose=0, say=lambda _: None)
+    assert used  # train asked for the reader
+    monkeypatch.setattr(trainer.tf_reader, "store_dataset", lambda *a, **k: None)
+    train_run(given, out=tmp_path / "stream", verbose=0, say=lambda _: None)
+    weights = [keras.models.load_model(tmp_path / name / "model.keras").get_weights() for name in ("reader", "stream")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))

@@ -305,13 +305,21 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
 
     train_stream = StoreStream(group, "train", options.batch_size, shuffle=True, seed=options.seed,
                                start_epoch=done, buffer_chunks=options.buffer_chunks)
+    train_input = None
+    if keras.backend.backend() == "tensorflow":  # the same batches without a Python call per batch (tf_reader.py)
+        from .tf_reader import store_dataset
+
+        train_input = store_dataset(group, "train", options.batch_size, shuffle=True, seed=options.seed,
+                                    start_epoch=done, buffer_chunks=options.buffer_chunks)
+    if train_input is None:  # another backend, or a store whose chunks are not raw local files
+        train_input = train_stream
     val_stream = StoreStream(group, "val", options.batch_size, shuffle=False) if val_rows else None
     if not val_rows:
         say("the store has no validation rows: no validation during training")
     try:
         if done < options.epochs:
             model.fit(
-                train_stream,
+                train_input,
                 steps_per_epoch=train_stream.batches_per_epoch,
                 epochs=options.epochs,
                 initial_epoch=done,
