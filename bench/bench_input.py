@@ -11,7 +11,8 @@ Speed: images/s over --steps timed training steps after --warmup steps, batch --
   the same batches read by a tf.data pipeline, no Python per batch); with --onednn off, TensorFlow runs its
   own kernels instead of oneDNN's (TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's default on CPUs without
   AVX-512 VNNI/BF16, where the slowdown was found).
-Memory (--memory): --epochs whole epochs of the free model from the stream, with and without the fix;
+Memory (--memory): --epochs whole epochs of the free model from each of --inputs but memory (the stream
+with and without the fix, the tf.data reader);
 peak and current RSS after the first and after the last epoch.
 
     build-aug --source /tmp/cifar --limit 8000 --copies 2 --out /tmp/speed.zarr --preview 0
@@ -86,7 +87,12 @@ def child(case: dict) -> dict:
         images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
     if case.get("epochs"):  # memory use over whole epochs
         stream = StoreStream(group, "train", batch, shuffle=True)
-        model.fit(stream, steps_per_epoch=stream.batches_per_epoch, epochs=case["epochs"], shuffle=False, verbose=0, callbacks=[probe])
+        if case["input"] == "tfreader":
+            from trainer.tf_reader import store_dataset
+
+            data = store_dataset(group, "train", batch, shuffle=True)
+        model.fit(data if case["input"] == "tfreader" else stream, steps_per_epoch=stream.batches_per_epoch,
+                  epochs=case["epochs"], shuffle=False, verbose=0, callbacks=[probe])
         stream.close()
         rows = stream.rows
         return {"epochs": probe.epochs, "images_per_second": [rows / e["seconds"] for e in probe.epochs]}
@@ -162,7 +168,7 @@ def main() -> None:
         print(f"| oneDNN | input | epoch 1 peak RSS | epoch {args.epochs} peak RSS | epoch 1 RSS | epoch {args.epochs} RSS | images/s (median epoch) |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for onednn in ("default", "off") if args.onednn == "both" else (args.onednn,):
-            for input_ in ("stream", "stream-nofix"):
+            for input_ in (i for i in args.inputs.split(",") if i != "memory"):
                 case = {**common, "backend": "tensorflow", "onednn": onednn, "model": "free", "input": input_, "epochs": args.epochs}
                 epochs, rates = (out := run_case(case))["epochs"], out["images_per_second"]
                 first, last = epochs[0], epochs[-1]
