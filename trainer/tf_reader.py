@@ -4,11 +4,11 @@ Keras feeds a PyDataset to TensorFlow through from_generator: a Python call per 
 caps a cheap model at ~0.8x the rate of in-memory input (BENCHMARKS.md). This reader yields the
 very batches StoreStream yields, in the same order, but moves the bytes in TensorFlow's C++:
 
-  per epoch, one numpy call (tf.numpy_function) computes the order from StoreStream's own
-  epoch_plan() and the same per-window permutations (np.random.default_rng([seed, epoch, window]));
-  per window, tf.io.read_file + decode_raw read its raw chunk files, and one tf.gather puts the
-  rows in the window's order; Dataset.rebatch cuts the epoch's windows into batches (straddling
-  windows, the last batch of an epoch partial), exactly as StoreStream.__getitem__ slices them.
+  per window, one numpy call (tf.numpy_function) computes its chunks from StoreStream's own
+  epoch_plan() and its rows' order with the same permutation (np.random.default_rng([seed, epoch,
+  window])); tf.io.read_file + decode_raw read its raw chunk files, and one tf.gather puts the rows
+  in the window's order; Dataset.rebatch cuts the windows into batches (straddling windows, the
+  last batch of an epoch partial), exactly as StoreStream.__getitem__ slices them.
 
 Only stores whose image chunks are raw files of a local store can be read so; store_dataset
 returns None otherwise and the caller keeps the StoreStream.
@@ -52,40 +52,35 @@ def store_dataset(group: zarr.Group, split: str, batch_size: int, shuffle: bool,
     chunk_bytes = int(np.prod(images.chunks))
     plan_seed = seed if shuffle else None
 
-    def epoch_order(epoch: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For one epoch: chunks in visiting order, window starts in epoch positions (plus the end),
-        and for each epoch position the row to take from its window's stacked chunk files."""
-        epoch = int(epoch)
-        order, bounds = epoch_plan(rows, chunk_rows, buffer_chunks, plan_seed, epoch)
-        sizes = np.minimum(chunk_rows, rows - order * chunk_rows)
-        take = np.empty(rows, np.int64)
-        for w in range(n_windows):
-            window_sizes = sizes[w * buffer_chunks:(w + 1) * buffer_chunks]
-            # rows of the stacked files [k * chunk_rows] in the window's stored order, padding left out
-            stacked = np.concatenate([j * chunk_rows + np.arange(n) for j, n in enumerate(window_sizes.tolist())])
-            if shuffle:  # StoreStream.load_window's permutation
-                stacked = stacked[np.random.default_rng([seed, epoch, w]).permutation(len(stacked))]
-            take[bounds[w]:bounds[w + 1]] = stacked
-        return order.astype(np.int64), bounds.astype(np.int64), take
+    batch_sizes = [batch_size] * (rows // batch_size) + ([rows % batch_size] if rows % batch_size else [])
 
-    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-        order, bounds, take = tf.numpy_function(epoch_order, [epoch], [tf.int64, tf.int64, tf.int64], stateful=False)
-        order.set_shape([n_chunks]), bounds.set_shape([n_windows + 1]), take.set_shape([rows])
+    def window_plan(epoch: np.int64, w: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """A window's chunks, and for each of its rows in StoreStream's order the row to take from
+        the window's chunk files stacked [k * chunk_rows] (the last chunk's padding left out)."""
+        epoch, w = int(epoch), int(w)
+        order, _ = epoch_plan(rows, chunk_rows, buffer_chunks, plan_seed, epoch)
+        chunks = order[w * buffer_chunks:(w + 1) * buffer_chunks]
+        sizes = np.minimum(chunk_rows, rows - chunks * chunk_rows)
+        stacked = np.concatenate([j * chunk_rows + np.arange(n) for j, n in enumerate(sizes.tolist())])
+        if shuffle:  # StoreStream.load_window's permutation
+            stacked = stacked[np.random.default_rng([seed, epoch, w]).permutation(len(stacked))]
+        return chunks.astype(np.int64), stacked.astype(np.int64)
 
-        def read_window(w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            chunks = order[w * buffer_chunks:(w + 1) * buffer_chunks]
-            files = tf.map_fn(lambda path: tf.io.decode_raw(tf.io.read_file(path), tf.uint8), tf.gather(paths, chunks),
-                              fn_output_signature=tf.TensorSpec([chunk_bytes], tf.uint8))
-            files = tf.ensure_shape(files, [None, chunk_bytes])
-            picked = take[bounds[w]:bounds[w + 1]]
-            window = tf.gather(tf.reshape(files, (-1, *shape)), picked)
-            # a picked row's chunk and offset give its row in the split, for its label
-            global_rows = tf.gather(chunks, picked // chunk_rows) * chunk_rows + picked % chunk_rows
-            return window, tf.gather(labels, global_rows)
+    def read_window(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        chunks, picked = tf.numpy_function(window_plan, [index // n_windows, index % n_windows], [tf.int64, tf.int64], stateful=False)
+        chunks.set_shape([None]), picked.set_shape([None])
+        files = tf.map_fn(lambda path: tf.io.decode_raw(tf.io.read_file(path), tf.uint8), tf.gather(paths, chunks),
+                          fn_output_signature=tf.TensorSpec([chunk_bytes], tf.uint8))
+        window = tf.gather(tf.reshape(files, (-1, *shape)), picked)
+        # a picked row's chunk and offset give its row in the split, for its label
+        global_rows = tf.gather(chunks, picked // chunk_rows) * chunk_rows + picked % chunk_rows
+        return window, tf.gather(labels, global_rows)
 
-        windows = tf.data.Dataset.range(n_windows).map(read_window, num_parallel_calls=PARALLEL_WINDOWS, deterministic=True)
-        return windows.rebatch(batch_size)
-
-    epochs = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max if shuffle else start_epoch + 1)
-    dataset = epochs.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+    # windows epoch after epoch in one sequence, so the next epoch's first window is read ahead too;
+    # rebatch cycles through one epoch's batch sizes, so the last batch of each epoch is partial and
+    # none straddles two epochs, as in StoreStream
+    end = np.iinfo(np.int64).max // n_windows if shuffle else start_epoch + 1
+    windows = tf.data.Dataset.range(start_epoch * n_windows, end * n_windows)
+    windows = windows.map(read_window, num_parallel_calls=PARALLEL_WINDOWS, deterministic=True)
+    dataset = windows.rebatch(tf.constant(batch_sizes, tf.int64)).prefetch(tf.data.AUTOTUNE)
     return dataset
