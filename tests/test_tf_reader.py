@@ -95,3 +95,22 @@ def test_train_on_tensorflow_reads_through_the_reader_and_trains_as_from_the_str
     train_run(given, out=tmp_path / "stream", verbose=0, say=lambda _: None)
     weights = [keras.models.load_model(tmp_path / name / "model.keras").get_weights() for name in ("reader", "stream")]
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_a_chunk_file_cut_short_after_opening_is_named(store, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+
+    from builder.store import chunk_path
+    from trainer.tf_reader import store_dataset
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    group = zarr.open_group(str(damaged), mode="r")
+    dataset = store_dataset(group, "train", BATCH, False, buffer_chunks=2)
+    file = chunk_path(damaged, group["train/images"], 0)
+    file.write_bytes(file.read_bytes()[:100])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="damaged after it was opened") as caught:
+        list(dataset.as_numpy_iterator())
+    assert str(file) in str(caught.value)

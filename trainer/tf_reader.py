@@ -66,11 +66,19 @@ def store_dataset(group: zarr.Group, split: str, batch_size: int, shuffle: bool,
             stacked = stacked[np.random.default_rng([seed, epoch, w]).permutation(len(stacked))]
         return chunks.astype(np.int64), stacked.astype(np.int64)
 
+    def read_chunk(path: tf.Tensor) -> tf.Tensor:
+        data = tf.io.decode_raw(tf.io.read_file(path), tf.uint8)
+        # open_store checked every size; a file cut short since then is named, not mistaken for a shape bug
+        check = tf.debugging.Assert(tf.equal(tf.size(data), chunk_bytes), [
+            "chunk file", path, f"does not hold {chunk_bytes:,} bytes: the store was damaged after it was opened; "
+            "check it with inspect-aug --verify"])
+        with tf.control_dependencies([check]):
+            return tf.identity(data)
+
     def read_window(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         chunks, picked = tf.numpy_function(window_plan, [index // n_windows, index % n_windows], [tf.int64, tf.int64], stateful=False)
         chunks.set_shape([None]), picked.set_shape([None])
-        files = tf.map_fn(lambda path: tf.io.decode_raw(tf.io.read_file(path), tf.uint8), tf.gather(paths, chunks),
-                          fn_output_signature=tf.TensorSpec([chunk_bytes], tf.uint8))
+        files = tf.map_fn(read_chunk, tf.gather(paths, chunks), fn_output_signature=tf.TensorSpec([chunk_bytes], tf.uint8))
         window = tf.gather(tf.reshape(files, (-1, *shape)), picked)
         # a picked row's chunk and offset give its row in the split, for its label
         global_rows = tf.gather(chunks, picked // chunk_rows) * chunk_rows + picked % chunk_rows
