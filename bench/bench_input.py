@@ -7,10 +7,12 @@ Speed: images/s over --steps timed training steps after --warmup steps, batch --
   backend tensorflow or jax (CPU); model deep (trainer/models.py) or free (Rescaling,
   GlobalAveragePooling2D, Dense: the input path's own ceiling); input memory (tf.data
   from_tensor_slices on TensorFlow, numpy arrays on JAX) or stream; on TensorFlow also stream-nofix
-  (trainer/allocator.py disabled: the behaviour before the fix); with --onednn off, TensorFlow runs its
+  (trainer/allocator.py disabled: the behaviour before the fix) and tfreader (trainer/tf_reader.py:
+  the same batches read by a tf.data pipeline, no Python per batch); with --onednn off, TensorFlow runs its
   own kernels instead of oneDNN's (TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's default on CPUs without
   AVX-512 VNNI/BF16, where the slowdown was found).
-Memory (--memory): --epochs whole epochs of the free model from the stream, with and without the fix;
+Memory (--memory): --epochs whole epochs of the free model from each of --inputs but memory (the stream
+with and without the fix, the tf.data reader);
 peak and current RSS after the first and after the last epoch.
 
     build-aug --source /tmp/cifar --limit 8000 --copies 2 --out /tmp/speed.zarr --preview 0
@@ -85,7 +87,12 @@ def child(case: dict) -> dict:
         images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
     if case.get("epochs"):  # memory use over whole epochs
         stream = StoreStream(group, "train", batch, shuffle=True)
-        model.fit(stream, steps_per_epoch=stream.batches_per_epoch, epochs=case["epochs"], shuffle=False, verbose=0, callbacks=[probe])
+        if case["input"] == "tfreader":
+            from augzarr.trainer.tf_reader import store_dataset
+
+            data = store_dataset(group, "train", batch, shuffle=True)
+        model.fit(data if case["input"] == "tfreader" else stream, steps_per_epoch=stream.batches_per_epoch,
+                  epochs=case["epochs"], shuffle=False, verbose=0, callbacks=[probe])
         stream.close()
         rows = stream.rows
         return {"epochs": probe.epochs, "images_per_second": [rows / e["seconds"] for e in probe.epochs]}
@@ -100,6 +107,11 @@ def child(case: dict) -> dict:
         if rows > len(images):
             raise SystemExit(f"--warmup + --steps need {rows} rows in memory; the store has {len(images)}")
         model.fit(images[:rows], labels[:rows], batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
+    elif case["input"] == "tfreader":
+        from augzarr.trainer.tf_reader import store_dataset
+
+        data = store_dataset(group, "train", batch, shuffle=True)
+        model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
     else:
         stream = StoreStream(group, "train", batch, shuffle=True)
         model.fit(stream, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
@@ -124,8 +136,8 @@ def speed_cases(args) -> list[dict]:
     for backend in args.backends.split(","):
         for onednn in (("default", "off") if args.onednn == "both" else (args.onednn,)) if backend == "tensorflow" else ("n/a",):
             for model in args.models.split(","):
-                inputs = ("memory", "stream", "stream-nofix") if backend == "tensorflow" else ("memory", "stream")
-                for input_ in inputs:
+                inputs = ("memory", "stream", "stream-nofix", "tfreader") if backend == "tensorflow" else ("memory", "stream")
+                for input_ in (i for i in inputs if i in args.inputs.split(",")):
                     cases.append({"backend": backend, "onednn": onednn, "model": model, "input": input_})
     return cases
 
@@ -136,6 +148,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--models", default="deep,free")
+    parser.add_argument("--inputs", default="memory,stream,stream-nofix,tfreader", help="input kinds to time (memory is the reference)")
     parser.add_argument("--onednn", choices=("default", "off", "both"), default="default")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=8)
@@ -155,7 +168,7 @@ def main() -> None:
         print(f"| oneDNN | input | epoch 1 peak RSS | epoch {args.epochs} peak RSS | epoch 1 RSS | epoch {args.epochs} RSS | images/s (median epoch) |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for onednn in ("default", "off") if args.onednn == "both" else (args.onednn,):
-            for input_ in ("stream", "stream-nofix"):
+            for input_ in (i for i in args.inputs.split(",") if i != "memory"):
                 case = {**common, "backend": "tensorflow", "onednn": onednn, "model": "free", "input": input_, "epochs": args.epochs}
                 epochs, rates = (out := run_case(case))["epochs"], out["images_per_second"]
                 first, last = epochs[0], epochs[-1]
