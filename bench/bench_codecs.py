@@ -19,7 +19,8 @@ import numcodecs
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from augzarr.builder.store import open_store, size_on_disk
+from augzarr.storage import open_storage
+from augzarr.store_format import open_store
 
 CANDIDATES = {
     "none": None,
@@ -48,7 +49,7 @@ def measure(data, codec, chunk_rows: int) -> tuple[float, float, int]:
         for start in range(0, len(data), chunk_rows):
             array[start : start + chunk_rows]
         t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, size_on_disk(tmp)
+        return t1 - t0, t2 - t1, open_storage(tmp).usage()
 
 
 def main() -> None:
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     numcodecs.blosc.use_threads = False  # as in build workers: one process per core
-    images = open_store(args.store)["train/images"]
+    images = open_store(args.store).images("train")
     chunk_rows = images.chunks[0]
     data = images[: args.chunks * chunk_rows]
     raw = data.nbytes

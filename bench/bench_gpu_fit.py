@@ -59,9 +59,11 @@ def child(case: dict) -> dict:
     import zarr
 
     from augzarr.trainer.models import build_model
+    from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(case["store"], mode="r")
+    opened = open_store(case["store"])
+    group = opened.group
     shape, n_classes, batch = tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]), case["batch"]
     timed = max(case["windows"], -(-case["timed_images"] // batch))
     window = timed // case["windows"]
@@ -91,7 +93,7 @@ def child(case: dict) -> dict:
         images, labels = np.concatenate([images] * repeat)[:steps * batch], np.concatenate([labels] * repeat)[:steps * batch]
         model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[Probe()])
     else:
-        stream = StoreStream(group, "train", batch, shuffle=True)
+        stream = StoreStream(opened, "train", batch, shuffle=True)
         model.fit(stream, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[Probe()])
         stream.close()
     stop.set()

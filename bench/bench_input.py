@@ -47,9 +47,11 @@ def child(case: dict) -> dict:
     import zarr
 
     from augzarr.trainer.models import build_model
+    from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(case["store"], mode="r")
+    opened = open_store(case["store"])
+    group = opened.group
     shape, n_classes, batch = tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]), case["batch"]
     keras.utils.set_random_seed(0)
     if case["model"] == "deep":
@@ -86,11 +88,11 @@ def child(case: dict) -> dict:
     if memory:
         images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
     if case.get("epochs"):  # memory use over whole epochs
-        stream = StoreStream(group, "train", batch, shuffle=True)
+        stream = StoreStream(opened, "train", batch, shuffle=True)
         if case["input"] == "tfreader":
             from augzarr.trainer.tf_reader import store_dataset
 
-            data = store_dataset(group, "train", batch, shuffle=True)
+            data = store_dataset(opened, "train", batch, shuffle=True)
         model.fit(data if case["input"] == "tfreader" else stream, steps_per_epoch=stream.batches_per_epoch,
                   epochs=case["epochs"], shuffle=False, verbose=0, callbacks=[probe])
         stream.close()
@@ -110,10 +112,10 @@ def child(case: dict) -> dict:
     elif case["input"] == "tfreader":
         from augzarr.trainer.tf_reader import store_dataset
 
-        data = store_dataset(group, "train", batch, shuffle=True)
+        data = store_dataset(opened, "train", batch, shuffle=True)
         model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
     else:
-        stream = StoreStream(group, "train", batch, shuffle=True)
+        stream = StoreStream(opened, "train", batch, shuffle=True)
         model.fit(stream, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
         stream.close()
     (t0, f0, s0), (t1, f1, s1) = probe.marks[case["warmup"] - 1], probe.marks[steps - 1]

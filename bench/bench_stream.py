@@ -28,12 +28,14 @@ BIN = Path(sys.executable).parent
 def stream_rate(store: str, repeats: int) -> float:
     import zarr
 
+    from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(store, mode="r")
+    opened = open_store(store)
+    group = opened.group
     rates = []
     for epoch in range(repeats):
-        stream = StoreStream(group, "train", batch_size=128, shuffle=True, start_epoch=epoch)
+        stream = StoreStream(opened, "train", batch_size=128, shuffle=True, start_epoch=epoch)
         start = time.perf_counter()
         n = sum(len(stream[i][0]) for i in range(stream.batches_per_epoch))
         rates.append(n / (time.perf_counter() - start))
@@ -47,10 +49,12 @@ def training_rate(store: str, steps: int) -> float:
     import zarr
 
     from augzarr.trainer.models import build_model
+    from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(store, mode="r")
-    stream = StoreStream(group, "train", batch_size=128, shuffle=True)
+    opened = open_store(store)
+    group = opened.group
+    stream = StoreStream(opened, "train", batch_size=128, shuffle=True)
     model = build_model("deep", tuple(group.attrs["image_shape"]), len(group.attrs["class_names"]))
     model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(stream, steps_per_epoch=10, epochs=1, shuffle=False, verbose=0)  # compile and warm up

@@ -1,42 +1,46 @@
 """build-aug's engine: plan the rows, decode the source, compute chunks in parallel, resume.
 
-The output folder is in one of these states:
+The output (a folder or an object-store prefix, through augzarr.storage) is in one of these states:
   absent/empty  -> a fresh build
   building      -> it holds .build/ (with build.json naming the arguments): resumed
                    when the arguments match, refused otherwise
   complete      -> an augzarr group whose attrs say complete: left alone unless --overwrite
   anything else -> refused, never deleted
+The order in which a build writes, and what "complete" means, is the store format's
+(augzarr/store_format.py).
 """
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import json
 import multiprocessing
 import os
-import shutil
 import sys
+import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from augzarr import __version__
+from augzarr.errors import OptionError, UserError
+from augzarr.storage import Storage, open_storage
+from augzarr.store_format import (
+    BUILD_DIR, BUILD_JSON, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, IMAGES, KEEP_WHEN_CLAIMING, ROW_ARRAYS, SKELETON_DONE,
+    SourceInfo, StoreAttrs, committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
+)
+
 from .decode import shown
-from .errors import OptionError, UserError
 from .layout import hold_out_validation, plan_rows
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .store import (
-    BUILD_DIR, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, ROW_ARRAYS, array_crc32, create_skeleton, default_chunk_rows,
-    raw_image_bytes, read_attrs, remove_store_contents, size_on_disk, write_atomic,
-)
-from .worker import compute_chunk, decode_files, init_worker, marker_file, source_file
+from .worker import compute_chunk, decode_files, init_worker, source_file
 
 DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096
@@ -48,7 +52,7 @@ WORKERS_PER_CORE = 4
 @dataclass
 class BuildOptions:
     source: str = "cifar10"
-    out: Path = Path("data/aug.zarr")
+    out: str | Path = "data/aug.zarr"  # a folder, or an object-store URL (s3://bucket/prefix/aug.zarr)
     copies: int = 5
     include_original: bool = True
     policy: str = "crop-flip"  # not the notebook's policy: it trains worse than no augmentation (BENCHMARKS.md)
@@ -80,7 +84,7 @@ class BuildOptions:
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: str
     status: str  # "built", "resumed" or "already complete"
     rows: dict[str, int] = field(default_factory=dict)
     computed_rows: int = 0
@@ -101,18 +105,18 @@ def max_workers() -> int:
     return WORKERS_PER_CORE * default_workers()
 
 
-def check_fits(options: BuildOptions, source: Source, chunk_rows: int, out: Path) -> None:
-    """Refuse, before any work, a chunk too big for memory or a store too big for the disk."""
+def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage) -> None:
+    """Refuse, before any work, a chunk too big for memory or a store too big for the disk
+    (object storage has no free space to ask about)."""
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise OptionError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
                         f"{MAX_CHUNK_BYTES // row_bytes:,} rows of {'x'.join(map(str, source.image_shape))} images")
     rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source_splits(source).items() if name != "train")
     needed = rows * row_bytes
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    free = shutil.disk_usage(existing).free + (size_on_disk(out) if out.is_dir() else 0)
-    if needed > free:
-        raise UserError(f"the store needs about {needed / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB are free for --out {out}: "
+    free = storage.free_bytes() if storage.checks_free_space else None
+    if free is not None and needed > free:
+        raise UserError(f"the store needs about {needed / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB are free for --out {storage.location}: "
                         "free some space, choose another --out, or use fewer --copies")
 
 
@@ -149,9 +153,10 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     reporter = reporter or Reporter()
     options.validate()
     started = time.time()
-    out = Path(options.out)
+    storage = open_storage(options.out)
     # --out or --preview-dir inside an image folder (re-run, or resumed) is reported as not used, never read as a class
-    excluded = {out: "the store this build writes (--out), not images"}
+    local_out = storage.local_path()
+    excluded = {local_out: "the store this build writes (--out), not images"} if local_out is not None else {}
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
     source = open_source(options.source, options.image_size, options.limit, exclude=excluded)
@@ -163,52 +168,48 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
     check_trainable(options, source)
-    check_fits(options, source, chunk_rows, out)
+    check_fits(options, source, chunk_rows, storage)
 
-    lock = lock_output(out)
-    try:
-        return run_build(options, out, lock, source, policy, chunk_rows, identity, started, reporter)
-    finally:
-        os.close(lock)
-
-
-def lock_output(out: Path) -> int:
-    """Hold an exclusive lock on the store folder for the whole build, so a second build-aug into
-    the same store refuses instead of interleaving. The kernel drops it when the process dies."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder path for the store")
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(f"another build-aug is writing {out} right now: wait for it to finish, or stop it, then run this again") from None
-    return fd
+    # one writer at a time: a second build-aug into the same store refuses instead of interleaving
+    with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
+        with staging_area(storage) as scratch:
+            return run_build(options, storage, scratch, still_held, source, policy, chunk_rows, identity, started, reporter)
 
 
-def run_build(options, out, lock, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
-    resume = claim_output(out, identity, source, options.overwrite)
+@contextmanager
+def staging_area(storage: Storage):
+    """Where the decoded source waits for the workers: the store's own .build/ on a local disk (a
+    resumed build finds it there), a temporary folder of this machine for an object store."""
+    local = storage.local_path()
+    if local is not None:
+        yield local / BUILD_DIR
+        return
+    with tempfile.TemporaryDirectory(prefix="augzarr-source-") as folder:
+        yield Path(folder)
+
+
+def run_build(options, storage: Storage, scratch: Path, still_held, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
+    out = storage.location
+    resume = claim_output(storage, identity, source, options.overwrite)
     if resume == "restart":
         reporter.message(f"restarting the unfinished build in {out} with these arguments: no chunk had been committed")
     if resume == "already complete":
-        root = zarr.open_group(str(out), mode="r")
-        return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/images"].shape[0] for s in root.attrs["splits"]})
-    build_dir = out / BUILD_DIR
+        attrs = read_raw_attrs(storage)
+        root = open_group(storage)
+        return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]})
+    scratch.mkdir(parents=True, exist_ok=True)
 
     workers = options.workers or default_workers()
-    context = pool_context()
-    inherited_lock = lock if context.get_start_method() == "fork" else None  # only forked workers hold a copy
-    pool = context.Pool(workers, initializer=init_worker, initargs=(str(out), policy.to_attrs(), options.seed, inherited_lock))
+    pool = pool_context(storage).Pool(workers, initializer=init_worker, initargs=(out, str(scratch), policy.to_attrs(), options.seed))
     with pool:
-        content_hash, bad = stage_source(source, build_dir, pool, options.image_size is not None, options.skip_bad, reporter)
-        recorded = json.loads((build_dir / "build.json").read_text())
+        content_hash, bad = stage_source(source, scratch, pool, options.image_size is not None, options.skip_bad, reporter)
+        recorded = storage.read_json(BUILD_JSON)
         if recorded.get("source_hash") not in (None, content_hash):
             raise UserError(
                 f"the source changed since the unfinished build in {out} started: "
                 "pass --overwrite to start over, or restore the source to resume"
             )
-        write_atomic(build_dir / "build.json", json.dumps({**recorded, "source_hash": content_hash}))
+        storage.write_json(BUILD_JSON, {**recorded, "source_hash": content_hash})
         if bad.get("train"):
             usable = np.ones(len(source.train), bool)
             usable[[row for row, _ in bad["train"]]] = False
@@ -222,37 +223,40 @@ def run_build(options, out, lock, source, policy, chunk_rows, identity, started,
             val_labels=source.val.labels if source.val is not None else None,
         )
         skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
-        if (build_dir / "skeleton").exists() and not skeleton_matches(out, splits):
-            if committed_chunks(build_dir):
+        if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
+            if committed_chunks(storage):
                 raise UserError(f"the unfinished build in {out} laid out its rows otherwise (an older augzarr started it): "
                                 "pass --overwrite to start over, or finish it with the version that started it")
-            (build_dir / "skeleton").unlink()  # nothing computed yet: lay it out again
-        if not (build_dir / "skeleton").exists():
-            attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity)
-            create_skeleton(out, splits, source.image_shape, len(source.class_names), chunk_rows, {**attrs, "skipped": skipped})
-            write_atomic(build_dir / "skeleton", "done")
+            storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
+        if not storage.has(SKELETON_DONE):
+            attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity, skipped)
+            create_skeleton(storage, splits, source.image_shape, len(source.class_names), chunk_rows, attrs)
+            storage.write(SKELETON_DONE, b"done")
         # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
-        skeleton = zarr.open_group(str(out), mode="r")
-        rows_per_chunk = {name: skeleton[f"{name}/images"].chunks[0] for name in splits}
-        tasks, done_rows = pending_chunks(splits, rows_per_chunk, build_dir)
+        skeleton = open_group(storage)
+        rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
+        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage)))
         total_rows = sum(len(r) for r in splits.values())
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
             try:
                 for _, _, n in pool.imap_unordered(compute_chunk, tasks):
+                    still_held()  # a build whose lease was lost stops before it writes more
                     advance(n)
             except BadSample as exc:  # named here, where the source's file names are
                 raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
-    finish_store(out, splits, rows_per_chunk, started)
-    root = zarr.open_group(str(out), mode="r")
+    still_held()
+    built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)}
+    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built)
+    root = open_group(storage)
     return BuildResult(
         out=out,
         status="resumed" if resume == "resume" else "built",
         rows={s: len(r) for s, r in splits.items()},
         computed_rows=total_rows - done_rows,
         seconds=time.time() - started,
-        bytes_on_disk=size_on_disk(out),
-        raw_bytes=raw_image_bytes(root),
+        bytes_on_disk=storage.usage(),
+        raw_bytes=sum(root[f"{s}/{IMAGES}"].nbytes for s in splits),
         ignored=source.ignored,
         skipped=skipped,
         layout=source.layout,
@@ -272,12 +276,13 @@ def sample_name(source: Source, split: str, index: int) -> str:
     return f"source {split} image {index}"
 
 
-def pool_context() -> multiprocessing.context.BaseContext:
+def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:
     """fork where it is safe: workers start at once with everything imported (spawned
     workers would each spend ~1 s importing albumentations). A process that has
-    started TensorFlow's threads (the Keras loader) must not fork; it uses forkserver."""
+    started TensorFlow's threads (the Keras loader) or an object-store client's must not fork;
+    it uses forkserver."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and "tensorflow" not in sys.modules:
+    if "fork" in methods and "tensorflow" not in sys.modules and storage.fork_safe:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
@@ -352,29 +357,28 @@ def short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> str:
+def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bool) -> str:
     """Decide fresh / resume / already complete, and refuse what must not be touched.
 
     Returns "fresh", "restart" (an unfinished build with other arguments that had committed no
     chunk, started over), "resume" or "already complete". On all but "already complete",
-    out/.build exists and build.json records the arguments.
+    .build/build.json records the arguments.
     """
-    build_dir = out / BUILD_DIR
-    attrs = read_attrs(out) if out.is_dir() else None
-    in_progress = (build_dir / "build.json").is_file()
+    out = storage.location
+    attrs = read_raw_attrs(storage)
+    in_progress = storage.has(BUILD_JSON)
     is_ours = in_progress or (attrs is not None and attrs.get("format") == FORMAT_NAME)
-    if out.is_dir() and any(out.iterdir()) and not is_ours and not build_dir.is_dir():
+    if not is_ours and any(key.split("/", 1)[0] not in KEEP_WHEN_CLAIMING for key in storage.list()):
         raise UserError(f"--out {out} exists and is not an augzarr store; choose another --out or remove it yourself")
 
     if in_progress:
-        recorded = json.loads((build_dir / "build.json").read_text())
+        recorded = storage.read_json(BUILD_JSON)
         if recorded["identity"] == identity and not overwrite:
-            (build_dir / "chunks").mkdir(exist_ok=True)  # a claim killed before it made the folder (claim_fresh)
             return "resume"
-        if not overwrite and not committed_chunks(build_dir):
+        if not overwrite and not committed_chunks(storage):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
             # error suggested just works, without --overwrite
-            claim_fresh(out, identity)
+            claim_fresh(storage, identity)
             return "restart"
         if not overwrite:
             raise UserError(
@@ -391,51 +395,43 @@ def claim_output(out: Path, identity: dict, source: Source, overwrite: bool) -> 
             raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
         return "already complete"
 
-    claim_fresh(out, identity)
+    claim_fresh(storage, identity)
     return "fresh"
 
 
-def claim_fresh(out: Path, identity: dict) -> None:
-    """Claim the folder first, so an interruption from here on leaves a store we know to be ours."""
-    build_dir = out / BUILD_DIR
-    build_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(build_dir / "build.json", json.dumps({"identity": identity, "source_hash": None}))
-    remove_store_contents(out, keep=BUILD_DIR)
-    for entry in build_dir.iterdir():
-        if entry.name != "build.json":
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    (build_dir / "chunks").mkdir()
+def claim_fresh(storage: Storage, identity: dict) -> None:
+    """Claim the location first, so an interruption from here on leaves a store we know to be ours."""
+    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None})
+    storage.remove_all_except(KEEP_WHEN_CLAIMING)
+    for key in storage.list(BUILD_DIR + "/"):
+        if key != BUILD_JSON:
+            storage.remove(key)
 
 
-def committed_chunks(build_dir: Path) -> list[Path]:
-    """The chunks an unfinished build has finished (a marker's .tmp, cut short, is not one)."""
-    chunks = build_dir / "chunks"
-    return [p for p in chunks.iterdir() if not p.name.startswith(".")] if chunks.is_dir() else []
-
-
-def skeleton_matches(out: Path, splits: dict) -> bool:
+def skeleton_matches(storage: Storage, splits: dict) -> bool:
     """Whether the rows an unfinished build laid out are this plan's: a build started by a version
     that planned otherwise must not be finished with chunks of another plan."""
-    root = zarr.open_group(str(out), mode="r")
-    if list(root.attrs.get("splits", [])) != list(splits):
+    attrs = read_raw_attrs(storage) or {}
+    if list(attrs.get("splits", [])) != list(splits):
         return False
+    root = open_group(storage)
     return all(np.array_equal(root[f"{name}/{array}"][:], getattr(rows, array))
                for name, rows in splits.items() for array in ROW_ARRAYS)
 
 
-def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
-    """Put every source image, decoded, in .build/source-<split>.npy for the workers.
+def stage_source(source: Source, scratch: Path, pool, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
+    """Put every source image, decoded, in <scratch>/source-<split>.npy for the workers.
 
     Returns the content hash and, by source split, the (row, message) of each file left out under --skip-bad.
     """
     splits = source_splits(source)
     if source.train.images is not None:
         for name, split in splits.items():
-            np.save(source_file(build_dir, name), split.images)  # a plain write: no page fault per page of a mapping
+            np.save(source_file(scratch, name), split.images)  # a plain write: no page fault per page of a mapping
         return source.content_hash, {}
     tasks = []
     for name, split in splits.items():
-        np.lib.format.open_memmap(source_file(build_dir, name), mode="w+", dtype=np.uint8, shape=(len(split), *source.image_shape))
+        np.lib.format.open_memmap(source_file(scratch, name), mode="w+", dtype=np.uint8, shape=(len(split), *source.image_shape))
         for start in range(0, len(split), DECODE_BATCH):
             tasks.append((name, start, [str(f) for f in split.files[start : start + DECODE_BATCH]], resize, skip_bad))
     digests = {name: [""] * len(split) for name, split in splits.items()}
@@ -454,46 +450,46 @@ def stage_source(source: Source, build_dir: Path, pool, resize: bool, skip_bad: 
     return source.content_hash, bad
 
 
-def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], build_dir: Path) -> tuple[list[tuple], int]:
+def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]) -> tuple[list[tuple], int]:
     tasks, done_rows = [], 0
     for name, rows in splits.items():
         chunk_rows = rows_per_chunk[name]
         for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
             stop = min(start + chunk_rows, len(rows))
-            if marker_file(build_dir, name, chunk).exists():
+            if (name, chunk) in committed:
                 done_rows += stop - start
             else:
                 tasks.append((name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
     return tasks, done_rows
 
 
-def store_attrs(options, source: Source, content_hash: str, policy: Policy, chunk_rows: int, splits: dict, identity: dict) -> dict:
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "splits": list(splits),
-        "class_names": source.class_names,
-        "image_shape": list(source.image_shape),
-        "copies": options.copies,
-        "include_original": options.include_original,
-        "val_fraction": held_out_fraction(options, source),
-        "seed": options.seed,
-        "chunk_rows": chunk_rows,
-        "policy": policy.to_attrs(),
-        "source": {
-            "kind": source.kind,
-            "location": source.location,
-            "train_count": len(source.train),
-            "test_count": len(source.test) if source.test is not None else 0,
-            "val_count": len(source.val) if source.val is not None else 0,
-            "layout": source.layout,
-            "limit": options.limit,
-            "content_hash": content_hash,
-            "ignored": source.ignored,
-        },
-        "versions": package_versions(),
-        "identity": identity,
-    }
+def store_attrs(options, source: Source, content_hash: str, policy: Policy, chunk_rows: int, splits: dict, identity: dict,
+                skipped: list[dict]) -> StoreAttrs:
+    return StoreAttrs(
+        splits=list(splits),
+        class_names=source.class_names,
+        image_shape=list(source.image_shape),
+        copies=options.copies,
+        include_original=options.include_original,
+        val_fraction=held_out_fraction(options, source),
+        seed=options.seed,
+        chunk_rows=chunk_rows,
+        policy=policy.to_attrs(),
+        source=SourceInfo(
+            kind=source.kind,
+            location=source.location,
+            train_count=len(source.train),
+            test_count=len(source.test) if source.test is not None else 0,
+            val_count=len(source.val) if source.val is not None else 0,
+            layout=source.layout,
+            limit=options.limit,
+            content_hash=content_hash,
+            ignored=source.ignored,
+        ),
+        identity=identity,
+        versions=package_versions(),
+        skipped=skipped,
+    )
 
 
 def package_versions() -> dict:
@@ -504,20 +500,3 @@ def package_versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def finish_store(out: Path, splits: dict, rows_per_chunk: dict[str, int], started: float) -> None:
-    """Record checksums, mark the store complete, then drop the build state."""
-    build_dir = out / BUILD_DIR
-    checksums = {
-        name: [marker_file(build_dir, name, c).read_text() for c in range(-(-len(rows) // rows_per_chunk[name]))]
-        for name, rows in splits.items()
-    }
-    root = zarr.open_group(str(out), mode="r+")
-    root.attrs.update({
-        "complete": True,
-        "chunk_crc32": checksums,
-        "array_crc32": {f"{s}/{name}": array_crc32(root[f"{s}/{name}"]) for s in splits for name in ROW_ARRAYS},
-        "built": {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)},
-    })
-    shutil.rmtree(build_dir)

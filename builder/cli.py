@@ -10,10 +10,11 @@ from typing import Optional
 
 import typer
 
-from .cli_support import run_app
-from .errors import OptionError, UserError
+from augzarr.cli_support import run_app
+from augzarr.errors import OptionError, UserError
+from augzarr.store_format import open_store
+
 from .progress import ConsoleReporter, Reporter
-from .store import open_store
 from .summary import format_summary, human_bytes, summarize
 
 build_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -27,7 +28,7 @@ def build_aug(
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
     policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
     val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),
-    out: Path = typer.Option(Path("data/aug.zarr"), help="The zarr store to write."),
+    out: str = typer.Option("data/aug.zarr", help="The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage)."),
     chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
     image_size: Optional[int] = typer.Option(None, help="Resize every image to NxN (needed when image sizes differ)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training images (for quick trials)."),
@@ -52,18 +53,18 @@ def build_aug(
     )
     result = build_store(options, reporter)
     if result.status == "already complete":
-        group = open_store(out)
+        group = open_store(out).group
         if preview and missing_previews(group, preview, preview_dir):  # deleted since, or a build stopped before writing them
             written = write_previews(group, preview, preview_dir)
-            reporter.message(f"{out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/")
+            reporter.message(f"{result.out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/")
         else:
-            reporter.message(f"{out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
+            reporter.message(f"{result.out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
         return
-    written = write_previews(open_store(out), preview, preview_dir)
+    written = write_previews(open_store(out).group, preview, preview_dir)
     rows = ", ".join(f"{n:,} {split}" for split, n in result.rows.items())
     ratio = result.raw_bytes / result.bytes_on_disk if result.bytes_on_disk else 0
     reporter.message(
-        f"{result.status} {out}: {rows} rows ({result.computed_rows:,} computed) in {result.seconds:.1f} s, "
+        f"{result.status} {result.out}: {rows} rows ({result.computed_rows:,} computed) in {result.seconds:.1f} s, "
         f"{human_bytes(result.bytes_on_disk)} on disk (compression {ratio:.2f}x)"
         + (f"; {len(written)} previews in {preview_dir}/" if written else "")
         + (f"; source layout {result.layout}" if result.layout else "")
@@ -104,7 +105,7 @@ def check_writable(preview_dir: Path) -> None:
 
 @inspect_app.command()
 def inspect_aug(
-    store: Path = typer.Option(Path("data/aug.zarr"), help="The store to describe."),
+    store: str = typer.Option("data/aug.zarr", help="The store to describe: a folder or an object-store URL."),
     preview: int = typer.Option(0, help="Also write previews of this many training images."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -115,22 +116,22 @@ def inspect_aug(
     if verify:
         from .verify import verify_store
 
-        group = open_store(store, check_chunks=False)  # verify_store reports damaged chunks itself, with the rest
-        checked, problems = verify_store(store, group)
+        opened = open_store(store, check_chunks=False)  # verify_store reports damaged chunks itself, with the rest
+        checked, problems = verify_store(opened)
         for problem in problems:
             print(f"damaged: {problem}", file=sys.stderr)
         if problems:
             raise UserError(f"store {store} failed verification ({len(problems)} problems above); rebuild it with build-aug --overwrite")
-        rows_note = "" if "array_crc32" in group.attrs else " (no per-row array checksums recorded in this store)"
-        print(f"verified {store}: all {checked} image chunks and the per-row arrays match the checksums recorded at build time{rows_note}")
+        rows_note = "" if opened.attrs.array_crc32 is not None else " (no per-row array checksums recorded in this store)"
+        print(f"verified {opened.location}: all {checked} image chunks and the per-row arrays match the checksums recorded at build time{rows_note}")
         return
-    group = open_store(store)
-    summary = summarize(store, group)
+    opened = open_store(store)
+    summary = summarize(opened)
     print(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if preview > 0:
         from .preview import write_previews
 
-        written = write_previews(group, preview, preview_dir)
+        written = write_previews(opened.group, preview, preview_dir)
         print(f"wrote {len(written)} previews to {preview_dir}/")
 
 

@@ -22,7 +22,7 @@ MAX_IMAGE_PIXELS = int(os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(1 << 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from augzarr.errors import UserError  # noqa: E402
 
 cv2.setNumThreads(1)  # parallelism comes from worker processes, not OpenCV threads
 

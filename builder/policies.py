@@ -18,7 +18,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from .errors import OptionError, UserError
+from augzarr.errors import OptionError, UserError
 
 MASK64 = (1 << 64) - 1
 

@@ -28,7 +28,7 @@ import numpy as np
 from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BasicTransform
 
-from .errors import UserError
+from augzarr.errors import UserError
 
 UINT8 = np.dtype(np.uint8)
 PROBE_SEEDS = 8  # draws of each leaf transform on each test image

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .decode import file_digest, resize_to, shown
-from .errors import UserError
+from augzarr.errors import UserError
 
 # Fixed by the dataset (the official archive's batches.meta holds the same list);
 # Keras' load_data() returns labels only.

@@ -2,47 +2,42 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
-import zarr
 
-from .store import SPLITS, raw_image_bytes, size_on_disk
+from augzarr.store_format import SPLITS, OpenStore
 
 
-def summarize(path: Path, group: zarr.Group) -> dict:
-    attrs = dict(group.attrs)
-    classes = attrs["class_names"]
-    counts = {}
-    for split in SPLITS:
-        if split in group:
-            labels = group[f"{split}/labels"][:]
-            counts[split] = np.bincount(labels, minlength=len(classes)).tolist()
-    disk = size_on_disk(path)
-    raw = raw_image_bytes(group)
+def summarize(store: OpenStore) -> dict:
+    attrs = store.attrs
+    counts = {split: np.bincount(store.labels(split), minlength=attrs.n_classes).tolist()
+              for split in SPLITS if split in attrs.splits}
+    disk = store.size()
+    raw = store.raw_image_bytes()
     return {
-        "path": str(path),
-        "complete": bool(attrs.get("complete")),
-        "format_version": attrs["format_version"],
-        "image_shape": attrs["image_shape"],
-        "class_names": classes,
+        "path": store.location,
+        "complete": attrs.complete,
+        "format_version": attrs.format_version,
+        "image_shape": attrs.image_shape,
+        "class_names": attrs.class_names,
         "counts": counts,
-        "copies": attrs["copies"],
-        "include_original": attrs["include_original"],
-        "val_fraction": attrs["val_fraction"],
-        "seed": attrs["seed"],
-        "chunk_rows": attrs["chunk_rows"],  # as requested; a split smaller than that is one chunk of its size
-        "split_chunk_rows": {split: group[f"{split}/images"].chunks[0] for split in counts},
-        "policy": attrs["policy"]["name"],
-        "policy_transforms": [t["__class_fullname__"] for t in attrs["policy"]["albumentations"]["transform"]["transforms"]],
-        "source": attrs["source"],
-        "layout": attrs["source"].get("layout"),  # an image folder's: "flat" or "split (train, ...)"
+        "copies": attrs.copies,
+        "include_original": attrs.include_original,
+        "val_fraction": attrs.val_fraction,
+        "seed": attrs.seed,
+        "chunk_rows": attrs.chunk_rows,  # as requested; a split smaller than that is one chunk of its size
+        "split_chunk_rows": {split: store.images(split).chunks[0] for split in counts},
+        "policy": attrs.policy["name"],
+        "policy_transforms": [t["__class_fullname__"] for t in attrs.policy["albumentations"]["transform"]["transforms"]],
+        "source": asdict(attrs.source),
+        "layout": attrs.source.layout,  # an image folder's: "flat" or "split (train, ...)"
         "bytes_on_disk": disk,
         "raw_image_bytes": raw,
         "compression_ratio": raw / disk if disk else None,
-        "versions": attrs.get("versions", {}),
-        "built": attrs.get("built", {}),
-        "skipped": attrs.get("skipped", []),
+        "versions": attrs.versions,
+        "built": attrs.built or {},
+        "skipped": attrs.skipped,
     }
 
 

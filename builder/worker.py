@@ -1,37 +1,39 @@
 """What each build worker process does: decode source images, compute whole chunks.
 
 A chunk is the unit of work and of commit: the worker computes all its rows,
-writes them with one chunk-aligned zarr write (atomic on a local store), then
-records the chunk's CRC-32 in a marker file. A chunk without a marker is
-recomputed on resume, and recomputing it gives the same bytes because each
-row's random state derives from (seed, source index, copy index) alone.
+writes them as one object through the store's storage (an atomic file, or one
+PUT), then its marker holding the chunk's CRC-32 (store_format.write_chunk).
+A chunk without a marker is recomputed on resume, and recomputing it gives the
+same bytes because each row's random state derives from (seed, source index,
+copy index) alone.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import zlib
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import zarr
 
-from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
-from .errors import UserError
+from augzarr.errors import UserError
+from augzarr.storage import open_storage
+from augzarr.store_format import IMAGES, open_group, write_chunk
+
 from .applier import image_applier
+from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
-from .store import BUILD_DIR, chunk_path, is_raw_layout, write_atomic
 
 _worker: "WorkerState | None" = None
 
 
 class WorkerState:
-    def __init__(self, store_path: str, policy_attrs: dict, seed: int):
-        self.store_path = store_path
-        self.build_dir = Path(store_path) / BUILD_DIR
+    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int):
+        self.storage = open_storage(location)
+        self.scratch = Path(scratch)  # where the parent staged the decoded source
         self.policy_attrs, self.seed = policy_attrs, seed
         self.pipeline = Policy.from_attrs(policy_attrs).pipeline
         self.seeder = SampleSeeder(self.pipeline, seed)
@@ -41,7 +43,7 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
-            self.sources[split] = map_source(self.build_dir, split, "r")
+            self.sources[split] = map_source(self.scratch, split, "r")
         return self.sources[split]
 
     def bad_sample(self, split: str, index: int, copy_index: int) -> BadSample:
@@ -51,34 +53,27 @@ class WorkerState:
         return BadSample(self.policy_attrs["name"], problem, split, index, copy_index)
 
     def array(self, split: str) -> zarr.Array:
-        if split not in self.arrays:
-            self.arrays[split] = zarr.open_array(self.store_path, path=f"{split}/images", mode="r+")
+        if split not in self.arrays:  # its metadata: the chunk shape and key encoding
+            self.arrays[split] = open_group(self.storage)[f"{split}/{IMAGES}"]
         return self.arrays[split]
 
 
-def source_file(build_dir: Path, split: str) -> Path:
-    return build_dir / f"source-{split}.npy"
+def source_file(scratch: Path, split: str) -> Path:
+    return scratch / f"source-{split}.npy"
 
 
-def map_source(build_dir: Path, split: str, mode: str) -> np.ndarray:
+def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
     """The decoded source split, shared through a file mapping, as a plain ndarray view:
     indexing the np.memmap subclass itself costs ~15 us a row."""
-    return np.asarray(np.load(source_file(build_dir, split), mmap_mode=mode))
+    return np.asarray(np.load(source_file(scratch, split), mmap_mode=mode))
 
 
-def marker_file(build_dir: Path, split: str, chunk: int) -> Path:
-    return build_dir / "chunks" / f"{split}.{chunk}"
-
-
-def init_worker(store_path: str, policy_attrs: dict, seed: int, parent_lock: int | None = None) -> None:
+def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int) -> None:
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_lock is not None:
-        # a forked worker shares the parent's store lock: let go, so the lock dies with the parent
-        os.close(parent_lock)
     numcodecs.blosc.use_threads = False  # one process per core already
     global _worker
-    _worker = WorkerState(store_path, policy_attrs, seed)
+    _worker = WorkerState(location, scratch, policy_attrs, seed)
 
 
 def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
@@ -88,7 +83,7 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
     row black and is listed in bad as (row, message); without, its message stops the build.
     """
     split, start, files, resize, skip_bad = task
-    mapped = np.load(source_file(_worker.build_dir, split), mmap_mode="r")
+    mapped = np.load(source_file(_worker.scratch, split), mmap_mode="r")
     height, width = mapped.shape[1:3]
     block = np.zeros((len(files), *mapped.shape[1:]), np.uint8)
     digests, bad = [], []
@@ -114,7 +109,7 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
     # One write into the shared file, not row by row through the mapping: first touches of a
     # fresh file's pages cost a page fault each (~40 us a CIFAR row). Other processes see the
     # rows through their mappings at once; no fsync, which would only wait for the disk.
-    with open(source_file(_worker.build_dir, split), "r+b") as target:
+    with open(source_file(_worker.scratch, split), "r+b") as target:
         os.pwrite(target.fileno(), block, mapped.offset + start * block[0].nbytes)
     return split, start, digests, bad
 
@@ -143,24 +138,6 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
             if not fits and not row_fits(out, shape):
                 raise state.bad_sample(from_split, s, k)
             block[row] = out
-    write_chunk(state.array(split), Path(state.store_path), chunk, block)
-    write_atomic(marker_file(state.build_dir, split, chunk), f"{zlib.crc32(block):08x}")
+    write_chunk(state.storage, state.array(split), chunk, block)
     return split, chunk, len(block)
 
-
-def write_chunk(array: zarr.Array, store_path: Path, chunk: int, block: np.ndarray) -> None:
-    """Write chunk `chunk` (rows chunk * chunk_rows ...) of an images array in one go.
-
-    The store's image arrays are uncompressed (IMAGE_CODEC): zarr v3's only codec is then
-    'bytes', and a chunk file is the chunk's pixels in C order, padded with the fill value to the
-    full chunk. Writing that file directly (atomically, so readers see the whole chunk or none) costs ~1.5 ms for a 3 MB chunk against 6-20 ms through zarr's
-    asynchronous pipeline. Any other layout goes through zarr.
-    """
-    if not is_raw_layout(array):
-        array[chunk * array.chunks[0]: chunk * array.chunks[0] + len(block)] = block
-        return
-    if len(block) < array.chunks[0]:  # the last, partial chunk: zarr stores it full size
-        block = np.concatenate([block, np.zeros((array.chunks[0] - len(block), *block.shape[1:]), np.uint8)])
-    path = chunk_path(store_path, array, chunk)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, np.ascontiguousarray(block).data)

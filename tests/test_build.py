@@ -16,8 +16,8 @@ import zarr
 from PIL import Image
 
 from augzarr.builder.build import BuildOptions, build_store
-from augzarr.builder.errors import UserError
-from augzarr.builder.store import BUILD_DIR, open_store
+from augzarr.errors import UserError
+from augzarr.store_format import BUILD_DIR, open_store
 from conftest import BIN, assert_same_store, restore_ctrl_c, run_cli, store_arrays, write_cifar_archive, write_image_folder
 
 

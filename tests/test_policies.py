@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
 from augzarr.builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
 from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
 from conftest import smooth_image

@@ -13,11 +13,12 @@ import zarr
 
 from augzarr.builder import worker
 from augzarr.builder.applier import image_applier
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
 from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
 from augzarr.builder.sources import open_source
 from augzarr.builder.policy_check import BadSample, check_draws, state_of
-from augzarr.builder.worker import WorkerState, compute_chunk, marker_file
+from augzarr.builder.worker import WorkerState, compute_chunk
+from augzarr.store_format import marker_key
 from conftest import run_cli, smooth_image, write_image_folder
 
 RULE = "a policy must keep the image's shape and uint8 dtype"
@@ -149,7 +150,7 @@ def test_a_rare_bad_draw_stops_the_build_at_that_row_and_the_store_stays_resumab
     group = zarr.open_group(str(out), mode="r")
     train = group["train"]
     row = int(np.flatnonzero((train["source_index"][:] == index) & (train["copy_index"][:] == int(copy)))[0])
-    assert not marker_file(out / ".build", "train", row // 16).exists()
+    assert not (out / marker_key("train", row // 16)).exists()
     assert not group.attrs.get("complete")
     # the same arguments meet the same row again; the fixed policy builds the store
     assert run_cli(*args, "--policy", str(policy)).stderr == line
@@ -166,7 +167,7 @@ def worker_store(tmp_path, pipeline: A.BaseCompose, rows: int = 8):
     (store / ".build" / "chunks").mkdir(parents=True)
     rng = np.random.default_rng(0)
     np.save(store / ".build" / "source-train.npy", np.stack([smooth_image(rng, 16) for _ in range(rows)]))
-    return store, WorkerState(str(store), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0)
+    return store, WorkerState(str(store), str(store / ".build"), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0)
 
 
 def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypatch):
@@ -179,12 +180,12 @@ def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypa
         compute_chunk(task)
     assert str(caught.value).startswith(
         "--policy bad.json: Normalize(p=0.3) changes a 16x16x3 uint8 image into 16x16x3 float32 on source train image ")
-    assert not marker_file(store / ".build", "train", 0).exists() and not (store / "train" / "images" / "c").exists()
+    assert not (store / marker_key("train", 0)).exists() and not (store / "train" / "images" / "c").exists()
     # the same rows with a policy that keeps the image: written and committed
     store, state = worker_store(tmp_path / "good", A.Compose([A.HorizontalFlip()]))
     monkeypatch.setattr(worker, "_worker", state)
     assert compute_chunk(task) == ("train", 0, 8)
-    assert marker_file(store / ".build", "train", 0).exists()
+    assert (store / marker_key("train", 0)).exists()
 
 
 @pytest.mark.parametrize("case", list(SOME_DRAWS))

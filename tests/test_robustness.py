@@ -15,7 +15,7 @@ import zarr
 
 from augzarr.builder.decode import resize_to, shown
 from augzarr.builder.sources import open_source
-from augzarr.builder.store import BUILD_DIR
+from augzarr.store_format import BUILD_DIR
 import campaign
 import misuse
 from conftest import BIN, assert_same_store, run_cli, write_image_folder

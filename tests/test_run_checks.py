@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
 from conftest import BIN, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 8, "dog": 8, "emu": 8}
@@ -98,10 +98,10 @@ def test_a_bad_image_whose_name_holds_a_newline_gives_exactly_one_line(tmp_path)
 
 
 def test_fail_escapes_every_control_character():
-    from augzarr.builder.errors import one_line
+    from augzarr.errors import one_line
 
     assert one_line("a\nb\rc\td\x1be\u2028f\udcffg é 猫") == "a\\nb\\rc\\td\\x1be\\u2028f\\udcffg é 猫"
-    failed = subprocess.run([sys.executable, "-c", "from augzarr.builder.cli_support import fail; fail('x', 'one\\ntwo\\x1b[2J', 1)"],
+    failed = subprocess.run([sys.executable, "-c", "from augzarr.cli_support import fail; fail('x', 'one\\ntwo\\x1b[2J', 1)"],
                             capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr == "x: error: one\\ntwo\\x1b[2J\n"
 

@@ -9,7 +9,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
 from augzarr.builder.sources import open_source
 from conftest import run_cli, smooth_image, write_cifar_archive, write_image_folder
 

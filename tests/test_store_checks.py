@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from augzarr.builder.store import chunk_path, crc32_hex
+from augzarr.store_format import chunk_key, crc32_hex
 from conftest import run_cli, write_cifar_archive, write_image_folder
 
 ARRAYS = ("labels", "source_index", "copy_index", "images")
@@ -51,7 +51,7 @@ def copy_of(store: Path, tmp_path: Path) -> Path:
 def damage(store: Path, key: str, how: str) -> Path:
     """Damage one chunk file of array `key` (a middle one where there are several); return it."""
     array = zarr.open_array(str(store), path=key, mode="r")
-    victim = chunk_path(store, array, array.cdata_shape[0] // 2)
+    victim = store / chunk_key(array, array.cdata_shape[0] // 2)
     data = victim.read_bytes()
     if how == "delete":
         victim.unlink()
@@ -218,7 +218,7 @@ def test_each_split_is_chunked_to_at_most_its_own_rows(tmp_path):
     for split, rows, chunk_rows in (("train", 960, 960), ("val", 60, 60)):
         images = group[f"{split}/images"]
         assert images.shape[0] == rows and images.chunks[0] == chunk_rows
-        assert chunk_path(out, images, 0).stat().st_size == rows * row_bytes
+        assert (out / chunk_key(images, 0)).stat().st_size == rows * row_bytes
     ratio = float(build.stdout.rsplit("compression ", 1)[1].split("x")[0])
     assert ratio > 0.9, build.stdout  # was 0.06x-like with a padded val chunk
     summary = run_cli("inspect-aug", "--store", str(out), check=True).stdout
@@ -232,34 +232,33 @@ def test_a_split_larger_than_a_chunk_keeps_the_requested_chunk_rows(cifar_store)
     assert {s: group[f"{s}/images"].chunks[0] for s in SPLITS} == {"train": 16, "val": group["val/images"].shape[0], "test": 12}
     assert group["train/images"].shape[0] > 16
     last = group["train/images"].cdata_shape[0] - 1
-    assert chunk_path(cifar_store, group["train/images"], last).stat().st_size == 16 * 32 * 32 * 3  # one partial chunk, full size
+    assert (cifar_store / chunk_key(group["train/images"], last)).stat().st_size == 16 * 32 * 32 * 3  # one partial chunk, full size
 
 
 def test_raw_chunk_reads_give_zarrs_rows_and_refuse_a_chunk_cut_short_after_open(cifar_store, tmp_path):
-    """The stream reads raw image chunks straight from their files; the rows must be zarr's own,
-    the last partial chunk included, and a chunk cut short since the store was opened is named."""
+    """The stream reads raw image chunks straight from storage; the rows must be zarr's own,
+    the last partial chunk included, and a chunk cut short or removed since the store was opened is named."""
     import numpy as np
 
-    from augzarr.builder.errors import UserError
-    from augzarr.builder.store import is_raw_layout, read_chunk_rows
+    from augzarr.errors import UserError
+    from augzarr.store_format import is_raw_layout, open_store, read_chunks
 
     store = tmp_path / "s.zarr"
     shutil.copytree(cifar_store, store)
-    images = zarr.open_group(str(store), mode="r")["train/images"]
-    assert is_raw_layout(images)
+    opened = open_store(store)
+    images = opened.images("train")
+    assert is_raw_layout(images) and not is_raw_layout(opened.group["train/labels"])
     for chunk in range(images.cdata_shape[0]):
         for rows in (images.chunks[0], 5):  # a whole chunk, and the first rows of one (as of a last, partial chunk)
             start = chunk * images.chunks[0]
             expected = images[start:start + rows]
             got = np.empty_like(expected)
-            read_chunk_rows(images, chunk, got)
+            read_chunks(opened.storage, images, [chunk], [got])
             assert np.array_equal(got, expected), (chunk, rows)
-    labels = zarr.open_group(str(store), mode="r")["train/labels"]  # compressed: read through zarr
-    assert not is_raw_layout(labels)
-    first = np.empty(labels.chunks[0], labels.dtype)
-    read_chunk_rows(labels, 0, first)
-    assert np.array_equal(first, labels[:labels.chunks[0]])
-    victim = chunk_path(store, images, 0)
+    victim = store / chunk_key(images, 0)
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.raises(UserError, match=f"chunk file {victim} has 1,000 bytes"):
-        read_chunk_rows(images, 0, np.empty((images.chunks[0], *images.shape[1:]), np.uint8))
+        read_chunks(opened.storage, images, [0], [np.empty((5, *images.shape[1:]), np.uint8)])  # a short read is refused too
+    victim.unlink()
+    with pytest.raises(UserError, match=f"chunk file {victim} is missing"):
+        read_chunks(opened.storage, images, [0], [np.empty((images.chunks[0], *images.shape[1:]), np.uint8)])

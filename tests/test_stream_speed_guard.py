@@ -41,11 +41,13 @@ def count_faults(store: str, source: str) -> int:
     import keras
     import numpy as np
     import tensorflow as tf
-    import zarr
 
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(store, mode="r")
+    from augzarr.store_format import open_store
+
+    opened = open_store(store)
+    group = opened.group
     images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
 
     class Faults(keras.callbacks.Callback):
@@ -76,7 +78,7 @@ def count_faults(store: str, source: str) -> int:
 
     if source == "arrays":
         return fit(tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(BATCH))
-    stream = StoreStream(group, "train", batch_size=BATCH, shuffle=True)
+    stream = StoreStream(opened, "train", batch_size=BATCH, shuffle=True)
     try:
         return fit(stream)
     finally:

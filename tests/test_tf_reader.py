@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
-
+from augzarr.store_format import chunk_key, open_store
 from conftest import run_cli, write_image_folder
 
 BATCH = 7  # divides neither the 66 training rows nor the 8-row chunks
@@ -29,10 +28,11 @@ def test_reader_yields_the_streams_batches_in_its_order(store, shuffle, start_ep
     from augzarr.trainer.stream import StoreStream
     from augzarr.trainer.tf_reader import store_dataset
 
-    group = zarr.open_group(str(store), mode="r")
+    opened = open_store(store)
+    group = opened.group
     assert group["train/images"].shape[0] == 66 and group["train/images"].chunks[0] == 8
-    stream = StoreStream(group, "train", BATCH, shuffle, seed=3, start_epoch=start_epoch, buffer_chunks=2)
-    dataset = store_dataset(group, "train", BATCH, shuffle, seed=3, start_epoch=start_epoch, buffer_chunks=2)
+    stream = StoreStream(opened, "train", BATCH, shuffle, seed=3, start_epoch=start_epoch, buffer_chunks=2)
+    dataset = store_dataset(opened, "train", BATCH, shuffle, seed=3, start_epoch=start_epoch, buffer_chunks=2)
     batches = 3 * stream.batches_per_epoch if shuffle else stream.batches_per_epoch
     got = list(dataset.take(batches + 1).as_numpy_iterator())
     assert len(got) == batches + shuffle  # endless when shuffled, one pass when not
@@ -53,28 +53,17 @@ def test_fit_from_the_reader_gives_the_weights_of_fit_from_the_stream(store):
     from augzarr.trainer.tf_reader import store_dataset
     from augzarr.trainer.training import seed_everything
 
-    group = zarr.open_group(str(store), mode="r")
+    opened = open_store(store)
     weights = []
     for reader in (StoreStream, store_dataset):
         seed_everything(1)
         model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
                                   keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        data = reader(group, "train", BATCH, True, seed=3, start_epoch=1, buffer_chunks=2)
+        data = reader(opened, "train", BATCH, True, seed=3, start_epoch=1, buffer_chunks=2)
         model.fit(data, steps_per_epoch=-(-66 // BATCH), epochs=2, shuffle=False, verbose=0)
         weights.append(model.get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
-
-
-def test_stores_it_cannot_read_raw_fall_back_to_the_stream(store):
-    from augzarr.trainer.tf_reader import store_dataset
-
-    copy = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    source = zarr.open_group(str(store), mode="r")
-    array = copy.create_array("train/images", shape=source["train/images"].shape, chunks=source["train/images"].chunks, dtype="uint8")
-    array[:] = source["train/images"][:]
-    copy.create_array("train/labels", shape=(66,), dtype="uint8")[:] = source["train/labels"][:]
-    assert store_dataset(copy, "train", BATCH, True) is None  # not a local store: no chunk files to read
 
 
 def test_a_chunk_file_cut_short_after_opening_is_named(store, tmp_path):
@@ -82,14 +71,13 @@ def test_a_chunk_file_cut_short_after_opening_is_named(store, tmp_path):
 
     import tensorflow as tf
 
-    from augzarr.builder.store import chunk_path
     from augzarr.trainer.tf_reader import store_dataset
 
     damaged = tmp_path / "damaged.zarr"
     shutil.copytree(store, damaged)
-    group = zarr.open_group(str(damaged), mode="r")
-    dataset = store_dataset(group, "train", BATCH, False, buffer_chunks=2)
-    file = chunk_path(damaged, group["train/images"], 0)
+    opened = open_store(damaged)
+    dataset = store_dataset(opened, "train", BATCH, False, buffer_chunks=2)
+    file = damaged / chunk_key(opened.images("train"), 0)
     file.write_bytes(file.read_bytes()[:100])
     with pytest.raises(tf.errors.InvalidArgumentError, match="damaged after it was opened") as caught:
         list(dataset.as_numpy_iterator())

@@ -15,7 +15,8 @@ import pytest
 import zarr
 
 from augzarr.builder.build import BuildOptions, build_store
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
+from augzarr.store_format import open_store
 from conftest import BIN, REPO, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 12, "dog": 12, "emu": 12}
@@ -51,9 +52,10 @@ def finished_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(str(store), mode="r")
+    opened = open_store(store)
+    group = opened.group
     images = group["train/images"][:]
-    stream = StoreStream(group, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3)  # batches straddle windows
+    stream = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3)  # batches straddle windows
     assert stream.batches_per_epoch == 9  # 81 rows
     orders = []
     for epoch in range(2):
@@ -74,9 +76,9 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
     assert orders[0] != orders[1]
     stream.close()
 
-    again = StoreStream(group, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3, start_epoch=1)
+    again = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3, start_epoch=1)
     assert all(np.array_equal(again[i][0], stream[stream.batches_per_epoch + i][0]) for i in range(stream.batches_per_epoch))
-    other_seed = StoreStream(group, "train", batch_size=10, shuffle=True, seed=4, buffer_chunks=3)
+    other_seed = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=4, buffer_chunks=3)
     assert not np.array_equal(other_seed[0][0], stream[0][0])
     again.close(), other_seed.close()
 
@@ -84,8 +86,9 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
 def test_unshuffled_stream_is_one_pass_in_stored_order(store):
     from augzarr.trainer.stream import StoreStream
 
-    group = zarr.open_group(str(store), mode="r")
-    stream = StoreStream(group, "val", batch_size=4, shuffle=False)
+    opened = open_store(store)
+    group = opened.group
+    stream = StoreStream(opened, "val", batch_size=4, shuffle=False)
     assert stream.num_batches == 3
     x = np.concatenate([stream[i][0] for i in range(stream.num_batches)])
     assert np.array_equal(x, group["val/images"][:])
@@ -101,8 +104,7 @@ def test_stream_feeds_fit_on_tensorflow(store):
     from augzarr.trainer.stream import StoreStream
 
     assert keras.backend.backend() == "tensorflow"
-    group = zarr.open_group(str(store), mode="r")
-    stream = StoreStream(group, "train", batch_size=16, shuffle=True)
+    stream = StoreStream(open_store(store), "train", batch_size=16, shuffle=True)
     model = build_model("shallow", (16, 16, 3), 3)
     assert stream[0][0].dtype == np.uint8 and type(model.layers[0]).__name__ == "Rescaling"  # uint8 until the model
     model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -112,11 +114,12 @@ def test_stream_feeds_fit_on_tensorflow(store):
 
 
 JAX_FIT = """
-import sys, numpy as np, keras, zarr
+import sys, numpy as np, keras
+from augzarr.store_format import open_store
 from augzarr.trainer.stream import StoreStream
 from augzarr.trainer.models import build_model
 assert keras.backend.backend() == "jax", keras.backend.backend()
-group = zarr.open_group(sys.argv[1], mode="r")
+group = open_store(sys.argv[1])
 stream = StoreStream(group, "train", batch_size=16, shuffle=True)
 model = build_model("deep", (16, 16, 3), 3)
 model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from augzarr.builder.cli_support import run_app
+from augzarr.cli_support import run_app
 
 from .options import MAX_BATCH
 
@@ -20,7 +20,7 @@ evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @train_app.command()
 def train(
-    store: Optional[str] = typer.Option(None, help="The augzarr store to train from [default: data/aug.zarr]."),
+    store: Optional[str] = typer.Option(None, help="The augzarr store to train from: a folder or an object-store URL (s3://...) [default: data/aug.zarr]."),
     model: Optional[str] = typer.Option(None, help="deep (the notebook's second network) or shallow (its first) [default: deep]."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the store's training rows [default: 20]."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 128]."),
@@ -43,7 +43,7 @@ def train(
     from .runlock import is_live, live_run_message
 
     if out is not None and out.is_dir() and is_live(out):  # likewise a live run (train_run takes the lock itself)
-        from augzarr.builder.errors import UserError
+        from augzarr.errors import UserError
 
         raise UserError(live_run_message(out))
     import_keras_quietly()
@@ -61,14 +61,14 @@ def train(
 @evaluate_app.command()
 def evaluate(
     model: Path = typer.Option(..., help="A finished run folder (train --out)."),
-    store: Optional[Path] = typer.Option(None, help="Evaluate on this store's test split (val when it has none)."),
+    store: Optional[str] = typer.Option(None, help="Evaluate on this store's test split (val when it has none): a folder or an object-store URL."),
     source: Optional[Path] = typer.Option(None, help="Or on an image folder DIR/<class>/<image> with the model's classes."),
     split: Optional[str] = typer.Option(None, help="With --store: test or val [default: test, else val]."),
     batch_size: int = typer.Option(256, help="Images per prediction step."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained model."""
-    from augzarr.builder.errors import OptionError, UserError, one_line
+    from augzarr.errors import OptionError, UserError, one_line
 
     if (store is None) == (source is None):
         raise OptionError("give exactly one of --store PATH or --source DIR")

@@ -8,10 +8,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from augzarr.builder.decode import read_image_file, resize_to
-from augzarr.builder.errors import UserError
-from augzarr.builder.sources import hash_folder_files, scan_image_folder
-from augzarr.builder.store import open_store, write_atomic
+from augzarr.errors import UserError
+from augzarr.storage.local import write_atomic
+from augzarr.store_format import open_store
 
 from .metrics import evaluate_arrays, evaluate_stream
 from .stream import StoreStream
@@ -27,23 +26,23 @@ def load_run_model(run_dir: Path) -> tuple[keras.Model, dict]:
     return keras.models.load_model(run_dir / "model.keras"), run
 
 
-def evaluate_on_store(run_dir: Path, store: Path, split: str | None, batch_size: int) -> dict:
+def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_size: int) -> dict:
     model, run = load_run_model(run_dir)
-    group = open_store(store)
-    attrs = dict(group.attrs)
+    store = open_store(location)
+    attrs = store.attrs
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
-    if attrs["class_names"] != run["class_names"]:
-        raise UserError(f"--store {store}: its classes ({', '.join(attrs['class_names'])}) differ from the model's ({', '.join(run['class_names'])})")
-    available = [s for s in ("test", "val") if f"{s}/images" in group and group[f"{s}/images"].shape[0]]
+    if attrs.class_names != run["class_names"]:
+        raise UserError(f"--store {location}: its classes ({', '.join(attrs.class_names)}) differ from the model's ({', '.join(run['class_names'])})")
+    available = [s for s in ("test", "val") if store.has(s)]
     chosen = split or (available[0] if available else None)
-    if chosen is None or f"{chosen}/images" not in group or not group[f"{chosen}/images"].shape[0]:
-        raise UserError(f"--store {store} has no {split or 'test or val'} rows to evaluate on")
-    stream = StoreStream(group, chosen, batch_size, shuffle=False)
+    if chosen is None or not store.has(chosen):
+        raise UserError(f"--store {location} has no {split or 'test or val'} rows to evaluate on")
+    stream = StoreStream(store, chosen, batch_size, shuffle=False)
     try:
-        metrics = evaluate_stream(model, stream, attrs["class_names"])
+        metrics = evaluate_stream(model, stream, attrs.class_names)
     finally:
         stream.close()
-    return {"model": str(run_dir), "data": f"{store} ({chosen} split)", "evaluated_on": chosen, **metrics}
+    return {"model": str(run_dir), "data": f"{location} ({chosen} split)", "evaluated_on": chosen, **metrics}
 
 
 def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
@@ -52,6 +51,10 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
     The result also says how many images were resized from which sizes ("resized"), and
     whether they are the very images the model's store was built from ("training_source"):
     then the figure is not a held-out score."""
+    # the builder's image reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
+    from augzarr.builder.decode import read_image_file, resize_to
+    from augzarr.builder.sources import scan_image_folder
+
     model, run = load_run_model(run_dir)
     height, width, _ = model.input_shape[1:]
     source = scan_image_folder(folder, image_size=height)
@@ -79,6 +82,8 @@ def is_training_source(run: dict, folder: Path, source) -> bool:
     """Whether `folder` is the image folder the run's store was built from: the same path as the
     recorded location, or the same content hash (computed as build-aug computes it, so a copy
     or a moved folder is recognised too)."""
+    from augzarr.builder.sources import hash_folder_files
+
     recorded = run.get("store_source") or {"content_hash": run.get("store_fingerprint", {}).get("content_hash")}
     location = recorded.get("location")
     if location and recorded.get("kind") == "image-folder" and Path(location).resolve() == folder.resolve():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from augzarr.builder.errors import OptionError
+from augzarr.errors import OptionError
 
 MODELS = ("deep", "shallow")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from augzarr.store_format import StoreAttrs  # noqa: E402
+
 from .metrics import class_gap  # noqa: E402
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second")
@@ -108,10 +110,9 @@ def training_rate_lines(history: list[dict], run: dict) -> list[str]:
             f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
 
 
-def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict]) -> str:
+def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[dict]) -> str:
     options = run["options"]
-    source = store_attrs.get("source", {})
-    policy = store_attrs.get("policy", {})
+    source, policy = store_attrs.source, store_attrs.policy
     best, best_acc, worst, worst_acc = class_gap(metrics)
     final = history[-1] if history else {}
     lines = [
@@ -119,15 +120,15 @@ def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict])
         "",
         "## Data and provenance",
         "",
-        f"- store: `{options['store']}` (augzarr format {store_attrs.get('format_version')}, built {store_attrs.get('built', {}).get('finished_utc', '?')})",
-        f"- source: {source.get('kind')} `{source.get('location')}`, {source.get('train_count', 0):,} training and {source.get('test_count', 0):,} test images"
-        + (f" (limited to the first {source['limit']:,})" if source.get("limit") else ""),
-        f"- source content hash: `{source.get('content_hash')}`",
-        f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.get('copies')}; originals included: {store_attrs.get('include_original')}; build seed: {store_attrs.get('seed')}",
-        (f"- validation: {store_attrs.get('val_fraction')} of the training images, held out (stratified) before augmenting"
-         if store_attrs.get("val_fraction") is not None else f"- validation: the source's own validation folder ({source.get('layout')})"),
+        f"- store: `{options['store']}` (augzarr format {store_attrs.format_version}, built {(store_attrs.built or {}).get('finished_utc', '?')})",
+        f"- source: {source.kind} `{source.location}`, {source.train_count:,} training and {source.test_count:,} test images"
+        + (f" (limited to the first {source.limit:,})" if source.limit else ""),
+        f"- source content hash: `{source.content_hash}`",
+        f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.copies}; originals included: {store_attrs.include_original}; build seed: {store_attrs.seed}",
+        (f"- validation: {store_attrs.val_fraction} of the training images, held out (stratified) before augmenting"
+         if store_attrs.val_fraction is not None else f"- validation: the source's own validation folder ({source.layout})"),
         f"- classes ({len(metrics['class_names'])}): {', '.join(metrics['class_names'])}",
-        f"- image shape: {tuple(store_attrs.get('image_shape', []))}",
+        f"- image shape: {tuple(store_attrs.image_shape)}",
         "",
         "## Training",
         "",
@@ -153,7 +154,7 @@ def model_card(run: dict, store_attrs: dict, metrics: dict, history: list[dict])
         "",
         "## Known limits of use",
         "",
-        f"- Trained on {tuple(store_attrs.get('image_shape', []))} images of these {len(metrics['class_names'])} classes only: "
+        f"- Trained on {tuple(store_attrs.image_shape)} images of these {len(metrics['class_names'])} classes only: "
         "any other image is forced into one of them; there is no 'none of these' answer.",
         "- Accuracy is measured on images from the same source as the training data; photos from other cameras, "
         "crops or resolutions can score lower.",

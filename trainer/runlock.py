@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from augzarr.builder.errors import UserError
+from augzarr.errors import UserError
 
 _held: set[int] = set()
 

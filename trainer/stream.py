@@ -23,16 +23,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import keras
 import numpy as np
-import zarr
 
-from augzarr.builder.store import read_chunk_rows
+from augzarr.store_format import OpenStore, read_chunks
 
 from .allocator import restore_malloc_thresholds
 from .options import DEFAULT_BUFFER_CHUNKS
 
 
 class StoreStream(keras.utils.PyDataset):
-    """Batches (images uint8 [b, H, W, C], labels int32 [b]) from `group[split]`.
+    """Batches (images uint8 [b, H, W, C], labels int32 [b]) from one split of an open store.
 
     shuffle=True: an endless stream, epoch after epoch in a new order; give fit
     `steps_per_epoch=stream.batches_per_epoch`. Batch i belongs to epoch
@@ -40,12 +39,13 @@ class StoreStream(keras.utils.PyDataset):
     shuffle=False: one pass in stored order (validation, evaluation).
     """
 
-    def __init__(self, group: zarr.Group, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+    def __init__(self, store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
                  start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.images = group[f"{split}/images"]
+        self.storage = store.storage
+        self.images = store.images(split)
         # one byte a row, read whole: slicing zarr per chunk would decompress a 1M-row label chunk each time
-        self.labels = group[f"{split}/labels"][:].astype(np.int32)
+        self.labels = store.labels(split).astype(np.int32)
         self.rows = self.images.shape[0]
         if self.rows == 0:
             raise ValueError(f"split {split} of the store is empty")
@@ -72,14 +72,11 @@ class StoreStream(keras.utils.PyDataset):
         chunks = order[window * self.buffer_chunks:(window + 1) * self.buffer_chunks]
         sizes = np.minimum(self.chunk_rows, self.rows - chunks * self.chunk_rows)
         images = np.empty((int(sizes.sum()), *self.images.shape[1:]), self.images.dtype)
-        labels = np.empty(len(images), np.int32)
-        at = 0
-        for chunk, n in zip(chunks.tolist(), sizes.tolist()):
-            # each chunk read straight from its file into its place (read_chunk_rows): no copy through
-            # zarr's pipeline or a concatenation, and the GIL free while it reads
-            read_chunk_rows(self.images, chunk, images[at:at + n])
-            labels[at:at + n] = self.labels[chunk * self.chunk_rows:chunk * self.chunk_rows + n]
-            at += n
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        # every chunk straight from storage into its place (fetched together from an object store): no
+        # copy through zarr's pipeline or a concatenation, and the GIL free while a local file is read
+        read_chunks(self.storage, self.images, chunks.tolist(), [images[at:at + n] for at, n in zip(starts, sizes.tolist())])
+        labels = np.concatenate([self.labels[c * self.chunk_rows:c * self.chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
         if self.shuffle:
             rows = np.random.default_rng([self.seed, epoch, window]).permutation(len(images))
             # np.take: a gather that leaves the GIL to the training loop (a scatter is twice as slow)

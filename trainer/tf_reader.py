@@ -16,13 +16,10 @@ returns None otherwise and the caller keeps the StoreStream.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import tensorflow as tf
-import zarr
 
-from augzarr.builder.store import chunk_path, is_raw_layout
+from augzarr.store_format import OpenStore, chunk_key, is_raw_layout
 
 from .options import DEFAULT_BUFFER_CHUNKS
 from .stream import epoch_plan
@@ -32,13 +29,13 @@ from .stream import epoch_plan
 PARALLEL_WINDOWS = 2
 
 
-def store_dataset(group: zarr.Group, split: str, batch_size: int, shuffle: bool, seed: int = 0,
+def store_dataset(store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
                   start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS) -> tf.data.Dataset | None:
-    """Batches (images uint8 [b, H, W, C], labels int32 [b]) equal to StoreStream(group, split, ...)[i]
+    """Batches (images uint8 [b, H, W, C], labels int32 [b]) equal to StoreStream(store, split, ...)[i]
     for i = 0, 1, ...: endless when shuffle (epoch start_epoch, then the next, ...), one pass when not.
     None when the split's image chunks are not raw files of a local store."""
-    images = group[f"{split}/images"]
-    root = getattr(images.store, "root", None)  # zarr's LocalStore
+    images = store.images(split)
+    root = store.storage.local_path()
     if root is None or not is_raw_layout(images) or tuple(images.chunks[1:]) != tuple(images.shape[1:]):
         return None
     rows, chunk_rows, shape = images.shape[0], images.chunks[0], tuple(images.shape[1:])
@@ -47,8 +44,8 @@ def store_dataset(group: zarr.Group, split: str, batch_size: int, shuffle: bool,
     buffer_chunks = max(1, buffer_chunks)
     n_chunks = -(-rows // chunk_rows)
     n_windows = -(-n_chunks // buffer_chunks)
-    paths = tf.constant([str(chunk_path(Path(root), images, c)) for c in range(n_chunks)])
-    labels = tf.constant(group[f"{split}/labels"][:].astype(np.int32))
+    paths = tf.constant([str(root / chunk_key(images, c)) for c in range(n_chunks)])
+    labels = tf.constant(store.labels(split).astype(np.int32))
     chunk_bytes = int(np.prod(images.chunks))
     plan_seed = seed if shuffle else None
 

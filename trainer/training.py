@@ -22,8 +22,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from augzarr.builder.errors import OptionError, UserError
-from augzarr.builder.store import open_store, write_atomic
+from augzarr.errors import OptionError, UserError
+from augzarr.storage.local import write_atomic
+from augzarr.store_format import StoreAttrs, open_store
 
 from .metrics import evaluate_stream
 from .models import build_model
@@ -101,17 +102,15 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def store_fingerprint(attrs: dict) -> dict:
+def store_fingerprint(attrs: StoreAttrs) -> dict:
     """What a resumed run checks: the same store contents, not merely the same path."""
-    return {"identity": attrs.get("identity"), "content_hash": attrs.get("source", {}).get("content_hash"),
-            "chunk_crc32": attrs.get("chunk_crc32")}
+    return {"identity": attrs.identity, "content_hash": attrs.source.content_hash, "chunk_crc32": attrs.chunk_crc32}
 
 
-def store_source(attrs: dict) -> dict:
+def store_source(attrs: StoreAttrs) -> dict:
     """Where the store's images came from: evaluate --source recognises that folder (by path or
     by content hash) and warns that a score on it is not a held-out score."""
-    source = attrs.get("source", {})
-    return {key: source.get(key) for key in ("kind", "location", "content_hash", "limit")}
+    return {key: getattr(attrs.source, key) for key in ("kind", "location", "content_hash", "limit")}
 
 
 def seed_everything(seed: int) -> None:
@@ -122,10 +121,10 @@ def seed_everything(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()  # same seed and store -> same run on this machine
 
 
-def check_model_fits_store(model: keras.Model, attrs: dict, where: str) -> None:
-    expected_shape = tuple(attrs["image_shape"])
+def check_model_fits_store(model: keras.Model, attrs: StoreAttrs, where: str) -> None:
+    expected_shape = tuple(attrs.image_shape)
     model_shape = tuple(model.input_shape[1:])
-    n_classes = len(attrs["class_names"])
+    n_classes = attrs.n_classes
     if model_shape != expected_shape or model.output_shape[-1] != n_classes:
         raise UserError(
             f"{where} takes {model_shape} images into {model.output_shape[-1]} classes, but the store holds "
@@ -247,14 +246,12 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
             raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
         options = TrainOptions(**{**recorded, **given})
 
-    group = open_store(options.store)
-    attrs = dict(group.attrs)
-    train_rows = group["train/images"].shape[0]
-    val_rows = group["val/images"].shape[0] if "val/images" in group else 0
-    test_rows = group["test/images"].shape[0] if "test/images" in group else 0
+    store = open_store(options.store)
+    attrs = store.attrs
+    train_rows, val_rows, test_rows = (store.rows(split) for split in ("train", "val", "test"))
     if train_rows == 0:
         raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
-    chunk_bytes = int(np.prod(group["train/images"].chunks))
+    chunk_bytes = int(np.prod(store.images("train").chunks))
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
         raise OptionError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
                         f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
@@ -279,7 +276,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
     if not resume or not done:
         seed_everything(options.seed)
-        model = build_model(options.model, tuple(attrs["image_shape"]), len(attrs["class_names"]))
+        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
         optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
@@ -298,14 +295,14 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "parameters": model.count_params(),
         "learning_rate": initial_learning_rate(options),
         "train_rows": train_rows,
-        "class_names": attrs["class_names"],
-        "image_shape": attrs["image_shape"],
+        "class_names": attrs.class_names,
+        "image_shape": attrs.image_shape,
     }
     write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
 
-    train_stream = StoreStream(group, "train", options.batch_size, shuffle=True, seed=options.seed,
+    train_stream = StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
                                start_epoch=done, buffer_chunks=options.buffer_chunks)
-    val_stream = StoreStream(group, "val", options.batch_size, shuffle=False) if val_rows else None
+    val_stream = StoreStream(store, "val", options.batch_size, shuffle=False) if val_rows else None
     if not val_rows:
         say("the store has no validation rows: no validation during training")
     try:
@@ -323,8 +320,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         evaluated_on = "test" if test_rows else "val"
         if not test_rows:
             say("the store has no test split: evaluating on the validation split instead")
-        eval_stream = StoreStream(group, evaluated_on, options.batch_size, shuffle=False)
-        metrics = evaluate_stream(model, eval_stream, attrs["class_names"])
+        eval_stream = StoreStream(store, evaluated_on, options.batch_size, shuffle=False)
+        metrics = evaluate_stream(model, eval_stream, attrs.class_names)
         eval_stream.close()
     finally:
         train_stream.close()
@@ -335,7 +332,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     return TrainResult(run_dir=run_dir, metrics=metrics, evaluated_on=evaluated_on, history=history, resumed_from=done)
 
 
-def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: dict, metrics: dict, history: list[dict], evaluated_on: str) -> None:
+def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: StoreAttrs, metrics: dict, history: list[dict], evaluated_on: str) -> None:
     """Every final output, then run.json marked complete: a run folder never claims more than it holds."""
     run = {**run, "evaluated_on": evaluated_on}
     model.save(run_dir / "model.keras")

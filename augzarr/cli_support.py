@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from .errors import OptionError, UserError, one_line
+from augzarr.errors import OptionError, UserError, one_line
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
