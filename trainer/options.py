@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from augzarr.errors import OptionError
 
+from .online import parse_online
+
 MODELS = ("deep", "shallow")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -26,6 +28,7 @@ class TrainOptions:
     lr_schedule: str = "cosine"  # decay to 0 over the run's steps (BENCHMARKS.md: +5.7 points at the end); or "constant"
     seed: int = 0
     buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
+    online: str = ""  # train --online: comma-separated ops of online.ONLINE_OPS, "" for none
 
     def validate(self) -> None:
         checks = [
@@ -41,3 +44,11 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        try:
+            parse_online(self.online)
+        except ValueError as exc:
+            raise OptionError(f"--online: {exc}") from None
+
+    @property
+    def online_ops(self) -> tuple[str, ...]:
+        return parse_online(self.online)

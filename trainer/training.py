@@ -241,6 +241,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     if resume:
         run_dir, run = find_run_to_resume(out, held)
         recorded = run["options"]
+        defaults = asdict(TrainOptions())  # options a run recorded before they existed had their defaults
+        recorded = {**defaults, **recorded}
         conflicts = [f"--{k.replace('_', '-')} {recorded[k]} -> {v}" for k, v in given.items() if k != "epochs" and recorded[k] != v]
         if conflicts:
             raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
@@ -301,7 +303,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
 
     train_stream = StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
-                               start_epoch=done, buffer_chunks=options.buffer_chunks)
+                               start_epoch=done, buffer_chunks=options.buffer_chunks, online=options.online_ops)
     val_stream = StoreStream(store, "val", options.batch_size, shuffle=False) if val_rows else None
     if not val_rows:
         say("the store has no validation rows: no validation during training")
