@@ -26,7 +26,7 @@ def build_aug(
     source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
     copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
-    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
+    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
     val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),
     out: str = typer.Option("data/aug.zarr", help="The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage)."),
     chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
