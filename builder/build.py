@@ -68,7 +68,8 @@ class BuildOptions:
 
     def validate(self) -> None:
         checks = [
-            (1 <= self.copies <= MAX_COPIES, f"--copies must be in [1, {MAX_COPIES}]"),
+            (0 <= self.copies <= MAX_COPIES, f"--copies must be in [0, {MAX_COPIES}]"),
+            (self.copies > 0 or self.include_original, "--copies 0 stores the originals only: it needs --include-original"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
             (self.chunk_size is None or self.chunk_size >= 1, "--chunk-size must be at least 1"),

@@ -24,7 +24,7 @@ inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @build_app.command()
 def build_aug(
     source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
-    copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
+    copies: int = typer.Option(5, help="Augmented copies of each training image (0: the originals only, a baseline)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
     policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
     val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),

@@ -53,3 +53,19 @@ def test_the_new_presets_build_stores_that_repeat_byte_for_byte(tmp_path):
             stores.append(sorted((p.relative_to(out).as_posix(), p.read_bytes()) for p in (out / "train" / "images").rglob("*")
                                  if p.is_file()))
         assert stores[0] == stores[1]
+
+
+def test_copies_0_stores_the_originals_only_as_a_baseline(tmp_path):
+    import zarr
+
+    images = write_image_folder(tmp_path / "images", {"ant": 6, "bee": 4}, size=8)
+    out = tmp_path / "originals.zarr"
+    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "0", "--val-fraction", "0.2", "--preview", "0",
+            check=True)
+    train = zarr.open_group(str(out), mode="r")["train"]
+    sources = train["source_index"][:]
+    assert len(sources) == len(set(sources.tolist())) == 8 and not train["copy_index"][:].any()  # 10 minus 2 held out, once each
+    refused = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "none.zarr"), "--copies", "0",
+                      "--no-include-original")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "build-aug: error: --copies 0 stores the originals only: it needs --include-original")
