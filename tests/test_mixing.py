@@ -1,5 +1,5 @@
-"""Issue #12 point 2: train --mix mixup|cutmix, in the stream, seeded by (seed, epoch, batch); soft labels
-for training, accuracy against the hard labels."""
+"""Issue #12: train --mix mixup|cutmix (point 2), in the stream, seeded by (seed, epoch, batch), soft labels
+for training and accuracy against the hard labels; and train --keras-augment, the online anchor of point 4."""
 
 from __future__ import annotations
 
@@ -85,3 +85,19 @@ def test_train_with_a_mix_reports_accuracy_on_hard_labels(store, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "train: error: --mix-alpha needs --mix mixup or --mix cutmix"
     bad = run_cli("train", "--store", str(store), "--mix", "blend", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == "train: error: --mix must be one of mixup, cutmix"
+
+
+def test_keras_augmentation_layers_train_and_are_recorded(store, tmp_path):
+    """The anchor users would pick instead of stored copies: Keras 3's preprocessing layers in the model."""
+    import keras
+
+    run_dir = tmp_path / "keras"
+    run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--keras-augment",
+            "randaugment", "--quiet", "--out", str(run_dir), check=True)
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert [type(layer).__name__ for layer in model.layers[:4]] == ["RandAugment", "RandomTranslation", "RandomFlip", "Rescaling"]
+    images = open_store(store).images("val")[:4]
+    assert np.array_equal(model(images, training=False), model(images, training=False))  # identity when predicting
+    assert not np.array_equal(model.layers[0](images, training=True), images)  # augmenting while training
+    assert json.loads((run_dir / "run.json").read_text())["options"]["keras_augment"] == "randaugment"
+    assert "Keras augmentation layers: randaugment" in (run_dir / "model_card.md").read_text()

@@ -10,6 +10,7 @@ from .mixing import DEFAULT_ALPHA, MIXES
 from .online import parse_online
 
 MODELS = ("deep", "shallow")
+KERAS_AUGMENTS = ("crop-flip", "randaugment")  # models.keras_augment_layers builds them
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_BUFFER_CHUNKS = 8
@@ -33,6 +34,7 @@ class TrainOptions:
     online: str = ""  # train --online: comma-separated ops of online.ONLINE_OPS, "" for none
     mix: str = ""  # train --mix: one of mixing.MIXES, "" for none
     mix_alpha: float | None = None  # None: mixing.DEFAULT_ALPHA of the mix
+    keras_augment: str = ""  # train --keras-augment: Keras preprocessing layers in the model, "" for none
 
     def validate(self) -> None:
         checks = [
@@ -48,6 +50,8 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        if self.keras_augment not in ("", *KERAS_AUGMENTS):
+            raise OptionError(f"--keras-augment must be one of {', '.join(KERAS_AUGMENTS)}")
         if self.mix not in ("", *MIXES):
             raise OptionError(f"--mix must be one of {', '.join(MIXES)}")
         if self.mix_alpha is not None and not (0 < self.mix_alpha <= MAX_MIX_ALPHA):

@@ -279,7 +279,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
     if not resume or not done:
         seed_everything(options.seed)
-        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
+        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
         optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
         # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
         loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
