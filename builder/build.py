@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,8 @@ from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .worker import compute_chunk, decode_files, init_worker, source_file
+from .cluster import cluster_client, run_chunks
+from .worker import compute_chunk, decode_files, init_worker, source_file, staged_source_key
 
 DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096
@@ -65,6 +66,7 @@ class BuildOptions:
     overwrite: bool = False
     skip_bad: bool = False
     preview_dir: Path | None = None  # where the CLI writes previews: never read as images when inside --source
+    scheduler: str | None = None  # a Dask scheduler's address, or "local" (cluster.py); None: this machine's processes
 
     def validate(self) -> None:
         checks = [
@@ -201,8 +203,11 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
     scratch.mkdir(parents=True, exist_ok=True)
 
     workers = options.workers or default_workers()
-    pool = pool_context(storage).Pool(workers, initializer=init_worker, initargs=(out, str(scratch), policy.to_attrs(), options.seed))
-    with pool:
+    config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed)
+    with ExitStack() as held:
+        # the cluster first: an unreachable scheduler is refused before any decoding
+        client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message)) if options.scheduler else None
+        pool = held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=config))
         content_hash, bad = stage_source(source, scratch, pool, options.image_size is not None, options.skip_bad, reporter)
         recorded = storage.read_json(BUILD_JSON)
         if recorded.get("source_hash") not in (None, content_hash):
@@ -238,10 +243,17 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
         tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage)))
         total_rows = sum(len(r) for r in splits.values())
+        if client is not None:
+            if storage.local_path() is None:  # workers on other machines read the staged source from the store
+                for name in source_splits(source):
+                    storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
+            results = run_chunks(client, config, tasks)
+        else:
+            results = pool.imap_unordered(compute_chunk, tasks)
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
             try:
-                for _, _, n in pool.imap_unordered(compute_chunk, tasks):
+                for _, _, n in results:
                     still_held()  # a build whose lease was lost stops before it writes more
                     advance(n)
             except BadSample as exc:  # named here, where the source's file names are
@@ -275,6 +287,12 @@ def sample_name(source: Source, split: str, index: int) -> str:
     if files is not None and index < len(files):
         return f"source image {shown(files[index])}"
     return f"source {split} image {index}"
+
+
+def worker_location(storage: Storage) -> str:
+    """The store as a worker in another process (or on another machine) names it: a URL, or an absolute path."""
+    local = storage.local_path()
+    return str(local.absolute()) if local is not None else storage.location
 
 
 def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:

@@ -39,9 +39,11 @@ def build_aug(
     preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
+    scheduler: Optional[str] = typer.Option(None, help="Compute the chunks on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' to start one here [default: $AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes]."),
 ) -> None:
     """Pre-generate augmented copies of every training image into a chunked zarr store."""
     from .build import BuildOptions, build_store  # albumentations loads only when building
+    from .cluster import scheduler_address
     from .preview import missing_previews, write_previews
 
     check_preview_options(preview, preview_dir)
@@ -50,6 +52,7 @@ def build_aug(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
         workers=workers, overwrite=overwrite, skip_bad=skip_bad, preview_dir=preview_dir if preview else None,
+        scheduler=scheduler_address(scheduler),
     )
     result = build_store(options, reporter)
     if result.status == "already complete":

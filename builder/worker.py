@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
+import threading
 from pathlib import Path
 
 import numcodecs
@@ -20,7 +22,7 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import IMAGES, open_group, write_chunk
+from augzarr.store_format import BUILD_DIR, IMAGES, open_group, write_chunk
 
 from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
@@ -43,6 +45,8 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
+            if not source_file(self.scratch, split).is_file():  # a cluster worker on another machine
+                self.scratch = fetch_staged_source(self.storage, split)
             self.sources[split] = map_source(self.scratch, split, "r")
         return self.sources[split]
 
@@ -60,6 +64,45 @@ class WorkerState:
 
 def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"
+
+
+def staged_source_key(split: str) -> str:
+    """Where a cluster build stages the decoded source in the store, for workers that cannot see the client's disk."""
+    return f"{BUILD_DIR}/source-{split}.npy"
+
+
+_fetch_lock = threading.Lock()
+_fetched: dict[tuple[str, str], Path] = {}
+
+
+def fetch_staged_source(storage, split: str) -> Path:
+    """The staged source split, read from the store once per worker process (its threads share it)."""
+    with _fetch_lock:
+        key = (storage.location, split)
+        if key not in _fetched:
+            folder = Path(tempfile.mkdtemp(prefix="augzarr-worker-source-"))
+            source_file(folder, split).write_bytes(storage.read(staged_source_key(split)))
+            _fetched[key] = folder
+        return _fetched[key]
+
+
+_per_thread = threading.local()
+
+
+def state_for(config: tuple) -> WorkerState:
+    """The WorkerState of a cluster worker's thread for one build (location, scratch, policy, seed):
+    a pipeline holds its random state, so each thread of a multi-threaded worker needs its own."""
+    states = _per_thread.__dict__.setdefault("states", {})
+    key = repr(config)
+    if key not in states:
+        states.clear()  # one build at a time per thread
+        states[key] = WorkerState(*config)
+    return states[key]
+
+
+def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]:
+    """compute_chunk for a Dask worker's thread."""
+    return compute_chunk_with(state_for(config), task)
 
 
 def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
@@ -115,9 +158,12 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
 
 
 def compute_chunk(task: tuple) -> tuple[str, int, int]:
-    """Compute and write one chunk of a split's images; return (split, chunk, rows)."""
+    """Compute and write one chunk of a split's images (a pool worker); return (split, chunk, rows)."""
+    return compute_chunk_with(_worker, task)
+
+
+def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
     split, chunk, start, from_split, source_index, copy_index = task
-    state = _worker
     source = state.source(from_split)
     shape = source.shape[1:]
     block = np.empty((len(source_index), *shape), np.uint8)
