@@ -40,7 +40,7 @@ from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .cluster import cluster_client, run_chunks
+from .cluster import check_workers, cluster_client, run_chunks
 from .worker import compute_chunk, decode_files, init_worker, source_file, staged_source_key
 
 DECODE_BATCH = 512  # files per decode task
@@ -247,6 +247,8 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
             if storage.local_path() is None:  # workers on other machines read the staged source from the store
                 for name in source_splits(source):
                     storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
+            if tasks:
+                check_workers(client, config, tasks[0])
             results = run_chunks(client, config, tasks)
         else:
             results = pool.imap_unordered(compute_chunk, tasks)

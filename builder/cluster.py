@@ -54,6 +54,30 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
             cluster.close()
 
 
+def check_workers(client, config: tuple, task: tuple) -> None:
+    """Before any task: every worker runs the same packages as this client (Dask's own, then those that
+    decide the store's bytes) and computes one canary chunk to this client's exact bytes; a cluster
+    that would build another store is refused, naming the package or the worker."""
+    from augzarr.store_format import crc32_hex
+
+    from .worker import WorkerState, canary_on_cluster, compute_block, deciding_versions
+
+    try:
+        client.get_versions(check=True)
+    except ValueError as exc:  # Dask's mismatch table: its first lines name the packages
+        raise UserError(f"the Dask cluster's workers run other versions than this client: {' '.join(str(exc).split())[:300]}") from None
+    expected_crc = crc32_hex(compute_block(WorkerState(*config), task))
+    expected_versions = deciding_versions()
+    for worker, found in client.run(canary_on_cluster, config, task).items():
+        for package, version in found["versions"].items():
+            if version != expected_versions[package]:
+                raise UserError(f"Dask worker {worker} has {package} {version}, this client {expected_versions[package]}: the store's "
+                                "bytes depend on it; install the same versions on every worker")
+        if found["crc32"] != expected_crc:
+            raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found['crc32']}, "
+                            f"expected {expected_crc}): its machine differs in a way that changes the store; leave it out of the cluster")
+
+
 def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str, int, int]]:
     """Submit every chunk task; yield each result as its future completes (a task's error is raised here)."""
     from distributed import as_completed

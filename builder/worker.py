@@ -22,7 +22,7 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import BUILD_DIR, IMAGES, open_group, write_chunk
+from augzarr.store_format import BUILD_DIR, IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
@@ -105,6 +105,27 @@ def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]
     return compute_chunk_with(state_for(config), task)
 
 
+def canary_on_cluster(config: tuple, task: tuple) -> dict:
+    """What a cluster worker would compute for one chunk (its CRC-32, nothing written), and the versions
+    of the packages that decide those bytes: the client compares both with its own before any task runs."""
+    return {"crc32": crc32_hex(compute_block(WorkerState(*config), task)), "versions": deciding_versions()}
+
+
+DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr")
+
+
+def deciding_versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    found = {}
+    for package in DECIDING_PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
     """The decoded source split, shared through a file mapping, as a plain ndarray view:
     indexing the np.memmap subclass itself costs ~15 us a row."""
@@ -163,6 +184,14 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
 
 
 def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
+    split, chunk = task[:2]
+    block = compute_block(state, task)
+    write_chunk(state.storage, state.array(split), chunk, block)
+    return split, chunk, len(block)
+
+
+def compute_block(state: WorkerState, task: tuple) -> np.ndarray:
+    """The rows of one chunk, computed, not written."""
     split, chunk, start, from_split, source_index, copy_index = task
     source = state.source(from_split)
     shape = source.shape[1:]
@@ -184,6 +213,5 @@ def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
             if not fits and not row_fits(out, shape):
                 raise state.bad_sample(from_split, s, k)
             block[row] = out
-    write_chunk(state.storage, state.array(split), chunk, block)
-    return split, chunk, len(block)
+    return block
 

@@ -65,3 +65,43 @@ def test_an_unreachable_scheduler_is_one_line(images, tmp_path):
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
     assert line.startswith("build-aug: error: --scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler")
+
+
+def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_path):
+    """A real `dask scheduler` and `dask worker` pair, the worker seeing zarr's metadata at another version."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    fake = tmp_path / "fake-metadata" / "zarr-2.0.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
+    bin_dir = Path(sys.executable).parent
+    scheduler_file = tmp_path / "scheduler.json"
+    common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  "--scheduler-file", str(scheduler_file)], **common)
+    worker = None
+    try:
+        while not scheduler_file.is_file():
+            assert scheduler.poll() is None and time.sleep(0.1) is None
+        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                   "--no-dashboard"], env={**os.environ, "PYTHONPATH": str(fake.parent)}, **common)
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
+                         "--scheduler", address)
+        line = result.stderr.strip()
+        assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+        assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
+        assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(30)
