@@ -203,7 +203,8 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
     scratch.mkdir(parents=True, exist_ok=True)
 
     workers = options.workers or default_workers()
-    config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed)
+    build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
+    config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
     with ExitStack() as held:
         # the cluster first: an unreachable scheduler is refused before any decoding
         client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message)) if options.scheduler else None
@@ -230,7 +231,7 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         )
         skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
         if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
-            if committed_chunks(storage):
+            if committed_chunks(storage, build_id):
                 raise UserError(f"the unfinished build in {out} laid out its rows otherwise (an older augzarr started it): "
                                 "pass --overwrite to start over, or finish it with the version that started it")
             storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
@@ -241,7 +242,7 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
         skeleton = open_group(storage)
         rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
-        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage)))
+        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
         total_rows = sum(len(r) for r in splits.values())
         if client is not None:
             if storage.local_path() is None:  # workers on other machines read the staged source from the store
@@ -262,7 +263,7 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
                 raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
     still_held()
     built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)}
-    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built)
+    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built, build_id)
     root = open_group(storage)
     return BuildResult(
         out=out,
@@ -396,7 +397,7 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
         recorded = storage.read_json(BUILD_JSON)
         if recorded["identity"] == identity and not overwrite:
             return "resume"
-        if not overwrite and not committed_chunks(storage):
+        if not overwrite and not committed_chunks(storage, recorded.get("build_id", "")):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
             # error suggested just works, without --overwrite
             claim_fresh(storage, identity)
@@ -421,8 +422,9 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
 
 
 def claim_fresh(storage: Storage, identity: dict) -> None:
-    """Claim the location first, so an interruption from here on leaves a store we know to be ours."""
-    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None})
+    """Claim the location first, so an interruption from here on leaves a store we know to be ours. A new
+    build id: chunk tasks of an earlier build still running on a cluster check it before they commit."""
+    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None, "build_id": uuid.uuid4().hex})
     storage.remove_all_except(KEEP_WHEN_CLAIMING)
     for key in storage.list(BUILD_DIR + "/"):
         if key != BUILD_JSON:

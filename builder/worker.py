@@ -22,7 +22,7 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import BUILD_DIR, IMAGES, crc32_hex, open_group, write_chunk
+from augzarr.store_format import BUILD_DIR, BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
@@ -33,8 +33,10 @@ _worker: "WorkerState | None" = None
 
 
 class WorkerState:
-    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int):
+    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str = "", check_build: bool = False):
         self.storage = open_storage(location)
+        self.build_id = build_id
+        self.check_build = check_build  # a cluster task: is its build still the store's before each commit?
         self.scratch = Path(scratch)  # where the parent staged the decoded source
         self.policy_attrs, self.seed = policy_attrs, seed
         self.pipeline = Policy.from_attrs(policy_attrs).pipeline
@@ -96,7 +98,7 @@ def state_for(config: tuple) -> WorkerState:
     key = repr(config)
     if key not in states:
         states.clear()  # one build at a time per thread
-        states[key] = WorkerState(*config)
+        states[key] = WorkerState(*config, check_build=True)
     return states[key]
 
 
@@ -132,12 +134,12 @@ def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
     return np.asarray(np.load(source_file(scratch, split), mmap_mode=mode))
 
 
-def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int) -> None:
+def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str) -> None:
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already
     global _worker
-    _worker = WorkerState(location, scratch, policy_attrs, seed)
+    _worker = WorkerState(location, scratch, policy_attrs, seed, build_id)
 
 
 def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
@@ -186,8 +188,14 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
 def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
     split, chunk = task[:2]
     block = compute_block(state, task)
-    write_chunk(state.storage, state.array(split), chunk, block)
+    if state.check_build and state.storage.read_json(BUILD_JSON).get("build_id") != state.build_id:
+        raise StaleBuild(f"{state.storage.location} is now another build's: chunk {split} {chunk} of build {state.build_id} not written")
+    write_chunk(state.storage, state.array(split), chunk, block, state.build_id)
     return split, chunk, len(block)
+
+
+class StaleBuild(Exception):
+    """A cluster task of a build that was stopped and replaced (--overwrite): it must not write."""
 
 
 def compute_block(state: WorkerState, task: tuple) -> np.ndarray:

@@ -3,6 +3,7 @@ the store is byte for byte the local build's, whatever the workers and threads p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,6 @@ def build(images: Path, out: Path, *extra: str, env: dict | None = None):
 
 
 def files(store: Path) -> dict[str, bytes]:
-    import json
-
     found = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
     meta = json.loads(found.pop("zarr.json"))
     meta["attributes"].pop("built")  # when it finished: the one difference between two builds
@@ -105,3 +104,82 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
             if process is not None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(30)
+
+
+def long_build(images: Path, out: Path, scheduler: str) -> list[str]:
+    """A build of one-row chunks: hundreds of tasks, still running when the test steps in."""
+    return ["build-aug", "--source", str(images), "--out", str(out), "--copies", "6", "--chunk-size", "1", "--preview", "0",
+            "--quiet", "--scheduler", scheduler]
+
+
+def start(command: list[str]):
+    import os
+    import subprocess
+
+    from conftest import BIN
+
+    return subprocess.Popen([str(BIN / command[0]), *command[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+
+
+def wait_for_markers(out: Path, process, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 180
+    while len(list((out / ".build" / "chunks").rglob("train.*"))) < count:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_build_has_its_tasks_rerun_and_the_store_is_the_same(cluster, images, tmp_path):
+    import os
+    import signal
+
+    from distributed import Client
+
+    out = tmp_path / "killed-worker.zarr"
+    build_process = start(long_build(images, out, cluster))
+    wait_for_markers(out, build_process, 20)
+    with Client(cluster) as client:
+        pids = client.run(os.getpid)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts a new one; Dask reruns its tasks
+    stdout, stderr = build_process.communicate(timeout=300)
+    assert build_process.returncode == 0, stderr
+    reference = tmp_path / "reference.zarr"
+    run_cli(*long_build(images, reference, "")[:-2], "--workers", "2", check=True)
+    assert files(out) == files(reference)
+
+
+def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_task_cannot_write(cluster, images, tmp_path):
+    import os
+    import signal
+    import time
+
+    from distributed import Client
+
+    from augzarr.builder.worker import StaleBuild, compute_chunk_on_cluster
+    from augzarr.storage import open_storage
+    from augzarr.store_format import open_group
+
+    out = tmp_path / "killed-client.zarr"
+    command = long_build(images, out, cluster)
+    build_process = start(command)
+    wait_for_markers(out, build_process, 20)
+    os.killpg(build_process.pid, signal.SIGKILL)
+    build_process.wait()
+    time.sleep(3)  # the tasks that were running when their client died finish (the same bytes a resume would write)
+    written = {int(p.name) for p in (out / "train" / "images" / "c").iterdir()}
+    # a task of a build that is no longer the store's (as after --overwrite) refuses to write
+    pending = next(c for c in range(1000) if c not in written)
+    rows = open_group(open_storage(out))["train"]
+    task = ("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
+    config = (str(out), str(out / ".build"), json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    with Client(cluster) as client:
+        with pytest.raises(StaleBuild, match="is now another build's"):
+            client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)
+    assert not (out / "train" / "images" / "c" / str(pending)).exists() and not list(out.rglob(f".build/chunks/**/train.{pending}"))
+    resumed = run_cli(*command, check=True)  # the same command: only the chunks without a marker
+    assert resumed.returncode == 0
+    reference = tmp_path / "reference.zarr"
+    run_cli(*[str(reference) if a == str(out) else a for a in command[:-2]], "--workers", "2", check=True)
+    assert files(out) == files(reference)
