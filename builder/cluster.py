@@ -30,7 +30,7 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise OptionError("--scheduler needs Dask's distributed scheduler: pip install 'augzarr[dask]'") from None
+        raise OptionError("--scheduler needs Dask's distributed scheduler: pip install 'augzarr[cluster]'") from None
     cluster = None
     if address == LOCAL:
         # processes, one thread each: the chunks' work holds the GIL

@@ -80,7 +80,7 @@ def test_train_with_a_mix_reports_accuracy_on_hard_labels(store, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     confusion = np.array(metrics["confusion_matrix"])
     assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())  # hard labels, whole images
-    assert "batch mixing: mixup alpha 0.2" in (run_dir / "model_card.md").read_text()
+    assert "batch mixing mixup alpha 0.2" in (run_dir / "model_card.md").read_text()
     bad = run_cli("train", "--store", str(store), "--mix-alpha", "0.5", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == "train: error: --mix-alpha needs --mix mixup or --mix cutmix"
     bad = run_cli("train", "--store", str(store), "--mix", "blend", "--out", str(tmp_path / "bad"))
@@ -100,4 +100,4 @@ def test_keras_augmentation_layers_train_and_are_recorded(store, tmp_path):
     assert np.array_equal(model(images, training=False), model(images, training=False))  # identity when predicting
     assert not np.array_equal(model.layers[0](images, training=True), images)  # augmenting while training
     assert json.loads((run_dir / "run.json").read_text())["options"]["keras_augment"] == "randaugment"
-    assert "Keras augmentation layers: randaugment" in (run_dir / "model_card.md").read_text()
+    assert "Keras augmentation layers randaugment" in (run_dir / "model_card.md").read_text()

@@ -94,7 +94,7 @@ def test_train_records_its_online_operations_and_refuses_unknown_ones(store, tmp
     run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--online",
             "flip,shift,erase", "--quiet", "--out", str(run_dir), check=True)
     assert json.loads((run_dir / "run.json").read_text())["options"]["online"] == "flip,shift,erase"
-    assert "online operations on each batch: flip,shift,erase" in (run_dir / "model_card.md").read_text()
+    assert "online operations on each batch flip,shift,erase" in (run_dir / "model_card.md").read_text()
     bad = run_cli("train", "--store", str(store), "--online", "flip,rotate", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "train: error: --online: unknown online operation rotate: choose from flip, shift, erase")

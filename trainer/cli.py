@@ -32,6 +32,8 @@ def train(
     mix: Optional[str] = typer.Option(None, help="Mix each training batch with a shuffled copy of itself, labels made soft: mixup or cutmix [default: none]."),
     mix_alpha: Optional[float] = typer.Option(None, help="The mix's Beta(alpha, alpha) parameter [default: 0.2 for mixup, 1.0 for cutmix]."),
     keras_augment: Optional[str] = typer.Option(None, help="Online augmentation by Keras preprocessing layers in the model (the usual alternative to stored copies): crop-flip or randaugment [default: none]."),
+    distribute: Optional[bool] = typer.Option(None, "--distribute/--no-distribute", help="Train data-parallel over every local accelerator (MirroredStrategy on TensorFlow, DataParallel on JAX); --batch-size is then the global batch [default: off]."),
+    devices: Optional[str] = typer.Option(None, help="With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them) [default: every accelerator, else every CPU device]."),
     online: Optional[str] = typer.Option(None, help="Random operations on each training batch as it is streamed, comma-separated: flip, shift (up to 1/8 of the side), erase (cutout of a quarter of the side) [default: none]."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
@@ -43,7 +45,7 @@ def train(
     given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                     learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
                                     buffer_chunks=buffer_chunks, online=online, mix=mix, mix_alpha=mix_alpha,
-                                    keras_augment=keras_augment).items() if v is not None}
+                                    keras_augment=keras_augment, distribute=distribute, devices=devices).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
     from .runlock import is_live, live_run_message
 

@@ -31,8 +31,8 @@ def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray, cl
 
 def evaluate_stream(model, stream, class_names: list[str]) -> dict:
     """Metrics of model on a finite StoreStream (stored order), predicting batch by batch."""
-    probabilities = model.predict(stream, verbose=0)
-    return metrics_from_probabilities(np.asarray(probabilities), stream.labels, class_names)
+    probabilities = np.asarray(model.predict(stream, verbose=0))[:len(stream.labels)]  # a distributed run's padding left out
+    return metrics_from_probabilities(probabilities, stream.labels, class_names)
 
 
 def evaluate_arrays(model, images: np.ndarray, labels: np.ndarray, class_names: list[str], batch_size: int) -> dict:

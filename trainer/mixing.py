@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MIXES = ("mixup", "cutmix")
-DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}
+from .options import MIXES
 STREAM_TAG = 0x0313  # keeps these draws apart from the online operations'
 
 

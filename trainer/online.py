@@ -17,20 +17,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-ONLINE_OPS = ("flip", "shift", "erase")  # applied in this order, whatever order they are given in
+from .options import ONLINE_OPS, parse_online  # noqa: F401  (the names' one home, importable without numpy)
+
 SHIFT_FRACTION = 1 / 8
 ERASE_FRACTION = 1 / 4
 ERASE_FILL = 128
 STREAM_TAG = 0x0A11  # keeps these draws apart from any other use of (seed, epoch, batch)
-
-
-def parse_online(spec: str) -> tuple[str, ...]:
-    """'flip,shift' -> ('flip', 'shift') in ONLINE_OPS order; '' or 'none' -> (). Raises ValueError naming an unknown op."""
-    names = {name.strip() for name in spec.split(",") if name.strip() and name.strip() != "none"}
-    unknown = sorted(names - set(ONLINE_OPS))
-    if unknown:
-        raise ValueError(f"unknown online operation {', '.join(unknown)}: choose from {', '.join(ONLINE_OPS)}")
-    return tuple(op for op in ONLINE_OPS if op in names)
 
 
 class OnlineAugment:

@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 from augzarr.errors import OptionError
 
-from .mixing import DEFAULT_ALPHA, MIXES
-from .online import parse_online
-
 MODELS = ("deep", "shallow")
 KERAS_AUGMENTS = ("crop-flip", "randaugment")  # models.keras_augment_layers builds them
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
@@ -18,6 +15,18 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_MIX_ALPHA = 100.0
+ONLINE_OPS = ("flip", "shift", "erase")  # train --online (online.py); applied in this order, whatever order given
+MIXES = ("mixup", "cutmix")  # train --mix (mixing.py)
+DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # as Keras' MixUp and CutMix layers default
+
+
+def parse_online(spec: str) -> tuple[str, ...]:
+    """'flip,shift' -> ('flip', 'shift') in ONLINE_OPS order; '' or 'none' -> (). Raises ValueError naming an unknown op."""
+    names = {name.strip() for name in spec.split(",") if name.strip() and name.strip() != "none"}
+    unknown = sorted(names - set(ONLINE_OPS))
+    if unknown:
+        raise ValueError(f"unknown online operation {', '.join(unknown)}: choose from {', '.join(ONLINE_OPS)}")
+    return tuple(op for op in ONLINE_OPS if op in names)
 
 
 @dataclass
@@ -35,6 +44,8 @@ class TrainOptions:
     mix: str = ""  # train --mix: one of mixing.MIXES, "" for none
     mix_alpha: float | None = None  # None: mixing.DEFAULT_ALPHA of the mix
     keras_augment: str = ""  # train --keras-augment: Keras preprocessing layers in the model, "" for none
+    distribute: bool = False  # train --distribute: data-parallel over the local devices (distribute.py)
+    devices: str = ""  # with --distribute: comma-separated device names, "" for every local accelerator
 
     def validate(self) -> None:
         checks = [
@@ -50,6 +61,8 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        if self.devices and not self.distribute:
+            raise OptionError("--devices needs --distribute")
         if self.keras_augment not in ("", *KERAS_AUGMENTS):
             raise OptionError(f"--keras-augment must be one of {', '.join(KERAS_AUGMENTS)}")
         if self.mix not in ("", *MIXES):
@@ -62,6 +75,10 @@ class TrainOptions:
             parse_online(self.online)
         except ValueError as exc:
             raise OptionError(f"--online: {exc}") from None
+
+    @property
+    def device_list(self) -> list[str] | None:
+        return [d.strip() for d in self.devices.split(",") if d.strip()] or None
 
     @property
     def online_ops(self) -> tuple[str, ...]:

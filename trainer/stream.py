@@ -46,23 +46,30 @@ class StoreStream(keras.utils.PyDataset):
 
     def __init__(self, store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
                  start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS, online: tuple[str, ...] = (),
-                 mix: BatchMix | None = None, soft_labels: bool = False):
+                 mix: BatchMix | None = None, soft_labels: bool = False, shard: tuple[int, int] = (0, 1), batch_multiple: int = 1):
         super().__init__(workers=1, use_multiprocessing=False)
         self.storage = store.storage
         self.images = store.images(split)
         # one byte a row, read whole: slicing zarr per chunk would decompress a 1M-row label chunk each time
         self.labels = store.labels(split).astype(np.int32)
-        self.rows = self.images.shape[0]
-        if self.rows == 0:
+        self.split_rows = self.images.shape[0]
+        if self.split_rows == 0:
             raise ValueError(f"split {split} of the store is empty")
         self.chunk_rows = self.images.chunks[0]
-        self.n_chunks = -(-self.rows // self.chunk_rows)
+        self.n_chunks = -(-self.split_rows // self.chunk_rows)
+        self.shard = shard
+        self.rows = int(chunk_sizes(self.split_rows, self.chunk_rows, shard_chunks(self.n_chunks, shard)).sum())  # this process's share
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.start_epoch = start_epoch
         self.buffer_chunks = max(1, buffer_chunks)
-        self.batches_per_epoch = -(-self.rows // batch_size)
+        # batch_multiple (devices sharing each batch, which must split it evenly): a training stream leaves out
+        # the epoch's last rows beyond a multiple of it (fewer than the devices); a one-pass stream pads its last
+        # batch with rows of weight 0 instead, so every row is judged and none twice
+        self.batch_multiple = batch_multiple
+        self.served_rows = self.rows - self.rows % batch_multiple if shuffle else self.rows
+        self.batches_per_epoch = -(-self.served_rows // batch_size)
         self._lock = threading.Lock()
         self._windows: dict[tuple[int, int], Future] = {}
         self._reader: ThreadPoolExecutor | None = None  # started on first use, again after close()
@@ -74,12 +81,12 @@ class StoreStream(keras.utils.PyDataset):
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(chunks in visiting order, first epoch position of each window plus the end)."""
-        return epoch_plan(self.rows, self.chunk_rows, self.buffer_chunks, self.seed if self.shuffle else None, epoch)
+        return epoch_plan(self.split_rows, self.chunk_rows, self.buffer_chunks, self.seed if self.shuffle else None, epoch, self.shard)
 
     def load_window(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
         order, _ = self.plan(epoch)
         chunks = order[window * self.buffer_chunks:(window + 1) * self.buffer_chunks]
-        sizes = np.minimum(self.chunk_rows, self.rows - chunks * self.chunk_rows)
+        sizes = chunk_sizes(self.split_rows, self.chunk_rows, chunks)
         images = np.empty((int(sizes.sum()), *self.images.shape[1:]), self.images.dtype)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
         # every chunk straight from storage into its place (fetched together from an object store): no
@@ -120,7 +127,7 @@ class StoreStream(keras.utils.PyDataset):
         if not self.shuffle and epoch:
             raise IndexError(index)
         epoch += self.start_epoch
-        start, stop = batch * self.batch_size, min((batch + 1) * self.batch_size, self.rows)
+        start, stop = batch * self.batch_size, min((batch + 1) * self.batch_size, self.served_rows)
         _, bounds = self.plan(epoch)
         first = int(np.searchsorted(bounds, start, side="right")) - 1
         parts_x, parts_y = [], []
@@ -137,7 +144,11 @@ class StoreStream(keras.utils.PyDataset):
             x = self.online(x, epoch, batch)
         if self.mix:
             return self.mix(x, y, epoch, batch)
-        return (x, one_hot(y, self.soft_classes)) if self.soft_classes else (x, y)
+        if self.soft_classes:
+            y = one_hot(y, self.soft_classes)
+        if self.batch_multiple > 1 and not self.shuffle:
+            return padded_with_weights(x, y, self.batch_multiple)
+        return x, y
 
     def close(self) -> None:
         """Stop the reader thread and drop the windows held; a later batch starts them again."""
@@ -148,11 +159,35 @@ class StoreStream(keras.utils.PyDataset):
             self._windows = {}
 
 
+def padded_with_weights(x: np.ndarray, y: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, sample weights): rows of zeros with weight 0 added up to a multiple of `multiple` rows."""
+    missing = -len(x) % multiple
+    weights = np.concatenate([np.ones(len(x), np.float32), np.zeros(missing, np.float32)])
+    if missing:
+        x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros((missing, *y.shape[1:]), y.dtype)])
+    return x, y, weights
+
+
 @functools.lru_cache(maxsize=4)
-def epoch_plan(rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chunks in visiting order (stored order when seed is None), and the epoch positions where windows start, plus the end."""
-    n_chunks = -(-rows // chunk_rows)
-    order = np.arange(n_chunks) if seed is None else np.random.default_rng([seed, epoch]).permutation(n_chunks)
-    sizes = np.minimum(chunk_rows, rows - order * chunk_rows)
-    window_sizes = np.add.reduceat(sizes, np.arange(0, n_chunks, buffer_chunks))
+def epoch_plan(rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int,
+               shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks in visiting order (stored order when seed is None), and the epoch positions where windows start, plus the end.
+    With a shard (index, count) of several processes, only that process's chunks, in their own seeded order."""
+    chunks = shard_chunks(-(-rows // chunk_rows), shard)
+    order = chunks if seed is None else chunks[np.random.default_rng([seed, epoch]).permutation(len(chunks))]
+    sizes = chunk_sizes(rows, chunk_rows, order)
+    window_sizes = np.add.reduceat(sizes, np.arange(0, len(order), buffer_chunks))
     return order, np.concatenate([[0], np.cumsum(window_sizes)])
+
+
+def shard_chunks(n_chunks: int, shard: tuple[int, int]) -> np.ndarray:
+    """A process's fixed share of a split's chunks: every count-th from its index (all of them for (0, 1)),
+    so the processes together read each chunk exactly once an epoch, each the same share every epoch."""
+    index, count = shard
+    return np.arange(index, n_chunks, count)
+
+
+def chunk_sizes(rows: int, chunk_rows: int, chunks: np.ndarray) -> np.ndarray:
+    """Rows in each of these chunks (the split's last chunk may be partial)."""
+    return np.minimum(chunk_rows, rows - np.asarray(chunks) * chunk_rows)

@@ -27,6 +27,7 @@ from augzarr.storage.local import write_atomic
 from augzarr.store_format import StoreAttrs, open_store
 
 from .metrics import evaluate_stream
+from .distribute import data_parallel
 from .mixing import BatchMix
 from .models import build_model
 from .options import OPTIMIZER_NAMES, TrainOptions
@@ -258,6 +259,11 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
         raise OptionError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
                         f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
+    # --distribute: the model is built (or loaded) and compiled in the strategy's scope; settled before any folder is claimed
+    scope, devices, shard = data_parallel(options.device_list) if options.distribute else (contextlib.nullcontext(), [], (0, 1))
+    split_by = max(1, len(devices)) if keras.backend.backend() == "jax" else 1  # JAX shards every batch evenly; TensorFlow splits any
+    if options.batch_size % split_by:
+        raise OptionError(f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}")
     if val_rows == 0 and test_rows == 0:
         raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
     if not resume:
@@ -274,16 +280,19 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
             raise UserError(f"--epochs {options.epochs} is fewer than the {done} epochs {run_dir} has already finished")
         if run["store_fingerprint"] != store_fingerprint(attrs):
             raise UserError(f"--resume: the store {options.store} is not the one {run_dir} started with; resume with that store or start a new run")
+    if resume:
         if done:
-            model = keras.models.load_model(state_dir / progress["checkpoint"])
+            with scope:
+                model = keras.models.load_model(state_dir / progress["checkpoint"])
         say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
     if not resume or not done:
         seed_everything(options.seed)
-        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
-        optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
-        # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
-        loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        with scope:
+            model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
+            optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
+            # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
+            loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
+            model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     else:
         seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
@@ -300,6 +309,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "parameters": model.count_params(),
         "learning_rate": initial_learning_rate(options),
         "mix_alpha": options.alpha,  # the alpha used, its default when --mix-alpha was not given
+        "devices": devices or None,  # --distribute: the devices each global batch was split over
+        "device_count": max(1, len(devices)),
         "train_rows": train_rows,
         "class_names": attrs.class_names,
         "image_shape": attrs.image_shape,
@@ -308,8 +319,10 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
 
     train_stream = StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
                                start_epoch=done, buffer_chunks=options.buffer_chunks, online=options.online_ops,
-                               mix=BatchMix(options.mix, options.alpha, attrs.n_classes, options.seed) if options.mix else None)
-    val_stream = StoreStream(store, "val", options.batch_size, shuffle=False, soft_labels=bool(options.mix)) if val_rows else None
+                               mix=BatchMix(options.mix, options.alpha, attrs.n_classes, options.seed) if options.mix else None,
+                               shard=shard, batch_multiple=split_by)
+    val_stream = StoreStream(store, "val", options.batch_size, shuffle=False, soft_labels=bool(options.mix),
+                             batch_multiple=split_by) if val_rows else None
     if not val_rows:
         say("the store has no validation rows: no validation during training")
     try:
@@ -327,7 +340,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         evaluated_on = "test" if test_rows else "val"
         if not test_rows:
             say("the store has no test split: evaluating on the validation split instead")
-        eval_stream = StoreStream(store, evaluated_on, options.batch_size, shuffle=False)
+        eval_stream = StoreStream(store, evaluated_on, options.batch_size, shuffle=False, batch_multiple=split_by)
         metrics = evaluate_stream(model, eval_stream, attrs.class_names)
         eval_stream.close()
     finally:
