@@ -7,8 +7,7 @@ the spread (min-max) and the same-round ratios. Every case runs in a fresh proce
     build    `build-aug` to a local folder (before the seam, today) and to s3:// (today):
              wall time of the whole command and the summary's own seconds
     stream   StoreStream over whole epochs, no model, batches of 128: from the local store (before,
-             today) and from the same store on moto (today: two windows read ahead; and one ahead, as
-             it was before, trainer/stream.py's OBJECT_STORE_READ_AHEAD = 1)
+             today) and from the same store on moto (today)
     clients  the two patterns the study measured, obstore vs s3fs (vs local): build-shaped writes
              (2 forkserver workers PUTting the store's chunk objects and a marker each) and the
              stream's window pattern (8 chunks fetched concurrently, then a np.take gather)
@@ -48,10 +47,6 @@ def child_stream(api: str, store: str, epochs: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from augzarr.trainer.stream import StoreStream
 
-    if api == "one-ahead":  # today's stream reading one window ahead from an object store, as it did before 2 ahead
-        from augzarr.trainer import stream as stream_module
-
-        stream_module.OBJECT_STORE_READ_AHEAD = 1
     if api == "before":  # the API before the seam: a zarr group
         import zarr
 
@@ -256,7 +251,6 @@ def main() -> None:
             "build s3 obstore (today)": lambda r: timed_build(here, s3env, args.images, f"s3://{BUCKET}/b{r}/aug.zarr", args.build_limit, args.build_copies),
             "stream local (today)": lambda r: run_child(here / "python", s3env, "stream", "after", local_store, args.epochs),
             "stream s3 obstore (today)": lambda r: run_child(here / "python", s3env, "stream", "after", s3_store, args.epochs),
-            "stream s3 obstore, 1 window ahead": lambda r: run_child(here / "python", s3env, "stream", "one-ahead", s3_store, args.epochs),
             "write local (augzarr)": lambda r: run_child(here / "python", s3env, "write", "augzarr", local_store, str(work / f"w{r}")),
             "write s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "write", "augzarr", local_store, f"s3://{BUCKET}/wo{r}"),
             "write s3 s3fs": lambda r: run_child(here / "python", s3env, "write", "s3fs", local_store, f"s3://{BUCKET}/ws{r}"),
@@ -326,8 +320,7 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
     print("\n| case | images/s | x deep CNN |")
     print("| --- | ---: | ---: |")
     deep = statistics.median(per_round("deep CNN training"))
-    for name in ("stream local (before)", "stream local (today)", "stream s3 obstore (today)", "stream s3 obstore, 1 window ahead",
-                 "window local (augzarr)",
+    for name in ("stream local (before)", "stream local (today)", "stream s3 obstore (today)", "window local (augzarr)",
                  "window s3 obstore (augzarr)", "window s3 s3fs", "deep CNN training"):
         if has(name):
             print(f"| {name} | {spread(per_round(name))} | {statistics.median(per_round(name)) / deep:,.0f} |")
@@ -345,8 +338,6 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
                   ("stream today / before", ratio("stream local (today)", "stream local (before)"))]
     lines += [("build s3 / local (today), whole command", ratio("build s3 obstore (today)", "build local (today)")),
               ("stream s3 / local (today)", ratio("stream s3 obstore (today)", "stream local (today)")),
-              ("stream s3 / local, 1 window ahead", ratio("stream s3 obstore, 1 window ahead", "stream local (today)")),
-              ("stream s3, 2 windows ahead / 1", ratio("stream s3 obstore (today)", "stream s3 obstore, 1 window ahead")),
               ("stream s3 / deep CNN", ratio("stream s3 obstore (today)", "deep CNN training")),
               ("window pattern obstore / s3fs", ratio("window s3 obstore (augzarr)", "window s3 s3fs")),
               ("write pattern obstore / s3fs", ratio("write s3 obstore (augzarr)", "write s3 s3fs"))]

@@ -11,8 +11,8 @@ can be recomputed and a resumed run sees the same batches):
 Rows were written in a shuffled order, so a window is already a fair sample of
 classes; shuffling within a window of several chunks mixes it further.
 
-Only a window or two is in memory at once (three from an object store), whatever the
-store's size, and the next window is read by a background thread while the current one is served.
+Only a window or two is in memory at once, whatever the store's size, and the
+next window is read by a background thread while the current one is served.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from augzarr.store_format import OpenStore, read_chunks
 
 from .allocator import restore_malloc_thresholds
 from .options import DEFAULT_BUFFER_CHUNKS
-
-OBJECT_STORE_READ_AHEAD = 2  # windows read ahead from an object store (a local disk: 1)
 
 
 class StoreStream(keras.utils.PyDataset):
@@ -86,26 +84,19 @@ class StoreStream(keras.utils.PyDataset):
         return images, labels
 
     def window(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-        """A window's rows, reading it now if the background threads have not; then start reading the next.
-
-        From an object store two windows are read ahead, by two threads: one window's fetch then
-        overlaps the other's gather, ~1.2x the stream from a local S3 server (BENCHMARKS.md). A local
-        disk keeps to one (a page-cache read is quicker than the gather)."""
-        ahead = 1 if self.storage.local_path() is not None else OBJECT_STORE_READ_AHEAD
-        wanted = [(epoch, window)]
-        for _ in range(ahead):
-            e, w = wanted[-1]
-            last = len(self.plan(e)[1]) - 2
-            wanted.append((e, w + 1) if w < last else ((e + 1, 0) if self.shuffle else (e, 0)))
+        """A window's rows, reading it now if the background thread has not; then start reading the next."""
+        key = (epoch, window)
+        last = len(self.plan(epoch)[1]) - 2
+        upcoming = (epoch, window + 1) if window < last else ((epoch + 1, 0) if self.shuffle else (epoch, 0))
         with self._lock:
             if self._reader is None:
-                self._reader = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="store-reader")
-            for key in wanted:
-                if key not in self._windows:
-                    self._windows[key] = self._reader.submit(self.load_window, *key)
-            future = self._windows[wanted[0]]
-            # the caller holds what it needs of older windows: keep memory to these (two from a local disk)
-            self._windows = {k: v for k, v in self._windows.items() if k in wanted}
+                self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+            for wanted in (key, upcoming):
+                if wanted not in self._windows:
+                    self._windows[wanted] = self._reader.submit(self.load_window, *wanted)
+            future = self._windows[key]
+            # the caller holds what it needs of older windows: keep memory to these two
+            self._windows = {k: v for k, v in self._windows.items() if k in (key, upcoming)}
         return future.result()
 
     # -- PyDataset ----------------------------------------------------------------------------------
