@@ -10,20 +10,22 @@ the spread (min-max) and the same-round ratios. Every case runs in a fresh proce
              today) and from the same store on moto (today)
     clients  the two patterns the study measured, obstore vs s3fs (vs local): build-shaped writes
              (2 forkserver workers PUTting the store's chunk objects and a marker each) and the
-             stream's window pattern (8 chunks fetched concurrently, then a np.take gather)
+             stream's window pattern (8 chunks fetched concurrently, then a np.take gather; and obstore's
+             fetches alone, the ceiling of a stream from this server)
     deep     the deep CNN's CPU training rate from in-memory arrays (10 warm-up + 50 timed steps of 128)
 
     git -C /work/main worktree add /work/wt-before 06d8feb    # the code before the seam, with a venv
-    .venv/bin/python bench/bench_storage.py --images /tmp/cifar-sb --before /work/wt-before [--rounds 5]
+    .venv/bin/python bench/bench_storage.py --images /tmp/cifar-sb --before /work/wt-before --rounds 7 --epochs 5
 
 --before names a checkout of the older code with its own .venv (its build-aug and python are used);
-leave it out to skip the before/after columns. s3fs must be importable for the client rows
-(pip install s3fs). The script starts and stops moto_server itself; nothing is left behind.
+leave it out to skip the before/after rows. The s3fs rows need s3fs (pip install s3fs) and are left
+out without it. The script starts and stops moto_server itself; nothing is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -123,9 +125,10 @@ def child_write(client: str, store: str, out: str) -> dict:
     return {"mib_s": len(keys) * chunk_bytes / 2**20 / seconds, "chunks": len(keys)}
 
 
-def child_read(client: str, store: str, epochs: int) -> dict:
+def child_read(client: str, store: str, epochs: int, gather: bool = True) -> dict:
     """The stream's window pattern with one client: a reader thread fetches window w+1 (8 chunks at
-    once, into one buffer) and gathers its rows with np.take while window w is cut into batches."""
+    once, into one buffer) and gathers its rows with np.take while window w is cut into batches.
+    gather=False: the fetches alone, the ceiling a stream from this server can reach."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -152,7 +155,7 @@ def child_read(client: str, store: str, epochs: int) -> dict:
         buf = np.empty((len(chunks) * rows, *images.shape[1:]), np.uint8)
         flat = memoryview(buf).cast("B")
         fetch([keys[c] for c in chunks], [flat[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(len(chunks))])
-        return np.take(buf, np.random.default_rng([epoch, chunks[0]]).permutation(len(buf)), axis=0)
+        return np.take(buf, np.random.default_rng([epoch, chunks[0]]).permutation(len(buf)), axis=0) if gather else buf
 
     rates = []
     for epoch in range(epochs):
@@ -257,11 +260,15 @@ def main() -> None:
             "window local (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", local_store, args.epochs),
             "window s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", s3_store, args.epochs),
             "window s3 s3fs": lambda r: run_child(here / "python", s3env, "read", "s3fs", s3_store, args.epochs),
+            "fetch only s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", s3_store, args.epochs, "fetch"),
             "deep CNN training": lambda r: run_child(here / "python", s3env, "deep", args.deep_steps),
         }
         if before:
             cases["build local (before)"] = lambda r: timed_build(before, s3env, args.images, str(work / f"p{r}.zarr"), args.build_limit, args.build_copies)
             cases["stream local (before)"] = lambda r: run_child(before / "python", s3env, "stream", "before", local_store, args.epochs)
+        if importlib.util.find_spec("s3fs") is None:
+            print("s3fs is not installed: no s3fs rows (pip install s3fs)", flush=True)
+            del cases["write s3 s3fs"], cases["window s3 s3fs"]
         cleanup = {"build local (today)": lambda r: str(work / f"b{r}.zarr"), "build local (before)": lambda r: str(work / f"p{r}.zarr"),
                    "build s3 obstore (today)": lambda r: f"s3://{BUCKET}/b{r}/aug.zarr", "write local (augzarr)": lambda r: str(work / f"w{r}"),
                    "write s3 obstore (augzarr)": lambda r: f"s3://{BUCKET}/wo{r}", "write s3 s3fs": lambda r: f"s3://{BUCKET}/ws{r}"}
@@ -321,13 +328,15 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
     print("| --- | ---: | ---: |")
     deep = statistics.median(per_round("deep CNN training"))
     for name in ("stream local (before)", "stream local (today)", "stream s3 obstore (today)", "window local (augzarr)",
-                 "window s3 obstore (augzarr)", "window s3 s3fs", "deep CNN training"):
+                 "window s3 obstore (augzarr)", "window s3 s3fs", "fetch only s3 obstore (augzarr)", "deep CNN training"):
         if has(name):
             print(f"| {name} | {spread(per_round(name))} | {statistics.median(per_round(name)) / deep:,.0f} |")
     print("\n| case | MiB/s | images/s |")
     print("| --- | ---: | ---: |")
     image_bytes = info["chunk_bytes"] / info["chunk_rows"]
     for name in ("write local (augzarr)", "write s3 obstore (augzarr)", "write s3 s3fs"):
+        if not has(name):
+            continue
         v = per_round(name)
         print(f"| {name} | {spread(v)} | {spread([x * 2**20 / image_bytes for x in v])} |")
     print("\nSame-round ratios, median (min-max):")
@@ -338,9 +347,13 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
                   ("stream today / before", ratio("stream local (today)", "stream local (before)"))]
     lines += [("build s3 / local (today), whole command", ratio("build s3 obstore (today)", "build local (today)")),
               ("stream s3 / local (today)", ratio("stream s3 obstore (today)", "stream local (today)")),
+              ("stream s3 / fetch only s3 (obstore)", ratio("stream s3 obstore (today)", "fetch only s3 obstore (augzarr)")),
+              ("fetch only s3 / stream local (today)", ratio("fetch only s3 obstore (augzarr)", "stream local (today)")),
               ("stream s3 / deep CNN", ratio("stream s3 obstore (today)", "deep CNN training")),
-              ("window pattern obstore / s3fs", ratio("window s3 obstore (augzarr)", "window s3 s3fs")),
-              ("write pattern obstore / s3fs", ratio("write s3 obstore (augzarr)", "write s3 s3fs"))]
+    ]
+    if has("window s3 s3fs"):
+        lines += [("window pattern obstore / s3fs", ratio("window s3 obstore (augzarr)", "window s3 s3fs")),
+                  ("write pattern obstore / s3fs", ratio("write s3 obstore (augzarr)", "write s3 s3fs"))]
     for label, values in lines:
         print(f"- {label}: {spread(values, '.2f')}")
 
@@ -354,7 +367,7 @@ def child_main(argv: list[str]) -> None:
     elif kind == "write":
         result = child_write(*rest)
     elif kind == "read":
-        result = child_read(rest[0], rest[1], int(rest[2]))
+        result = child_read(rest[0], rest[1], int(rest[2]), gather=rest[3:] != ["fetch"])
     else:  # info
         from augzarr.store_format import open_store
 
