@@ -11,7 +11,8 @@ How a build commits (what "complete" means), in this order
   1. .build/build.json (the arguments: the build's identity) claims the location;
   2. the skeleton: every array's metadata and the small per-row arrays, then .build/skeleton;
   3. each image chunk, written whole (one atomic file or one PUT), then its marker
-     .build/chunks/<split>.<chunk> holding its CRC-32; a chunk without a marker is recomputed;
+     .build/chunks/<build id>/<split>.<chunk> holding its CRC-32; a chunk without a marker of the
+     current build id (build.json's) is recomputed;
   4. the root zarr.json with complete: true and every checksum, in one write;
   5. .build/ removed.
   A store is complete only when its attributes say so and no .build/ is left. Every byte goes
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 import zarr
@@ -95,15 +96,21 @@ class StoreAttrs:
     def from_json(cls, attrs: dict, where: str) -> StoreAttrs:
         """The attributes of a format-1 group; fields a store of an older augzarr lacks take their
         defaults, a missing required field or a wrong type is refused naming the store."""
+        source = attrs.get("source")
+        missing = [f.name for f in fields(cls) if f.name not in attrs and f.name != "class_names"  # judged with the class names
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if isinstance(source, dict):
+            missing += [f"source.{f.name}" for f in fields(SourceInfo) if f.name not in source and f.default is MISSING]
+        damaged = f"store {where} is damaged: its attributes ({where}/{ROOT_METADATA})"
+        if missing:
+            raise UserError(f"{damaged} lack {', '.join(missing)}; rebuild it with build-aug --overwrite")
         try:
             values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}
-            values.setdefault("class_names", None)  # judged with the rest of the class names (class_name_problems)
-            values["source"] = SourceInfo(**{f.name: attrs["source"][f.name] for f in fields(SourceInfo) if f.name in attrs["source"]})
-            parsed = cls(**values)
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"store {where} is damaged: its attributes lack or garble {exc} ({where}/{ROOT_METADATA}); "
-                            "rebuild it with build-aug --overwrite") from None
-        return parsed
+            values.setdefault("class_names", None)  # reported by class_name_problems, with the other class-name faults
+            values["source"] = SourceInfo(**{f.name: source[f.name] for f in fields(SourceInfo) if f.name in source})
+            return cls(**values)
+        except TypeError:
+            raise UserError(f"{damaged} are garbled: 'source' is not an object; rebuild it with build-aug --overwrite") from None
 
     @property
     def n_classes(self) -> int:
@@ -134,8 +141,14 @@ def split_chunk_rows(chunk_rows: int, rows: int) -> int:
     return max(1, min(chunk_rows, rows))
 
 
-def marker_key(split: str, chunk: int) -> str:
-    return f"{MARKERS}{split}.{chunk}"
+def marker_prefix(build_id: str) -> str:
+    """The build's own marker folder: markers a stopped build's late tasks write under another id never
+    count (builds claimed before build ids existed keep theirs directly in .build/chunks/)."""
+    return f"{MARKERS}{build_id}/" if build_id else MARKERS
+
+
+def marker_key(split: str, chunk: int, build_id: str = "") -> str:
+    return f"{marker_prefix(build_id)}{split}.{chunk}"
 
 
 def chunk_key(array: zarr.Array, chunk: int) -> str:
@@ -175,33 +188,33 @@ def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...]
             group.create_array(array, shape=(n,), dtype=row_dtype(array, n_classes), **common)[:] = getattr(rows, array)
 
 
-def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray) -> str:
+def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
     """Step 3: chunk `chunk` of an images array, whole, then its marker; returns its CRC-32.
     The last, partial chunk is padded to full size with the fill value, as zarr stores it."""
     crc = f"{zlib.crc32(block):08x}"
     if len(block) < array.chunks[0]:
         block = np.concatenate([block, np.zeros((array.chunks[0] - len(block), *block.shape[1:]), np.uint8)])
     storage.write(chunk_key(array, chunk), memoryview(np.ascontiguousarray(block)).cast("B"))
-    storage.write(marker_key(array.path.split("/")[0], chunk), crc.encode())
+    storage.write(marker_key(array.path.split("/")[0], chunk, build_id), crc.encode())
     return crc
 
 
-def committed_chunks(storage: Storage) -> dict[tuple[str, int], str]:
-    """(split, chunk) -> CRC-32 of every chunk an unfinished build has committed, from one listing."""
-    done = {}
-    for key in storage.list(MARKERS):
-        split, _, chunk = key[len(MARKERS):].rpartition(".")
-        if split in SPLITS and chunk.isdigit():
+def committed_chunks(storage: Storage, build_id: str) -> dict[tuple[str, int], str]:
+    """(split, chunk) -> marker key of every chunk the unfinished build has committed, from one listing."""
+    done, prefix = {}, marker_prefix(build_id)
+    for key in storage.list(prefix):
+        split, _, chunk = key[len(prefix):].rpartition(".")
+        if split in SPLITS and chunk.isdigit():  # (a legacy listing also meets other builds' folders: not these)
             done[(split, int(chunk))] = key
     return done
 
 
-def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built: dict) -> None:
+def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built: dict, build_id: str) -> None:
     """Steps 4 and 5: checksums and complete: true in the root metadata (one write), then .build/ goes."""
     chunk_crc32 = {}
     for split in splits:
         images = group[f"{split}/{IMAGES}"]
-        chunk_crc32[split] = [storage.read(marker_key(split, c)).decode() for c in range(images.cdata_shape[0])]
+        chunk_crc32[split] = [storage.read(marker_key(split, c, build_id)).decode() for c in range(images.cdata_shape[0])]
     array_crc32 = {f"{s}/{name}": crc32_hex(group[f"{s}/{name}"][:]) for s in splits for name in ROW_ARRAYS}
     group.attrs.update({"complete": True, "chunk_crc32": chunk_crc32, "array_crc32": array_crc32, "built": built})
     storage.remove(BUILD_DIR)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,8 @@ from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .worker import compute_chunk, decode_files, init_worker, source_file
+from .cluster import check_workers, cluster_client, run_chunks
+from .worker import compute_chunk, decode_files, init_worker, source_file, staged_source_key
 
 DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096
@@ -65,10 +66,12 @@ class BuildOptions:
     overwrite: bool = False
     skip_bad: bool = False
     preview_dir: Path | None = None  # where the CLI writes previews: never read as images when inside --source
+    scheduler: str | None = None  # a Dask scheduler's address, or "local" (cluster.py); None: this machine's processes
 
     def validate(self) -> None:
         checks = [
-            (1 <= self.copies <= MAX_COPIES, f"--copies must be in [1, {MAX_COPIES}]"),
+            (0 <= self.copies <= MAX_COPIES, f"--copies must be in [0, {MAX_COPIES}]"),
+            (self.copies > 0 or self.include_original, "--copies 0 stores the originals only: it needs --include-original"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
             (self.chunk_size is None or self.chunk_size >= 1, "--chunk-size must be at least 1"),
@@ -200,8 +203,12 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
     scratch.mkdir(parents=True, exist_ok=True)
 
     workers = options.workers or default_workers()
-    pool = pool_context(storage).Pool(workers, initializer=init_worker, initargs=(out, str(scratch), policy.to_attrs(), options.seed))
-    with pool:
+    build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
+    config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
+    with ExitStack() as held:
+        # the cluster first: an unreachable scheduler is refused before any decoding
+        client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message)) if options.scheduler else None
+        pool = held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=config))
         content_hash, bad = stage_source(source, scratch, pool, options.image_size is not None, options.skip_bad, reporter)
         recorded = storage.read_json(BUILD_JSON)
         if recorded.get("source_hash") not in (None, content_hash):
@@ -224,7 +231,7 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         )
         skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
         if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
-            if committed_chunks(storage):
+            if committed_chunks(storage, build_id):
                 raise UserError(f"the unfinished build in {out} laid out its rows otherwise (an older augzarr started it): "
                                 "pass --overwrite to start over, or finish it with the version that started it")
             storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
@@ -235,19 +242,28 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
         skeleton = open_group(storage)
         rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
-        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage)))
+        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
         total_rows = sum(len(r) for r in splits.values())
+        if client is not None:
+            if storage.local_path() is None:  # workers on other machines read the staged source from the store
+                for name in source_splits(source):
+                    storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
+            if tasks:
+                check_workers(client, config, tasks[0])
+            results = run_chunks(client, config, tasks)
+        else:
+            results = pool.imap_unordered(compute_chunk, tasks)
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
             try:
-                for _, _, n in pool.imap_unordered(compute_chunk, tasks):
+                for _, _, n in results:
                     still_held()  # a build whose lease was lost stops before it writes more
                     advance(n)
             except BadSample as exc:  # named here, where the source's file names are
                 raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
     still_held()
     built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)}
-    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built)
+    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built, build_id)
     root = open_group(storage)
     return BuildResult(
         out=out,
@@ -274,6 +290,12 @@ def sample_name(source: Source, split: str, index: int) -> str:
     if files is not None and index < len(files):
         return f"source image {shown(files[index])}"
     return f"source {split} image {index}"
+
+
+def worker_location(storage: Storage) -> str:
+    """The store as a worker in another process (or on another machine) names it: a URL, or an absolute path."""
+    local = storage.local_path()
+    return str(local.absolute()) if local is not None else storage.location
 
 
 def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:
@@ -375,7 +397,7 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
         recorded = storage.read_json(BUILD_JSON)
         if recorded["identity"] == identity and not overwrite:
             return "resume"
-        if not overwrite and not committed_chunks(storage):
+        if not overwrite and not committed_chunks(storage, recorded.get("build_id", "")):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
             # error suggested just works, without --overwrite
             claim_fresh(storage, identity)
@@ -400,8 +422,9 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
 
 
 def claim_fresh(storage: Storage, identity: dict) -> None:
-    """Claim the location first, so an interruption from here on leaves a store we know to be ours."""
-    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None})
+    """Claim the location first, so an interruption from here on leaves a store we know to be ours. A new
+    build id: chunk tasks of an earlier build still running on a cluster check it before they commit."""
+    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None, "build_id": uuid.uuid4().hex})
     storage.remove_all_except(KEEP_WHEN_CLAIMING)
     for key in storage.list(BUILD_DIR + "/"):
         if key != BUILD_JSON:

@@ -24,9 +24,9 @@ inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @build_app.command()
 def build_aug(
     source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
-    copies: int = typer.Option(5, help="Augmented copies of each training image (>= 1)."),
+    copies: int = typer.Option(5, help="Augmented copies of each training image (0: the originals only, a baseline)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
-    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
+    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
     val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),
     out: str = typer.Option("data/aug.zarr", help="The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage)."),
     chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
@@ -39,9 +39,11 @@ def build_aug(
     preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
+    scheduler: Optional[str] = typer.Option(None, help="Compute the chunks on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' to start one here [default: $AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes]."),
 ) -> None:
     """Pre-generate augmented copies of every training image into a chunked zarr store."""
     from .build import BuildOptions, build_store  # albumentations loads only when building
+    from .cluster import scheduler_address
     from .preview import missing_previews, write_previews
 
     check_preview_options(preview, preview_dir)
@@ -50,6 +52,7 @@ def build_aug(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
         workers=workers, overwrite=overwrite, skip_bad=skip_bad, preview_dir=preview_dir if preview else None,
+        scheduler=scheduler_address(scheduler),
     )
     result = build_store(options, reporter)
     if result.status == "already complete":

@@ -58,9 +58,47 @@ def crop_flip_policy(height: int, width: int) -> A.Compose:
     ])
 
 
+def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
+    """crop-flip, then cutout (DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at
+    32x32): one hole half the side (16 px at 32), always, filled with mid-grey (128, about the data's mean,
+    as the paper's zero after normalising is), wherever it falls (cut off at the edges)."""
+    return A.Compose([
+        *crop_flip_policy(height, width).transforms,
+        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.5, 0.5), hole_width_range=(0.5, 0.5), fill=128, p=1.0),
+    ])
+
+
+def randaugment_policy(height: int, width: int) -> A.Compose:
+    """RandAugment-style (Cubuk et al., 2020): per copy, 2 different operations drawn uniformly from the
+    list below (identity among them, so a copy gets one or two), each at a random magnitude within a range
+    suited to 32x32 images (about RandAugment's magnitude 9 of 30, shifts scaled to the side); then
+    crop-flip, as the paper's CIFAR-10 recipe does. Geometric operations fill with mid-grey (128)."""
+    shift_y, shift_x = max(1, round(height / 8)), max(1, round(width / 8))
+    geometry = {"border_mode": cv2.BORDER_CONSTANT, "fill": 128, "p": 1.0}
+    operations = [
+        A.NoOp(p=1.0),                                                           # identity
+        A.AutoContrast(p=1.0),                                                   # stretch each channel to 0..255
+        A.Equalize(p=1.0),                                                       # histogram equalisation
+        A.Affine(rotate=(-15, 15), **geometry),                                  # rotate up to 15 degrees
+        A.Solarize(threshold_range=(0.5, 1.0), p=1.0),                           # invert above a threshold of 50-100%
+        A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=1.0),   # colour: saturation x0.5-1.5
+        A.Posterize(num_bits=(4, 6), p=1.0),                                     # keep 4-6 bits a channel
+        A.ColorJitter(brightness=0, contrast=(0.5, 1.5), saturation=0, hue=0, p=1.0),   # contrast x0.5-1.5
+        A.ColorJitter(brightness=(0.5, 1.5), contrast=0, saturation=0, hue=0, p=1.0),   # brightness x0.5-1.5
+        A.Sharpen(alpha=(0.2, 0.5), p=1.0),                                      # sharpness
+        A.Affine(shear={"x": (-15, 15), "y": (0, 0)}, **geometry),               # shear x up to 15 degrees
+        A.Affine(shear={"x": (0, 0), "y": (-15, 15)}, **geometry),               # shear y
+        A.Affine(translate_px={"x": (-shift_x, shift_x), "y": (0, 0)}, **geometry),  # translate x by 1/8 of the side
+        A.Affine(translate_px={"x": (0, 0), "y": (-shift_y, shift_y)}, **geometry),  # translate y
+    ]
+    return A.Compose([A.SomeOf(operations, n=2, replace=False, p=1.0), *crop_flip_policy(height, width).transforms])
+
+
 PRESETS = {
     "notebook": notebook_policy,
     "crop-flip": crop_flip_policy,
+    "crop-flip-cutout": crop_flip_cutout_policy,
+    "randaugment": randaugment_policy,
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
+import threading
 from pathlib import Path
 
 import numcodecs
@@ -20,7 +22,7 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import IMAGES, open_group, write_chunk
+from augzarr.store_format import BUILD_DIR, BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
@@ -31,8 +33,10 @@ _worker: "WorkerState | None" = None
 
 
 class WorkerState:
-    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int):
+    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str = "", check_build: bool = False):
         self.storage = open_storage(location)
+        self.build_id = build_id
+        self.check_build = check_build  # a cluster task: is its build still the store's before each commit?
         self.scratch = Path(scratch)  # where the parent staged the decoded source
         self.policy_attrs, self.seed = policy_attrs, seed
         self.pipeline = Policy.from_attrs(policy_attrs).pipeline
@@ -43,6 +47,8 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
+            if not source_file(self.scratch, split).is_file():  # a cluster worker on another machine
+                self.scratch = fetch_staged_source(self.storage, split)
             self.sources[split] = map_source(self.scratch, split, "r")
         return self.sources[split]
 
@@ -62,18 +68,78 @@ def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"
 
 
+def staged_source_key(split: str) -> str:
+    """Where a cluster build stages the decoded source in the store, for workers that cannot see the client's disk."""
+    return f"{BUILD_DIR}/source-{split}.npy"
+
+
+_fetch_lock = threading.Lock()
+_fetched: dict[tuple[str, str], Path] = {}
+
+
+def fetch_staged_source(storage, split: str) -> Path:
+    """The staged source split, read from the store once per worker process (its threads share it)."""
+    with _fetch_lock:
+        key = (storage.location, split)
+        if key not in _fetched:
+            folder = Path(tempfile.mkdtemp(prefix="augzarr-worker-source-"))
+            source_file(folder, split).write_bytes(storage.read(staged_source_key(split)))
+            _fetched[key] = folder
+        return _fetched[key]
+
+
+_per_thread = threading.local()
+
+
+def state_for(config: tuple) -> WorkerState:
+    """The WorkerState of a cluster worker's thread for one build (location, scratch, policy, seed):
+    a pipeline holds its random state, so each thread of a multi-threaded worker needs its own."""
+    states = _per_thread.__dict__.setdefault("states", {})
+    key = repr(config)
+    if key not in states:
+        states.clear()  # one build at a time per thread
+        states[key] = WorkerState(*config, check_build=True)
+    return states[key]
+
+
+def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]:
+    """compute_chunk for a Dask worker's thread."""
+    return compute_chunk_with(state_for(config), task)
+
+
+def canary_on_cluster(config: tuple, task: tuple) -> dict:
+    """What a cluster worker would compute for one chunk (its CRC-32, nothing written), and the versions
+    of the packages that decide those bytes: the client compares both with its own before any task runs."""
+    return {"crc32": crc32_hex(compute_block(WorkerState(*config), task)), "versions": deciding_versions()}
+
+
+DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr")
+
+
+def deciding_versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    found = {}
+    for package in DECIDING_PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
 def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
     """The decoded source split, shared through a file mapping, as a plain ndarray view:
     indexing the np.memmap subclass itself costs ~15 us a row."""
     return np.asarray(np.load(source_file(scratch, split), mmap_mode=mode))
 
 
-def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int) -> None:
+def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str) -> None:
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already
     global _worker
-    _worker = WorkerState(location, scratch, policy_attrs, seed)
+    _worker = WorkerState(location, scratch, policy_attrs, seed, build_id)
 
 
 def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
@@ -115,9 +181,26 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
 
 
 def compute_chunk(task: tuple) -> tuple[str, int, int]:
-    """Compute and write one chunk of a split's images; return (split, chunk, rows)."""
+    """Compute and write one chunk of a split's images (a pool worker); return (split, chunk, rows)."""
+    return compute_chunk_with(_worker, task)
+
+
+def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
+    split, chunk = task[:2]
+    block = compute_block(state, task)
+    if state.check_build and state.storage.read_json(BUILD_JSON).get("build_id") != state.build_id:
+        raise StaleBuild(f"{state.storage.location} is now another build's: chunk {split} {chunk} of build {state.build_id} not written")
+    write_chunk(state.storage, state.array(split), chunk, block, state.build_id)
+    return split, chunk, len(block)
+
+
+class StaleBuild(Exception):
+    """A cluster task of a build that was stopped and replaced (--overwrite): it must not write."""
+
+
+def compute_block(state: WorkerState, task: tuple) -> np.ndarray:
+    """The rows of one chunk, computed, not written."""
     split, chunk, start, from_split, source_index, copy_index = task
-    state = _worker
     source = state.source(from_split)
     shape = source.shape[1:]
     block = np.empty((len(source_index), *shape), np.uint8)
@@ -138,6 +221,5 @@ def compute_chunk(task: tuple) -> tuple[str, int, int]:
             if not fits and not row_fits(out, shape):
                 raise state.bad_sample(from_split, s, k)
             block[row] = out
-    write_chunk(state.storage, state.array(split), chunk, block)
-    return split, chunk, len(block)
+    return block
 

@@ -89,7 +89,7 @@ def build_phase(out: Path) -> str:
     chunks = out / ".build" / "chunks"
     if not (out / ".build" / "skeleton").exists():
         return "claimed, source not yet staged"
-    return f"{len([c for c in chunks.iterdir() if not c.name.startswith('.')])} chunks committed"
+    return f"{len([c for c in chunks.rglob('*') if c.is_file() and not c.name.startswith('.')])} chunks committed"
 
 
 def build_campaign(work: Path, kills: int, rng: random.Random) -> list[dict]:

@@ -25,6 +25,7 @@ class FaultProxy:
         self.mode = "503"  # or "drop"
         self.fail_next = 0
         self.every = 0
+        self.only = ""  # when set, faults hit only requests whose path contains it (".lock": the lease)
         self.count = 0
         self.faults = 0
         self.log: list[tuple[str, str, int]] = []
@@ -32,7 +33,9 @@ class FaultProxy:
         self.server = None
         self.conns: set = set()
 
-    def _decide(self) -> bool:
+    def _decide(self, path: str = "") -> bool:
+        if self.only and self.only not in path:
+            return False
         with self.lock:
             self.count += 1
             if self.fail_next > 0:
@@ -73,7 +76,7 @@ class FaultProxy:
 
             def _any(self):
                 body = self._body()
-                if proxy.mode == "lose_response" and proxy._decide():
+                if proxy.mode == "lose_response" and proxy._decide(self.path):
                     # forward the request, let it take effect, then drop the connection
                     c = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                     hdrs = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
@@ -84,7 +87,7 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if proxy.mode != "lose_response" and proxy._decide():
+                if proxy.mode != "lose_response" and proxy._decide(self.path):
                     proxy.log.append((self.command, self.path, -1))
                     if proxy.mode == "drop":
                         self.close_connection = True

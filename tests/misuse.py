@@ -300,7 +300,7 @@ def long_build(work: Path) -> tuple[list[str], Path]:
 
 def second_build(work: Path):
     args, out = long_build(work)
-    first = started(args, lambda: any((out / ".build" / "chunks").glob("train.*")), pause=True)
+    first = started(args, lambda: any((out / ".build" / "chunks").rglob("train.*")), pause=True)
     try:
         return refused(cli(*args), "another build-aug is writing")
     finally:
@@ -309,7 +309,7 @@ def second_build(work: Path):
 
 def train_while_building(work: Path):
     args, out = long_build(work)
-    first = started(args, lambda: any((out / ".build" / "chunks").glob("train.*")), pause=True)
+    first = started(args, lambda: any((out / ".build" / "chunks").rglob("train.*")), pause=True)
     try:
         result = cli("train", "--store", str(out), "--epochs", "1", "--out", str(work / "run"))
         outcome = refused(result, "unfinished build")

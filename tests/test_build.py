@@ -185,7 +185,7 @@ def start_build(args: list[str], **kwargs) -> subprocess.Popen:
 def wait_for_chunks(out: Path, at_least: int, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        done = list((out / BUILD_DIR / "chunks").glob("train.*")) if (out / BUILD_DIR / "chunks").is_dir() else []
+        done = list((out / BUILD_DIR / "chunks").rglob("train.*")) if (out / BUILD_DIR / "chunks").is_dir() else []
         if len(done) >= at_least:
             return
         assert process.poll() is None, "the build ended before it could be interrupted"
@@ -200,7 +200,7 @@ def test_resume_after_kill_9_is_byte_identical(resumable_case, tmp_path):
     wait_for_chunks(out, 20, process)
     os.killpg(process.pid, signal.SIGKILL)  # the build and its workers, as an OOM killer or a power cut would
     process.wait()
-    done_before = len(list((out / BUILD_DIR / "chunks").glob("[a-z]*")))  # not the .tmp of a marker cut short
+    done_before = len(list((out / BUILD_DIR / "chunks").rglob("[a-z]*.[0-9]*")))  # markers, not the .tmp of one cut short
     inspect = run_cli("inspect-aug", "--store", str(out))
     assert inspect.returncode == 1 and "incomplete" in inspect.stderr and "Traceback" not in inspect.stderr
     resumed = run_cli("build-aug", *[a for a in args if a != "--quiet"], "--out", str(out), check=True)

@@ -17,7 +17,7 @@ from conftest import BIN, run_cli, write_image_folder
 from faultproxy import FaultProxy
 from s3server import MotoServer, endpoint_env
 
-LEASE_SECONDS = "3"  # a killed build's lease expires this soon here (60 s by default)
+LEASE_SECONDS = "2"  # a killed build's lease expires this soon here (60 s by default)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,10 @@ def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_t
     while len(storage.list(".build/chunks/")) < 10:
         assert build.poll() is None and time.monotonic() < deadline, build.communicate()
         time.sleep(0.05)
+    leased = time.monotonic()
+    while time.monotonic() < leased + float(LEASE_SECONDS) + 1:  # past the lease's first term: renewed, not expired
+        assert build.poll() is None, build.communicate()
+        time.sleep(0.1)
     second = run_cli(*args, env=s3["env"])  # while the first runs: refused at once
     assert_one_line(second, f"{s3['url']} is being built by ", "right now")
     os.killpg(build.pid, signal.SIGKILL)
@@ -189,6 +193,21 @@ def test_transient_errors_are_retried_not_surfaced(s3, images, server, tmp_path)
         proxy.mode, proxy.every, proxy.count = "drop", 7, 0  # every seventh connection dropped without an answer
         run_cli("inspect-aug", "--store", s3["url"], "--verify", env=env, check=True)
         assert slowdowns > 5 and proxy.faults > slowdowns
+    finally:
+        proxy.stop()
+    local = tmp_path / "local.zarr"
+    run_cli(*build_args(images, str(local)), check=True)
+    assert_same_objects(s3["url"], local)
+
+
+def test_a_lease_whose_create_answer_was_lost_is_recognised_as_ours(s3, images, server, tmp_path):
+    """The server takes the conditional PUT of the lease but the answer never arrives; the client's retry
+    then meets its own lease (412): the token inside tells it apart from another build's."""
+    proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
+    try:
+        proxy.mode, proxy.only, proxy.fail_next = "lose_response", ".lock", 1
+        run_cli(*build_args(images, s3["url"]), env={**s3["env"], "AWS_ENDPOINT_URL": proxy.url}, check=True)
+        assert [(method, status) for method, path, status in proxy.log if ".lock" in path][:2] == [("PUT", 200), ("PUT", 412)]
     finally:
         proxy.stop()
     local = tmp_path / "local.zarr"

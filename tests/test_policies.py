@@ -156,6 +156,8 @@ def test_presets_keep_shape_for_other_sizes():
 @pytest.mark.parametrize("make", [
     lambda: PRESETS["notebook"](32, 32),
     lambda: PRESETS["crop-flip"](32, 32),
+    lambda: PRESETS["crop-flip-cutout"](32, 32),
+    lambda: PRESETS["randaugment"](32, 32),
     lambda: A.Compose([A.OneOf([A.Rotate(limit=30), A.RandomBrightnessContrast()], p=0.7), A.VerticalFlip()], p=0.6),
     lambda: A.Compose([A.HorizontalFlip()], bbox_params=A.BboxParams(format="pascal_voc")),  # takes the full call
     # Affine's own step, through each of its sampling branches, and the cases it hands back

@@ -206,8 +206,8 @@ def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path)
 # -- bad options ----------------------------------------------------------------------------------------
 
 BUILD_BAD = [  # option, value, what the one line says
-    ("--copies", "0", "--copies must be in [1, 10000]"), ("--copies", "-3", "--copies must be in [1, 10000]"),
-    ("--copies", "99999999", "--copies must be in [1, 10000]"), ("--copies", "five", "'--copies'"),
+    ("--copies", "-3", "--copies must be in [0, 10000]"),
+    ("--copies", "99999999", "--copies must be in [0, 10000]"), ("--copies", "five", "'--copies'"),
     ("--val-fraction", "1", "--val-fraction must be in [0, 1)"), ("--val-fraction", "-0.1", "--val-fraction must be in [0, 1)"),
     ("--val-fraction", "nan", "--val-fraction must be in [0, 1)"), ("--val-fraction", "lots", "'--val-fraction'"),
     ("--chunk-size", "0", "--chunk-size must be at least 1"), ("--chunk-size", "-1", "--chunk-size must be at least 1"),

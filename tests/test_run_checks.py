@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> dict:
 # -- point 10: exit codes -----------------------------------------------------------------------------
 
 BAD_OPTIONS = [  # every bad option exits 2, whether typer or our range checks refuse it
-    ("build-aug", "--copies", "0", "--copies must be in [1, 10000]"),
+    ("build-aug", "--copies", "-1", "--copies must be in [0, 10000]"),
     ("build-aug", "--val-fraction", "1.5", "--val-fraction must be in [0, 1)"),
     ("build-aug", "--preview", "-1", "--preview must be in [0, 256]"),
     ("build-aug", "--policy", "no-such-preset", "unknown policy"),

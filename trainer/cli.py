@@ -29,6 +29,10 @@ def train(
     lr_schedule: Optional[str] = typer.Option(None, help="cosine (the rate decays to 0 over the run) or constant (the notebook's) [default: cosine]."),
     seed: Optional[int] = typer.Option(None, help="Seeds weights, dropout and the stream's order [default: 0]."),
     buffer_chunks: Optional[int] = typer.Option(None, help="Chunks shuffled together in the stream [default: 8]."),
+    mix: Optional[str] = typer.Option(None, help="Mix each training batch with a shuffled copy of itself, labels made soft: mixup or cutmix [default: none]."),
+    mix_alpha: Optional[float] = typer.Option(None, help="The mix's Beta(alpha, alpha) parameter [default: 0.2 for mixup, 1.0 for cutmix]."),
+    keras_augment: Optional[str] = typer.Option(None, help="Online augmentation by Keras preprocessing layers in the model (the usual alternative to stored copies): crop-flip or randaugment [default: none]."),
+    online: Optional[str] = typer.Option(None, help="Random operations on each training batch as it is streamed, comma-separated: flip, shift (up to 1/8 of the side), erase (cutout of a quarter of the side) [default: none]."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
@@ -38,7 +42,8 @@ def train(
 
     given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                     learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
-                                    buffer_chunks=buffer_chunks).items() if v is not None}
+                                    buffer_chunks=buffer_chunks, online=online, mix=mix, mix_alpha=mix_alpha,
+                                    keras_augment=keras_augment).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
     from .runlock import is_live, live_run_message
 

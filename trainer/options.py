@@ -6,13 +6,18 @@ from dataclasses import dataclass
 
 from augzarr.errors import OptionError
 
+from .mixing import DEFAULT_ALPHA, MIXES
+from .online import parse_online
+
 MODELS = ("deep", "shallow")
+KERAS_AUGMENTS = ("crop-flip", "randaugment")  # models.keras_augment_layers builds them
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_BUFFER_CHUNKS = 8
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
+MAX_MIX_ALPHA = 100.0
 
 
 @dataclass
@@ -26,6 +31,10 @@ class TrainOptions:
     lr_schedule: str = "cosine"  # decay to 0 over the run's steps (BENCHMARKS.md: +5.7 points at the end); or "constant"
     seed: int = 0
     buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
+    online: str = ""  # train --online: comma-separated ops of online.ONLINE_OPS, "" for none
+    mix: str = ""  # train --mix: one of mixing.MIXES, "" for none
+    mix_alpha: float | None = None  # None: mixing.DEFAULT_ALPHA of the mix
+    keras_augment: str = ""  # train --keras-augment: Keras preprocessing layers in the model, "" for none
 
     def validate(self) -> None:
         checks = [
@@ -41,3 +50,24 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        if self.keras_augment not in ("", *KERAS_AUGMENTS):
+            raise OptionError(f"--keras-augment must be one of {', '.join(KERAS_AUGMENTS)}")
+        if self.mix not in ("", *MIXES):
+            raise OptionError(f"--mix must be one of {', '.join(MIXES)}")
+        if self.mix_alpha is not None and not (0 < self.mix_alpha <= MAX_MIX_ALPHA):
+            raise OptionError(f"--mix-alpha must be in (0, {MAX_MIX_ALPHA}]")
+        if self.mix_alpha is not None and not self.mix:
+            raise OptionError("--mix-alpha needs --mix mixup or --mix cutmix")
+        try:
+            parse_online(self.online)
+        except ValueError as exc:
+            raise OptionError(f"--online: {exc}") from None
+
+    @property
+    def online_ops(self) -> tuple[str, ...]:
+        return parse_online(self.online)
+
+    @property
+    def alpha(self) -> float | None:
+        """The mix's alpha, its default when not given; None without --mix."""
+        return (self.mix_alpha if self.mix_alpha is not None else DEFAULT_ALPHA[self.mix]) if self.mix else None

@@ -134,7 +134,10 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "",
         f"- model: `{options['model']}`, {run.get('parameters', 0):,} parameters",
         f"- optimizer: {options['optimizer']}, learning rate {run.get('learning_rate', 0):g} ({options.get('lr_schedule', 'constant')}), batch size {options['batch_size']}, epochs {options['epochs']}, seed {options['seed']}",
-        f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",
+        f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); "
+        f"online operations on each batch: {options.get('online') or 'none'}; batch mixing: "
+        f"{(options['mix'] + ' alpha ' + format(run.get('mix_alpha'), 'g')) if options.get('mix') else 'none'}; "
+        f"Keras augmentation layers: {options.get('keras_augment') or 'none'}; Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",
         *training_rate_lines(history, run),
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
         + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),

@@ -27,6 +27,8 @@ import numpy as np
 from augzarr.store_format import OpenStore, read_chunks
 
 from .allocator import restore_malloc_thresholds
+from .mixing import BatchMix, one_hot
+from .online import OnlineAugment
 from .options import DEFAULT_BUFFER_CHUNKS
 
 
@@ -37,10 +39,14 @@ class StoreStream(keras.utils.PyDataset):
     `steps_per_epoch=stream.batches_per_epoch`. Batch i belongs to epoch
     start_epoch + i // batches_per_epoch, so fit's order does not rely on callbacks.
     shuffle=False: one pass in stored order (validation, evaluation).
+    online: train --online's operations (online.py), applied to each training batch as it is served.
+    mix: train --mix's BatchMix (mixing.py) for training batches; soft_labels: every batch's labels as
+    float32 one-hot rows [b, classes] (what a model trained on mixed labels takes, validation included).
     """
 
     def __init__(self, store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
-                 start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS):
+                 start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS, online: tuple[str, ...] = (),
+                 mix: BatchMix | None = None, soft_labels: bool = False):
         super().__init__(workers=1, use_multiprocessing=False)
         self.storage = store.storage
         self.images = store.images(split)
@@ -60,6 +66,9 @@ class StoreStream(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._windows: dict[tuple[int, int], Future] = {}
         self._reader: ThreadPoolExecutor | None = None  # started on first use, again after close()
+        self.online = OnlineAugment(online, seed) if online and shuffle else None
+        self.mix = mix if shuffle else None
+        self.soft_classes = store.attrs.n_classes if soft_labels or self.mix else None
 
     # -- the order ----------------------------------------------------------------------------------
 
@@ -123,9 +132,12 @@ class StoreStream(keras.utils.PyDataset):
             parts_y.append(labels[lo:hi])
             start = bounds[w] + hi
             w += 1
-        if len(parts_x) == 1:
-            return parts_x[0], parts_y[0]
-        return np.concatenate(parts_x), np.concatenate(parts_y)
+        x, y = (parts_x[0], parts_y[0]) if len(parts_x) == 1 else (np.concatenate(parts_x), np.concatenate(parts_y))
+        if self.online:
+            x = self.online(x, epoch, batch)
+        if self.mix:
+            return self.mix(x, y, epoch, batch)
+        return (x, one_hot(y, self.soft_classes)) if self.soft_classes else (x, y)
 
     def close(self) -> None:
         """Stop the reader thread and drop the windows held; a later batch starts them again."""

@@ -27,6 +27,7 @@ from augzarr.storage.local import write_atomic
 from augzarr.store_format import StoreAttrs, open_store
 
 from .metrics import evaluate_stream
+from .mixing import BatchMix
 from .models import build_model
 from .options import OPTIMIZER_NAMES, TrainOptions
 from .report import history_csv, model_card, plot_confusion, plot_curves
@@ -241,6 +242,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     if resume:
         run_dir, run = find_run_to_resume(out, held)
         recorded = run["options"]
+        defaults = asdict(TrainOptions())  # options a run recorded before they existed had their defaults
+        recorded = {**defaults, **recorded}
         conflicts = [f"--{k.replace('_', '-')} {recorded[k]} -> {v}" for k, v in given.items() if k != "epochs" and recorded[k] != v]
         if conflicts:
             raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
@@ -276,9 +279,11 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
     if not resume or not done:
         seed_everything(options.seed)
-        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
+        model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
         optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
+        loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     else:
         seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
@@ -294,6 +299,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "parameters": model.count_params(),
         "learning_rate": initial_learning_rate(options),
+        "mix_alpha": options.alpha,  # the alpha used, its default when --mix-alpha was not given
         "train_rows": train_rows,
         "class_names": attrs.class_names,
         "image_shape": attrs.image_shape,
@@ -301,8 +307,9 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
 
     train_stream = StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
-                               start_epoch=done, buffer_chunks=options.buffer_chunks)
-    val_stream = StoreStream(store, "val", options.batch_size, shuffle=False) if val_rows else None
+                               start_epoch=done, buffer_chunks=options.buffer_chunks, online=options.online_ops,
+                               mix=BatchMix(options.mix, options.alpha, attrs.n_classes, options.seed) if options.mix else None)
+    val_stream = StoreStream(store, "val", options.batch_size, shuffle=False, soft_labels=bool(options.mix)) if val_rows else None
     if not val_rows:
         say("the store has no validation rows: no validation during training")
     try:

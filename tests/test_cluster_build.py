@@ -1,0 +1,185 @@
+"""Issue #13 point 1: build-aug --scheduler runs the chunk tasks on a real Dask cluster (started here);
+the store is byte for byte the local build's, whatever the workers and threads per worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    # two threads per worker: each thread must keep its own pipeline state, or the bytes would differ
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as local:
+        yield local.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("cluster") / "images", {"ant": 20, "bee": 16, "cow": 12}, size=16)
+
+
+def build(images: Path, out: Path, *extra: str, env: dict | None = None):
+    return run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "3", "--chunk-size", "8", "--preview", "0",
+                   *extra, env=env, check=True)
+
+
+def files(store: Path) -> dict[str, bytes]:
+    found = {p.relative_to(store).as_posix(): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    meta = json.loads(found.pop("zarr.json"))
+    meta["attributes"].pop("built")  # when it finished: the one difference between two builds
+    return {**found, "zarr.json": json.dumps(meta, sort_keys=True).encode()}
+
+
+def test_a_cluster_build_is_the_local_build_byte_for_byte(cluster, images, tmp_path):
+    local = tmp_path / "local.zarr"
+    build(images, local, "--workers", "1")
+    on_cluster = tmp_path / "cluster.zarr"
+    built = build(images, on_cluster, "--scheduler", cluster)
+    assert built.stdout.startswith(f"built {on_cluster}: ")
+    assert files(on_cluster) == files(local)
+    from_env = tmp_path / "env.zarr"  # Dask's own variable names the scheduler as well
+    build(images, from_env, env={"DASK_SCHEDULER_ADDRESS": cluster})
+    assert files(from_env) == files(local)
+
+
+def test_scheduler_local_starts_a_cluster_and_says_where_its_dashboard_is(images, tmp_path):
+    out = tmp_path / "local-cluster.zarr"
+    built = build(images, out, "--scheduler", "local", "--workers", "2")
+    assert "started a local Dask cluster of 2 workers; dashboard: http://" in built.stdout
+    reference = tmp_path / "reference.zarr"
+    build(images, reference, "--workers", "2")
+    assert files(out) == files(reference)
+
+
+def test_an_unreachable_scheduler_is_one_line(images, tmp_path):
+    result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0",
+                     "--scheduler", "tcp://127.0.0.1:9", "--quiet")
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert line.startswith("build-aug: error: --scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler")
+
+
+def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_path):
+    """A real `dask scheduler` and `dask worker` pair, the worker seeing zarr's metadata at another version."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    fake = tmp_path / "fake-metadata" / "zarr-2.0.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
+    bin_dir = Path(sys.executable).parent
+    scheduler_file = tmp_path / "scheduler.json"
+    common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  "--scheduler-file", str(scheduler_file)], **common)
+    worker = None
+    try:
+        while not scheduler_file.is_file():
+            assert scheduler.poll() is None and time.sleep(0.1) is None
+        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                   "--no-dashboard"], env={**os.environ, "PYTHONPATH": str(fake.parent)}, **common)
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
+            client.wait_for_workers(1, timeout=60)
+            address = client.scheduler.address
+        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
+                         "--scheduler", address)
+        line = result.stderr.strip()
+        assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+        assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
+        assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(30)
+
+
+def long_build(images: Path, out: Path, scheduler: str) -> list[str]:
+    """A build of one-row chunks: hundreds of tasks, still running when the test steps in."""
+    return ["build-aug", "--source", str(images), "--out", str(out), "--copies", "6", "--chunk-size", "1", "--preview", "0",
+            "--quiet", "--scheduler", scheduler]
+
+
+def start(command: list[str]):
+    import os
+    import subprocess
+
+    from conftest import BIN
+
+    return subprocess.Popen([str(BIN / command[0]), *command[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+
+
+def wait_for_markers(out: Path, process, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 180
+    while len(list((out / ".build" / "chunks").rglob("train.*"))) < count:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_build_has_its_tasks_rerun_and_the_store_is_the_same(cluster, images, tmp_path):
+    import os
+    import signal
+
+    from distributed import Client
+
+    out = tmp_path / "killed-worker.zarr"
+    build_process = start(long_build(images, out, cluster))
+    wait_for_markers(out, build_process, 20)
+    with Client(cluster) as client:
+        pids = client.run(os.getpid)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts a new one; Dask reruns its tasks
+    stdout, stderr = build_process.communicate(timeout=300)
+    assert build_process.returncode == 0, stderr
+    reference = tmp_path / "reference.zarr"
+    run_cli(*long_build(images, reference, "")[:-2], "--workers", "2", check=True)
+    assert files(out) == files(reference)
+
+
+def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_task_cannot_write(cluster, images, tmp_path):
+    import os
+    import signal
+    import time
+
+    from distributed import Client
+
+    from augzarr.builder.worker import StaleBuild, compute_chunk_on_cluster
+    from augzarr.storage import open_storage
+    from augzarr.store_format import open_group
+
+    out = tmp_path / "killed-client.zarr"
+    command = long_build(images, out, cluster)
+    build_process = start(command)
+    wait_for_markers(out, build_process, 20)
+    os.killpg(build_process.pid, signal.SIGKILL)
+    build_process.wait()
+    time.sleep(3)  # the tasks that were running when their client died finish (the same bytes a resume would write)
+    written = {int(p.name) for p in (out / "train" / "images" / "c").iterdir()}
+    # a task of a build that is no longer the store's (as after --overwrite) refuses to write
+    pending = next(c for c in range(1000) if c not in written)
+    rows = open_group(open_storage(out))["train"]
+    task = ("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
+    config = (str(out), str(out / ".build"), json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    with Client(cluster) as client:
+        with pytest.raises(StaleBuild, match="is now another build's"):
+            client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)
+    assert not (out / "train" / "images" / "c" / str(pending)).exists() and not list(out.rglob(f".build/chunks/**/train.{pending}"))
+    resumed = run_cli(*command, check=True)  # the same command: only the chunks without a marker
+    assert resumed.returncode == 0
+    reference = tmp_path / "reference.zarr"
+    run_cli(*[str(reference) if a == str(out) else a for a in command[:-2]], "--workers", "2", check=True)
+    assert files(out) == files(reference)
