@@ -77,6 +77,11 @@ class Storage(ABC):
     def remove(self, prefix: str) -> None:
         """Remove every object under prefix, or the object of that key; nothing there is no error."""
 
+    def remove_all_except(self, keep: set[str]) -> None:
+        """Remove every object whose top-level name is not in keep (a fresh build's claim keeps its own state)."""
+        for top in {key.split("/", 1)[0] for key in self.list()} - keep:
+            self.remove(top)
+
     def usage(self) -> int:
         """Bytes the store takes."""
         return sum(self.list().values())
