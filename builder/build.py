@@ -245,9 +245,12 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
         total_rows = sum(len(r) for r in splits.values())
         if client is not None:
-            if storage.local_path() is None:  # workers on other machines read the staged source from the store
+            if storage.local_path() is None:
+                # a cluster's workers need not share this machine's disk: they read the staged source from the
+                # store's build area, each worker process once (worker.fetch_staged_source)
                 for name in source_splits(source):
                     storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
+                config = (*config[:1], "", *config[2:])
             if tasks:
                 check_workers(client, config, tasks[0])
             results = run_chunks(client, config, tasks)

@@ -82,6 +82,7 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
     """Submit every chunk task; yield each result as its future completes (a task's error is raised here)."""
     from distributed import as_completed
 
+    from .policy_check import BadSample
     from .worker import compute_chunk_on_cluster
 
     build = uuid.uuid4().hex[:8]  # keys unique to this run: a rerun never meets an old run's results
@@ -89,7 +90,13 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
                for task in tasks]
     try:
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                result = future.result()
+            except BadSample:
+                raise  # build names the source file
+            except UserError as exc:  # the worker's own one line (its credentials, its disk), said to come from there
+                raise UserError(f"on a Dask worker: {exc}") from None
+            yield result
     finally:
         client.cancel(futures)
 

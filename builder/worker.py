@@ -47,7 +47,7 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
-            if not source_file(self.scratch, split).is_file():  # a cluster worker on another machine
+            if not self.scratch.name or not source_file(self.scratch, split).is_file():  # a cluster worker: from the store
                 self.scratch = fetch_staged_source(self.storage, split)
             self.sources[split] = map_source(self.scratch, split, "r")
         return self.sources[split]

@@ -183,3 +183,28 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     reference = tmp_path / "reference.zarr"
     run_cli(*[str(reference) if a == str(out) else a for a in command[:-2]], "--workers", "2", check=True)
     assert files(out) == files(reference)
+
+
+def test_a_cluster_build_to_object_storage_stages_the_source_in_the_store(images, tmp_path, monkeypatch):
+    """Workers need not see the client's disk: they read the decoded source from the store's build area."""
+    from distributed import LocalCluster
+    from s3server import MotoServer
+
+    from augzarr.storage import open_storage
+
+    with MotoServer() as moto:
+        moto.make_bucket("augzarr-cluster")
+        for key, value in moto.env.items():
+            monkeypatch.setenv(key, value)  # the workers' credentials too: they write into the bucket
+        url = "s3://augzarr-cluster/aug.zarr"
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as with_keys:
+            built = build(images, url, "--scheduler", with_keys.scheduler_address, env=moto.env)
+        assert built.stdout.startswith(f"built {url}: ")
+        storage = open_storage(url)
+        remote = {key: storage.read(key) for key in storage.list()}
+    local = tmp_path / "local.zarr"
+    build(images, local, "--workers", "1")
+    expected = files(local)
+    meta = json.loads(remote.pop("zarr.json"))
+    meta["attributes"].pop("built")
+    assert {**remote, "zarr.json": json.dumps(meta, sort_keys=True).encode()} == expected
