@@ -224,9 +224,15 @@ def main() -> None:
         print(f"| {case['backend']} | {case['onednn']} | {case['model']} | {case['input']} | {median(case):,.0f} | "
               f"{ratio(case, 'memory')} | {ratio(case, 'arrays-shuffled')} | {median(case, 'minflt_per_step'):,.0f} | "
               f"{median(case, 'sys_seconds_per_step'):.3f} |")
-    print("\nimages/s per round:")
+    print("\nimages/s per round, and each round's ratio to the same round's memory and arrays-shuffled cases (median):")
     for case in cases:
-        print(f"  {case['backend']:10} {case['onednn']:7} {case['model']:4} {case['input']:12} {[round(r['images_per_second']) for r in results[json.dumps(case)]]}")
+        rates = [r["images_per_second"] for r in results[json.dumps(case)]]
+        paired = ""
+        for reference in ("memory", "arrays-shuffled"):
+            if (key := json.dumps({**case, "input": reference})) in results:
+                ratios = [a / r["images_per_second"] for a, r in zip(rates, results[key])]
+                paired += f"; / {reference} {[round(x, 2) for x in ratios]} ({statistics.median(ratios):.2f})"
+        print(f"  {case['backend']:10} {case['onednn']:7} {case['model']:4} {case['input']:16} {[round(r) for r in rates]}{paired}")
 
 
 if __name__ == "__main__":

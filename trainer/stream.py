@@ -1,7 +1,8 @@
 """Chunk-shuffled uint8 batches from one split of a store, as a Keras PyDataset.
 
 PyDataset is Keras 3's backend-neutral input mechanism: the same stream feeds
-model.fit under TensorFlow, JAX or PyTorch.
+model.fit under TensorFlow, JAX or PyTorch. On TensorFlow, train gives fit
+fit_input() instead: the same batches, handed over a window at a time.
 
 Order of an epoch (a pure function of seed, epoch and batch index, so any batch
 can be recomputed and a resumed run sees the same batches):
