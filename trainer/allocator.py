@@ -18,8 +18,9 @@ restore_malloc_thresholds() sets both thresholds back to the values glibc's dyna
 reaches for large blocks (mmap threshold at its 32 MiB ceiling, trim threshold twice
 that), so big tensors are reused from the heap again. It must run after the kernel has
 applied its patch, and again if a later TensorFlow applies it per pipeline: StoreStream
-calls it on every batch (a pair of mallopt calls costs under a microsecond), so the first
-batch a generator pipeline asks for puts the setting back, in every pipeline. Peak memory
+calls it on every batch and on every window it hands TensorFlow (fit_input), at under a
+microsecond for the pair of mallopt calls, so the first element a generator pipeline asks for
+puts the setting back, in every pipeline. Peak memory
 stays flat over many epochs with it (BENCHMARKS.md). It does nothing where glibc is not
 the C library (macOS, musl, Windows) and nothing until TensorFlow has been imported,
 since only TensorFlow changes the setting.

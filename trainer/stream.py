@@ -1,7 +1,8 @@
 """Chunk-shuffled uint8 batches from one split of a store, as a Keras PyDataset.
 
 PyDataset is Keras 3's backend-neutral input mechanism: the same stream feeds
-model.fit under TensorFlow, JAX or PyTorch.
+model.fit under TensorFlow, JAX or PyTorch. On TensorFlow, train gives fit
+fit_input() instead: the same batches, handed over a window at a time.
 
 Order of an epoch (a pure function of seed, epoch and batch index, so any batch
 can be recomputed and a resumed run sees the same batches):
@@ -114,6 +115,40 @@ class StoreStream(keras.utils.PyDataset):
             # the caller holds what it needs of older windows: keep memory to these two
             self._windows = {k: v for k, v in self._windows.items() if k in (key, upcoming)}
         return future.result()
+
+    def windows(self):
+        """Every window of epoch start_epoch in order, then of the next epoch... (one pass when not shuffled):
+        the rows of batch 0, 1, ... end to end."""
+        epoch = self.start_epoch
+        while True:
+            for w in range(len(self.plan(epoch)[1]) - 1):
+                restore_malloc_thresholds()  # as in __getitem__: this generator runs in TensorFlow's pipeline
+                yield self.window(epoch, w)
+            if not self.shuffle:
+                return
+            epoch += 1
+
+    def fit_input(self):
+        """What to give model.fit: on TensorFlow, these same batches in the same order as a tf.data pipeline
+        fed a window at a time; the stream itself on other backends.
+
+        Keras feeds a PyDataset to TensorFlow through from_generator, a Python call per batch that waits
+        for the GIL beside the training loop's own Python: a cheap model then trains from the stream at
+        ~0.8x its rate from arrays in memory (BENCHMARKS.md). Here the generator hands over whole windows
+        (one call per window) and Dataset.rebatch cuts them into batches in C++, cycling through
+        one epoch's batch sizes, so the last batch of each epoch is partial and none straddles two
+        epochs, as in __getitem__. A damaged chunk raises from the same generator mechanism as before.
+        With per-batch work (--online, --mix, soft labels: __getitem__ does it) it stays the stream."""
+        if keras.backend.backend() != "tensorflow" or self.online or self.mix or self.soft_classes or self.served_rows != self.rows:
+            return self
+        import tensorflow as tf
+
+        full, last = divmod(self.rows, self.batch_size)
+        sizes = tf.constant([self.batch_size] * full + ([last] if last else []), tf.int64)
+        signature = (tf.TensorSpec((None, *self.images.shape[1:]), tf.as_dtype(self.images.dtype)),
+                     tf.TensorSpec((None,), tf.int32))
+        windows = tf.data.Dataset.from_generator(self.windows, output_signature=signature)
+        return windows.rebatch(sizes).prefetch(tf.data.AUTOTUNE)
 
     # -- PyDataset ----------------------------------------------------------------------------------
 

@@ -328,7 +328,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     try:
         if done < options.epochs:
             model.fit(
-                train_stream,
+                train_stream.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)
                 steps_per_epoch=train_stream.batches_per_epoch,
                 epochs=options.epochs,
                 initial_epoch=done,
