@@ -250,7 +250,8 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
                 # store's build area, each worker process once (worker.fetch_staged_source)
                 for name in source_splits(source):
                     storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
-                config = (*config[:1], "", *config[2:])
+                location, _, *rest = config
+                config = (location, "", *rest)  # no staging folder: each worker reads the source from the store
             if tasks:
                 check_workers(client, config, tasks[0])
             results = run_chunks(client, config, tasks)

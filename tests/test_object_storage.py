@@ -113,25 +113,6 @@ def test_train_and_evaluate_from_s3(s3, images, tmp_path):
     assert f"on {s3['url']} (val split)" in evaluated
 
 
-def test_the_stream_reads_the_rows_zarr_reads(s3, images):
-    """The stream's concurrent window fetches give exactly zarr's rows, in the stream's order."""
-    import numpy as np
-
-    from augzarr.store_format import open_store
-    from augzarr.trainer.stream import StoreStream
-
-    run_cli(*build_args(images, s3["url"]), env=s3["env"], check=True)
-    store = open_store(s3["url"])
-    stream = StoreStream(store, "train", batch_size=5, shuffle=True, seed=2, buffer_chunks=3)
-    try:
-        seen = np.concatenate([stream[i][0] for i in range(stream.batches_per_epoch)])
-    finally:
-        stream.close()
-    everything = store.images("train")[:]
-    assert len(seen) == len(everything)
-    assert sorted(map(bytes, seen)) == sorted(map(bytes, everything))  # every row once, bytes as zarr reads them
-
-
 def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_takes_over_and_resumes(s3, tmp_path):
     from augzarr.storage import open_storage
 
