@@ -43,6 +43,8 @@ class StoreStream(keras.utils.PyDataset):
     online: train --online's operations (online.py), applied to each training batch as it is served.
     mix: train --mix's BatchMix (mixing.py) for training batches; soft_labels: every batch's labels as
     float32 one-hot rows [b, classes] (what a model trained on mixed labels takes, validation included).
+    shard (index, count): one of several processes' disjoint shares of every epoch's chunks (train
+    --distribute over several hosts); batch_multiple: the devices each batch is split over (below).
     """
 
     def __init__(self, store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
