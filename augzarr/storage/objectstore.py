@@ -82,7 +82,9 @@ class ObjectStorage(Storage):
 
         text = str(exc)
         endpoint = os.environ.get("AWS_ENDPOINT_URL") if self.scheme == "s3" else None
-        if "NoSuchBucket" in text or (isinstance(exc, ox.GenericError) and "404" in text):
+        # the server's own code for it (S3 and compatibles: NoSuchBucket; Azure: ContainerNotFound); never a bare
+        # "404", which a message can hold anywhere (an endpoint's port, 127.0.0.1:40409)
+        if any(code in text for code in ("NoSuchBucket", "ContainerNotFound", "bucket does not exist")):
             return StorageError(f"{self.location}: bucket {self.bucket!r} does not exist"
                                 + (f" at {endpoint}" if endpoint else "") + ": create it, or check the URL")
         if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)) or "403 Forbidden" in text \
