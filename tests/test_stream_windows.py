@@ -117,3 +117,30 @@ def test_fit_input_is_the_stream_itself_on_jax(store):
     result = subprocess.run([sys.executable, "-c", JAX_FIT_INPUT, str(store)], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_train_reports_a_chunk_damaged_mid_run_in_the_streams_one_line(store, tmp_path):
+    """TensorFlow wraps an exception of its input pipeline in its own error; fit under stream_errors gives
+    the user the stream's line instead, naming the file and what to do."""
+    import keras
+
+    from augzarr.errors import UserError
+    from augzarr.trainer.stream import StoreStream
+    from augzarr.trainer.training import stream_errors
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    opened = open_store(damaged)
+    stream = StoreStream(opened, "train", BATCH, True, seed=3, buffer_chunks=2)
+    model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    file = damaged / chunk_key(opened.images("train"), int(stream.plan(0)[0][0]))  # the first chunk read
+    file.write_bytes(file.read_bytes()[:100])
+    try:
+        with pytest.raises(UserError) as caught, stream_errors(stream):
+            model.fit(stream.fit_input(), steps_per_epoch=stream.batches_per_epoch, epochs=1, verbose=0)
+    finally:
+        stream.close()
+    assert str(caught.value).startswith(f"chunk file {file} has 100 bytes where ")
+    assert str(caught.value).endswith("check it with inspect-aug --verify")

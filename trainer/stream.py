@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import keras
 import numpy as np
 
+from augzarr.errors import UserError
 from augzarr.store_format import OpenStore, read_chunks
 
 from .allocator import restore_malloc_thresholds
@@ -76,6 +77,7 @@ class StoreStream(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._windows: dict[tuple[int, int], Future] = {}
         self._reader: ThreadPoolExecutor | None = None  # started on first use, again after close()
+        self.failure: UserError | None = None  # the store's fault met while reading, in its own words
         self.online = OnlineAugment(online, seed) if online and shuffle else None
         self.mix = mix if shuffle else None
         self.soft_classes = store.attrs.n_classes if soft_labels or self.mix else None
@@ -116,7 +118,11 @@ class StoreStream(keras.utils.PyDataset):
             future = self._windows[key]
             # the caller holds what it needs of older windows: keep memory to these two
             self._windows = {k: v for k, v in self._windows.items() if k in (key, upcoming)}
-        return future.result()
+        try:
+            return future.result()
+        except UserError as exc:  # kept: the backend may wrap it in its own error (training.stream_errors)
+            self.failure = exc
+            raise
 
     def windows(self):
         """Every window of epoch start_epoch in order, then of the next epoch... (one pass when not shuffled):

@@ -327,21 +327,23 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         say("the store has no validation rows: no validation during training")
     try:
         if done < options.epochs:
-            model.fit(
-                train_stream.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)
-                steps_per_epoch=train_stream.batches_per_epoch,
-                epochs=options.epochs,
-                initial_epoch=done,
-                validation_data=val_stream,
-                shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                callbacks=[EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
-                verbose=verbose,
-            )
+            with stream_errors(train_stream, val_stream):
+                model.fit(
+                    train_stream.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)
+                    steps_per_epoch=train_stream.batches_per_epoch,
+                    epochs=options.epochs,
+                    initial_epoch=done,
+                    validation_data=val_stream,
+                    shuffle=False,  # the stream shuffles; Keras would reorder batch indices
+                    callbacks=[EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
+                    verbose=verbose,
+                )
         evaluated_on = "test" if test_rows else "val"
         if not test_rows:
             say("the store has no test split: evaluating on the validation split instead")
         eval_stream = StoreStream(store, evaluated_on, options.batch_size, shuffle=False, batch_multiple=split_by)
-        metrics = evaluate_stream(model, eval_stream, attrs.class_names)
+        with stream_errors(eval_stream):
+            metrics = evaluate_stream(model, eval_stream, attrs.class_names)
         eval_stream.close()
     finally:
         train_stream.close()
@@ -350,6 +352,19 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
 
     write_outputs(run_dir, model, run, attrs, metrics, history, evaluated_on)
     return TrainResult(run_dir=run_dir, metrics=metrics, evaluated_on=evaluated_on, history=history, resumed_from=done)
+
+
+@contextlib.contextmanager
+def stream_errors(*streams):
+    """A store damaged while training reaches the user as the stream's one line, not as the backend's
+    wrapped error (TensorFlow turns an exception in its input pipeline into an UnknownError traceback)."""
+    try:
+        yield
+    except Exception:
+        failure = next((s.failure for s in streams if s is not None and s.failure is not None), None)
+        if failure is not None:
+            raise failure from None
+        raise
 
 
 def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: StoreAttrs, metrics: dict, history: list[dict], evaluated_on: str) -> None:
