@@ -23,6 +23,7 @@ Importing this module changes no global setting (no zarr config, no OpenCV, no a
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -248,6 +249,11 @@ class OpenStore:
     def read_chunk_rows(self, array: zarr.Array, chunk: int, out: np.ndarray) -> None:
         read_chunks(self.storage, array, [chunk], [out])
 
+    @functools.cached_property
+    def objects(self) -> dict[str, int]:
+        """Key -> size of every object, listed once for the checks made on opening (and by --verify)."""
+        return self.storage.list()
+
     def size(self) -> int:
         return self.storage.usage()
 
@@ -360,7 +366,7 @@ def row_array_problems(store: OpenStore) -> list[str]:
     problems = []
     attrs = store.attrs
     n_classes = attrs.n_classes if isinstance(attrs.class_names, list) else 0
-    present = store.storage.list()
+    present = store.objects
     for split in attrs.splits:
         for name in ROW_ARRAYS:
             key, array = f"{split}/{name}", store.group[f"{split}/{name}"]
@@ -402,7 +408,7 @@ def first_line(exc: Exception) -> str:
 def chunk_problems(store: OpenStore) -> list[tuple[str, str]]:
     """(key, message) of image chunks missing or not their full size, from one listing: a cheap check
     for every reader, since zarr would read a missing chunk as black images without a word."""
-    present = store.storage.list()
+    present = store.objects
     problems = []
     for split in store.attrs.splits:
         images = store.images(split)
