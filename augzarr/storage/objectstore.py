@@ -192,25 +192,22 @@ class ObjectStorage(Storage):
             raise self.error(exc, f"listing {prefix or 'the store'}") from None
 
     def remove(self, prefix: str) -> None:
-        import obstore as obs
-
         # a listing names what lies under prefix/ (object_store lists by path segments); the key itself may be an object
         keys = list(self.list(prefix)) + ([prefix] if prefix and not prefix.endswith("/") and self.has(prefix) else [])
-        try:
-            for start in range(0, len(keys), DELETE_BATCH):
-                obs.delete(self.store, keys[start:start + DELETE_BATCH])
-        except Exception as exc:
-            raise self.error(exc, f"removing {prefix or 'the store'}") from None
+        self.delete(keys, f"removing {prefix or 'the store'}")
 
     def remove_all_except(self, keep: set[str]) -> None:
+        self.delete([k for k in self.list() if k.split("/", 1)[0] not in keep], "removing the store's old contents")
+
+    def delete(self, keys: list[str], doing: str) -> None:
+        """These objects, in as few requests as S3 allows."""
         import obstore as obs
 
-        keys = [k for k in self.list() if k.split("/", 1)[0] not in keep]
         try:
             for start in range(0, len(keys), DELETE_BATCH):
                 obs.delete(self.store, keys[start:start + DELETE_BATCH])
         except Exception as exc:
-            raise self.error(exc, "removing the store's old contents") from None
+            raise self.error(exc, doing) from None
 
     def zarr_store(self, read_only: bool = False):
         from zarr.storage import ObjectStore
