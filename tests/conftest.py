@@ -121,3 +121,26 @@ def resumable_case(tmp_path):
     reference = tmp_path / "reference.zarr"
     run_cli("build-aug", *args, "--out", str(reference), check=True)
     return args, reference
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> Path:
+    """Train from it, never change it: 3 classes of 16x16 images, 2 copies, 8-row chunks (shared by several test files)."""
+    root = tmp_path_factory.mktemp("small-store")
+    images = write_image_folder(root / "images", {"ant": 12, "bee": 10, "cow": 9}, size=16)
+    out = root / "store.zarr"
+    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "2", "--chunk-size", "8", "--preview", "0",
+            check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def straddling_store(tmp_path_factory) -> Path:
+    """Read it, never change it: train 66 rows of 8x8 in 9 chunks of 8, the last holding 2; val 15 rows.
+    With batches of 7 (dividing neither), batches straddle windows and an epoch ends on a partial one."""
+    root = tmp_path_factory.mktemp("straddling-store")
+    write_image_folder(root / "images", {"ant": 10, "bee": 9, "cow": 8}, size=8)
+    out = root / "store.zarr"
+    run_cli("build-aug", "--source", str(root / "images"), "--out", str(out), "--copies", "2", "--chunk-size", "8",
+            "--val-fraction", "0.2", "--preview", "0", "--workers", "1", check=True)
+    return out

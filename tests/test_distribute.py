@@ -14,17 +14,11 @@ import numpy as np
 import pytest
 
 from augzarr.store_format import open_store
-from conftest import write_image_folder, run_cli
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("distribute")
-    images = write_image_folder(root / "images", {"ant": 12, "bee": 10, "cow": 9}, size=16)
-    out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "2", "--chunk-size", "8", "--preview", "0",
-            check=True)
-    return out
+@pytest.fixture
+def store(small_store):
+    return small_store
 
 
 @pytest.mark.parametrize("count", [2, 3])

@@ -10,17 +10,12 @@ import pytest
 
 from augzarr.store_format import open_store
 from augzarr.trainer.online import ERASE_FILL, OnlineAugment, parse_online
-from conftest import run_cli, write_image_folder
+from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("online")
-    images = write_image_folder(root / "images", {"ant": 12, "bee": 10, "cow": 9}, size=16)
-    out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "2", "--chunk-size", "8", "--preview", "0",
-            check=True)
-    return out
+@pytest.fixture
+def store(small_store):
+    return small_store
 
 
 def batch(n: int = 64, size: int = 16) -> np.ndarray:

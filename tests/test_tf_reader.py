@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from augzarr.store_format import chunk_key, open_store
-from conftest import run_cli, write_image_folder
 
 BATCH = 7  # divides neither the 66 training rows nor the 8-row chunks
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """train: 66 rows of 8x8 in 9 chunks of 8, the last holding 2; val: 15 rows."""
-    root = tmp_path_factory.mktemp("tf-reader")
-    write_image_folder(root / "images", {"ant": 10, "bee": 9, "cow": 8}, size=8)
-    out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(root / "images"), "--out", str(out), "--copies", "2", "--chunk-size", "8",
-            "--val-fraction", "0.2", "--preview", "0", "--workers", "1", check=True)
-    return out
+@pytest.fixture
+def store(straddling_store):
+    return straddling_store
 
 
 @pytest.mark.parametrize("shuffle, start_epoch", [(True, 0), (True, 1), (False, 0)])
