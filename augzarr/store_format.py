@@ -219,6 +219,7 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
     array_crc32 = {f"{s}/{name}": crc32_hex(group[f"{s}/{name}"][:]) for s in splits for name in ROW_ARRAYS}
     group.attrs.update({"complete": True, "chunk_crc32": chunk_crc32, "array_crc32": array_crc32, "built": built})
     storage.remove(BUILD_DIR)
+    storage.discard_partial_writes()  # a worker killed mid-write (its chunk since rewritten whole) left its temporary file
 
 
 # -- reading (every reader) -------------------------------------------------------------------------

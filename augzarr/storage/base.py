@@ -82,6 +82,9 @@ class Storage(ABC):
         for top in {key.split("/", 1)[0] for key in self.list()} - keep:
             self.remove(top)
 
+    def discard_partial_writes(self) -> None:
+        """Remove what writes cut short left behind (a backend whose writes are single requests leaves nothing)."""
+
     def usage(self) -> int:
         """Bytes the store takes."""
         return sum(self.list().values())

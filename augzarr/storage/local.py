@@ -101,6 +101,11 @@ class LocalStorage(Storage):
             if entry.name not in keep:
                 self.remove(entry.name)
 
+    def discard_partial_writes(self) -> None:
+        """The temporary files of writes whose process was killed before its rename (list() never shows them)."""
+        for file in self.root.rglob(".*.tmp"):
+            file.unlink(missing_ok=True)
+
     def usage(self) -> int:
         """Blocks on disk, not file sizes: what the store costs the filesystem."""
         total = 0
