@@ -23,18 +23,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # s3server: moto in its own process
 
 
-def staged(storage, array_bytes: bytes, client) -> float:
-    from augzarr.builder.worker import fetch_staged_source, map_source, staged_source_key
+def staged(storage, array: np.ndarray, client, build: str) -> float:
+    """What build-aug --scheduler does when the client holds the decoded source (staging.py)."""
+    from augzarr.builder.staging import stage_array
 
     start = time.perf_counter()
-    storage.write(staged_source_key("train"), array_bytes)
+    stage_array(storage, "train", array)
 
     def fetch(location: str) -> int:
-        from augzarr.builder import worker
+        from augzarr.builder.staging import fetch_staged_source
+        from augzarr.builder.worker import map_source
         from augzarr.storage import open_storage
 
-        worker._fetched.clear()  # every round reads it afresh
-        return int(map_source(fetch_staged_source(open_storage(location), "train"), "train", "r").shape[0])
+        return int(map_source(fetch_staged_source(open_storage(location), build, "train"), "train", "r").shape[0])
 
     client.run(fetch, storage.location)
     return time.perf_counter() - start
@@ -61,9 +62,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     array = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
-    buffer = __import__("io").BytesIO()
-    np.save(buffer, array)
-    array_bytes = buffer.getvalue()
     with MotoServer() as moto, tempfile.TemporaryDirectory() as folder:
         moto.make_bucket("augzarr-bench")
         os.environ.update(moto.env)
@@ -71,11 +69,11 @@ def main() -> None:
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             times = {"staged in a local store": [], "staged in S3 (moto)": [], "scattered from the client": []}
-            for _ in range(args.rounds):
-                times["staged in a local store"].append(staged(local, array_bytes, client))
-                times["staged in S3 (moto)"].append(staged(remote, array_bytes, client))
+            for round_ in range(args.rounds):  # a build id per round: every round fetches afresh
+                times["staged in a local store"].append(staged(local, array, client, f"local-{round_}"))
+                times["staged in S3 (moto)"].append(staged(remote, array, client, f"s3-{round_}"))
                 times["scattered from the client"].append(scattered(array, client))
-    print(f"{args.images:,} images of 32x32x3 ({len(array_bytes) / 2**20:,.0f} MiB) to {args.workers} worker processes, "
+    print(f"{args.images:,} images of 32x32x3 ({array.nbytes / 2**20:,.0f} MiB) to {args.workers} worker processes, "
           f"median of {args.rounds} rounds")
     print("| hand-over | seconds (median) | all rounds |\n| --- | ---: | --- |")
     for name, values in times.items():

@@ -43,19 +43,34 @@ class Recipe:
         return "originals" if self.copies == 0 else f"{self.policy}-x{self.copies}"
 
 
-ONLINE = ("--online", "flip,shift,erase")
-RECIPES = {
-    "originals": Recipe(0),
-    "crop-flip-x5": Recipe(5),
-    "crop-flip-x5+online": Recipe(5, train=ONLINE),
-    "crop-flip-cutout-x5": Recipe(5, "crop-flip-cutout"),
-    "randaugment-x5": Recipe(5, "randaugment"),
-    "randaugment-x5+online": Recipe(5, "randaugment", ONLINE),
-    "crop-flip-x5+cutmix": Recipe(5, train=("--mix", "cutmix")),
-    "keras-crop-flip": Recipe(0, train=("--keras-augment", "crop-flip")),
-    "keras-randaugment": Recipe(0, train=("--keras-augment", "randaugment")),
-}
+# A recipe's name says what it runs: originals or POLICY-xN (build-aug --policy POLICY --copies N), then any
+# of +online, +mixup, +cutmix (train options); or keras-AUGMENT (originals, train --keras-augment AUGMENT).
+MODIFIERS = {"online": ("--online", "flip,shift,erase"), "mixup": ("--mix", "mixup"), "cutmix": ("--mix", "cutmix")}
+EXAMPLES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "crop-flip-cutout-x5", "randaugment-x5", "randaugment-x5+online",
+            "crop-flip-x5+cutmix", "keras-crop-flip", "keras-randaugment")
 DEFAULT_RECIPES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "randaugment-x5", "keras-crop-flip", "keras-randaugment")
+
+
+def parse_recipe(name: str) -> Recipe:
+    """The recipe a name describes; ValueError saying what is wrong with it."""
+    from augzarr.builder.policies import PRESETS
+    from augzarr.trainer.options import KERAS_AUGMENTS
+
+    base, *modifiers = name.split("+")
+    unknown = [m for m in modifiers if m not in MODIFIERS]
+    if unknown:
+        raise ValueError(f"{name}: unknown modifier +{unknown[0]} (use {', '.join('+' + m for m in MODIFIERS)})")
+    train = tuple(part for m in modifiers for part in MODIFIERS[m])
+    if base.startswith("keras-"):
+        if base[len("keras-"):] not in KERAS_AUGMENTS or modifiers:
+            raise ValueError(f"{name}: the Keras-layer anchors are {', '.join('keras-' + a for a in KERAS_AUGMENTS)}, without modifiers")
+        return Recipe(0, train=("--keras-augment", base[len("keras-"):]))
+    if base == "originals":
+        return Recipe(0, train=train)
+    policy, _, copies = base.rpartition("-x")
+    if policy not in PRESETS or not copies.isdigit():
+        raise ValueError(f"{name}: not originals, keras-AUGMENT or POLICY-xN with POLICY one of {', '.join(PRESETS)}")
+    return Recipe(int(copies), policy, train)
 
 
 def run(command: list[str]) -> float:
@@ -91,15 +106,35 @@ def final_and_best(run_dir: Path) -> dict:
             "final_val_loss": float(last["val_loss"]), "final_train_accuracy": float(last["accuracy"])}
 
 
+def config_of(args) -> dict:
+    """What makes two runs of a recipe and seed comparable: a results file is reused only under the same."""
+    return {key: str(getattr(args, key)) for key in ("source", "limit", "image_steps", "val_fraction", "model", "batch_size")}
+
+
+def load_results(args) -> dict:
+    """Finished runs from an earlier --json written under the same configuration, by (recipe, seed)."""
+    if not args.json or not args.json.is_file():
+        return {}
+    saved = json.loads(args.json.read_text())
+    if saved.get("config") != config_of(args):
+        print(f"compare_recipes: {args.json} was written under other settings; its runs are not reused", file=sys.stderr)
+        return {}
+    return {(r["recipe"], r["seed"]): r for r in saved["runs"]}
+
+
 def compare(args) -> list[dict]:
     stores: dict[Path, float] = {}
+    saved = load_results(args)
     results = []
     for name in args.recipes:
-        recipe = RECIPES[name]
-        store, build_seconds = build(recipe, args, stores)
-        rows = train_rows(store)
-        epochs = max(1, round(args.image_steps / rows))
+        recipe = parse_recipe(name)
         for seed in args.seeds:
+            if (name, seed) in saved:
+                results.append(saved[(name, seed)])
+                continue
+            store, build_seconds = build(recipe, args, stores)
+            rows = train_rows(store)
+            epochs = max(1, round(args.image_steps / rows))
             run_dir = args.work / "runs" / f"{name}-seed{seed}"
             command = ["train", "--store", str(store), "--epochs", str(epochs), "--seed", str(seed), "--model", args.model,
                        "--batch-size", str(args.batch_size), "--out", str(run_dir), "--quiet", *recipe.train]
@@ -108,10 +143,62 @@ def compare(args) -> list[dict]:
             else:
                 wall = run(command)
                 (run_dir / "compare.json").write_text(json.dumps({"train_seconds": wall}))
-            results.append({"recipe": name, "seed": seed, "image_steps": epochs * rows, "epochs": epochs, "train_seconds": wall,
-                            "build_seconds": build_seconds, **final_and_best(run_dir)})
+            results.append({"recipe": name, "copies": recipe.copies, "seed": seed, "image_steps": epochs * rows, "epochs": epochs,
+                            "train_seconds": wall, "build_seconds": build_seconds, **final_and_best(run_dir)})
             print(f"{name} seed {seed}: {results[-1]['final_val_accuracy']:.4f} val accuracy, {wall:,.0f} s", file=sys.stderr, flush=True)
+            if args.json:  # after every run, so a long study stopped midway keeps what it finished
+                args.json.write_text(json.dumps({"config": config_of(args), "runs": results + [r for k, r in saved.items() if r not in results]}, indent=1))
     return results
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Final validation accuracy against copies N: one line per policy and train options (the originals are
+    every line's N = 0), mean and standard deviation over the seeds; Keras-layer anchors as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stats(runs):
+        values = [r["final_val_accuracy"] for r in runs]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    by_recipe: dict[str, list[dict]] = {}
+    for r in results:
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    lines: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for name, runs in by_recipe.items():
+        base, _, extras = name.partition("+")
+        if base != "originals" and not base.startswith("keras-"):
+            lines.setdefault((base.rpartition("-x")[0], extras), {})[parse_recipe(name).copies] = runs
+    for name, runs in by_recipe.items():  # the originals join every line with the same train options
+        base, _, extras = name.partition("+")
+        if base == "originals":
+            for (policy, line_extras), points in lines.items():
+                if line_extras == extras:
+                    points[0] = runs
+    all_copies = sorted({n for points in lines.values() for n in points})
+    position = {n: i for i, n in enumerate(all_copies)}  # evenly spaced: 0, 1, 2, 5, 10, 20 read better than on a linear axis
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for (policy, extras), points in sorted(lines.items()):
+        copies = sorted(points)
+        means, sds = zip(*(stats(points[n]) for n in copies))
+        x = [position[n] for n in copies]
+        axes.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=policy + (f" + {extras.replace('+', ' + ')}" if extras else ""))
+    for name, runs in by_recipe.items():
+        if name.startswith("keras-"):
+            mean, sd = stats(runs)
+            line = axes.axhline(mean, linestyle="--", label=f"{name} (online Keras layers, originals)")
+            axes.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
+    axes.set_xticks(range(len(all_copies)), [str(n) for n in all_copies])
+    axes.set_xlabel("stored copies per image (--copies N)")
+    axes.set_ylabel("final validation accuracy")
+    steps = sorted({r["image_steps"] for r in results})
+    axes.set_title(f"{len(results) // max(1, len(by_recipe))} seeds per point, about {statistics.median(steps):,.0f} image-steps per run", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def spread(values: list[float]) -> str:
@@ -134,32 +221,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="what build-aug --source takes: an image folder, a CIFAR-10 archive, cifar10")
     parser.add_argument("--work", type=Path, help="stores and run folders go here (finished runs are kept and reused)")
-    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names; see --list")
     parser.add_argument("--image-steps", type=int, default=500_000, help="images trained on per run (whole epochs, the closest count)")
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: mean and spread over them")
     parser.add_argument("--limit", type=int, help="build-aug --limit: the first N training images")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--model", default="deep")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--json", type=Path, help="also write every run's figures here")
-    parser.add_argument("--list", action="store_true", help="list the recipes and exit")
+    parser.add_argument("--json", type=Path, help="write every run's figures here after each run; finished runs in it are reused")
+    parser.add_argument("--plot", type=Path, help="also draw final validation accuracy against --copies N into this PNG")
+    parser.add_argument("--list", action="store_true", help="say how recipes are named, with examples, and exit")
     args = parser.parse_args()
     if args.list:
-        for name, recipe in RECIPES.items():
+        print("originals | POLICY-xN | keras-AUGMENT, then any of " + ", ".join(f"+{m} (train {' '.join(o)})" for m, o in MODIFIERS.items()))
+        for name in EXAMPLES:
+            recipe = parse_recipe(name)
             print(f"{name}: build-aug --copies {recipe.copies} --policy {recipe.policy}; train {' '.join(recipe.train) or '(defaults)'}")
         return
     if not args.source or not args.work:
         parser.error("--source and --work are needed (or --list)")
     args.recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
-    unknown = [name for name in args.recipes if name not in RECIPES]
-    if unknown:
-        parser.error(f"unknown recipe {', '.join(unknown)}; see --list")
+    for name in args.recipes:
+        try:
+            parse_recipe(name)
+        except ValueError as exc:
+            parser.error(f"recipe {exc}")
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     results = compare(args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     print(table(results))
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,10 @@ from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .cluster import check_workers, cluster_client, run_chunks
-from .worker import compute_chunk, decode_files, init_worker, source_file, staged_source_key
+from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
+from .staging import STAGE_ROWS
+from .worker import compute_chunk, decode_files, init_worker, map_source, source_file
 
-DECODE_BATCH = 512  # files per decode task
 MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
 MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
@@ -206,10 +206,21 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
     build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
     config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
     with ExitStack() as held:
-        # the cluster first: an unreachable scheduler is refused before any decoding
+        # the cluster first: an unreachable scheduler or a mismatched worker is refused before any decoding
         client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message)) if options.scheduler else None
-        pool = held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=config))
-        content_hash, bad = stage_source(source, scratch, pool, options.image_size is not None, options.skip_bad, reporter)
+        pools = []
+
+        def pool(initargs=config):  # started on first use: a cluster whose workers decode the source needs none
+            if not pools:
+                pools.append(held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=initargs)))
+            return pools[0]
+
+        staging = LocalStaging(scratch, pool)
+        if client is not None:
+            check_versions(client)
+            train_files = [] if source.train.files is None else [str(Path(f).absolute()) for f in source.train.files[:1]]
+            staging = ClusterStaging(client, storage, staging, train_files, reporter.message)
+        content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, reporter)
         recorded = storage.read_json(BUILD_JSON)
         if recorded.get("source_hash") not in (None, content_hash):
             raise UserError(
@@ -245,18 +256,13 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
         total_rows = sum(len(r) for r in splits.values())
         if client is not None:
-            if storage.local_path() is None:
-                # a cluster's workers need not share this machine's disk: they read the staged source from the
-                # store's build area, each worker process once (worker.fetch_staged_source)
-                for name in source_splits(source):
-                    storage.write(staged_source_key(name), source_file(scratch, name).read_bytes())
-                location, _, *rest = config
-                config = (location, "", *rest)  # no staging folder: each worker reads the source from the store
+            location, _, *rest = config
+            config = (location, "", *rest)  # no staging folder: each worker reads the staged source from the store
             if tasks:
-                check_workers(client, config, tasks[0])
+                check_canary(client, config, tasks[0])
             results = run_chunks(client, config, tasks)
         else:
-            results = pool.imap_unordered(compute_chunk, tasks)
+            results = pool().imap_unordered(compute_chunk, tasks)
         with reporter.task(f"building {out}", total=total_rows) as advance:
             advance(done_rows)
             try:
@@ -446,25 +452,44 @@ def skeleton_matches(storage: Storage, splits: dict) -> bool:
                for name, rows in splits.items() for array in ROW_ARRAYS)
 
 
-def stage_source(source: Source, scratch: Path, pool, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
-    """Put every source image, decoded, in <scratch>/source-<split>.npy for the workers.
+class LocalStaging:
+    """The decoded source in <scratch>/source-<split>.npy, decoded by this machine's worker pool."""
+
+    def __init__(self, scratch: Path, pool):
+        self.scratch, self.pool = scratch, pool
+
+    def save(self, split: str, images: np.ndarray) -> None:
+        np.save(source_file(self.scratch, split), images)  # a plain write: no page fault per page of a mapping
+
+    def allocate(self, split: str, shape: tuple[int, ...]) -> None:
+        np.lib.format.open_memmap(source_file(self.scratch, split), mode="w+", dtype=np.uint8, shape=shape)
+
+    def decode(self, tasks: list[tuple]):
+        return self.pool().imap_unordered(decode_files, tasks)
+
+    def array(self, split: str) -> np.ndarray:
+        return map_source(self.scratch, split, "r")
+
+
+def stage_source(source: Source, staging, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
+    """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging).
 
     Returns the content hash and, by source split, the (row, message) of each file left out under --skip-bad.
     """
     splits = source_splits(source)
     if source.train.images is not None:
         for name, split in splits.items():
-            np.save(source_file(scratch, name), split.images)  # a plain write: no page fault per page of a mapping
+            staging.save(name, split.images)
         return source.content_hash, {}
     tasks = []
     for name, split in splits.items():
-        np.lib.format.open_memmap(source_file(scratch, name), mode="w+", dtype=np.uint8, shape=(len(split), *source.image_shape))
-        for start in range(0, len(split), DECODE_BATCH):
-            tasks.append((name, start, [str(f) for f in split.files[start : start + DECODE_BATCH]], resize, skip_bad))
+        staging.allocate(name, (len(split), *source.image_shape))
+        for start in range(0, len(split), STAGE_ROWS):
+            tasks.append((name, start, [str(f) for f in split.files[start : start + STAGE_ROWS]], resize, skip_bad))
     digests = {name: [""] * len(split) for name, split in splits.items()}
     bad: dict[str, list[tuple[int, str]]] = {}
     with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
-        for name, start, batch, batch_bad in pool.imap_unordered(decode_files, tasks):
+        for name, start, batch, batch_bad in staging.decode(tasks):
             digests[name][start : start + len(batch)] = batch
             if batch_bad:
                 bad.setdefault(name, []).extend(batch_bad)

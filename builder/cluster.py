@@ -1,10 +1,11 @@
-"""build-aug --scheduler: the build's chunk tasks on a Dask cluster.
+"""build-aug --scheduler: the build's decode and chunk tasks on a Dask cluster.
 
-The client (build-aug itself) plans the rows, claims and locks the store, stages the decoded source,
-writes the skeleton, drives the progress bar from the completed futures, and finishes the store; each
-task computes one chunk and commits it into the store (store_format.write_chunk), so a task that Dask
-reruns after losing its worker writes the same bytes again. The task function lives in the installed
-package (worker.compute_chunk_on_cluster), and each worker thread keeps its own pipeline state.
+The client (build-aug itself) checks the workers, plans the rows, claims and locks the store, writes the
+skeleton, drives the progress bar from the completed futures, and finishes the store. The workers decode
+the source into the store's build area (ClusterStaging), then each chunk task computes one chunk and
+commits it into the store (store_format.write_chunk), so a task that Dask reruns after losing its worker
+writes the same bytes again. The task functions live in the installed package (worker.py), and each
+worker thread keeps its own pipeline state.
 """
 
 from __future__ import annotations
@@ -54,28 +55,124 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
             cluster.close()
 
 
-def check_workers(client, config: tuple, task: tuple) -> None:
-    """Before any task: every worker runs the same packages as this client (Dask's own, then those that
-    decide the store's bytes) and computes one canary chunk to this client's exact bytes; a cluster
-    that would build another store is refused, naming the package or the worker."""
-    from augzarr.store_format import crc32_hex
-
-    from .worker import WorkerState, canary_on_cluster, compute_block, deciding_versions
+def check_versions(client) -> None:
+    """Before any task: every worker runs the same packages as this client, Dask's own and then those
+    that decide the store's bytes; a worker that differs is refused, naming the package."""
+    from .worker import deciding_versions
 
     try:
         client.get_versions(check=True)
     except ValueError as exc:  # Dask's mismatch table: its first lines name the packages
         raise UserError(f"the Dask cluster's workers run other versions than this client: {' '.join(str(exc).split())[:300]}") from None
-    expected_crc = crc32_hex(compute_block(WorkerState(*config), task))
-    expected_versions = deciding_versions()
-    for worker, found in client.run(canary_on_cluster, config, task).items():
-        for package, version in found["versions"].items():
-            if version != expected_versions[package]:
-                raise UserError(f"Dask worker {worker} has {package} {version}, this client {expected_versions[package]}: the store's "
+    expected = deciding_versions()
+    for worker, found in client.run(deciding_versions).items():
+        for package, version in found.items():
+            if version != expected[package]:
+                raise UserError(f"Dask worker {worker} has {package} {version}, this client {expected[package]}: the store's "
                                 "bytes depend on it; install the same versions on every worker")
-        if found["crc32"] != expected_crc:
-            raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found['crc32']}, "
-                            f"expected {expected_crc}): its machine differs in a way that changes the store; leave it out of the cluster")
+
+
+def check_canary(client, config: tuple, task: tuple) -> None:
+    """Every worker computes one chunk (nothing written) to this client's exact bytes, or the cluster
+    is refused naming the worker: same versions can still differ in a machine's native libraries."""
+    from augzarr.store_format import crc32_hex
+
+    from .worker import WorkerState, canary_on_cluster, compute_block
+
+    expected = crc32_hex(compute_block(WorkerState(*config), task))
+    for worker, found in client.run(canary_on_cluster, config, task).items():
+        if found != expected:
+            raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found}, "
+                            f"expected {expected}): its machine differs in a way that changes the store; leave it out of the cluster")
+
+
+class ClusterStaging:
+    """The decoded source staged in the store's build area (staging.py) for the cluster's workers.
+    They decode the source's files themselves when every one of them can read them (a folder mounted
+    at the same path everywhere); otherwise this client decodes them (`here`) and stages the result."""
+
+    def __init__(self, client, storage, here, source_files: list[str], say):
+        self.client, self.storage, self.here = client, storage, here
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        probe = source_files[0] if source_files else None
+        blind = [w for w, sees in client.run(os.path.isfile, probe).items() if not sees] if probe else []
+        self.workers_decode = probe is not None and not blind
+        if blind:
+            say(f"Dask worker {blind[0]}{f' and {len(blind) - 1} more' if len(blind) > 1 else ''} cannot read {probe}: decoding "
+                "the source here and staging it in the store (mount it at the same path on every worker to decode it there)")
+
+    def save(self, split: str, images) -> None:
+        from .staging import stage_array
+
+        stage_array(self.storage, split, images)
+
+    def allocate(self, split: str, shape: tuple[int, ...]) -> None:
+        from .staging import announce_split
+
+        self.shapes[split] = shape
+        if self.workers_decode:
+            announce_split(self.storage, split, shape)
+        else:
+            self.here.allocate(split, shape)
+
+    def decode(self, tasks: list[tuple]) -> Iterator[tuple]:
+        if not self.workers_decode:
+            yield from self.here.decode(tasks)
+            for split in self.shapes:
+                self.save(split, self.here.array(split))
+            return
+        from distributed import as_completed
+
+        from .decode import shown
+        from .worker import decode_on_cluster
+
+        # absolute paths: a worker's working folder is its own
+        tasks = [(split, start, [os.path.abspath(f) for f in files], *rest) for split, start, files, *rest in tasks]
+        check_decoder(self.client, self.shapes[tasks[0][0]][1:], tasks[0])
+        build = uuid.uuid4().hex[:8]
+        futures = [self.client.submit(decode_on_cluster, self.storage.location, self.shapes[t[0]][1:], t, pure=False,
+                                      key=f"augzarr-decode-{build}-{t[0]}-{t[1]}") for t in tasks]
+        files = {(t[0], t[1] + i): f for t in tasks for i, f in enumerate(t[2])}
+        try:
+            for future in as_completed(futures):
+                split, start, digests, bad = future.result()
+                for row, message in bad:  # --skip-bad: a file a worker cannot read must be one this client cannot read either
+                    if readable(files[(split, row)]):
+                        raise UserError(f"a Dask worker could not use {shown(files[(split, row)])} ({message}) but this client can: "
+                                        "mount the source at the same path, with the same files, on every worker")
+                yield split, start, digests, bad
+        finally:
+            self.client.cancel(futures)
+
+
+def check_decoder(client, shape: tuple[int, ...], task: tuple) -> None:
+    """Every worker reads one task's files and decodes them to this client's exact pixels."""
+    from .decode import shown
+    from .worker import decode_canary
+
+    expected, expected_bad = decode_canary(shape, task)
+    start, files = task[1], task[2]
+    for worker, (found, bad) in client.run(decode_canary, shape, task).items():
+        unusable = [(row, message) for row, message in bad if (row, message) not in expected_bad]
+        if unusable:
+            row, message = unusable[0]
+            raise UserError(f"Dask worker {worker} cannot use {shown(files[row - start])} ({message}) but this client can: "
+                            "mount the source at the same path, with the same files, on every worker")
+        if found != expected:
+            raise UserError(f"Dask worker {worker} decodes {shown(task[2][0])} and the files after it to other pixels than this client "
+                            f"(CRC-32 {found}, expected {expected}): install the same OpenCV build on every worker, or leave it out")
+
+
+def readable(file: str) -> bool:
+    from pathlib import Path
+
+    from .decode import read_image_file
+
+    try:
+        read_image_file(Path(file))
+        return True
+    except UserError:
+        return False
 
 
 def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str, int, int]]:

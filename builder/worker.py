@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -22,12 +21,13 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import BUILD_DIR, BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
+from augzarr.store_format import BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
+from .staging import fetch_staged_source, stage_block
 
 _worker: "WorkerState | None" = None
 
@@ -47,8 +47,8 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
-            if not self.scratch.name or not source_file(self.scratch, split).is_file():  # a cluster worker: from the store
-                self.scratch = fetch_staged_source(self.storage, split)
+            if not self.scratch.name:  # a cluster worker: from the store's build area
+                self.scratch = fetch_staged_source(self.storage, self.build_id, split)
             self.sources[split] = map_source(self.scratch, split, "r")
         return self.sources[split]
 
@@ -66,26 +66,6 @@ class WorkerState:
 
 def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"
-
-
-def staged_source_key(split: str) -> str:
-    """Where a cluster build stages the decoded source in the store, for workers that cannot see the client's disk."""
-    return f"{BUILD_DIR}/source-{split}.npy"
-
-
-_fetch_lock = threading.Lock()
-_fetched: dict[tuple[str, str], Path] = {}
-
-
-def fetch_staged_source(storage, split: str) -> Path:
-    """The staged source split, read from the store once per worker process (its threads share it)."""
-    with _fetch_lock:
-        key = (storage.location, split)
-        if key not in _fetched:
-            folder = Path(tempfile.mkdtemp(prefix="augzarr-worker-source-"))
-            source_file(folder, split).write_bytes(storage.read(staged_source_key(split)))
-            _fetched[key] = folder
-        return _fetched[key]
 
 
 _per_thread = threading.local()
@@ -107,10 +87,9 @@ def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]
     return compute_chunk_with(state_for(config), task)
 
 
-def canary_on_cluster(config: tuple, task: tuple) -> dict:
-    """What a cluster worker would compute for one chunk (its CRC-32, nothing written), and the versions
-    of the packages that decide those bytes: the client compares both with its own before any task runs."""
-    return {"crc32": crc32_hex(compute_block(WorkerState(*config), task)), "versions": deciding_versions()}
+def canary_on_cluster(config: tuple, task: tuple) -> str:
+    """The CRC-32 of what a cluster worker would compute for one chunk, nothing written."""
+    return crc32_hex(compute_block(WorkerState(*config), task))
 
 
 DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr")
@@ -142,16 +121,14 @@ def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int, buil
     _worker = WorkerState(location, scratch, policy_attrs, seed, build_id)
 
 
-def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
-    """Decode files into rows [start, start + len(files)) of a source split's array.
+def decode_block(files: list[str], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
+    """Decode files into rows [start, start + len(files)) of a source split of image shape `shape`.
 
-    Returns (split, start, digests, bad): with skip_bad, a file that cannot be used leaves its
-    row black and is listed in bad as (row, message); without, its message stops the build.
+    Returns (block, digests, bad): with skip_bad, a file that cannot be used leaves its row black and
+    is listed in bad as (row, message); without, its message stops the build.
     """
-    split, start, files, resize, skip_bad = task
-    mapped = np.load(source_file(_worker.scratch, split), mmap_mode="r")
-    height, width = mapped.shape[1:3]
-    block = np.zeros((len(files), *mapped.shape[1:]), np.uint8)
+    height, width = shape[:2]
+    block = np.zeros((len(files), *shape), np.uint8)
     digests, bad = [], []
     with native_stderr_silenced():
         for offset, file in enumerate(files):
@@ -172,12 +149,47 @@ def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]
                 image = resize_to(image, height, width)
             block[offset] = image
             digests.append(digest)
+    return block, digests, bad
+
+
+def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
+    """A pool worker's decode task (split, start, files, resize, skip_bad): the rows go into the split's
+    staged file; returns (split, start, digests, bad)."""
+    split, start, files, resize, skip_bad = task
+    mapped = np.load(source_file(_worker.scratch, split), mmap_mode="r")
+    block, digests, bad = decode_block(files, mapped.shape[1:], start, resize, skip_bad)
     # One write into the shared file, not row by row through the mapping: first touches of a
     # fresh file's pages cost a page fault each (~40 us a CIFAR row). Other processes see the
     # rows through their mappings at once; no fsync, which would only wait for the disk.
     with open(source_file(_worker.scratch, split), "r+b") as target:
         os.pwrite(target.fileno(), block, mapped.offset + start * block[0].nbytes)
     return split, start, digests, bad
+
+
+def decode_on_cluster(location: str, shape: tuple[int, ...], task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
+    """decode_files for a Dask worker: the rows are staged in the store's build area."""
+    split, start, files, resize, skip_bad = task
+    block, digests, bad = decode_block(files, shape, start, resize, skip_bad)
+    stage_block(storage_at(location), split, start, block)
+    return split, start, digests, bad
+
+
+def decode_canary(shape: tuple[int, ...], task: tuple) -> tuple[str, list[tuple[int, str]]]:
+    """One decode task as this process decodes it, nothing written: the CRC-32 of its rows, and the
+    rows of the files it cannot use (skipped, so that an unreadable file is named, not raised)."""
+    split, start, files, resize, _ = task
+    block, _, bad = decode_block(files, shape, start, resize, skip_bad=True)
+    return crc32_hex(block), bad
+
+
+_storages: dict[str, object] = {}
+
+
+def storage_at(location: str):
+    """One storage object per location and worker process (an object store's client is worth keeping)."""
+    if location not in _storages:
+        _storages[location] = open_storage(location)
+    return _storages[location]
 
 
 def compute_chunk(task: tuple) -> tuple[str, int, int]:

@@ -4,6 +4,7 @@ the store is byte for byte the local build's, whatever the workers and threads p
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,10 @@ def test_an_unreachable_scheduler_is_one_line(images, tmp_path):
     assert line.startswith("build-aug: error: --scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler")
 
 
-def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_path):
-    """A real `dask scheduler` and `dask worker` pair, the worker seeing zarr's metadata at another version."""
+@contextmanager
+def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tuple[str, ...] = ()):
+    """A real `dask scheduler` and one `dask worker` in their own processes; yields the scheduler's address.
+    worker_prefix runs the worker under another command (unshare: its own view of the file system)."""
     import os
     import signal
     import subprocess
@@ -76,9 +79,6 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
 
     from distributed import Client
 
-    fake = tmp_path / "fake-metadata" / "zarr-2.0.0.dist-info"
-    fake.mkdir(parents=True)
-    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
     bin_dir = Path(sys.executable).parent
     scheduler_file = tmp_path / "scheduler.json"
     common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -88,22 +88,75 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
     try:
         while not scheduler_file.is_file():
             assert scheduler.poll() is None and time.sleep(0.1) is None
-        worker = subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                   "--no-dashboard"], env={**os.environ, "PYTHONPATH": str(fake.parent)}, **common)
+        worker = subprocess.Popen([*worker_prefix, str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file),
+                                   "--nthreads", "1", "--no-dashboard"], env={**os.environ, **(worker_env or {})}, **common)
         with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
-            address = client.scheduler.address
-        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
-                         "--scheduler", address)
-        line = result.stderr.strip()
-        assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
-        assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
-        assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+            yield client.scheduler.address
     finally:
         for process in (worker, scheduler):
             if process is not None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(30)
+
+
+def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_path):
+    """The worker sees zarr's metadata at another version."""
+    fake = tmp_path / "fake-metadata" / "zarr-2.0.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
+    with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(fake.parent)}) as address:
+        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
+                         "--scheduler", address)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
+    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+
+
+def hidden_from_the_worker(folder: Path) -> tuple[str, ...]:
+    """A prefix that starts the worker in its own mount namespace with an empty folder over `folder`
+    (a worker on a machine that does not mount the source); skips where namespaces are not allowed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to give a worker its own view of the files")
+    return ("unshare", "-rm", "sh", "-c", f'mount -t tmpfs tmpfs "{folder}" && exec "$0" "$@"')
+
+
+def test_the_workers_decode_the_source_where_they_can_read_it(cluster, images, tmp_path):
+    from distributed import Client
+
+    out = tmp_path / "decoded-there.zarr"
+    with Client(cluster) as client:
+        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.task_prefixes.pop("augzarr-decode", None))
+        build(images, out, "--scheduler", cluster)
+        ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "augzarr-decode" in ran  # the decode tasks ran on the cluster, not in the client's own pool
+    reference = tmp_path / "reference.zarr"
+    build(images, reference, "--workers", "2")
+    assert files(out) == files(reference)
+
+
+def test_a_worker_that_cannot_read_the_source_gets_it_decoded_by_the_client(images, tmp_path):
+    with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(images)) as address:
+        out = tmp_path / "decoded-here.zarr"
+        built = build(images, out, "--scheduler", address)
+    assert f"cannot read {images}/" in built.stdout and "decoding the source here and staging it in the store" in built.stdout
+    reference = tmp_path / "reference.zarr"
+    build(images, reference, "--workers", "2")
+    assert files(out) == files(reference)
+
+
+def test_a_worker_that_sees_only_part_of_the_source_is_refused_naming_a_file(images, tmp_path):
+    """Even under --skip-bad: a file the client reads and a worker cannot is a cluster fault, not a bad image."""
+    with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(images / "cow")) as address:
+        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--copies", "1", "--preview", "0",
+                         "--quiet", "--skip-bad", "--scheduler", address)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert f"cannot use {images}/cow/" in line and "but this client can: mount the source at the same path" in line
 
 
 def long_build(images: Path, out: Path, scheduler: str) -> list[str]:
@@ -173,7 +226,7 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     pending = next(c for c in range(1000) if c not in written)
     rows = open_group(open_storage(out))["train"]
     task = ("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
-    config = (str(out), str(out / ".build"), json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    config = (str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
     with Client(cluster) as client:
         with pytest.raises(StaleBuild, match="is now another build's"):
             client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)
