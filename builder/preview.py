@@ -51,22 +51,25 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob(f"{PREFIX}_*_*.jpeg"), out_dir / SHEET_NAME]:
         stale.unlink(missing_ok=True)
-    class_names = group.attrs["class_names"]
-    images = group["train/images"]
-    labels = group["train/labels"]
-    written, sheet_rows = [], []
-    for source, copy_numbers, rows in preview_rows(group, count):
-        pictures = images.get_orthogonal_selection((rows,))
+    written = []
+    rows = sheet_rows(group, count)
+    for (source, _, _), (_, copy_numbers, pictures) in zip(preview_rows(group, count), rows):
         for copy, picture in zip(copy_numbers, pictures):
             path = out_dir / preview_name(source, copy)
             Image.fromarray(picture).save(path, quality=95)
             written.append(path)
-        sheet_rows.append((f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, pictures))
-    if sheet_rows:
-        sheet = contact_sheet(sheet_rows)
-        sheet.save(out_dir / SHEET_NAME)
+    if rows:
+        contact_sheet(rows).save(out_dir / SHEET_NAME)
         written.append(out_dir / SHEET_NAME)
     return written
+
+
+def sheet_rows(group: zarr.Group, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, copy numbers, pictures) of the first `count` training sources: the contact sheet's rows."""
+    class_names = group.attrs["class_names"]
+    images, labels = group["train/images"], group["train/labels"]
+    return [(f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, images.get_orthogonal_selection((rows,)))
+            for source, copy_numbers, rows in preview_rows(group, count)]
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image:

@@ -1,0 +1,141 @@
+"""augzarr from Python: build a store, open it, look at it, stream it into your own model.fit.
+
+    import augzarr
+    store = augzarr.build("cifar10", out="data/aug.zarr", copies=5)   # or augzarr.open_store("data/aug.zarr")
+    store.contact_sheet()                                              # shown inline in a notebook
+    train = store.stream("train", batch_size=128)
+    model.fit(train, steps_per_epoch=train.batches_per_epoch, validation_data=store.stream("val"), epochs=20)
+
+Everything here is a thin layer over what the commands use (builder.build, store_format, trainer.stream),
+so a store built from Python is the store build-aug makes, byte for byte. Heavy libraries load on first
+use: opening a store needs neither albumentations nor a Keras backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+import numpy as np
+
+from augzarr.store_format import OpenStore
+from augzarr.store_format import open_store as _open_checked
+
+DEFAULT_OUT = "data/aug.zarr"
+
+
+def build(source: str = "cifar10", out: str = DEFAULT_OUT, *, progress: bool = True, **options: Any) -> "Store":
+    """build-aug as a function: the same options as keyword arguments with the same defaults (copies=5,
+    policy="crop-flip", val_fraction=0.2, seed=0, workers, overwrite, skip_bad, limit, image_size,
+    scheduler, ...). Shows a progress bar unless progress=False; returns the finished store. A bad option
+    or input raises augzarr.UserError with the command's one-line message. Previews are not written:
+    look at Store.contact_sheet() instead."""
+    from augzarr.builder.build import BuildOptions, build_store
+    from augzarr.builder.progress import ConsoleReporter, Reporter
+    from augzarr.errors import OptionError
+
+    known = {f.name for f in fields(BuildOptions)} - {"source", "out", "preview_dir"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(f"augzarr.build: unknown option {unknown[0]}; the options are {', '.join(sorted(known))}")
+    build_store(BuildOptions(source=str(source), out=out, **options), ConsoleReporter() if progress else Reporter())
+    return open_store(out)
+
+
+def open_store(location: str) -> "Store":
+    """A complete store (a folder or an object-store URL), checked as train checks it; a store that is
+    not complete or is damaged raises augzarr.UserError saying what to do."""
+    return Store(_open_checked(str(location)))
+
+
+class Store:
+    """An open augzarr store: what is in it, how it was made, its splits as arrays or as a stream."""
+
+    def __init__(self, opened: OpenStore):
+        self._store = opened
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{self.rows(split):,} {split}" for split in self.splits)
+        return f"<augzarr.Store {self.location}: {rows} rows of {'x'.join(map(str, self.image_shape))}, {len(self.class_names)} classes>"
+
+    @property
+    def location(self) -> str:
+        return self._store.location
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits it holds, of train, val and test."""
+        return list(self._store.attrs.splits)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label i is class_names[i]."""
+        return list(self._store.attrs.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self._store.attrs.image_shape)
+
+    @property
+    def provenance(self) -> dict:
+        """How the store was made: its source (kind, location, counts, content hash), the policy, copies,
+        seed and the package versions of the build, and when it finished."""
+        attrs = self._store.attrs
+        return {"source": asdict(attrs.source), "policy": attrs.policy, "copies": attrs.copies,
+                "include_original": attrs.include_original, "val_fraction": attrs.val_fraction, "seed": attrs.seed,
+                "versions": attrs.versions, "built": attrs.built}
+
+    def rows(self, split: str) -> int:
+        self._check_split(split)
+        return self._store.rows(split)
+
+    def summary(self) -> str:
+        """inspect-aug's summary: what is in the store, how it was made, what it costs on disk."""
+        from augzarr.builder.summary import format_summary, summarize
+
+        return format_summary(summarize(self._store))
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [n, H, W, C], labels int [n]) of a whole split, read into memory."""
+        self._check_split(split)
+        return self._store.images(split)[:], self._store.labels(split)
+
+    def stream(self, split: str = "train", batch_size: int = 128, *, shuffle: bool | None = None, seed: int = 0,
+               online: str | None = None, buffer_chunks: int | None = None):
+        """A keras.utils.PyDataset of (images uint8, labels int32) batches for model.fit, evaluate or predict,
+        on any Keras backend.
+
+        The training split is shuffled by default, as train shuffles it (chunk windows; the same seed gives
+        the same batches), in a new order every epoch: an endless stream, so give fit
+        steps_per_epoch=stream.batches_per_epoch (Keras would otherwise shuffle a finite PyDataset's batch
+        indices itself, unseeded, reading windows out of order). Other splits come once, in stored order,
+        for validation_data, evaluate and predict. online: train --online's operations, e.g.
+        "flip,shift,erase" (shuffled streams only)."""
+        from augzarr.errors import OptionError
+        from augzarr.trainer.options import DEFAULT_BUFFER_CHUNKS, parse_online
+        from augzarr.trainer.stream import StoreStream
+
+        self._check_split(split)
+        shuffle = split == "train" if shuffle is None else shuffle
+        if online and not shuffle:
+            raise OptionError("online operations apply to a shuffled (training) stream: pass shuffle=True, or no online")
+        if batch_size < 1:
+            raise OptionError("batch_size must be at least 1")
+        return StoreStream(self._store, split, batch_size, shuffle, seed=seed, online=parse_online(online) if online else (),
+                           buffer_chunks=buffer_chunks or DEFAULT_BUFFER_CHUNKS)
+
+    def contact_sheet(self, count: int = 8):
+        """A PIL image: the first `count` training images, each original beside its copies, labelled with its
+        class (a notebook shows it inline; .save("sheet.png") keeps it)."""
+        from augzarr.builder.preview import sheet_rows, contact_sheet
+
+        rows = sheet_rows(self._store.group, count)
+        if not rows:
+            raise ValueError("the store has no training images to show")
+        return contact_sheet(rows)
+
+    def _check_split(self, split: str) -> None:
+        from augzarr.errors import OptionError
+
+        if split not in self.splits:
+            raise OptionError(f"{self.location} has no split {split!r}; it has {', '.join(self.splits)}")
