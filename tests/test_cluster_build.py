@@ -114,6 +114,38 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
 
 
+DIFFERENT_MACHINE = """
+# A worker whose machine computes other bytes (as another CPU's native library might): every chunk it
+# computes has its first byte changed.
+import augzarr.builder.worker as worker
+
+computed = worker.compute_block
+
+
+def compute_otherwise(state, task):
+    block = computed(state, task)
+    block.reshape(-1)[0] ^= 1
+    return block
+
+
+worker.compute_block = compute_otherwise
+"""
+
+
+def test_a_worker_computing_other_bytes_is_refused_by_the_canary_before_any_chunk(images, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DIFFERENT_MACHINE)
+    out = tmp_path / "s.zarr"
+    with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(site)}) as address:
+        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet",
+                         "--scheduler", address)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:") and "computes other bytes for a chunk than this client" in line
+    assert not list((out / "train" / "images").rglob("c/*"))  # refused before any chunk was written
+
+
 def hidden_from_the_worker(folder: Path) -> tuple[str, ...]:
     """A prefix that starts the worker in its own mount namespace with an empty folder over `folder`
     (a worker on a machine that does not mount the source); skips where namespaces are not allowed."""
