@@ -42,7 +42,7 @@ from .progress import Reporter
 from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
 from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
 from .staging import STAGE_ROWS
-from .worker import compute_chunk, decode_files, init_worker, map_source, source_file
+from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
 
 MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
@@ -259,7 +259,7 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
             location, _, *rest = config
             config = (location, "", *rest)  # no staging folder: each worker reads the staged source from the store
             if tasks:
-                check_canary(client, config, tasks[0])
+                check_canary(client, config, tasks[0], canary_rows(source, tasks[0], options.image_size is not None))
             results = run_chunks(client, config, tasks)
         else:
             results = pool().imap_unordered(compute_chunk, tasks)
@@ -288,6 +288,17 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         layout=source.layout,
         warnings=[] if "val" in splits else [no_validation_warning(options, "test" in splits)],
     )
+
+
+def canary_rows(source: Source, task: tuple, resize: bool):
+    """The source rows a chunk task reads, as this client holds them: its split's array, or those files
+    decoded here (a cluster's workers hold the decoded source; this client need not fetch it)."""
+    split = source_splits(source)[task[3]]
+    if split.images is not None:
+        return split.images
+    needed = np.unique(task[4]).tolist()
+    block, _, _ = decode_block([str(split.files[i]) for i in needed], source.image_shape, 0, resize, skip_bad=True)
+    return SourceRows(dict(zip(needed, block)), len(split))
 
 
 def files_of(source: Source, split: str) -> list[Path]:

@@ -72,14 +72,17 @@ def check_versions(client) -> None:
                                 "bytes depend on it; install the same versions on every worker")
 
 
-def check_canary(client, config: tuple, task: tuple) -> None:
+def check_canary(client, config: tuple, task: tuple, source_rows) -> None:
     """Every worker computes one chunk (nothing written) to this client's exact bytes, or the cluster
-    is refused naming the worker: same versions can still differ in a machine's native libraries."""
+    is refused naming the worker: same versions can still differ in a machine's native libraries.
+    source_rows: the chunk's source rows as this client holds them (worker.SourceRows, or the split)."""
     from augzarr.store_format import crc32_hex
 
     from .worker import WorkerState, canary_on_cluster, compute_block
 
-    expected = crc32_hex(compute_block(WorkerState(*config), task))
+    state = WorkerState(*config)
+    state.sources[task[3]] = source_rows
+    expected = crc32_hex(compute_block(state, task))
     for worker, found in client.run(canary_on_cluster, config, task).items():
         if found != expected:
             raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found}, "

@@ -10,6 +10,7 @@ bench/bench_cluster_source.py measures this against scattering the array from th
 
 from __future__ import annotations
 
+import atexit
 import io
 import shutil
 import tempfile
@@ -71,6 +72,7 @@ def fetch_staged_source(storage, build_id: str, split: str) -> Path:
                 shutil.rmtree(_fetched.pop(other), ignore_errors=True)
             shape = tuple(storage.read_json(shape_key(split))["shape"])
             folder = Path(tempfile.mkdtemp(prefix="augzarr-worker-source-"))
+            atexit.register(shutil.rmtree, folder, True)  # a worker that stops leaves no copy of the source behind
             target = np.lib.format.open_memmap(source_file(folder, split), mode="w+", dtype=np.uint8, shape=shape)
             filled = 0
             for name in storage.list(f"{STAGED}/{split}"):

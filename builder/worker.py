@@ -64,6 +64,18 @@ class WorkerState:
         return self.arrays[split]
 
 
+class SourceRows:
+    """Some rows of a source split, by index, standing in for the whole split: what a client needs to
+    compute a canary chunk without fetching the staged source."""
+
+    def __init__(self, rows: dict[int, np.ndarray], length: int):
+        self.rows = rows
+        self.shape = (length, *next(iter(rows.values())).shape)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.rows[index]
+
+
 def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"
 
