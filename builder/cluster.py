@@ -10,6 +10,7 @@ worker thread keeps its own pipeline state.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from contextlib import contextmanager
@@ -183,7 +184,7 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
     from distributed import as_completed
 
     from .policy_check import BadSample
-    from .worker import compute_chunk_on_cluster
+    from .worker import compute_chunk_on_cluster, release_build
 
     build = uuid.uuid4().hex[:8]  # keys unique to this run: a rerun never meets an old run's results
     futures = [client.submit(compute_chunk_on_cluster, config, task, key=f"augzarr-{build}-{task[0]}-{task[1]}", pure=False)
@@ -199,6 +200,8 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
             yield result
     finally:
         client.cancel(futures)
+        with contextlib.suppress(Exception):  # best effort: a worker's next fetch removes what is left
+            client.run(release_build, config[0], config[4])  # every worker lets go of the source it fetched
 
 
 def first_line(exc: BaseException) -> str:

@@ -4,14 +4,17 @@ A cluster's workers need not share the client's disk, so a cluster build stages 
 where all of them can read it: in the store's own .build/ area (a shared folder or an object store),
 as blocks of rows plus a small JSON giving each split's shape. The workers decode the blocks there
 themselves when they can read the source's files; otherwise the client decodes and stages them. Each
-worker process then reads a split once into a local file that its threads map (fetch_staged_source);
+machine then reads a split once into a local file that its worker processes map (fetch_staged_source);
 bench/bench_cluster_source.py measures this against scattering the array from the client.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
 import io
+import os
 import shutil
 import tempfile
 import threading
@@ -58,36 +61,93 @@ def stage_array(storage, split: str, images: np.ndarray) -> None:
 
 _fetch_lock = threading.Lock()
 _fetched: dict[tuple, Path] = {}
+_users: dict[Path, object] = {}  # folder -> this process's open .users file, share-locked while it uses the folder
+
+
+def fetched_folder(location: str, build_id: str) -> Path:
+    name = hashlib.sha256(f"{location}\0{build_id}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"{FETCHED_PREFIX}{name}"
+
+
+FETCHED_PREFIX = "augzarr-staged-"
 
 
 def fetch_staged_source(storage, build_id: str, split: str) -> Path:
-    """The staged split assembled into a local <folder>/source-<split>.npy, read from the store once per
-    worker process and build (its threads share it); an earlier build's copy is deleted."""
+    """The folder holding the staged split assembled into <folder>/source-<split>.npy, read from the store
+    once per machine and build: the first worker process on a machine fetches it while the others wait,
+    then all of them map the same file (and share its pages). Each process holds a shared lock on the
+    folder's .users file while it uses it; the last to let go removes the folder (release_staged_source,
+    which the client runs on every worker when the build's tasks are done; a folder a killed build left
+    behind is removed by the next fetch on that machine)."""
     from .worker import source_file
 
     key = (storage.location, build_id, split)
     with _fetch_lock:
-        if key not in _fetched:
-            for other in [k for k in _fetched if k[:2] != key[:2]]:  # one build at a time per worker
-                shutil.rmtree(_fetched.pop(other), ignore_errors=True)
-            shape = tuple(storage.read_json(shape_key(split))["shape"])
-            folder = Path(tempfile.mkdtemp(prefix="augzarr-worker-source-"))
-            atexit.register(shutil.rmtree, folder, True)  # a worker that stops leaves no copy of the source behind
-            target = np.lib.format.open_memmap(source_file(folder, split), mode="w+", dtype=np.uint8, shape=shape)
-            filled = 0
-            for name in storage.list(f"{STAGED}/{split}"):
-                file_name = name.rsplit("/", 1)[-1]
-                if file_name.startswith(".") or not file_name.endswith(".npy"):
-                    continue  # a write cut short
-                block = np.load(io.BytesIO(storage.read(name)))
-                start = int(file_name.removesuffix(".npy"))
-                target[start : start + len(block)] = block
-                filled += len(block)
-            target.flush()
-            del target
-            if filled != shape[0]:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise UserError(f"{storage.location}: the staged source of split {split} has {filled} of its {shape[0]} rows: "
-                                "run the same build-aug command again to stage it afresh")
-            _fetched[key] = folder
-        return _fetched[key]
+        if key in _fetched:
+            return _fetched[key]
+        folder = fetched_folder(storage.location, build_id)
+        for other in Path(tempfile.gettempdir()).glob(f"{FETCHED_PREFIX}*"):
+            if other != folder and other not in _users:
+                remove_if_unused(other)
+        folder.mkdir(exist_ok=True)
+        if folder not in _users:
+            _users[folder] = open(folder / ".users", "a")
+            fcntl.flock(_users[folder], fcntl.LOCK_SH)
+        with open(folder / ".fetch", "a") as fetching:
+            fcntl.flock(fetching, fcntl.LOCK_EX)  # one fetch per machine; the others wait for its file
+            if not source_file(folder, split).is_file():
+                assemble(storage, split, source_file(folder, split))
+        _fetched[key] = folder
+        return folder
+
+
+def release_staged_source(location: str, build_id: str) -> None:
+    """This process is done with the build's fetched source: let go of it, and remove it if no other
+    process on this machine still uses it."""
+    folder = fetched_folder(location, build_id)
+    with _fetch_lock:
+        for key in [k for k in _fetched if k[:2] == (location, build_id)]:
+            del _fetched[key]
+        users = _users.pop(folder, None)
+        if users is not None:
+            users.close()  # drops this process's shared lock
+        remove_if_unused(folder)
+
+
+def remove_if_unused(folder: Path) -> None:
+    try:
+        with open(folder / ".users", "a") as users:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no process holds it shared
+            shutil.rmtree(folder, ignore_errors=True)
+    except OSError:  # in use, or already gone
+        pass
+
+
+@atexit.register
+def _release_all() -> None:
+    for folder in list(_users):
+        _users.pop(folder).close()
+        remove_if_unused(folder)
+
+
+def assemble(storage, split: str, target_path: Path) -> None:
+    """The staged blocks of a split into one .npy file, renamed into place only when whole."""
+    shape = tuple(storage.read_json(shape_key(split))["shape"])
+    partial = target_path.with_name(f".{target_path.name}.{os.getpid()}.tmp")
+    target = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+    filled = 0
+    for name in storage.list(f"{STAGED}/{split}"):
+        file_name = name.rsplit("/", 1)[-1]
+        if file_name.startswith(".") or not file_name.endswith(".npy"):
+            continue  # a write cut short
+        block = np.load(io.BytesIO(storage.read(name)))
+        start = int(file_name.removesuffix(".npy"))
+        target[start : start + len(block)] = block
+        filled += len(block)
+    target.flush()
+    del target
+    if filled != shape[0]:
+        partial.unlink()
+        raise UserError(f"{storage.location}: the staged source of split {split} has {filled} of its {shape[0]} rows: "
+                        "run the same build-aug command again to stage it afresh")
+    os.replace(partial, target_path)

@@ -27,7 +27,7 @@ from .applier import image_applier
 from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
-from .staging import fetch_staged_source, stage_block
+from .staging import fetch_staged_source, release_staged_source, stage_block
 
 _worker: "WorkerState | None" = None
 
@@ -80,18 +80,32 @@ def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"
 
 
-_per_thread = threading.local()
+_states: dict[tuple[int, str], "WorkerState"] = {}
+_states_lock = threading.Lock()
 
 
 def state_for(config: tuple) -> WorkerState:
-    """The WorkerState of a cluster worker's thread for one build (location, scratch, policy, seed):
+    """The WorkerState of a cluster worker's thread for one build (location, scratch, policy, seed, build id):
     a pipeline holds its random state, so each thread of a multi-threaded worker needs its own."""
-    states = _per_thread.__dict__.setdefault("states", {})
-    key = repr(config)
-    if key not in states:
-        states.clear()  # one build at a time per thread
-        states[key] = WorkerState(*config, check_build=True)
-    return states[key]
+    key = (threading.get_ident(), repr(config))
+    with _states_lock:
+        state = _states.get(key)
+    if state is None:
+        state = WorkerState(*config, check_build=True)
+        with _states_lock:
+            for other in [k for k in _states if k[0] == key[0]]:  # one build at a time per thread
+                del _states[other]
+            _states[key] = state
+    return state
+
+
+def release_build(location: str, build_id: str) -> None:
+    """Run on every worker when a cluster build's tasks are done: drop its states (and their mappings of
+    the fetched source), then the machine's copy of the source if no other process uses it."""
+    with _states_lock:
+        for key in [k for k, state in _states.items() if (state.storage.location, state.build_id) == (location, build_id)]:
+            del _states[key]
+    release_staged_source(location, build_id)
 
 
 def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]:

@@ -38,13 +38,29 @@ def files(store: Path) -> dict[str, bytes]:
     return {**found, "zarr.json": json.dumps(meta, sort_keys=True).encode()}
 
 
+def fetched_copies() -> set[Path]:
+    import tempfile
+
+    from augzarr.builder.staging import FETCHED_PREFIX
+
+    return set(Path(tempfile.gettempdir()).glob(f"{FETCHED_PREFIX}*"))
+
+
 def test_a_cluster_build_is_the_local_build_byte_for_byte(cluster, images, tmp_path):
+    from augzarr.builder.staging import fetched_folder
+
     local = tmp_path / "local.zarr"
     build(images, local, "--workers", "1")
+    stale = fetched_folder("a killed build's store", "0")  # a machine's copy of the source that a killed build left
+    stale.mkdir(exist_ok=True)
+    (stale / ".users").touch()
+    before = fetched_copies()
     on_cluster = tmp_path / "cluster.zarr"
     built = build(images, on_cluster, "--scheduler", cluster)
     assert built.stdout.startswith(f"built {on_cluster}: ")
     assert files(on_cluster) == files(local)
+    # the workers' copies of the source are gone when the build is: theirs, and the one left by the killed build
+    assert fetched_copies() == before - {stale}
     from_env = tmp_path / "env.zarr"  # Dask's own variable names the scheduler as well
     build(images, from_env, env={"DASK_SCHEDULER_ADDRESS": cluster})
     assert files(from_env) == files(local)
