@@ -66,6 +66,18 @@ def test_a_cluster_build_is_the_local_build_byte_for_byte(cluster, images, tmp_p
     assert files(from_env) == files(local)
 
 
+def test_a_source_with_a_test_split_builds_on_the_cluster_as_here(cluster, tmp_path):
+    """Two staged splits: each worker fetches both (a worker once kept the first split's folder only)."""
+    from conftest import assert_same_store, write_cifar_archive
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive, n_batches=1, per_batch=12, n_test=6)
+    args = ["build-aug", "--source", str(archive), "--copies", "2", "--chunk-size", "4", "--preview", "0", "--quiet"]
+    run_cli(*args, "--workers", "1", "--out", str(tmp_path / "local.zarr"), check=True)
+    run_cli(*args, "--scheduler", cluster, "--out", str(tmp_path / "cluster.zarr"), check=True)
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "cluster.zarr")
+
+
 def test_scheduler_local_starts_a_cluster_and_says_where_its_dashboard_is(images, tmp_path):
     out = tmp_path / "local-cluster.zarr"
     built = build(images, out, "--scheduler", "local", "--workers", "2")
