@@ -227,7 +227,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
     for name, row in metrics["per_class"].items():
         accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         lines.append(f"| {name} | {row['count']:,} | {accuracy} | {interval(row.get('ci95'))} |")
-    lines += ["", *calibration_lines(metrics, run["evaluated_on"]), "", *mistake_lines(metrics)]
+    lines += ["", *calibration_lines(metrics, run["evaluated_on"]), "", *mistake_lines(metrics, run["evaluated_on"])]
     lines += [
         "",
         "## Intended use and out-of-scope uses",
@@ -290,14 +290,15 @@ def calibration_lines(metrics: dict, evaluated_on: str) -> list[str]:
     ]
 
 
-def mistake_lines(metrics: dict) -> list[str]:
+def mistake_lines(metrics: dict, evaluated_on: str) -> list[str]:
     mistakes = metrics["confidently_wrong"]
     if not mistakes:
         return ["## Most confident mistakes", "", f"- none: every one of the {metrics['count']:,} images was classified correctly"]
     return [
         "## Most confident mistakes",
         "",
-        f"- the {len(mistakes)} wrong predictions made with the highest confidence, as images: [{MISTAKES_PNG}]({MISTAKES_PNG})",
+        f"- the {len(mistakes)} wrong predictions made with the highest confidence, as images: [{MISTAKES_PNG}]({MISTAKES_PNG}); "
+        f"row: the image's row in the store's {evaluated_on} split",
         "",
         "| row | true | predicted | confidence |",
         "| ---: | --- | --- | ---: |",
