@@ -261,3 +261,27 @@ def test_evaluate_on_an_image_folder_names_the_files_of_its_mistakes(described_r
     for m in written["confidently_wrong"]:
         assert Path(m["file"]).parent.name == m["true"] and Path(m["file"]).is_file()
     assert all(200 <= side <= 4000 for side in png_size(tmp_path / "folder-mistakes.png"))
+
+
+def test_a_resumed_run_keeps_its_intended_use_unless_given_again(small_store, tmp_path):
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"
+    options = {"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow"}
+    quiet = dict(verbose=0, say=lambda _: None)
+
+    def stopped_before_its_reports() -> None:
+        run = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))
+
+    def intended_use() -> str:
+        return (run_dir / "model_card.md").read_text().split("## Intended use and out-of-scope uses\n", 1)[1].split("\n## ", 1)[0].strip()
+
+    train_run(options, out=run_dir, intended_use="  Demo only.  ", **quiet)
+    assert intended_use() == "> Demo only." and json.loads((run_dir / "run.json").read_text())["intended_use"] == "Demo only."
+    stopped_before_its_reports()
+    train_run({}, out=run_dir, resume=True, **quiet)
+    assert intended_use() == "> Demo only."
+    stopped_before_its_reports()
+    train_run({}, out=run_dir, resume=True, intended_use="Demo and teaching.", **quiet)
+    assert intended_use() == "> Demo and teaching."
