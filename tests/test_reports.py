@@ -239,6 +239,7 @@ def test_evaluate_writes_the_same_reports_beside_its_json(described_run, provena
     written = json.loads(out.read_text())
     trained = json.loads((described_run / "metrics.json").read_text())
     assert written["reports"] == {"reliability_diagram": "eval-reliability.png", "mistakes_grid": "eval-mistakes.png"}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval-mistakes.png", "eval-reliability.png", "eval.json"]  # no scratch left
     for name in written["reports"].values():
         assert all(200 <= side <= 4000 for side in png_size(out.parent / name)), name
     assert written["per_class"] == trained["per_class"]  # the same split, the same model: the same intervals

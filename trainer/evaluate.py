@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import keras
@@ -134,8 +136,14 @@ def write_reports(metrics: dict, path: Path, mistake_images: np.ndarray) -> list
     path.parent.mkdir(parents=True, exist_ok=True)
     reliability, mistakes = report_paths(path)
     title = f"{metrics['model']} on {metrics['data']}"
-    plot_reliability(metrics["calibration"], reliability, title)
-    plot_mistakes(mistake_images, metrics["confidently_wrong"], mistakes, f"{title}: the most confident mistakes")
-    reports = {"reliability_diagram": reliability.name, "mistakes_grid": mistakes.name}
-    write_atomic(path, json.dumps({**metrics, "reports": reports}, indent=2))  # whole or not at all, even on Ctrl-C
+    # drawn into a scratch folder beside it (removed on Ctrl-C or a failure), moved into place just before
+    # the JSON: an interrupted evaluate leaves no new picture, as it says
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".evaluate-") as scratch:
+        drawn = [Path(scratch) / reliability.name, Path(scratch) / mistakes.name]
+        plot_reliability(metrics["calibration"], drawn[0], title)
+        plot_mistakes(mistake_images, metrics["confidently_wrong"], drawn[1], f"{title}: the most confident mistakes")
+        for picture, final in zip(drawn, (reliability, mistakes)):
+            os.replace(picture, final)
+        reports = {"reliability_diagram": reliability.name, "mistakes_grid": mistakes.name}
+        write_atomic(path, json.dumps({**metrics, "reports": reports}, indent=2))  # whole or not at all, even on Ctrl-C
     return [path, reliability, mistakes]
