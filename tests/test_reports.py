@@ -134,6 +134,17 @@ def test_build_records_license_and_provenance_and_inspect_shows_them(provenance_
     assert summary["license"] == LICENSE and summary["provenance"] == PROVENANCE
 
 
+def test_the_python_api_builds_with_provenance_and_returns_it(tmp_path):
+    import augzarr
+
+    images = write_image_folder(tmp_path / "images", {"ant": 3, "bee": 3}, size=8)
+    store = augzarr.build(str(images), out=str(tmp_path / "s.zarr"), copies=1, license=LICENSE, provenance=PROVENANCE, progress=False)
+    assert (store.provenance["license"], store.provenance["provenance"]) == (LICENSE, PROVENANCE)
+    assert f"license      {LICENSE}" in store.summary()
+    with pytest.raises(augzarr.UserError, match="--license is empty"):
+        augzarr.build(str(images), out=str(tmp_path / "t.zarr"), license="", progress=False)
+
+
 def test_other_provenance_for_a_complete_store_needs_overwrite(provenance_store):
     source = open_store(provenance_store).attrs.source.location
     common = ["build-aug", "--source", source, "--out", str(provenance_store), "--copies", "1", "--chunk-size", "8", "--preview", "0",
