@@ -79,11 +79,12 @@ class Store:
     @property
     def provenance(self) -> dict:
         """How the store was made: its source (kind, location, counts, content hash), the policy, copies,
-        seed and the package versions of the build, and when it finished."""
+        seed and the package versions of the build, when it finished, and the license and provenance
+        text given to build-aug (None when not given)."""
         attrs = self._store.attrs
         return {"source": asdict(attrs.source), "policy": attrs.policy, "copies": attrs.copies,
                 "include_original": attrs.include_original, "val_fraction": attrs.val_fraction, "seed": attrs.seed,
-                "versions": attrs.versions, "built": attrs.built}
+                "versions": attrs.versions, "built": attrs.built, "license": attrs.license, "provenance": attrs.provenance}
 
     def rows(self, split: str) -> int:
         self._check_split(split)

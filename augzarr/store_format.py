@@ -83,6 +83,10 @@ class StoreAttrs:
     identity: dict  # every argument that changes the bytes: a resumed or repeated build must match it
     versions: dict = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)  # bad files left out under --skip-bad: file, reason
+    # build-aug --license, --provenance: the user's words on the images' terms and origin (and consent), repeated
+    # in every model card trained from the store; None when not given (and in stores built before they existed)
+    license: str | None = None
+    provenance: str | None = None
     complete: bool = False
     chunk_crc32: dict[str, list[str]] | None = None  # per split, one per image chunk (written at completion)
     array_crc32: dict[str, str] | None = None  # "<split>/<row array>" -> CRC-32 of the whole array

@@ -33,6 +33,7 @@ from augzarr.store_format import (
     BUILD_DIR, BUILD_JSON, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, IMAGES, KEEP_WHEN_CLAIMING, ROW_ARRAYS, SKELETON_DONE,
     SourceInfo, StoreAttrs, committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
 )
+from augzarr.user_text import user_text
 
 from .decode import shown
 from .layout import hold_out_validation, plan_rows
@@ -65,6 +66,8 @@ class BuildOptions:
     workers: int | None = None
     overwrite: bool = False
     skip_bad: bool = False
+    license: str | None = None  # --license: the terms the images are under, recorded in the store (user_text)
+    provenance: str | None = None  # --provenance: where they came from, whether the people in them consented
     preview_dir: Path | None = None  # where the CLI writes previews: never read as images when inside --source
     scheduler: str | None = None  # a Dask scheduler's address, or "local" (cluster.py); None: this machine's processes
 
@@ -83,6 +86,8 @@ class BuildOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        user_text(self.license, "--license")
+        user_text(self.provenance, "--provenance")
 
 
 @dataclass
@@ -346,6 +351,8 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
         "policy": json.loads(json.dumps(policy.to_attrs())),
         "codec": IMAGE_CODEC,
         **({"skip_bad": True} if options.skip_bad else {}),
+        # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
+        **{name: text for name in ("license", "provenance") if (text := user_text(getattr(options, name), f"--{name}"))},
     }
 
 
@@ -354,7 +361,7 @@ def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
     return None if source.val is not None else options.val_fraction
 
 
-IDENTITY_DEFAULTS = {"skip_bad": False}  # keys an identity leaves out at their default
+IDENTITY_DEFAULTS = {"skip_bad": False, "license": None, "provenance": None}  # keys an identity leaves out at their default
 MAX_DIFFERENCES = 4
 
 
@@ -552,6 +559,8 @@ def store_attrs(options, source: Source, content_hash: str, policy: Policy, chun
         identity=identity,
         versions=package_versions(),
         skipped=skipped,
+        license=user_text(options.license, "--license"),
+        provenance=user_text(options.provenance, "--provenance"),
     )
 
 

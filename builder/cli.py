@@ -36,6 +36,8 @@ def build_aug(
     workers: Optional[int] = typer.Option(None, help="Worker processes [default: all cores]; the store's bytes do not depend on it."),
     overwrite: bool = typer.Option(False, help="Replace a complete store, or restart an unfinished build with other arguments."),
     skip_bad: bool = typer.Option(False, help="Leave out images that cannot be read or decoded (listed at the end and in the store's attrs) instead of stopping."),
+    license: Optional[str] = typer.Option(None, "--license", help="The terms the source images are under (a license name, a link), recorded in the store and repeated in every model card trained from it."),
+    provenance: Optional[str] = typer.Option(None, help="Where the images came from and whether the people in them consented, recorded in the store and repeated in every model card trained from it."),
     preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
     preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
     quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
@@ -51,7 +53,7 @@ def build_aug(
     options = BuildOptions(
         source=source, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
-        workers=workers, overwrite=overwrite, skip_bad=skip_bad, preview_dir=preview_dir if preview else None,
+        workers=workers, overwrite=overwrite, skip_bad=skip_bad, license=license, provenance=provenance, preview_dir=preview_dir if preview else None,
         scheduler=scheduler_address(scheduler),
     )
     result = build_store(options, reporter)

@@ -38,6 +38,8 @@ def summarize(store: OpenStore) -> dict:
         "versions": attrs.versions,
         "built": attrs.built or {},
         "skipped": attrs.skipped,
+        "license": attrs.license,
+        "provenance": attrs.provenance,
     }
 
 
@@ -55,6 +57,9 @@ def format_summary(s: dict) -> str:
         + (f"val fraction {s['val_fraction']}" if s["val_fraction"] is not None else "val from the source's own folder"),
         f"on disk      {human_bytes(s['bytes_on_disk'])} for {human_bytes(s['raw_image_bytes'])} of pixels (ratio {s['compression_ratio']:.2f})",
     ]
+    for name in ("license", "provenance"):  # the user's words, every line kept, aligned under the first
+        text = s.get(name) or f"not recorded (build-aug --{name} TEXT)"
+        lines.append(f"{name:<12} " + text.replace("\n", "\n" + " " * 13))
     if src.get("layout"):
         lines.insert(3, f"layout       {src['layout']}")
     if src.get("ignored"):

@@ -38,6 +38,7 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
+    intended_use: Optional[str] = typer.Option(None, help="What the model is for and what it must not be used for, in your words: the model card's 'Intended use and out-of-scope uses' section [default: a placeholder saying it was not given]."),
 ) -> None:
     """Stream a store into the CNN, validate every epoch, evaluate, and write a run folder."""
     from .options import TrainOptions
@@ -47,6 +48,9 @@ def train(
                                     buffer_chunks=buffer_chunks, online=online, mix=mix, mix_alpha=mix_alpha,
                                     keras_augment=keras_augment, distribute=distribute, devices=devices).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
+    from augzarr.user_text import user_text
+
+    user_text(intended_use, "--intended-use")
     from .runlock import is_live, live_run_message
 
     if out is not None and out.is_dir() and is_live(out):  # likewise a live run (train_run takes the lock itself)
@@ -57,7 +61,8 @@ def train(
     from .training import train_run
 
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
-    result = train_run(given, out=out, resume=resume, verbose=0 if quiet else ("auto" if sys.stdout.isatty() else 2), say=say)
+    result = train_run(given, out=out, resume=resume, verbose=0 if quiet else ("auto" if sys.stdout.isatty() else 2), say=say,
+                       intended_use=intended_use)
     metrics = result.metrics
     # the notebook's two lines, always printed
     print(f"Test score: {metrics['loss']:.4f}")
@@ -72,7 +77,7 @@ def evaluate(
     source: Optional[Path] = typer.Option(None, help="Or on an image folder DIR/<class>/<image> with the model's classes."),
     split: Optional[str] = typer.Option(None, help="With --store: test or val [default: test, else val]."),
     batch_size: int = typer.Option(256, help="Images per prediction step."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file, with a reliability diagram and a grid of the most confident mistakes beside it (NAME-reliability.png, NAME-mistakes.png)."),
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained model."""
     from augzarr.errors import OptionError, UserError, one_line
@@ -88,12 +93,12 @@ def evaluate(
     if json_out is not None and json_out.is_dir():
         raise UserError(f"--json {json_out} is a folder; give a file name for the results")
     import_keras_quietly()
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, write_json
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, write_reports
 
     if store is not None:
-        metrics = evaluate_on_store(model, store, split, batch_size)
+        metrics, mistake_images = evaluate_on_store(model, store, split, batch_size)
     else:
-        metrics = evaluate_on_folder(model, source, batch_size)
+        metrics, mistake_images = evaluate_on_folder(model, source, batch_size)
     print(f"{metrics['model']} on {metrics['data']}, {metrics['count']:,} images")
     if resize_note(metrics):
         print(resize_note(metrics))
@@ -103,8 +108,8 @@ def evaluate(
               file=sys.stderr)
     print(format_metrics(metrics))
     if json_out is not None:
-        write_json(metrics, json_out)
-        print(f"wrote {json_out}")
+        written = write_reports(metrics, json_out, mistake_images)
+        print(f"wrote {', '.join(str(path) for path in written)}")
 
 
 def import_keras_quietly() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import keras
@@ -12,7 +14,8 @@ from augzarr.errors import UserError
 from augzarr.storage.local import write_atomic
 from augzarr.store_format import open_store
 
-from .metrics import evaluate_arrays, evaluate_stream
+from .metrics import evaluate_arrays, evaluate_stream, stored_images
+from .report import plot_mistakes, plot_reliability
 from .stream import StoreStream
 from .training import check_model_fits_store, read_json
 
@@ -26,7 +29,8 @@ def load_run_model(run_dir: Path) -> tuple[keras.Model, dict]:
     return keras.models.load_model(run_dir / "model.keras"), run
 
 
-def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_size: int) -> dict:
+def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_size: int) -> tuple[dict, np.ndarray]:
+    """The metrics, and the images of their confidently_wrong rows (for the mistakes grid)."""
     model, run = load_run_model(run_dir)
     store = open_store(location)
     attrs = store.attrs
@@ -42,11 +46,13 @@ def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_siz
         metrics = evaluate_stream(model, stream, attrs.class_names)
     finally:
         stream.close()
-    return {"model": str(run_dir), "data": f"{location} ({chosen} split)", "evaluated_on": chosen, **metrics}
+    mistakes = stored_images(store, chosen, [m["row"] for m in metrics["confidently_wrong"]])
+    return {"model": str(run_dir), "data": f"{location} ({chosen} split)", "evaluated_on": chosen, **metrics}, mistakes
 
 
-def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
-    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input.
+def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[dict, np.ndarray]:
+    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input:
+    the metrics (each confidently wrong image named by its file too), and those images.
 
     The result also says how many images were resized from which sizes ("resized"), and
     whether they are the very images the model's store was built from ("training_source"):
@@ -72,10 +78,14 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> dict:
             resized[size] = resized.get(size, 0) + 1
         images.append(resize_to(image, height, width))
     labels = to_model[split.labels]
-    metrics = evaluate_arrays(model, np.stack(images), labels, run["class_names"], batch_size)
+    images = np.stack(images)
+    metrics = evaluate_arrays(model, images, labels, run["class_names"], batch_size)
+    for mistake in metrics["confidently_wrong"]:
+        mistake["file"] = str(split.files[mistake["row"]])
+    mistakes = images[[m["row"] for m in metrics["confidently_wrong"]]]
     return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics,
             "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
-            "training_source": split is source.train and is_training_source(run, folder, source)}
+            "training_source": split is source.train and is_training_source(run, folder, source)}, mistakes
 
 
 def is_training_source(run: dict, folder: Path, source) -> bool:
@@ -103,14 +113,37 @@ def resize_note(metrics: dict) -> str | None:
 
 
 def format_metrics(metrics: dict) -> str:
-    lines = [f"Test score: {metrics['loss']:.4f}", f"Test accuracy: {metrics['accuracy']:.4f}", "per-class accuracy:"]
+    low, high = metrics["accuracy_ci95"]
+    lines = [f"Test score: {metrics['loss']:.4f}", f"Test accuracy: {metrics['accuracy']:.4f}",
+             f"95% interval of the accuracy (Wilson): {low:.3f}-{high:.3f}",
+             f"expected calibration error: {metrics['calibration']['ece']:.4f} ({metrics['calibration']['bins']} equal-width confidence bins)",
+             "per-class accuracy (95% interval, Wilson):"]
     width = max(len(name) for name in metrics["per_class"])
     for name, row in metrics["per_class"].items():
         accuracy = "  n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-        lines.append(f"  {name:<{width}}  {accuracy}  ({row['count']:,} images)")
+        interval = "             " if row["ci95"] is None else f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}"
+        lines.append(f"  {name:<{width}}  {accuracy}  {interval}  ({row['count']:,} images)")
     return "\n".join(lines)
 
 
-def write_json(metrics: dict, path: Path) -> None:
+def report_paths(path: Path) -> tuple[Path, Path]:
+    """Where evaluate --json PATH puts its pictures: beside it, named after it (eval.json -> eval-reliability.png, eval-mistakes.png)."""
+    return path.with_name(f"{path.stem}-reliability.png"), path.with_name(f"{path.stem}-mistakes.png")
+
+
+def write_reports(metrics: dict, path: Path, mistake_images: np.ndarray) -> list[Path]:
+    """The JSON at `path` and its two PNGs beside it; the JSON last, naming them. Returns the paths written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(metrics, indent=2))  # whole or not at all, even on Ctrl-C
+    reliability, mistakes = report_paths(path)
+    title = f"{metrics['model']} on {metrics['data']}"
+    # drawn into a scratch folder beside it (removed on Ctrl-C or a failure), moved into place just before
+    # the JSON: an interrupted evaluate leaves no new picture, as it says
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".evaluate-") as scratch:
+        drawn = [Path(scratch) / reliability.name, Path(scratch) / mistakes.name]
+        plot_reliability(metrics["calibration"], drawn[0], title)
+        plot_mistakes(mistake_images, metrics["confidently_wrong"], drawn[1], f"{title}: the most confident mistakes")
+        for picture, final in zip(drawn, (reliability, mistakes)):
+            os.replace(picture, final)
+        reports = {"reliability_diagram": reliability.name, "mistakes_grid": mistakes.name}
+        write_atomic(path, json.dumps({**metrics, "reports": reports}, indent=2))  # whole or not at all, even on Ctrl-C
+    return [path, reliability, mistakes]

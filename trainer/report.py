@@ -1,4 +1,4 @@
-"""What a run folder shows a person: history CSV, curves and confusion PNGs, the model card."""
+"""What a run folder shows a person: history CSV, curves, confusion, reliability and mistakes PNGs, the model card."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from augzarr.storage.local import write_atomic  # noqa: E402
 from augzarr.store_format import StoreAttrs  # noqa: E402
 
 from .metrics import class_gap  # noqa: E402
@@ -101,6 +102,73 @@ def most_confused(confusion: np.ndarray, k: int) -> list[tuple[int, int, int]]:
     return [(int(i), int(j), int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
 
 
+RELIABILITY_PNG = "reliability.png"  # the run folder's names; evaluate --json puts its own beside the JSON
+MISTAKES_PNG = "mistakes.png"
+MISTAKE_COLUMNS = 4
+MAX_LABEL_CHARS = 18  # a class name in a mistakes tile is cut to this
+
+
+def save_png(figure, path: Path) -> None:
+    """The figure as a PNG, written whole (a kill leaves the old file or the new, never half an image)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing")  # a class name in a script DejaVu lacks: drawn as boxes, no noise
+        figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+
+
+def plot_reliability(calibration: dict, path: Path, title: str) -> None:
+    """The reliability diagram: accuracy against mean confidence per confidence bin (on the diagonal
+    when calibrated), the gap shaded, and how many predictions fell in each bin below it."""
+    table = calibration["table"]
+    lower = np.array([row["lower"] for row in table])
+    width = table[0]["upper"] - table[0]["lower"]
+    filled = np.array([row["count"] > 0 for row in table])
+    accuracy = np.array([row["accuracy"] or 0.0 for row in table])
+    confidence = np.array([row["mean_confidence"] or 0.0 for row in table])
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    top.bar(lower[filled], accuracy[filled], width=width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
+    top.bar(lower[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width, align="edge",
+            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"{title}\nECE {calibration['ece']:.3f} ({calibration['bins']} equal-width bins)")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.bar(lower, [row["count"] for row in table], width=width, align="edge", color="grey", edgecolor="black")
+    bottom.set_xlabel("confidence (largest softmax output)")
+    bottom.set_ylabel("images")
+    figure.tight_layout()
+    save_png(figure, path)
+
+
+def plot_mistakes(images: np.ndarray, mistakes: list[dict], path: Path, title: str) -> None:
+    """The most confidently wrong images in a grid, each titled with its true and predicted class and
+    the confidence; a figure saying so when there is no wrong prediction."""
+    if not mistakes:
+        figure, axis = plt.subplots(figsize=(4, 2))
+        axis.axis("off")
+        axis.text(0.5, 0.5, f"{title}\nno wrong predictions", ha="center", va="center")
+        save_png(figure, path)
+        return
+    columns = min(MISTAKE_COLUMNS, len(mistakes))
+    rows = -(-len(mistakes) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows + 0.6), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, mistake in zip(axes.flat, images, mistakes):
+        gray = image.shape[-1] == 1
+        axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
+        axis.set_title(f"true: {mistake['true'][:MAX_LABEL_CHARS]}\npredicted: {mistake['predicted'][:MAX_LABEL_CHARS]}\n"
+                       f"confidence {mistake['confidence']:.3f}", fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_png(figure, path)
+
+
 def training_rate_lines(history: list[dict], run: dict) -> list[str]:
     """The training rate this machine reached, from the epochs that recorded it (none before a resume from older runs)."""
     rates = [row["images_per_second"] for row in history if row.get("images_per_second")]
@@ -124,6 +192,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         f"- source: {source.kind} `{source.location}`, {source.train_count:,} training and {source.test_count:,} test images"
         + (f" (limited to the first {source.limit:,})" if source.limit else ""),
         f"- source content hash: `{source.content_hash}`",
+        *provenance_lines(store_attrs),
         f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.copies}; originals included: {store_attrs.include_original}; build seed: {store_attrs.seed}",
         (f"- validation: {store_attrs.val_fraction} of the training images, held out (stratified) before augmenting"
          if store_attrs.val_fraction is not None else f"- validation: the source's own validation folder ({source.layout})"),
@@ -147,16 +216,25 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "",
         f"## Results on {run['evaluated_on']} ({metrics['count']:,} images)",
         "",
-        f"- loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}",
+        f"- loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f} (95% interval {interval(metrics.get('accuracy_ci95'))})",
         f"- best class: {best} ({best_acc:.3f}); worst class: {worst} ({worst_acc:.3f}); gap {best_acc - worst_acc:.3f}",
+        "- each 95% interval is the Wilson score interval of the accuracy for that many images: wide for a class of few "
+        "images, so classes whose intervals overlap may not truly differ",
         "",
-        "| class | images | accuracy |",
-        "| --- | ---: | ---: |",
+        "| class | images | accuracy | 95% interval |",
+        "| --- | ---: | ---: | ---: |",
     ]
     for name, row in metrics["per_class"].items():
         accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-        lines.append(f"| {name} | {row['count']:,} | {accuracy} |")
+        lines.append(f"| {name} | {row['count']:,} | {accuracy} | {interval(row.get('ci95'))} |")
+    lines += ["", *calibration_lines(metrics, run["evaluated_on"]), "", *mistake_lines(metrics, run["evaluated_on"])]
     lines += [
+        "",
+        "## Intended use and out-of-scope uses",
+        "",
+        *(quoted(run["intended_use"]) if run.get("intended_use") else [
+            "_Not given: whoever trained this model did not state what it is for (train --intended-use TEXT records it). "
+            "Without that statement, treat every use beyond judging this experiment as out of scope._"]),
         "",
         "## Known limits of use",
         "",
@@ -166,9 +244,63 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "crops or resolutions can score lower.",
         f"- Per-class accuracy differs by {best_acc - worst_acc:.3f} between the best and the worst class: do not assume "
         "the overall accuracy holds for every class.",
-        "- The softmax outputs are not calibrated probabilities.",
+        f"- A softmax output is not the chance of being right: on the {run['evaluated_on']} split the expected calibration "
+        f"error is {metrics['calibration']['ece']:.3f} (Calibration above), the average gap between confidence and accuracy; "
+        "on other images it can be larger.",
     ]
     if run["evaluated_on"] != "test":
         lines.append("- The store has no test split: these results are on the validation split, held out from training "
                      "(no copy of its images was trained on) and used for no choice here, but not an independent test set.")
     return "\n".join(lines) + "\n"
+
+
+def interval(bounds: list[float] | None) -> str:
+    return "n/a" if bounds is None else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
+def quoted(text: str) -> list[str]:
+    """A user's own words, as a Markdown quote: every line of it kept, none read as the card's own headings."""
+    return [f"> {line}".rstrip() for line in text.splitlines()]
+
+
+def provenance_lines(attrs: StoreAttrs) -> list[str]:
+    """The store's license and provenance (build-aug --license, --provenance), as given; said to be missing when not."""
+    lines = []
+    for name, value in (("license", attrs.license), ("provenance", attrs.provenance)):
+        if value:
+            lines += [f"- {name} (recorded in the store by build-aug --{name}):", "", *quoted(value), ""]
+        else:
+            lines.append(f"- {name}: not recorded in the store (build-aug --{name} TEXT records it)")
+    return lines
+
+
+def calibration_lines(metrics: dict, evaluated_on: str) -> list[str]:
+    found = metrics["calibration"]
+    mean_confidence, accuracy = found["mean_confidence"], metrics["accuracy"]
+    leaning = "overconfident" if mean_confidence > accuracy else "underconfident" if mean_confidence < accuracy else "neither over- nor underconfident"
+    return [
+        "## Calibration",
+        "",
+        f"- expected calibration error (ECE) on {evaluated_on}: {found['ece']:.3f}; mean confidence {mean_confidence:.3f} "
+        f"against accuracy {accuracy:.3f}: {leaning} on average",
+        f"- ECE: the predictions are sorted into {found['bins']} equal-width bins of their confidence (the largest softmax "
+        "output); it is the mean, weighted by each bin's share of the images, of |accuracy - mean confidence| in the bin "
+        "(0: right exactly as often as confident)",
+        f"- reliability diagram: [{RELIABILITY_PNG}]({RELIABILITY_PNG})",
+    ]
+
+
+def mistake_lines(metrics: dict, evaluated_on: str) -> list[str]:
+    mistakes = metrics["confidently_wrong"]
+    if not mistakes:
+        return ["## Most confident mistakes", "", f"- none: every one of the {metrics['count']:,} images was classified correctly"]
+    return [
+        "## Most confident mistakes",
+        "",
+        f"- the {len(mistakes)} wrong predictions made with the highest confidence, as images: [{MISTAKES_PNG}]({MISTAKES_PNG}); "
+        f"row: the image's row in the store's {evaluated_on} split",
+        "",
+        "| row | true | predicted | confidence |",
+        "| ---: | --- | --- | ---: |",
+        *(f"| {m['row']} | {m['true']} | {m['predicted']} | {m['confidence']:.3f} |" for m in mistakes),
+    ]

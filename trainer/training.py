@@ -7,7 +7,7 @@ A run folder is in one of these states:
 A live train holds an exclusive lock on its run folder (runlock.py): one writer per run folder.
 Final outputs, written before run.json turns complete: model.keras, model.json (the
 architecture), model.weights.h5, history.csv, curves.png, metrics.json,
-confusion.png, model_card.md.
+confusion.png, reliability.png, mistakes.png, model_card.md.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import numpy as np
 from augzarr.errors import OptionError, UserError
 from augzarr.storage.local import write_atomic
 from augzarr.store_format import StoreAttrs, open_store
+from augzarr.user_text import user_text
 
-from .metrics import evaluate_stream
+from .metrics import evaluate_stream, stored_images
 from .distribute import data_parallel
 from .mixing import BatchMix
 from .models import build_model
 from .options import OPTIMIZER_NAMES, TrainOptions
-from .report import history_csv, model_card, plot_confusion, plot_curves
+from .report import MISTAKES_PNG, RELIABILITY_PNG, history_csv, model_card, plot_confusion, plot_curves, plot_mistakes, plot_reliability
 from .runlock import lock_run_dir, release, try_lock
 from .stream import StoreStream
 
@@ -220,23 +221,27 @@ def claim_run_dir(out: Path | None, record: dict, held: contextlib.ExitStack) ->
 
 
 def train_run(given: dict, out: Path | None = None, resume: bool = False, verbose: int | str = "auto",
-              say=print) -> TrainResult:
+              say=print, intended_use: str | None = None) -> TrainResult:
     """Train (or resume) a run; returns its folder and metrics.
 
     given: the TrainOptions fields the user set (the rest take defaults, or on --resume the
     run's recorded values; a resume may change --epochs only). say() gets the human-readable lines.
+    intended_use: train --intended-use, the model card's statement of what the model is for
+    (recorded in run.json; a resume keeps the recorded one unless given, as it changes no weight).
     The run folder is locked from when it is chosen to the end: one writer per run folder.
     """
     with contextlib.ExitStack() as held:
-        return train_locked(given, out, resume, verbose, say, held)
+        return train_locked(given, out, resume, verbose, say, held, intended_use)
 
 
-def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str, say, held: contextlib.ExitStack) -> TrainResult:
+def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str, say, held: contextlib.ExitStack,
+                 intended_use: str | None = None) -> TrainResult:
     unknown = set(given) - {f.name for f in fields(TrainOptions)}
     if unknown:
         raise ValueError(f"unknown train options {sorted(unknown)}")
     options = TrainOptions(**given)
     options.validate()  # before touching any folder
+    intended_use = user_text(intended_use, "--intended-use")
     interrupted = read_json(out / "run.json") if out is not None and not resume else {}
     if interrupted.get("status") == "running" and interrupted.get("options") == asdict(options):
         resume = True  # the very command that was interrupted, run again: it continues, as build-aug's does
@@ -249,6 +254,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         if conflicts:
             raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
         options = TrainOptions(**{**recorded, **given})
+        intended_use = intended_use or run.get("intended_use")
 
     store = open_store(options.store)
     attrs = store.attrs
@@ -314,6 +320,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "train_rows": train_rows,
         "class_names": attrs.class_names,
         "image_shape": attrs.image_shape,
+        "intended_use": intended_use,  # train --intended-use, for the model card; None: not stated
     }
     write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
 
@@ -350,7 +357,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         if val_stream is not None:
             val_stream.close()
 
-    write_outputs(run_dir, model, run, attrs, metrics, history, evaluated_on)
+    mistakes = stored_images(store, evaluated_on, [m["row"] for m in metrics["confidently_wrong"]])
+    write_outputs(run_dir, model, run, attrs, metrics, history, evaluated_on, mistakes)
     return TrainResult(run_dir=run_dir, metrics=metrics, evaluated_on=evaluated_on, history=history, resumed_from=done)
 
 
@@ -367,8 +375,10 @@ def stream_errors(*streams):
         raise
 
 
-def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: StoreAttrs, metrics: dict, history: list[dict], evaluated_on: str) -> None:
-    """Every final output, then run.json marked complete: a run folder never claims more than it holds."""
+def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: StoreAttrs, metrics: dict, history: list[dict], evaluated_on: str,
+                  mistake_images: np.ndarray | None = None) -> None:
+    """Every final output, then run.json marked complete: a run folder never claims more than it holds.
+    mistake_images: the images of metrics["confidently_wrong"], in its order."""
     run = {**run, "evaluated_on": evaluated_on}
     model.save(run_dir / "model.keras")
     (run_dir / "model.json").write_text(model.to_json(indent=2))
@@ -378,5 +388,9 @@ def write_outputs(run_dir: Path, model: keras.Model, run: dict, attrs: StoreAttr
         plot_curves(history, run_dir / "curves.png")
     (run_dir / "metrics.json").write_text(json.dumps({"evaluated_on": evaluated_on, **metrics}, indent=2))
     plot_confusion(metrics, run_dir / "confusion.png", f"{run['options']['model']} on {evaluated_on}: accuracy {metrics['accuracy']:.3f}")
+    title = f"{run['options']['model']} on {evaluated_on}"
+    plot_reliability(metrics["calibration"], run_dir / RELIABILITY_PNG, title)
+    plot_mistakes(mistake_images if mistake_images is not None else np.zeros((0, 1, 1, 1), np.uint8), metrics["confidently_wrong"],
+                  run_dir / MISTAKES_PNG, f"{title}: the most confident mistakes")
     (run_dir / "model_card.md").write_text(model_card(run, attrs, metrics, history))
     write_atomic(run_dir / "run.json", json.dumps({**run, "status": "complete", "updated_utc": now_utc(), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
