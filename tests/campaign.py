@@ -131,7 +131,8 @@ def run_is_complete(run_dir: Path) -> tuple[bool, str]:
     except (OSError, ValueError) as exc:
         return False, str(exc)
     epochs = [int(row.split(",")[0]) for row in history]
-    missing = [name for name in ("model.keras", "model.json", "model.weights.h5", "curves.png", "confusion.png", "model_card.md")
+    missing = [name for name in ("model.keras", "model.json", "model.weights.h5", "curves.png", "confusion.png", "reliability.png",
+                                 "mistakes.png", "model_card.md")
                if not (run_dir / name).is_file() or not (run_dir / name).stat().st_size]
     if run_json.get("status") != "complete" or epochs != list(range(1, TRAIN_EPOCHS + 1)) or missing or "accuracy" not in metrics:
         return False, f"status {run_json.get('status')}, epochs {epochs}, missing {missing}"
