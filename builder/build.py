@@ -53,6 +53,7 @@ WORKERS_PER_CORE = 4
 @dataclass
 class BuildOptions:
     source: str = "cifar10"
+    label_mode: str | None = None  # --source cifar100: "fine" (None) or "coarse" labels
     out: str | Path = "data/aug.zarr"  # a folder, or an object-store URL (s3://bucket/prefix/aug.zarr)
     copies: int = 5
     include_original: bool = True
@@ -162,7 +163,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     excluded = {local_out: "the store this build writes (--out), not images"} if local_out is not None else {}
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
-    source = open_source(options.source, options.image_size, options.limit, exclude=excluded)
+    source = open_source(options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode)
     for note in source.ignored:
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:

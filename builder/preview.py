@@ -59,7 +59,7 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
         pictures = images.get_orthogonal_selection((rows,))
         for copy, picture in zip(copy_numbers, pictures):
             path = out_dir / preview_name(source, copy)
-            Image.fromarray(picture).save(path, quality=95)
+            as_image(picture).save(path, quality=95)
             written.append(path)
         sheet_rows.append((f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, pictures))
     if sheet_rows:
@@ -67,6 +67,11 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
         sheet.save(out_dir / SHEET_NAME)
         written.append(out_dir / SHEET_NAME)
     return written
+
+
+def as_image(picture: np.ndarray) -> Image.Image:
+    """A stored row as a PIL image: RGB, or grayscale (mode L) for one channel, which PIL takes as [H, W]."""
+    return Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image:
@@ -94,7 +99,7 @@ def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image
         top = HEADER_HEIGHT + r * row_h
         draw.multiline_text((6, top + max(2, (row_h - box[3]) // 2)), text, fill="black", font=font)
         for c, picture in enumerate(pictures):
-            tile = Image.fromarray(picture).resize((width * zoom, height * zoom), Image.NEAREST)
+            tile = as_image(picture).resize((width * zoom, height * zoom), Image.NEAREST)
             sheet.paste(tile, (label_width + c * cell_w + 2, top + 2))
     return sheet
 
