@@ -207,7 +207,7 @@ def read_tar_members(path: Path, names: set[str], folder: str) -> dict[str, byte
                 parent, _, name = member.name.rpartition("/")
                 if member.isfile() and name in names and parent.endswith(folder):
                     members[name] = archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except Exception as exc:  # whatever a damaged archive raises (ReadError, EOFError, zlib.error, ...)
         raise UserError(f"{path}: cannot read the archive ({exc})") from exc
     return members
 
@@ -216,19 +216,25 @@ def read_mnist_npz(files: list[Path], label_mode: str | None) -> Arrays:
     try:
         with np.load(files[0], allow_pickle=False) as f:  # as Keras reads it: arrays only, never pickled objects
             return f["x_train"][..., None], f["y_train"], f["x_test"][..., None], f["y_test"]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except Exception as exc:  # whatever a damaged file raises (BadZipFile, zlib.error, KeyError, ...)
         raise UserError(f"{files[0]}: not MNIST's mnist.npz with x_train, y_train, x_test, y_test ({exc})") from exc
+
+
+IDX_LABELS, IDX_IMAGES = bytes([0, 0, 8, 1]), bytes([0, 0, 8, 3])  # unsigned bytes, 1 and 3 dimensions
 
 
 def read_idx_gz(files: list[Path], label_mode: str | None) -> Arrays:
     """Fashion-MNIST's four gzipped IDX files (train labels, train images, test labels, test images)."""
     arrays = []
-    for path, offset in zip(files, (8, 16, 8, 16)):
+    for path, magic in zip(files, (IDX_LABELS, IDX_IMAGES, IDX_LABELS, IDX_IMAGES)):
         try:
             with gzip.open(path, "rb") as f:
-                arrays.append(np.frombuffer(f.read(), np.uint8, offset=offset))
-        except (OSError, EOFError, ValueError) as exc:
+                data = f.read()
+        except Exception as exc:  # whatever a damaged file raises (BadGzipFile, EOFError, zlib.error, ...)
             raise UserError(f"{path}: not a gzipped IDX file ({exc})") from exc
+        if data[:4] != magic:
+            raise UserError(f"{path}: not an IDX file of {'labels' if magic == IDX_LABELS else 'images'} (it starts {data[:4].hex()}, not {magic.hex()})")
+        arrays.append(np.frombuffer(data, np.uint8, offset=8 if magic == IDX_LABELS else 16))
     (y_train, x_train, y_test, x_test), shaped = arrays, []
     for path, images, labels in ((files[1], x_train, y_train), (files[3], x_test, y_test)):
         if images.size != len(labels) * 28 * 28:
@@ -302,7 +308,7 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
             x_train, y_train, x_test, y_test = dataset.read_cache(files, label_mode)
         except UserError as exc:
             raise UserError(f"--source {name}: Keras' cached {dataset.title} cannot be read: {exc}; "
-                            f"delete {' '.join(map(str, files))} to let Keras download it again") from exc
+                            "delete that file to let Keras download it again") from exc
     else:
         x_train, y_train, x_test, y_test = download_keras_dataset(name, dataset, files, label_mode)
         if x_train.ndim == 3:  # grayscale datasets come without a channel axis
