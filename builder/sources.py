@@ -86,7 +86,7 @@ def open_source(spec: str, image_size: int | None = None, limit: int | None = No
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise UserError(f"--source {spec}: no such file or folder (use {' or '.join(map(repr, KERAS_DATASETS))}, a CIFAR-10 archive or an image folder)")
+            raise UserError(f"--source {spec}: no such file or folder (use {', '.join(KERAS_DATASETS)} (keras.datasets), a CIFAR-10 archive or an image folder)")
         if path.is_file():
             if not re.search(r"\.(tar\.gz|tgz|tar)$", path.name):
                 raise UserError(f"--source {spec}: a file must be the official cifar-10-python.tar.gz; for images pass their folder")

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import pickle
+import shutil
 import struct
 import tarfile
 from pathlib import Path
@@ -133,6 +134,9 @@ def test_every_keras_dataset_reads_from_keras_cache(keras_home):
     assert fine.content_hash != coarse.content_hash  # the labels differ, so do the stores
     ten = open_source("cifar10")
     assert ten.kind == "keras-cifar10" and np.array_equal(ten.train.images, cifar10["train"])
+    archive = keras_home.parent / "cifar-10-python.tar.gz"  # the same file, as --source PATH reads it
+    shutil.copy(keras_home / "datasets" / "cifar-10-batches-py-target_archive", archive)
+    assert ten.content_hash == open_source(str(archive)).content_hash
     assert ten.class_names == cifar10["names"] and ten.test.labels.tolist() == cifar10["test_labels"].tolist()
 
 
