@@ -311,8 +311,6 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
                             "delete that file to let Keras download it again") from exc
     else:
         x_train, y_train, x_test, y_test = download_keras_dataset(name, dataset, files, label_mode)
-        if x_train.ndim == 3:  # grayscale datasets come without a channel axis
-            x_train, x_test = x_train[..., None], x_test[..., None]
     class_names = list(dataset.class_names[label_mode])
     for split_name, images in (("training", x_train), ("test", x_test)):
         if images.dtype != np.uint8 or images.ndim != 4:
@@ -350,6 +348,8 @@ def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], 
             f"{dataset.title} is not in Keras' cache ({keras_cache_dir()}) and could not be downloaded ({reason}); "
             f"connect once to let Keras download it, or {advice}"
         ) from exc
+    if x_train.ndim == 3:  # grayscale datasets come without a channel axis
+        x_train, x_test = x_train[..., None], x_test[..., None]
     return x_train, y_train, x_test, y_test
 
 

@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from augzarr.builder.sources import (CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, FASHION_MNIST_CLASSES,
-                                     KERAS_DATASETS, open_source)
+                                     KERAS_DATASETS, download_keras_dataset, open_source)
 from augzarr.errors import OptionError, UserError
 from conftest import run_cli, smooth_image
 
@@ -151,6 +151,11 @@ def test_cache_reader_agrees_with_keras_own_loaders(keras_home, tmp_path):
     ours = open_source("fashion_mnist")
     assert np.array_equal(ours.train.images[..., 0], x_train) and np.array_equal(ours.test.images[..., 0], x_test)
     assert np.array_equal(ours.train.labels, y_train) and np.array_equal(ours.test.labels, y_test)
+    # what build-aug takes from load_data() when nothing is cached is what it reads from the cache
+    files = [keras_home / file for file in KERAS_DATASETS["fashion_mnist"].cache_files]
+    downloaded = download_keras_dataset("fashion_mnist", KERAS_DATASETS["fashion_mnist"], files, None)
+    for theirs, mine in zip(downloaded, KERAS_DATASETS["fashion_mnist"].read_cache(files, None)):
+        assert theirs.shape == mine.shape and np.array_equal(theirs, mine)
 
     write_cifar100(keras_home)
     with tarfile.open(keras_home / "datasets" / "cifar-100-python-target_archive") as archive:
