@@ -39,7 +39,7 @@ from .layout import hold_out_validation, plan_rows
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
-from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
+from .sources import Source, check_label_mode, folder_content_hash, hash_folder_files, open_source, source_splits
 from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
 from .staging import STAGE_ROWS
 from .worker import compute_chunk, decode_files, init_worker, map_source, source_file
@@ -84,6 +84,7 @@ class BuildOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        check_label_mode(self.source, self.label_mode)
 
 
 @dataclass

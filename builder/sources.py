@@ -77,11 +77,8 @@ def open_source(spec: str, image_size: int | None = None, limit: int | None = No
     exclude: folders that must not be read as images even when they sit inside an image folder
     (the build's own --out), mapped to the reason to report. label_mode: CIFAR-100's fine or coarse
     labels (None: fine); refused for every other source."""
-    dataset = KERAS_DATASETS.get(spec)
-    if label_mode is not None and (dataset is None or not dataset.label_modes):
-        with_modes = ", ".join(name for name, d in KERAS_DATASETS.items() if d.label_modes)
-        raise OptionError(f"--label-mode applies to --source {with_modes} only, not to --source {spec}; leave it out")
-    if dataset is not None:
+    check_label_mode(spec, label_mode)
+    if spec in KERAS_DATASETS:
         source = load_keras_dataset(spec, label_mode)
     else:
         path = Path(spec).expanduser()
@@ -105,6 +102,18 @@ def open_source(spec: str, image_size: int | None = None, limit: int | None = No
             source.image_shape = (image_size, image_size, source.image_shape[2])
         source.content_hash = hash_arrays(source)
     return source
+
+
+def check_label_mode(spec: str, label_mode: str | None) -> None:
+    """--label-mode: one of the dataset's label modes, and only for a dataset that has them."""
+    dataset = KERAS_DATASETS.get(spec)
+    if label_mode is None:
+        return
+    if dataset is None or not dataset.label_modes:
+        with_modes = ", ".join(name for name, d in KERAS_DATASETS.items() if d.label_modes)
+        raise OptionError(f"--label-mode applies to --source {with_modes} only, not to --source {spec}; leave it out")
+    if label_mode not in dataset.label_modes:
+        raise OptionError(f"--label-mode must be {' or '.join(dataset.label_modes)}, not {label_mode!r}")
 
 
 def take_first(split: Split, limit: int) -> Split:
@@ -298,10 +307,9 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
     official download's hash and, offline, deletes a file that fails it; it also re-extracts a CIFAR
     archive on every call."""
     dataset = KERAS_DATASETS[name]
+    check_label_mode(name, label_mode)
     if dataset.label_modes:
         label_mode = label_mode or dataset.label_modes[0]
-        if label_mode not in dataset.label_modes:
-            raise OptionError(f"--label-mode must be {' or '.join(dataset.label_modes)}, not {label_mode!r}")
     files = [keras_home() / file for file in dataset.cache_files]
     if all(file.is_file() for file in files):
         try:
@@ -320,8 +328,9 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
     for split_name, split in (("training", train), ("test", test)):
         if len(split.images) != len(split.labels):
             raise UserError(f"--source {name}: {len(split.images)} {split_name} images but {len(split.labels)} labels")
-        if len(split.labels) and split.labels.max() >= len(class_names):
-            raise UserError(f"--source {name}: {split_name} label {int(split.labels.max())} is outside {dataset.title}'s {len(class_names)} classes")
+        if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
+            bad = int(split.labels.min() if split.labels.min() < 0 else split.labels.max())
+            raise UserError(f"--source {name}: {split_name} label {bad} is outside {dataset.title}'s {len(class_names)} classes")
     return Source(
         kind=f"keras-{name}",
         location=f"keras.datasets.{name}" + (f" (label_mode={label_mode})" if dataset.label_modes else ""),

@@ -209,6 +209,14 @@ def test_damaged_cache_file_is_one_line_naming_it(keras_home, tmp_path):
     assert line.startswith("build-aug: error: --source mnist: Keras' cached MNIST cannot be read") and str(cached) in line and "delete that file" in line
     assert cached.exists()  # the user's file is left alone
 
+    arrays = write_mnist(keras_home)
+    np.savez(cached, **{**arrays, "y_test": np.full(len(arrays["y_test"]), 10, np.uint8)})  # a label past "9"
+    with pytest.raises(UserError, match="--source mnist: test label 10 is outside MNIST's 10 classes"):
+        open_source("mnist")
+    np.savez(cached, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
+    with pytest.raises(UserError, match=r"training images are float32 \[40, 28, 28, 1\], not uint8"):
+        open_source("mnist")
+
 
 # --- grayscale end to end -----------------------------------------------------
 
