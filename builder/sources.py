@@ -140,12 +140,7 @@ def hash_arrays(source: Source) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# --- Keras' own loader -------------------------------------------------------
-
-def keras_cache_dir() -> Path:
-    """Keras' dataset cache, as keras.utils.get_file computes it."""
-    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
-
+# --- keras.datasets: Keras' cache, else its loader ----------------------------
 
 # Fixed by the datasets (CIFAR-100's meta file holds the same lists, in label order); load_data()
 # returns labels only.
