@@ -47,9 +47,9 @@ class WorkerState:
 
     def source(self, split: str) -> np.ndarray:
         if split not in self.sources:
-            if not self.scratch.name:  # a cluster worker: from the store's build area
-                self.scratch = fetch_staged_source(self.storage, self.build_id, split)
-            self.sources[split] = map_source(self.scratch, split, "r")
+            # a cluster worker (no scratch folder) fetches each split from the store's build area into its own folder
+            folder = self.scratch if self.scratch.name else fetch_staged_source(self.storage, self.build_id, split)
+            self.sources[split] = map_source(folder, split, "r")
         return self.sources[split]
 
     def bad_sample(self, split: str, index: int, copy_index: int) -> BadSample:

@@ -340,3 +340,16 @@ def test_cifar100_label_modes_build_distinct_stores(keras_home, tmp_path):
     # the same store path with the other label mode is another store: refused, naming what differs
     refused = run_cli(*args, "--label-mode", "coarse", "--out", str(tmp_path / "fine.zarr"), env=keras_env(keras_home))
     assert refused.returncode == 1 and "class_names" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_cluster_build_of_a_source_with_a_test_split_is_the_local_build(keras_home, tmp_path):
+    """A cluster worker fetches each split's staged source (train, then test) into its own folder:
+    it once kept the first split's folder and failed on the second's file."""
+    write_mnist(keras_home, n_train=20, n_test=6)
+    args = ["build-aug", "--source", "mnist", "--copies", "2", "--preview", "0", "--quiet", "--workers", "2"]
+    run_cli(*args, "--out", str(tmp_path / "local.zarr"), env=keras_env(keras_home), check=True)
+    run_cli(*args, "--scheduler", "local", "--out", str(tmp_path / "cluster.zarr"), env=keras_env(keras_home), check=True, timeout=300)
+    from conftest import assert_same_store
+
+    assert_same_store(tmp_path / "local.zarr", tmp_path / "cluster.zarr")
+    assert zarr.open_group(str(tmp_path / "cluster.zarr"), mode="r")["test/images"].shape == (6, 28, 28, 1)
