@@ -24,7 +24,7 @@ inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @build_app.command()
 def build_aug(
     source: str = typer.Option("cifar10", help="'cifar10', 'cifar100', 'mnist' or 'fashion_mnist' (keras.datasets and its cache), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
-    label_mode: Optional[str] = typer.Option(None, help="--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses) [default: fine]."),
+    label_mode: Optional[str] = typer.Option(None, help="--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses); fine when not given."),
     copies: int = typer.Option(5, help="Augmented copies of each training image (0: the originals only, a baseline)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
     policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),

@@ -340,8 +340,6 @@ def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     import importlib
 
-    import keras  # noqa: F401  (keras.datasets.NAME is a submodule)
-
     loader = importlib.import_module(f"keras.datasets.{name}")
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data(**({"label_mode": label_mode} if dataset.label_modes else {}))
