@@ -56,7 +56,7 @@ KEEP_WHEN_CLAIMING = {BUILD_DIR, ".lock"}  # top-level entries a fresh claim lea
 @dataclass
 class SourceInfo:
     """Where the images came from."""
-    kind: str  # "keras-cifar10", "cifar10-archive", "image-folder", ...
+    kind: str  # "keras-cifar10" (keras-cifar100, keras-mnist, keras-fashion_mnist), "cifar10-pickle", "image-folder", ...
     location: str
     train_count: int
     test_count: int = 0

@@ -40,7 +40,7 @@ from .layout import hold_out_validation, plan_rows
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
-from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
+from .sources import Source, check_label_mode, folder_content_hash, hash_folder_files, open_source, source_splits
 from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
 from .staging import STAGE_ROWS
 from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
@@ -54,6 +54,7 @@ WORKERS_PER_CORE = 4
 @dataclass
 class BuildOptions:
     source: str = "cifar10"
+    label_mode: str | None = None  # --source cifar100: "fine" (None) or "coarse" labels
     out: str | Path = "data/aug.zarr"  # a folder, or an object-store URL (s3://bucket/prefix/aug.zarr)
     copies: int = 5
     include_original: bool = True
@@ -88,6 +89,7 @@ class BuildOptions:
                 raise OptionError(message)
         user_text(self.license, "--license")
         user_text(self.provenance, "--provenance")
+        check_label_mode(self.source, self.label_mode)
 
 
 @dataclass
@@ -167,7 +169,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     excluded = {local_out: "the store this build writes (--out), not images"} if local_out is not None else {}
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
-    source = open_source(options.source, options.image_size, options.limit, exclude=excluded)
+    source = open_source(options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode)
     for note in source.ignored:
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:

@@ -23,7 +23,8 @@ inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @build_app.command()
 def build_aug(
-    source: str = typer.Option("cifar10", help="'cifar10' (Keras' loader), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
+    source: str = typer.Option("cifar10", help="'cifar10', 'cifar100', 'mnist' or 'fashion_mnist' (keras.datasets and its cache), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
+    label_mode: Optional[str] = typer.Option(None, help="--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses); fine when not given."),
     copies: int = typer.Option(5, help="Augmented copies of each training image (0: the originals only, a baseline)."),
     include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
     policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
@@ -51,7 +52,7 @@ def build_aug(
     check_preview_options(preview, preview_dir)
     reporter = Reporter() if quiet else ConsoleReporter()
     options = BuildOptions(
-        source=source, out=out, copies=copies, include_original=include_original, policy=policy,
+        source=source, label_mode=label_mode, out=out, copies=copies, include_original=include_original, policy=policy,
         val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
         workers=workers, overwrite=overwrite, skip_bad=skip_bad, license=license, provenance=provenance, preview_dir=preview_dir if preview else None,
         scheduler=scheduler_address(scheduler),

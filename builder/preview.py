@@ -56,7 +56,7 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     for (source, _, _), (_, copy_numbers, pictures) in zip(preview_rows(group, count), rows):
         for copy, picture in zip(copy_numbers, pictures):
             path = out_dir / preview_name(source, copy)
-            Image.fromarray(picture).save(path, quality=95)
+            as_image(picture).save(path, quality=95)
             written.append(path)
     if rows:
         contact_sheet(rows).save(out_dir / SHEET_NAME)
@@ -70,6 +70,11 @@ def sheet_rows(group: zarr.Group, count: int) -> list[tuple[str, np.ndarray, np.
     images, labels = group["train/images"], group["train/labels"]
     return [(f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, images.get_orthogonal_selection((rows,)))
             for source, copy_numbers, rows in preview_rows(group, count)]
+
+
+def as_image(picture: np.ndarray) -> Image.Image:
+    """A stored row as a PIL image: RGB, or grayscale (mode L) for one channel, which PIL takes as [H, W]."""
+    return Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image:
@@ -97,7 +102,7 @@ def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image
         top = HEADER_HEIGHT + r * row_h
         draw.multiline_text((6, top + max(2, (row_h - box[3]) // 2)), text, fill="black", font=font)
         for c, picture in enumerate(pictures):
-            tile = Image.fromarray(picture).resize((width * zoom, height * zoom), Image.NEAREST)
+            tile = as_image(picture).resize((width * zoom, height * zoom), Image.NEAREST)
             sheet.paste(tile, (label_width + c * cell_w + 2, top + 2))
     return sheet
 

@@ -1,5 +1,5 @@
-"""Where training images come from: Keras' CIFAR-10 loader, the official CIFAR-10
-pickle archive, or an image folder.
+"""Where training images come from: a dataset of keras.datasets (CIFAR-10, CIFAR-100, MNIST,
+Fashion-MNIST), the official CIFAR-10 pickle archive, or an image folder.
 
 A source yields a training split, an optional test split and (image folders with a
 val/ or valid/ folder) an optional validation split. Arrays sources
@@ -9,6 +9,7 @@ workers decode in parallel (see build.py).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -17,11 +18,12 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .decode import file_digest, resize_to, shown
-from augzarr.errors import UserError
+from augzarr.errors import OptionError, UserError
 
 # Fixed by the dataset (the official archive's batches.meta holds the same list);
 # Keras' load_data() returns labels only.
@@ -40,7 +42,7 @@ EXIF_ORIENTATION = 0x0112
 @dataclass
 class Split:
     labels: np.ndarray  # int64 [n]
-    images: np.ndarray | None = None  # uint8 [n, H, W, 3] for array sources
+    images: np.ndarray | None = None  # uint8 [n, H, W, C] for array sources (C = 1 for MNIST's grayscale)
     files: list[Path] | None = None  # for image folders, decoded later
 
     def __len__(self) -> int:
@@ -49,7 +51,7 @@ class Split:
 
 @dataclass
 class Source:
-    kind: str  # "keras-cifar10", "cifar10-pickle" or "image-folder"
+    kind: str  # "keras-<dataset>" (keras-cifar10, keras-mnist, ...), "cifar10-pickle" or "image-folder"
     location: str
     class_names: list[str]
     image_shape: tuple[int, int, int]
@@ -68,17 +70,20 @@ def source_splits(source: Source) -> dict[str, Split]:
     return {name: split for name, split in named.items() if split is not None}
 
 
-def open_source(spec: str, image_size: int | None = None, limit: int | None = None, exclude: dict | None = None) -> Source:
-    """Resolve --source (the word 'cifar10' or a path) into a Source.
+def open_source(spec: str, image_size: int | None = None, limit: int | None = None, exclude: dict | None = None,
+                label_mode: str | None = None) -> Source:
+    """Resolve --source (a keras.datasets name such as 'cifar10', or a path) into a Source.
 
     exclude: folders that must not be read as images even when they sit inside an image folder
-    (the build's own --out), mapped to the reason to report."""
-    if spec == "cifar10":
-        source = load_keras_cifar10()
+    (the build's own --out), mapped to the reason to report. label_mode: CIFAR-100's fine or coarse
+    labels (None: fine); refused for every other source."""
+    check_label_mode(spec, label_mode)
+    if spec in KERAS_DATASETS:
+        source = load_keras_dataset(spec, label_mode)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise UserError(f"--source {spec}: no such file or folder (use 'cifar10', a CIFAR-10 archive or an image folder)")
+            raise UserError(f"--source {spec}: no such file or folder (use {', '.join(KERAS_DATASETS)} (keras.datasets), a CIFAR-10 archive or an image folder)")
         if path.is_file():
             if not re.search(r"\.(tar\.gz|tgz|tar)$", path.name):
                 raise UserError(f"--source {spec}: a file must be the official cifar-10-python.tar.gz; for images pass their folder")
@@ -94,9 +99,21 @@ def open_source(spec: str, image_size: int | None = None, limit: int | None = No
             source.train.images = resize_all(source.train.images, image_size)
             if source.test is not None:
                 source.test.images = resize_all(source.test.images, image_size)
-            source.image_shape = (image_size, image_size, 3)
+            source.image_shape = (image_size, image_size, source.image_shape[2])
         source.content_hash = hash_arrays(source)
     return source
+
+
+def check_label_mode(spec: str, label_mode: str | None) -> None:
+    """--label-mode: one of the dataset's label modes, and only for a dataset that has them."""
+    dataset = KERAS_DATASETS.get(spec)
+    if label_mode is None:
+        return
+    if dataset is None or not dataset.label_modes:
+        with_modes = ", ".join(name for name, d in KERAS_DATASETS.items() if d.label_modes)
+        raise OptionError(f"--label-mode applies to --source {with_modes} only, not to --source {spec}; leave it out")
+    if label_mode not in dataset.label_modes:
+        raise OptionError(f"--label-mode must be {' or '.join(dataset.label_modes)}, not {label_mode!r}")
 
 
 def take_first(split: Split, limit: int) -> Split:
@@ -110,7 +127,8 @@ def take_first(split: Split, limit: int) -> Split:
 def resize_all(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
-    return np.stack([resize_to(image, size, size) for image in images])
+    # OpenCV returns a one-channel image without its channel axis: reshape keeps [n, H, W, C]
+    return np.stack([resize_to(image, size, size) for image in images]).reshape(len(images), size, size, images.shape[3])
 
 
 def hash_arrays(source: Source) -> str:
@@ -122,34 +140,219 @@ def hash_arrays(source: Source) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# --- Keras' own loader -------------------------------------------------------
+# --- keras.datasets: Keras' cache, else its loader ----------------------------
+
+# Fixed by the datasets (CIFAR-100's meta file holds the same lists, in label order); load_data()
+# returns labels only.
+CIFAR100_FINE_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+]
+CIFAR100_COARSE_CLASSES = [
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
+    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
+    "vehicles_1", "vehicles_2",
+]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test, as load_data()
+
+
+@dataclass(frozen=True)
+class KerasDataset:
+    """A dataset of keras.datasets, as --source NAME reads it; KERAS_DATASETS below is the one list."""
+
+    title: str  # in messages
+    class_names: dict[str | None, list[str]]  # label mode (None where the dataset has one set of labels) -> names
+    cache_files: tuple[str, ...]  # where Keras 3's load_data() keeps the download, relative to its cache's root
+    read_cache: Callable[[list[Path], str | None], Arrays]  # those files, in the dataset's official format
+    advice: str  # offline with nothing cached: what to do instead
+    label_modes: tuple[str, ...] = ()  # load_data(label_mode=...) values; the first is the default
+
+
+def read_cifar_archive(member_dir: str, label_key: str) -> Callable[[list[Path], str | None], Arrays]:
+    """The official CIFAR python archive (as Keras caches it, unextracted): train and test batches."""
+
+    def read(files: list[Path], label_mode: str | None) -> Arrays:
+        members = read_tar_members(files[0], {"train", "test", "data_batch_1", "data_batch_2", "data_batch_3",
+                                              "data_batch_4", "data_batch_5", "test_batch"}, member_dir)
+        key = label_key.format(mode=label_mode).encode()
+        train_names = ["train"] if "train" in members else sorted(n for n in members if n.startswith("data_batch_"))
+        test_names = ["test"] if "test" in members else ["test_batch"]
+        missing = [n for n in [*train_names, *test_names] if n not in members]
+        if not train_names or missing:
+            raise UserError(f"{files[0]}: {', '.join(missing) or 'the training batches'} missing from the archive")
+        splits = []
+        for names in (train_names, test_names):
+            parts = [decode_batch(unpickle_batch(members[n], n, str(files[0])), n, str(files[0]), key) for n in names]
+            splits += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
+        return tuple(splits)
+
+    return read
+
+
+def read_tar_members(path: Path, names: set[str], folder: str) -> dict[str, bytes]:
+    """name -> bytes of the archive's files folder/<name>."""
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                parent, _, name = member.name.rpartition("/")
+                if member.isfile() and name in names and parent.endswith(folder):
+                    members[name] = archive.extractfile(member).read()
+    except Exception as exc:  # whatever a damaged archive raises (ReadError, EOFError, zlib.error, ...)
+        raise UserError(f"{path}: cannot read the archive ({exc})") from exc
+    return members
+
+
+def read_mnist_npz(files: list[Path], label_mode: str | None) -> Arrays:
+    try:
+        with np.load(files[0], allow_pickle=False) as f:  # as Keras reads it: arrays only, never pickled objects
+            return f["x_train"][..., None], f["y_train"], f["x_test"][..., None], f["y_test"]
+    except Exception as exc:  # whatever a damaged file raises (BadZipFile, zlib.error, KeyError, ...)
+        raise UserError(f"{files[0]}: not MNIST's mnist.npz with x_train, y_train, x_test, y_test ({exc})") from exc
+
+
+IDX_LABELS, IDX_IMAGES = bytes([0, 0, 8, 1]), bytes([0, 0, 8, 3])  # unsigned bytes, 1 and 3 dimensions
+
+
+def read_idx_gz(files: list[Path], label_mode: str | None) -> Arrays:
+    """Fashion-MNIST's four gzipped IDX files (train labels, train images, test labels, test images)."""
+    arrays = []
+    for path, magic in zip(files, (IDX_LABELS, IDX_IMAGES, IDX_LABELS, IDX_IMAGES)):
+        try:
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        except Exception as exc:  # whatever a damaged file raises (BadGzipFile, EOFError, zlib.error, ...)
+            raise UserError(f"{path}: not a gzipped IDX file ({exc})") from exc
+        if data[:4] != magic:
+            raise UserError(f"{path}: not an IDX file of {'labels' if magic == IDX_LABELS else 'images'} (it starts {data[:4].hex()}, not {magic.hex()})")
+        arrays.append(np.frombuffer(data, np.uint8, offset=8 if magic == IDX_LABELS else 16))
+    (y_train, x_train, y_test, x_test), shaped = arrays, []
+    for path, images, labels in ((files[1], x_train, y_train), (files[3], x_test, y_test)):
+        if images.size != len(labels) * 28 * 28:
+            raise UserError(f"{path}: {images.size} pixel bytes, not {len(labels)} images of 28x28 as its labels file says")
+        shaped.append(images.reshape(len(labels), 28, 28, 1))
+    return shaped[0], y_train, shaped[1], y_test
+
+
+KERAS_FILES = "https://storage.googleapis.com/tensorflow/tf-keras-datasets"
+FASHION_FILES = ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+
+# --source NAME: every dataset of keras.datasets that build-aug reads (the key is the keras.datasets module)
+KERAS_DATASETS: dict[str, KerasDataset] = {
+    "cifar10": KerasDataset(
+        title="CIFAR-10",
+        class_names={None: CIFAR10_CLASSES},
+        cache_files=("datasets/cifar-10-batches-py-target_archive",),
+        read_cache=read_cifar_archive("cifar-10-batches-py", "labels"),
+        advice="download cifar-10-python.tar.gz yourself and pass --source /path/to/cifar-10-python.tar.gz (or --source an image folder)",
+    ),
+    "cifar100": KerasDataset(
+        title="CIFAR-100",
+        class_names={"fine": CIFAR100_FINE_CLASSES, "coarse": CIFAR100_COARSE_CLASSES},
+        cache_files=("datasets/cifar-100-python-target_archive",),
+        read_cache=read_cifar_archive("cifar-100-python", "{mode}_labels"),
+        advice="download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz yourself and save it as {files}",
+        label_modes=("fine", "coarse"),
+    ),
+    "mnist": KerasDataset(
+        title="MNIST",
+        class_names={None: MNIST_CLASSES},
+        cache_files=("datasets/mnist.npz",),
+        read_cache=read_mnist_npz,
+        advice=f"download {KERAS_FILES}/mnist.npz yourself and save it as {{files}}",
+    ),
+    "fashion_mnist": KerasDataset(
+        title="Fashion-MNIST",
+        class_names={None: FASHION_MNIST_CLASSES},
+        cache_files=tuple(f"datasets/fashion-mnist/{name}" for name in FASHION_FILES),
+        read_cache=read_idx_gz,
+        advice=f"download {', '.join(FASHION_FILES)} from {KERAS_FILES}/ yourself and save them in {{folder}}",
+    ),
+}
+
+
+def keras_home() -> Path:
+    """The root of Keras' cache, as keras.utils.get_file computes it."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+
 
 def keras_cache_dir() -> Path:
     """Keras' dataset cache, as keras.utils.get_file computes it."""
-    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+    return keras_home() / "datasets"
 
 
-def load_keras_cifar10() -> Source:
+def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
+    """--source NAME: the files Keras' cache holds, read in the dataset's official format, or, when
+    they are not there, keras.datasets.NAME.load_data(), which downloads them into the cache.
+
+    Cached files are read here, not through load_data(): Keras re-checks a cached file against the
+    official download's hash and, offline, deletes a file that fails it; it also re-extracts a CIFAR
+    archive on every call."""
+    dataset = KERAS_DATASETS[name]
+    check_label_mode(name, label_mode)
+    if dataset.label_modes:
+        label_mode = label_mode or dataset.label_modes[0]
+    files = [keras_home() / file for file in dataset.cache_files]
+    if all(file.is_file() for file in files):
+        try:
+            x_train, y_train, x_test, y_test = dataset.read_cache(files, label_mode)
+        except UserError as exc:
+            raise UserError(f"--source {name}: Keras' cached {dataset.title} cannot be read: {exc}; "
+                            "delete that file to let Keras download it again") from exc
+    else:
+        x_train, y_train, x_test, y_test = download_keras_dataset(name, dataset, files, label_mode)
+    class_names = list(dataset.class_names[label_mode])
+    for split_name, images in (("training", x_train), ("test", x_test)):
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise UserError(f"--source {name}: its {split_name} images are {images.dtype} {list(images.shape)}, not uint8 [n, H, W, C]")
+    train = Split(labels=np.asarray(y_train).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_train))
+    test = Split(labels=np.asarray(y_test).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_test))
+    for split_name, split in (("training", train), ("test", test)):
+        if len(split.images) != len(split.labels):
+            raise UserError(f"--source {name}: {len(split.images)} {split_name} images but {len(split.labels)} labels")
+        if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
+            bad = int(split.labels.min() if split.labels.min() < 0 else split.labels.max())
+            raise UserError(f"--source {name}: {split_name} label {bad} is outside {dataset.title}'s {len(class_names)} classes")
+    return Source(
+        kind=f"keras-{name}",
+        location=f"keras.datasets.{name}" + (f" (label_mode={label_mode})" if dataset.label_modes else ""),
+        class_names=class_names,
+        image_shape=tuple(train.images.shape[1:]),
+        train=train,
+        test=test,
+    )
+
+
+def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], label_mode: str | None) -> Arrays:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-    import keras
+    import importlib
 
+    loader = importlib.import_module(f"keras.datasets.{name}")
     try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+        (x_train, y_train), (x_test, y_test) = loader.load_data(**({"label_mode": label_mode} if dataset.label_modes else {}))
     except Exception as exc:  # Keras raises a bare Exception for a failed download
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        advice = dataset.advice.format(files=files[0], folder=files[0].parent)
         raise UserError(
-            f"CIFAR-10 is not in Keras' cache ({keras_cache_dir()}) and could not be downloaded ({reason}); "
-            "connect once to let Keras download it, or download cifar-10-python.tar.gz yourself and pass "
-            "--source /path/to/cifar-10-python.tar.gz (or --source an image folder)"
+            f"{dataset.title} is not in Keras' cache ({keras_cache_dir()}) and could not be downloaded ({reason}); "
+            f"connect once to let Keras download it, or {advice}"
         ) from exc
-    return Source(
-        kind="keras-cifar10",
-        location="keras.datasets.cifar10",
-        class_names=list(CIFAR10_CLASSES),
-        image_shape=tuple(x_train.shape[1:]),
-        train=Split(labels=y_train.reshape(-1).astype(np.int64), images=x_train),
-        test=Split(labels=y_test.reshape(-1).astype(np.int64), images=x_test),
-    )
+    if x_train.ndim == 3:  # grayscale datasets come without a channel axis
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    return x_train, y_train, x_test, y_test
 
 
 # --- the official CIFAR-10 pickle format -------------------------------------
@@ -171,13 +374,18 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
 
 
-def unpickle_batch(data: bytes, name: str, location: Path) -> dict:
+def named(location: Path | str) -> str:
+    """A message's subject: --source PATH, or (a str) the words given, for a file of Keras' cache."""
+    return location if isinstance(location, str) else f"--source {location}"
+
+
+def unpickle_batch(data: bytes, name: str, location: Path | str) -> dict:
     try:
         batch = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:
-        raise UserError(f"--source {location}: {name} is not a CIFAR-10 pickle batch ({exc})") from exc
+        raise UserError(f"{named(location)}: {name} is not a CIFAR-10 pickle batch ({exc})") from exc
     if not isinstance(batch, dict):
-        raise UserError(f"--source {location}: {name} is not a CIFAR-10 pickle batch")
+        raise UserError(f"{named(location)}: {name} is not a CIFAR-10 pickle batch")
     return batch
 
 
@@ -209,15 +417,15 @@ def read_pickle_members(path: Path) -> dict[str, bytes]:
     return members
 
 
-def decode_batch(batch: dict, name: str, location: Path) -> tuple[np.ndarray, np.ndarray]:
+def decode_batch(batch: dict, name: str, location: Path | str, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"--source {location}: {name} lacks the CIFAR-10 'data'/'labels' layout ({exc})") from exc
+        raise UserError(f"{named(location)}: {name} lacks the CIFAR 'data'/'{label_key.decode()}' layout ({exc})") from exc
     if len(images) != len(labels):
-        raise UserError(f"--source {location}: {name} has {len(images)} images but {len(labels)} labels")
+        raise UserError(f"{named(location)}: {name} has {len(images)} images but {len(labels)} labels")
     return np.ascontiguousarray(images), labels
 
 

@@ -58,11 +58,13 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
     whether they are the very images the model's store was built from ("training_source"):
     then the figure is not a held-out score."""
     # the builder's image reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
+    import cv2
+
     from augzarr.builder.decode import read_image_file, resize_to
     from augzarr.builder.sources import scan_image_folder
 
     model, run = load_run_model(run_dir)
-    height, width, _ = model.input_shape[1:]
+    height, width, channels = model.input_shape[1:]
     source = scan_image_folder(folder, image_size=height)
     # a split layout is judged on its held-out part, never on the images a model may have trained on
     part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
@@ -76,7 +78,10 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
         if image.shape[:2] != (height, width):
             size = f"{image.shape[1]}x{image.shape[0]}"
             resized[size] = resized.get(size, 0) + 1
-        images.append(resize_to(image, height, width))
+        image = resize_to(image, height, width)
+        if channels == 1:  # a grayscale model (MNIST's): the images' luma, with the ITU-R 601 weights of PIL's convert("L")
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+        images.append(image)
     labels = to_model[split.labels]
     images = np.stack(images)
     metrics = evaluate_arrays(model, images, labels, run["class_names"], batch_size)
