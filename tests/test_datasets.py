@@ -105,8 +105,11 @@ def read_back(store: Path) -> tuple[zarr.Group, dict]:
 @pytest.fixture
 def keras_home(tmp_path, monkeypatch) -> Path:
     """A temporary Keras cache for this test: for open_source here, and for the commands through keras_env."""
+    import keras.src.backend.config as keras_config
+
     home = tmp_path / "keras"
     monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))  # Keras reads KERAS_HOME once, when another test first imported it
     return home
 
 
@@ -190,7 +193,10 @@ def test_offline_with_nothing_cached_gives_one_line_advice(tmp_path, monkeypatch
     assert str(home / "datasets" / "fashion-mnist") in line
     assert not (tmp_path / "s.zarr" / "zarr.json").exists()
     # the others the same way, in this process (each command would spend seconds starting TensorFlow)
+    import keras.src.backend.config as keras_config
+
     monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))  # read once, when Keras was first imported
     for name, title, cached in (("cifar100", "CIFAR-100", "cifar-100-python-target_archive"), ("mnist", "MNIST", "mnist.npz")):
         with pytest.raises(UserError) as refused:
             open_source(name)
