@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def call_model_function(spec: ModelSpec, image_shape: tuple[int, ...], n_classes
     module = import_model_file(spec)
     function = getattr(module, spec.function, None)
     if function is None:
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == module.__name__)
         raise UserError(f"--model {spec.spec}: {spec.path} has no function {spec.function}"
                         + (f" (it defines {', '.join(defined)})" if defined else ""))
     if not callable(function):
