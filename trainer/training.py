@@ -370,7 +370,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
                     initial_epoch=done,
                     validation_data=val_stream,
                     shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                    callbacks=[EpochCheckpoint(run_dir, history, images_per_epoch=train_rows), *extra_callbacks],
+                    # TensorBoard's callbacks before the checkpoint: killed between the two, an epoch is logged twice, never lost
+                    callbacks=[*extra_callbacks, EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
                     verbose=verbose,
                 )
         evaluated_on = "test" if test_rows else "val"
