@@ -56,6 +56,10 @@ def not_a_model(image_shape, n_classes):
     return "a model"
 
 
+def logits(image_shape, n_classes):
+    return keras.Sequential([keras.Input(image_shape), keras.layers.Flatten(), keras.layers.Dense(n_classes)])
+
+
 def wrong_shape(image_shape, n_classes):
     return tiny((8, 8, 3), n_classes + 2)
 
@@ -172,11 +176,12 @@ def test_bad_own_models_are_refused_in_one_line_with_no_run_folder(small_store, 
     cases = [
         (f"{tmp_path}/missing.py:tiny", f"no such file {tmp_path}/missing.py"),
         (f"{bad_py}:tiny", f"importing {bad_py} failed: SyntaxError"),
-        (f"{models_py}:absent", f"{models_py} has no function absent (it defines compiled, not_a_model, raises, tiny, unbuilt, with_custom_layer, wrong_shape)"),
+        (f"{models_py}:absent", f"{models_py} has no function absent (it defines compiled, logits, not_a_model, raises, tiny, unbuilt, with_custom_layer, wrong_shape)"),
         (f"{models_py}:SIZE", f"SIZE in {models_py} is a int, not a function"),
         (f"{models_py}:raises", "raises((16, 16, 3), 3) raised RuntimeError: no weights for (16, 16, 3)"),
         (f"{models_py}:not_a_model", "not_a_model((16, 16, 3), 3) returned a str, not a keras.Model"),
         (f"{models_py}:wrong_shape", "wrong_shape() returned a model that takes 8x8x3 images into 5 classes, the store holds 16x16x3 images of 3 classes"),
+        (f"{models_py}:logits", 'outputs raw scores (linear activation), but train\'s loss takes class probabilities: end the model with activation="softmax"'),
         (str(not_keras), "not a .keras file (the zip archive"),
         (str(other_shape), "mnist.keras takes 28x28x1 images into 10 classes, the store holds 16x16x3 images of 3 classes"),
         (f"{tmp_path}/gone.keras", "no such file"),

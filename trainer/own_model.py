@@ -151,6 +151,18 @@ def check_fits(spec: ModelSpec, model, image_shape: tuple[int, ...], n_classes: 
                         f"of {n_classes} classes: {hint}")
 
 
+def check_probabilities(spec: ModelSpec, model) -> None:
+    """train's loss takes class probabilities: a last layer with a linear activation gives raw scores, which
+    would train to NaN. Only that case is refused; a last layer whose activation cannot be seen is trusted."""
+    import keras
+
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if getattr(last, "activation", None) is keras.activations.linear:
+        what = f"--model {spec.spec}" + (f": {spec.function}() returned a model whose" if spec.kind == "python" else ": its")
+        raise UserError(f"{what} last layer ({last.name}) outputs raw scores (linear activation), but train's loss takes class "
+                        'probabilities: end the model with activation="softmax"')
+
+
 def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int):
     """(model, record for run.json): the user's model, checked against the store, not compiled by train yet."""
     spec = parse_model_spec(spec_text)
@@ -161,6 +173,7 @@ def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int):
         model = load_model_file(spec)
         came_compiled = False
     check_fits(spec, model, image_shape, n_classes)
+    check_probabilities(spec, model)
     record = {"spec": spec.spec, "kind": spec.kind, "file": str(spec.path.resolve()), "sha256": file_sha256(spec.path)}
     if spec.kind == "python":
         record.update(function=spec.function, came_compiled=came_compiled)
