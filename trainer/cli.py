@@ -21,7 +21,7 @@ evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @train_app.command()
 def train(
     store: Optional[str] = typer.Option(None, help="The augzarr store to train from: a folder or an object-store URL (s3://...) [default: data/aug.zarr]."),
-    model: Optional[str] = typer.Option(None, help="deep (the notebook's second network) or shallow (its first) [default: deep]."),
+    model: Optional[str] = typer.Option(None, help="deep (the notebook's second network) or shallow (its first); or your own: PATH.py:FUNCTION (FUNCTION(image_shape, n_classes) returns a Keras model) or PATH.keras (a saved model that fits the store) [default: deep]."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the store's training rows [default: 20]."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step [default: 128]."),
     optimizer: Optional[str] = typer.Option(None, help="rmsprop, adam or sgd [default: rmsprop]."),
@@ -35,6 +35,7 @@ def train(
     distribute: Optional[bool] = typer.Option(None, "--distribute/--no-distribute", help="Train data-parallel over every local accelerator (MirroredStrategy on TensorFlow, DataParallel on JAX); --batch-size is then the global batch [default: off]."),
     devices: Optional[str] = typer.Option(None, help="With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them) [default: every accelerator, else every CPU device]."),
     online: Optional[str] = typer.Option(None, help="Random operations on each training batch as it is streamed, comma-separated: flip, shift (up to 1/8 of the side), erase (cutout of a quarter of the side) [default: none]."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard logs into RUN/tensorboard: loss, accuracy and learning rate per epoch, and a few training images as streamed [default: off]."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing]."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
     quiet: bool = typer.Option(False, help="No per-epoch progress."),
@@ -46,7 +47,8 @@ def train(
     given = {k: v for k, v in dict(store=store, model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                                     learning_rate=learning_rate, lr_schedule=lr_schedule, seed=seed,
                                     buffer_chunks=buffer_chunks, online=online, mix=mix, mix_alpha=mix_alpha,
-                                    keras_augment=keras_augment, distribute=distribute, devices=devices).items() if v is not None}
+                                    keras_augment=keras_augment, distribute=distribute, devices=devices,
+                                    tensorboard=tensorboard).items() if v is not None}
     TrainOptions(**given).validate()  # at once, before Keras takes seconds to load
     from augzarr.user_text import user_text
 

@@ -15,6 +15,7 @@ from augzarr.storage.local import write_atomic
 from augzarr.store_format import open_store
 
 from .metrics import evaluate_arrays, evaluate_stream, stored_images
+from .own_model import before_checkpoint_load
 from .report import plot_mistakes, plot_reliability
 from .stream import StoreStream
 from .training import check_model_fits_store, read_json
@@ -26,6 +27,7 @@ def load_run_model(run_dir: Path) -> tuple[keras.Model, dict]:
         raise UserError(f"--model {run_dir}: not a train run folder (no readable run.json)")
     if run.get("status") != "complete" or not (run_dir / "model.keras").is_file():
         raise UserError(f"--model {run_dir}: the run did not finish; finish it with train --resume --out {run_dir}")
+    before_checkpoint_load(run.get("model"))  # train --model PATH.py:FUNCTION: the custom layers its file registers
     return keras.models.load_model(run_dir / "model.keras"), run
 
 

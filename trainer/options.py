@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from augzarr.errors import OptionError
 
-MODELS = ("deep", "shallow")
+MODELS = ("deep", "shallow")  # built-in (models.py); besides them --model takes PATH.py:FUNCTION or PATH.keras (own_model.py)
 KERAS_AUGMENTS = ("crop-flip", "randaugment")  # models.keras_augment_layers builds them
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
@@ -46,12 +46,12 @@ class TrainOptions:
     keras_augment: str = ""  # train --keras-augment: Keras preprocessing layers in the model, "" for none
     distribute: bool = False  # train --distribute: data-parallel over the local devices (distribute.py)
     devices: str = ""  # with --distribute: comma-separated device names, "" for every local accelerator
+    tensorboard: bool = False  # train --tensorboard: TensorBoard logs in <run>/tensorboard (tensorboard_logs.py)
 
     def validate(self) -> None:
         checks = [
             (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be in [1, {MAX_EPOCHS}]"),
             (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be in [1, {MAX_BATCH}]"),
-            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
             (self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
             (self.learning_rate is None or 0 < self.learning_rate <= MAX_LEARNING_RATE, f"--learning-rate must be in (0, {MAX_LEARNING_RATE}]"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
@@ -61,6 +61,7 @@ class TrainOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        self.validate_model()
         if self.devices and not self.distribute:
             raise OptionError("--devices needs --distribute")
         if self.keras_augment not in ("", *KERAS_AUGMENTS):
@@ -75,6 +76,21 @@ class TrainOptions:
             parse_online(self.online)
         except ValueError as exc:
             raise OptionError(f"--online: {exc}") from None
+
+    def validate_model(self) -> None:
+        """A built-in name, or the syntax of PATH.py:FUNCTION or PATH.keras (the file itself is read when train builds the model)."""
+        if self.model in MODELS:
+            return
+        from .own_model import parse_model_spec  # no Keras import
+
+        try:
+            spec = parse_model_spec(self.model)
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+        if spec is None:
+            raise OptionError(f"--model must be one of {', '.join(MODELS)}, or your own as PATH.py:FUNCTION or PATH.keras")
+        if self.keras_augment:
+            raise OptionError("--keras-augment puts its layers into the built-in models only: put them into your own --model")
 
     @property
     def device_list(self) -> list[str] | None:

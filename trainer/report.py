@@ -178,13 +178,25 @@ def training_rate_lines(history: list[dict], run: dict) -> list[str]:
             f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
 
 
+def model_line(run: dict) -> str:
+    """Which model was trained: a built-in name, or the user's own (train --model PATH.py:FUNCTION or PATH.keras) with its file's sha256."""
+    model = run.get("model") or {"spec": run["options"]["model"], "kind": "built-in"}
+    line = f"- model: `{model['spec']}`, {run.get('parameters', 0):,} parameters"
+    if model["kind"] == "python":
+        line += (f"; your own, built by `{model['function']}()` in `{model['file']}` (sha256 `{model['sha256']}`), "
+                 + ("compiled there and compiled again by train" if model.get("came_compiled") else "compiled by train"))
+    elif model["kind"] == "keras":
+        line += f"; your own, loaded from `{model['file']}` (sha256 `{model['sha256']}`) with its weights, compiled by train"
+    return line
+
+
 def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[dict]) -> str:
     options = run["options"]
     source, policy = store_attrs.source, store_attrs.policy
     best, best_acc, worst, worst_acc = class_gap(metrics)
     final = history[-1] if history else {}
     lines = [
-        f"# Model card: {options['model']} CNN, {run['run_dir']}",
+        f"# Model card: {options['model']}{' CNN' if run.get('model', {}).get('kind', 'built-in') == 'built-in' else ''}, {run['run_dir']}",
         "",
         "## Data and provenance",
         "",
@@ -201,7 +213,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "",
         "## Training",
         "",
-        f"- model: `{options['model']}`, {run.get('parameters', 0):,} parameters",
+        model_line(run),
         f"- optimizer: {options['optimizer']}, learning rate {run.get('learning_rate', 0):g} ({options.get('lr_schedule', 'constant')}), batch size {options['batch_size']}, epochs {options['epochs']}, seed {options['seed']}",
         f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); "
         f"Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",

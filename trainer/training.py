@@ -31,10 +31,12 @@ from .metrics import evaluate_stream, stored_images
 from .distribute import data_parallel
 from .mixing import BatchMix
 from .models import build_model
-from .options import OPTIMIZER_NAMES, TrainOptions
+from .options import MODELS, OPTIMIZER_NAMES, TrainOptions
+from .own_model import before_checkpoint_load, own_model
 from .report import MISTAKES_PNG, RELIABILITY_PNG, history_csv, model_card, plot_confusion, plot_curves, plot_mistakes, plot_reliability
 from .runlock import lock_run_dir, release, try_lock
 from .stream import StoreStream
+from .tensorboard_logs import check_available, tensorboard_callbacks
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (keras.optimizers.RMSprop, keras.optimizers.Adam, keras.optimizers.SGD)))
 RUNS_DIR = Path("runs")
@@ -184,6 +186,26 @@ def make_optimizer(options: TrainOptions, steps: int) -> keras.optimizers.Optimi
     return OPTIMIZERS[options.optimizer](learning_rate=rate)
 
 
+def compiled_model(options: TrainOptions, attrs: StoreAttrs, scope, steps: int, say) -> tuple[keras.Model, dict]:
+    """The model --model names (built in, or the user's own: own_model.py), compiled by train with its
+    optimizer, learning-rate schedule and loss, and what run.json records of it. A user's model that came
+    compiled is compiled again, so that --optimizer, --learning-rate, --lr-schedule and --mix act on it too."""
+    with scope:
+        if options.model in MODELS:
+            model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
+            info = {"spec": options.model, "kind": "built-in"}
+        else:
+            model, info = own_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
+            if info.get("came_compiled"):
+                say(f"--model {options.model}: the model came compiled; train compiles it again with --optimizer "
+                    f"{options.optimizer} ({options.lr_schedule} rate) and its own loss and accuracy metric")
+        optimizer = make_optimizer(options, steps=steps)
+        # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
+        loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    return model, {**info, "name": model.name}
+
+
 def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Path, dict]:
     """The run to continue, locked for this process first (a live run is refused), then read."""
     run_dir = out or latest_unfinished_run(held)
@@ -272,7 +294,12 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         raise OptionError(f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}")
     if val_rows == 0 and test_rows == 0:
         raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
-    if not resume:
+    if options.tensorboard:
+        check_available()
+    steps = options.epochs * -(-train_rows // options.batch_size)
+    if not resume:  # the model first: a --model file that cannot be used leaves no run folder behind
+        seed_everything(options.seed)
+        model, model_info = compiled_model(options, attrs, scope, steps, say)
         run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs),
                                       "store_source": store_source(attrs)}, held)
 
@@ -288,19 +315,20 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
             raise UserError(f"--resume: the store {options.store} is not the one {run_dir} started with; resume with that store or start a new run")
     if resume:
         if done:
+            before_checkpoint_load(run.get("model"))  # an own model's custom layers, registered by its file
             with scope:
                 model = keras.models.load_model(state_dir / progress["checkpoint"])
+            model_info = run.get("model") or {"spec": options.model, "kind": "built-in"}
         say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
-    if not resume or not done:
-        seed_everything(options.seed)
-        with scope:
-            model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
-            optimizer = make_optimizer(options, steps=options.epochs * -(-train_rows // options.batch_size))
-            # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
-            loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
-            model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-    else:
-        seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
+        if not done:
+            seed_everything(options.seed)
+            model, model_info = compiled_model(options, attrs, scope, steps, say)
+            recorded = run.get("model") or {}
+            if recorded.get("sha256") not in (None, model_info.get("sha256")):
+                raise UserError(f"--resume: {recorded.get('file')} has changed since {run_dir} started (its sha256 differs); "
+                                "put the original back, or start a new run")
+        else:
+            seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
 
     run = {
@@ -313,6 +341,7 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "backend": keras.backend.backend(),
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "parameters": model.count_params(),
+        "model": {**model_info, "parameters": model.count_params()},  # which model: the spec, and for a file its sha256
         "learning_rate": initial_learning_rate(options),
         "mix_alpha": options.alpha,  # the alpha used, its default when --mix-alpha was not given
         "devices": devices or None,  # --distribute: the devices each global batch was split over
@@ -324,10 +353,16 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     }
     write_atomic(run_dir / "run.json", json.dumps(run, indent=2))
 
-    train_stream = StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
-                               start_epoch=done, buffer_chunks=options.buffer_chunks, online=options.online_ops,
-                               mix=BatchMix(options.mix, options.alpha, attrs.n_classes, options.seed) if options.mix else None,
-                               shard=shard, batch_multiple=split_by)
+    def training_stream() -> StoreStream:
+        return StoreStream(store, "train", options.batch_size, shuffle=True, seed=options.seed,
+                           start_epoch=done, buffer_chunks=options.buffer_chunks, online=options.online_ops,
+                           mix=BatchMix(options.mix, options.alpha, attrs.n_classes, options.seed) if options.mix else None,
+                           shard=shard, batch_multiple=split_by)
+
+    train_stream = training_stream()
+    # --tensorboard: its images come from a second stream made the same way (tensorboard_logs.StreamedImages)
+    image_stream = training_stream() if options.tensorboard else None
+    extra_callbacks = tensorboard_callbacks(run_dir, image_stream, done) if image_stream is not None else []
     val_stream = StoreStream(store, "val", options.batch_size, shuffle=False, soft_labels=bool(options.mix),
                              batch_multiple=split_by) if val_rows else None
     if not val_rows:
@@ -342,7 +377,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
                     initial_epoch=done,
                     validation_data=val_stream,
                     shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                    callbacks=[EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
+                    # TensorBoard's callbacks before the checkpoint: killed between the two, an epoch is logged twice, never lost
+                    callbacks=[*extra_callbacks, EpochCheckpoint(run_dir, history, images_per_epoch=train_rows)],
                     verbose=verbose,
                 )
         evaluated_on = "test" if test_rows else "val"
@@ -354,6 +390,8 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         eval_stream.close()
     finally:
         train_stream.close()
+        if image_stream is not None:
+            image_stream.close()
         if val_stream is not None:
             val_stream.close()
 
