@@ -127,7 +127,6 @@ class ClusterStaging:
             return
         from distributed import as_completed
 
-        from .decode import shown
         from .worker import decode_on_cluster
 
         # absolute paths: a worker's working folder is its own
@@ -142,8 +141,7 @@ class ClusterStaging:
                 split, start, digests, bad = future.result()
                 for row, message in bad:  # --skip-bad: a file a worker cannot read must be one this client cannot read either
                     if readable(files[(split, row)]):
-                        raise UserError(f"a Dask worker could not use {shown(files[(split, row)])} ({message}) but this client can: "
-                                        "mount the source at the same path, with the same files, on every worker")
+                        raise partial_view("a Dask worker", files[(split, row)], message)
                 yield split, start, digests, bad
         finally:
             self.client.cancel(futures)
@@ -160,11 +158,18 @@ def check_decoder(client, shape: tuple[int, ...], task: tuple) -> None:
         unusable = [(row, message) for row, message in bad if (row, message) not in expected_bad]
         if unusable:
             row, message = unusable[0]
-            raise UserError(f"Dask worker {worker} cannot use {shown(files[row - start])} ({message}) but this client can: "
-                            "mount the source at the same path, with the same files, on every worker")
+            raise partial_view(f"Dask worker {worker}", files[row - start], message)
         if found != expected:
             raise UserError(f"Dask worker {worker} decodes {shown(task[2][0])} and the files after it to other pixels than this client "
                             f"(CRC-32 {found}, expected {expected}): install the same OpenCV build on every worker, or leave it out")
+
+
+def partial_view(who: str, file: str, message: str) -> UserError:
+    """A source file this client reads and a worker cannot: a cluster fault, never a bad image to skip."""
+    from .decode import shown
+
+    return UserError(f"{who} cannot use {shown(file)} ({message}) but this client can: "
+                     "mount the source at the same path, with the same files, on every worker")
 
 
 def readable(file: str) -> bool:
