@@ -35,6 +35,9 @@ def test_the_notebook_runs_top_to_bottom_and_does_what_the_original_meant(tmp_pa
     assert "Test score: " in printed and "Test accuracy: " in printed
     score = float(printed.split("Test accuracy: ")[1].split()[0])
     assert 0 <= score <= 1
+    build_cell = next(cell for cell in notebook.cells if "augzarr.build(" in cell.source)
+    widgets = [o for o in build_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, "the build's progress bar is a live widget in the notebook"
     images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
     assert images, "the contact sheet is shown inline"
     # 5 copies of each of the 32 training images left after holding out a fifth (the 10 test images kept)
