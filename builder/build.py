@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -42,9 +41,10 @@ from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, check_label_mode, folder_content_hash, hash_folder_files, open_source, source_splits
 from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
-from .staging import STAGE_ROWS
+from .staging import STAGE_ROWS, held_temp_folder
 from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
 
+SOURCE_PREFIX = "augzarr-source-"  # this machine's temporary copy of the decoded source, for an object-store build
 MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
 MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
@@ -194,8 +194,8 @@ def staging_area(storage: Storage):
     if local is not None:
         yield local / BUILD_DIR
         return
-    with tempfile.TemporaryDirectory(prefix="augzarr-source-") as folder:
-        yield Path(folder)
+    with held_temp_folder(SOURCE_PREFIX) as folder:  # a killed build's is removed by the next build here
+        yield folder
 
 
 def run_build(options, storage: Storage, scratch: Path, still_held, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:

@@ -18,7 +18,9 @@ import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -86,9 +88,7 @@ def fetch_staged_source(storage, build_id: str, split: str) -> Path:
         if key in _fetched:
             return _fetched[key]
         folder = fetched_folder(storage.location, build_id)
-        for other in Path(tempfile.gettempdir()).glob(f"{FETCHED_PREFIX}*"):
-            if other != folder and other not in _users:
-                remove_if_unused(other)
+        remove_abandoned(FETCHED_PREFIX, keep=folder)
         folder.mkdir(exist_ok=True)
         if folder not in _users:
             _users[folder] = open(folder / ".users", "a")
@@ -112,6 +112,28 @@ def release_staged_source(location: str, build_id: str) -> None:
         if users is not None:
             users.close()  # drops this process's shared lock
         remove_if_unused(folder)
+
+
+def remove_abandoned(prefix: str, keep: Path | None = None) -> None:
+    """Remove this machine's temporary folders of `prefix` that no live process holds: what a process killed
+    while using one left behind (each holder keeps a shared lock on the folder's .users file)."""
+    for other in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        if other != keep and other not in _users and (other / ".users").is_file():
+            remove_if_unused(other)
+
+
+@contextmanager
+def held_temp_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder of this machine, held while in use and removed after; one a killed process
+    left behind with the same prefix is removed first (remove_abandoned)."""
+    remove_abandoned(prefix)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    with open(folder / ".users", "a") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_if_unused(folder: Path) -> None:

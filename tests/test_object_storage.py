@@ -114,8 +114,15 @@ def test_train_and_evaluate_from_s3(s3, images, tmp_path):
 
 
 def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_takes_over_and_resumes(s3, tmp_path):
+    import tempfile
+
+    from augzarr.builder.build import SOURCE_PREFIX
     from augzarr.storage import open_storage
 
+    def source_copies() -> set[Path]:  # this machine's decoded copies of a source, for object-store builds
+        return set(Path(tempfile.gettempdir()).glob(f"{SOURCE_PREFIX}*"))
+
+    before = source_copies()
     images = write_image_folder(tmp_path / "many", {"ant": 60, "bee": 60}, size=16)
     args = long_build_args(images, s3["url"])
     storage = open_storage(s3["url"])
@@ -141,6 +148,7 @@ def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_t
     assert resumed.stdout.splitlines()[-1].startswith(f"resumed {s3['url']}: 672 train, 24 val rows"), resumed.stdout
     computed = int(resumed.stdout.split("rows (")[1].split(" computed")[0].replace(",", ""))
     assert computed <= 672 + 24 - done_before  # only the chunks (of one row) the killed build had not committed
+    assert source_copies() == before  # the killed build's copy of the decoded source removed by the next build, its own too
     local = tmp_path / "local.zarr"
     run_cli(*args[:args.index("--out") + 1], str(local), *args[args.index("--out") + 2:], check=True)
     assert_same_objects(s3["url"], local)
