@@ -128,9 +128,9 @@ class Store:
     def contact_sheet(self, count: int = 8):
         """A PIL image: the first `count` training images, each original beside its copies, labelled with its
         class (a notebook shows it inline; .save("sheet.png") keeps it)."""
-        from augzarr.builder.preview import sheet_rows, contact_sheet
+        from augzarr.builder.preview import contact_sheet, preview_rows, sheet_rows
 
-        rows = sheet_rows(self._store.group, count)
+        rows = sheet_rows(self._store.group, preview_rows(self._store.group, count))
         if not rows:
             raise ValueError("the store has no training images to show")
         return contact_sheet(rows)

@@ -52,8 +52,9 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     for stale in [*out_dir.glob(f"{PREFIX}_*_*.jpeg"), out_dir / SHEET_NAME]:
         stale.unlink(missing_ok=True)
     written = []
-    rows = sheet_rows(group, count)
-    for (source, _, _), (_, copy_numbers, pictures) in zip(preview_rows(group, count), rows):
+    chosen = preview_rows(group, count)
+    rows = sheet_rows(group, chosen)
+    for (source, _, _), (_, copy_numbers, pictures) in zip(chosen, rows):
         for copy, picture in zip(copy_numbers, pictures):
             path = out_dir / preview_name(source, copy)
             as_image(picture).save(path, quality=95)
@@ -64,12 +65,12 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     return written
 
 
-def sheet_rows(group: zarr.Group, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(label, copy numbers, pictures) of the first `count` training sources: the contact sheet's rows."""
+def sheet_rows(group: zarr.Group, chosen: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, copy numbers, pictures) of the sources preview_rows chose: the contact sheet's rows."""
     class_names = group.attrs["class_names"]
     images, labels = group["train/images"], group["train/labels"]
     return [(f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, images.get_orthogonal_selection((rows,)))
-            for source, copy_numbers, rows in preview_rows(group, count)]
+            for source, copy_numbers, rows in chosen]
 
 
 def as_image(picture: np.ndarray) -> Image.Image:
