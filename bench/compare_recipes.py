@@ -44,9 +44,11 @@ class Recipe:
 
 
 # A recipe's name says what it runs: originals or POLICY-xN (build-aug --policy POLICY --copies N), then any
-# of +online, +mixup, +cutmix (train options); or keras-AUGMENT (originals, train --keras-augment AUGMENT).
-MODIFIERS = {"online": ("--online", "flip,shift,erase"), "mixup": ("--mix", "mixup"), "cutmix": ("--mix", "cutmix")}
-EXAMPLES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "crop-flip-cutout-x5", "randaugment-x5", "randaugment-x5+online",
+# of +online, +flip-shift, +mixup, +cutmix (train options); or keras-AUGMENT (originals, train --keras-augment AUGMENT).
+# +flip-shift is the online half of crop-flip: fresh per-epoch randomness without the cutout that +online adds.
+MODIFIERS = {"online": ("--online", "flip,shift,erase"), "flip-shift": ("--online", "flip,shift"), "mixup": ("--mix", "mixup"),
+             "cutmix": ("--mix", "cutmix")}
+EXAMPLES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "crop-flip-x5+flip-shift", "crop-flip-cutout-x5", "randaugment-x5", "randaugment-x5+online",
             "crop-flip-x5+cutmix", "keras-crop-flip", "keras-randaugment")
 DEFAULT_RECIPES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "randaugment-x5", "keras-crop-flip", "keras-randaugment")
 

@@ -58,6 +58,7 @@ def test_recipe_names_say_what_they_run():
     recipe = parse_recipe("randaugment-x20+online+cutmix")
     assert (recipe.copies, recipe.policy, recipe.train) == (20, "randaugment", ("--online", "flip,shift,erase", "--mix", "cutmix"))
     assert parse_recipe("originals+online").copies == 0
+    assert parse_recipe("crop-flip-x5+flip-shift").train == ("--online", "flip,shift")
     assert parse_recipe("keras-randaugment").train == ("--keras-augment", "randaugment")
     for bad in ("crop-flip-x", "sepia-x5", "crop-flip-x5+sharpen", "keras-sepia", "keras-crop-flip+online"):
         with pytest.raises(ValueError, match=re.escape(bad)):
