@@ -13,8 +13,8 @@ nothing at training time (their cost is the build, reported apart).
     python bench/compare_recipes.py --list      # the recipes and what each runs
 
 It prints a Markdown table: final and best validation accuracy, final validation loss, final training
-accuracy (mean and sample standard deviation over the seeds), the image-steps run, training wall time
-and the store's build time.
+accuracy (mean and sample standard deviation over the seeds), the image-steps run, training wall time,
+the training rate (the median epoch's images/s over training steps only) and the store's build time.
 """
 
 from __future__ import annotations
@@ -104,8 +104,11 @@ def final_and_best(run_dir: Path) -> dict:
     with open(run_dir / "history.csv") as file:
         history = list(csv.DictReader(file))
     last = history[-1]
+    rates = [float(r["images_per_second"]) for r in history if r.get("images_per_second")]
     return {"final_val_accuracy": float(last["val_accuracy"]), "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),
-            "final_val_loss": float(last["val_loss"]), "final_train_accuracy": float(last["accuracy"])}
+            "final_val_loss": float(last["val_loss"]), "final_train_accuracy": float(last["accuracy"]),
+            # training steps only (no validation, no start-up): what online augmentation slows and stored copies do not
+            "train_images_per_second": statistics.median(rates) if rates else None}
 
 
 def config_of(args) -> dict:
@@ -207,14 +210,20 @@ def spread(values: list[float]) -> str:
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
 
 
+def rate(runs: list[dict]) -> str:
+    """The median over runs of each run's median epoch training rate; '-' for results saved before it was kept."""
+    rates = [r["train_images_per_second"] for r in runs if r.get("train_images_per_second")]
+    return f"{statistics.median(rates):,.0f}" if rates else "-"
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| recipe | runs | final val acc | best val acc | final val loss | final train acc | image-steps | train s | build s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| recipe | runs | final val acc | best val acc | final val loss | final train acc | image-steps | train s | train images/s | build s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in dict.fromkeys(r["recipe"] for r in results):
         runs = [r for r in results if r["recipe"] == name]
         cells = [spread([r[key] for r in runs]) for key in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "final_train_accuracy")]
         lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {runs[0]['image_steps']:,} | "
-                     f"{statistics.fmean(r['train_seconds'] for r in runs):,.0f} | {runs[0]['build_seconds']:,.0f} |")
+                     f"{statistics.fmean(r['train_seconds'] for r in runs):,.0f} | {rate(runs)} | {runs[0]['build_seconds']:,.0f} |")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ def test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread(tmp_path):
     assert by_recipe["originals"]["image_steps"] == by_recipe["keras-crop-flip"]["image_steps"] == 19 * 11
     assert by_recipe["crop-flip-x5+online"]["image_steps"] == 19 * 6 * 2
     assert all(0 <= r["final_val_accuracy"] <= r["best_val_accuracy"] <= 1 for r in runs)
+    assert all(r["train_images_per_second"] > 0 for r in runs)
     assert " ± " in rows[0]  # two seeds: mean ± spread
     run = json.loads((tmp_path / "work" / "runs" / "crop-flip-x5+online-seed1" / "run.json").read_text())
     assert run["options"]["online"] == "flip,shift,erase" and run["options"]["seed"] == 1
