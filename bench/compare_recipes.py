@@ -5,8 +5,8 @@ Each recipe is a store (build-aug --copies N --policy P) and train options (--on
 held-out validation images; each recipe trains for the epochs that come closest to --image-steps images
 (at least one epoch), once per training seed. The anchor users would pick instead of stored copies runs
 alongside: online augmentation by Keras 3 preprocessing layers (keras-crop-flip, keras-randaugment) at the
-same image-steps, with its wall time, since on a CPU those layers slow every step while stored copies cost
-nothing at training time (their cost is the build, reported apart).
+same image-steps, with its wall time and training rate: those layers run inside every step, while stored
+copies cost nothing at training time (their cost is the build, reported apart).
 
     python bench/compare_recipes.py --source /tmp/cifar --limit 10000 --image-steps 500000 --seeds 0,1,2 \\
         --work /tmp/compare --json compare.json
