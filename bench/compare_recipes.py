@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from augzarr.trainer.report import median_training_rate
+
 BIN = Path(sys.executable).parent
 
 
@@ -104,11 +106,10 @@ def final_and_best(run_dir: Path) -> dict:
     with open(run_dir / "history.csv") as file:
         history = list(csv.DictReader(file))
     last = history[-1]
-    rates = [float(r["images_per_second"]) for r in history if r.get("images_per_second")]
     return {"final_val_accuracy": float(last["val_accuracy"]), "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),
             "final_val_loss": float(last["val_loss"]), "final_train_accuracy": float(last["accuracy"]),
             # training steps only (no validation, no start-up): what online augmentation slows and stored copies do not
-            "train_images_per_second": statistics.median(rates) if rates else None}
+            "train_images_per_second": median_training_rate(history)}
 
 
 def config_of(args) -> dict:

@@ -169,12 +169,24 @@ def plot_mistakes(images: np.ndarray, mistakes: list[dict], path: Path, title: s
     save_png(figure, path)
 
 
+def epoch_training_rates(history: list[dict]) -> list[float]:
+    """Each epoch's training images/s (steps only, no validation), from run.json rows or history.csv's strings;
+    epochs resumed from runs older than the column have none."""
+    return [float(row["images_per_second"]) for row in history if row.get("images_per_second")]
+
+
+def median_training_rate(history: list[dict]) -> float | None:
+    """The run's training rate: the median epoch's, so a slow first epoch (tracing) or a noisy one does not move it."""
+    rates = epoch_training_rates(history)
+    return float(np.median(rates)) if rates else None
+
+
 def training_rate_lines(history: list[dict], run: dict) -> list[str]:
-    """The training rate this machine reached, from the epochs that recorded it (none before a resume from older runs)."""
-    rates = [row["images_per_second"] for row in history if row.get("images_per_second")]
+    """The training rate this machine reached, from the epochs that recorded it."""
+    rates = epoch_training_rates(history)
     if not rates:
         return []
-    return [f"- training rate: {float(np.median(rates)):,.0f} images/s (median of {len(rates)} epochs; first {rates[0]:,.0f}, "
+    return [f"- training rate: {median_training_rate(history):,.0f} images/s (median of {len(rates)} epochs; first {rates[0]:,.0f}, "
             f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
 
 
