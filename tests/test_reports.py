@@ -16,6 +16,7 @@ from PIL import Image
 
 from augzarr.store_format import StoreAttrs, open_store
 from augzarr.trainer.metrics import CALIBRATION_BINS, Z_95, calibration, confidently_wrong, metrics_from_probabilities, wilson_interval
+from augzarr.trainer.report import median_training_rate
 from conftest import run_cli, write_image_folder
 
 LICENSE = "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
@@ -38,6 +39,13 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(np.array([5, 0, 500]), np.array([10, 0, 1000]))
     assert np.isnan(low[1]) and np.isnan(high[1])
     assert high[0] - low[0] > 5 * (high[2] - low[2]) and low[0] < 0.5 < high[0] and low[2] < 0.5 < high[2]
+
+
+def test_the_training_rate_is_the_median_epoch_from_run_json_or_history_csv_rows():
+    # run.json rows hold floats, history.csv rows strings; epochs resumed from runs older than the column have none
+    assert median_training_rate([{"images_per_second": 900.0}, {"images_per_second": 2000.0}, {"images_per_second": 1500.0}]) == 1500.0
+    assert median_training_rate([{"images_per_second": ""}, {"images_per_second": "1000.5"}, {"images_per_second": "3000"}]) == 2000.25
+    assert median_training_rate([{"epoch": 1}, {"images_per_second": ""}]) is None
 
 
 def test_expected_calibration_error_of_a_hand_made_prediction_set():
