@@ -1,6 +1,7 @@
-"""Packaging (issue #11, point 1): a non-editable `pip install` gives one namespace, augzarr.builder and
-augzarr.trainer, with the four console scripts working, and no top-level `builder` or `trainer` module
-that would clash with other packages (PyPI has a `trainer`)."""
+"""Packaging (issue #11 point 1, issue #22 point 1): a non-editable install gives one namespace,
+augzarr.builder and augzarr.trainer, with the four console scripts working, no top-level `builder` or
+`trainer` module that would clash with other packages (PyPI has a `trainer`), and every module importable
+under that one name even from the repository root, where the checkout's augzarr/ comes first on sys.path."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import REPO, assert_same_store, run_cli, write_image_folder
 
 SCRIPTS = ("build-aug", "inspect-aug", "train", "evaluate")
+PACKAGE_FOLDERS = ("augzarr", "builder", "trainer")  # augzarr/builder and augzarr/trainer link to the other two
 
 
 def dev_package_dirs() -> list[str]:
@@ -27,13 +29,14 @@ def dev_package_dirs() -> list[str]:
 
 def source_copy(dest: Path) -> Path:
     """What the package is built from, copied so that the in-tree build (build/, *.egg-info) leaves the
-    checkout untouched: pyproject.toml, the README it names, and every folder its package-dir maps."""
+    checkout untouched: pyproject.toml, the README it names, augzarr/ and the folders its links point to
+    (builder/, trainer/), the links kept as links, as a clone has them."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     dest.mkdir()
     for name in ("pyproject.toml", config["project"]["readme"]):
         shutil.copy2(REPO / name, dest / name)
-    for folder in set(config["tool"]["setuptools"]["package-dir"].values()):
-        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(REPO / folder, dest / folder, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -54,10 +57,14 @@ def installed(tmp_path_factory) -> dict:
     env |= {"COLUMNS": "200", "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     work = root / "work"  # every command runs here, outside the checkout
     work.mkdir()
-    # --ignore-installed: the dev environment's own augzarr is visible through the .pth line; pip must
-    # install beside it, not try to uninstall it
-    pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--ignore-installed", str(source_copy(root / "src"))],
+    # a wheel built from the checkout, then installed; --ignore-installed: the dev environment's own augzarr
+    # is visible through the .pth line, and pip must install beside it, not try to uninstall it
+    wheels = root / "wheels"
+    built = subprocess.run([str(python), "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(wheels), str(source_copy(root / "src"))], capture_output=True, text=True, env=env, cwd=work)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.glob("augzarr-*.whl")
+    pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
                          capture_output=True, text=True, env=env, cwd=work)
     assert pip.returncode == 0, pip.stdout + pip.stderr
     return {"python": python, "bin": env_dir / "bin", "site": site, "env": env, "work": work}
@@ -103,3 +110,32 @@ def test_console_scripts_build_a_store(installed, tmp_path):
     # the installed package builds the same bytes as the checkout's
     run_cli("build-aug", *args, "--out", str(tmp_path / "dev.zarr"), check=True)
     assert_same_store(store, tmp_path / "dev.zarr")
+
+
+ALL_MODULES = """
+import importlib, pkgutil, augzarr, augzarr.builder.build, augzarr.trainer.training
+augzarr.build, augzarr.open_store, augzarr.Store, augzarr.UserError
+names = sorted(m.name for m in pkgutil.walk_packages(augzarr.__path__, "augzarr."))
+for name in names:
+    importlib.import_module(name)
+import sys
+print(len(names))
+print("\\n".join(sorted(m.__file__ for n, m in sys.modules.items() if n.split(".")[0] in ("augzarr", "builder", "trainer"))))
+"""
+
+
+def test_every_module_imports_under_one_name_from_the_repository_root(installed):
+    """Run from the checkout's root, as a user who installed the wheel and stays in the clone would: Python puts
+    the checkout first, so its augzarr/ is imported, and must hold builder/ and trainer/ (through the links)
+    under the one name augzarr.*; nothing loads as a top-level builder or trainer."""
+    probe = subprocess.run([str(installed["python"]), "-c", ALL_MODULES], capture_output=True, text=True,
+                           env=installed["env"], cwd=REPO)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    count, *files = probe.stdout.splitlines()
+    prefix = {"augzarr": "augzarr", "builder": "augzarr.builder", "trainer": "augzarr.trainer"}
+    expected = {".".join([prefix[folder], *path.relative_to(REPO / folder).with_suffix("").parts]).removesuffix(".__init__")
+                for folder in PACKAGE_FOLDERS for path in (REPO / folder).rglob("*.py")}  # rglob does not enter the links
+    assert int(count) == len(expected - {"augzarr"}) > 30  # every module of the package, found by walking it
+    # one copy of each source file: builder/x.py never loads a second time as another module
+    real = [os.path.realpath(f) for f in files]
+    assert len(real) == len(set(real)), sorted(f for f in real if real.count(f) > 1)
