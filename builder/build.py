@@ -40,7 +40,7 @@ from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
 from .sources import Source, check_label_mode, folder_content_hash, hash_folder_files, open_source, source_splits
-from .cluster import ClusterStaging, check_canary, check_versions, cluster_client, run_chunks
+from .cluster import ClusterStaging, check_canary, check_store_shared, check_versions, cluster_client, run_chunks
 from .staging import STAGE_ROWS, held_temp_folder
 from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
 
@@ -181,9 +181,31 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     check_fits(options, source, chunk_rows, storage)
 
     # one writer at a time: a second build-aug into the same store refuses instead of interleaving
+    made = missing_folders(storage)
     with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
-        with staging_area(storage) as scratch:
-            return run_build(options, storage, scratch, still_held, source, policy, chunk_rows, identity, started, reporter)
+        try:
+            with staging_area(storage) as scratch:
+                return run_build(options, storage, scratch, still_held, source, policy, chunk_rows, identity, started, reporter)
+        except BaseException:
+            remove_empty_folders(made)  # stopped before the claim (a cluster refused): no folder left that the lock made
+            raise
+
+
+def missing_folders(storage: Storage) -> list[Path]:
+    """The store's folder and those above it that do not exist yet, deepest first: what its writer lock will make."""
+    local = storage.local_path()
+    if local is None:
+        return []
+    local = local.absolute()
+    return [folder for folder in [local, *local.parents] if not folder.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: a claimed store (a known, unfinished build) and the folders above it stay
+            return
 
 
 @contextmanager
@@ -200,33 +222,34 @@ def staging_area(storage: Storage):
 
 def run_build(options, storage: Storage, scratch: Path, still_held, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
     out = storage.location
-    resume = claim_output(storage, identity, source, options.overwrite)
-    if resume == "restart":
-        reporter.message(f"restarting the unfinished build in {out} with these arguments: no chunk had been committed")
+    resume = output_state(storage, identity, source, options.overwrite)
     if resume == "already complete":
         attrs = read_raw_attrs(storage)
         root = open_group(storage)
         return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]})
-    scratch.mkdir(parents=True, exist_ok=True)
 
     workers = options.workers or default_workers()
-    build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
-    config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
     with ExitStack() as held:
-        # the cluster first: an unreachable scheduler or a mismatched worker is refused before any decoding
-        client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message)) if options.scheduler else None
         pools = []
 
-        def pool(initargs=config):  # started on first use: a cluster whose workers decode the source needs none
+        def pool():  # started on first use (config is set by then): a cluster whose workers decode the source needs none
             if not pools:
-                pools.append(held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=initargs)))
+                pools.append(held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=config)))
             return pools[0]
 
         staging = LocalStaging(scratch, pool)
-        if client is not None:
-            check_versions(client)
-            train_files = [] if source.train.files is None else [str(Path(f).absolute()) for f in source.train.files[:1]]
-            staging = ClusterStaging(client, storage, staging, train_files, reporter.message)
+        client = None
+        if options.scheduler:
+            # every check of the cluster before the claim: an unreachable scheduler or a refused worker leaves the store as it was
+            client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message))
+            staging = check_cluster(client, storage, staging, source, policy, chunk_rows, options, reporter)
+        if resume in ("fresh", "restart"):
+            claim_fresh(storage, identity)
+        if resume == "restart":
+            reporter.message(f"restarting the unfinished build in {out} with these arguments: no chunk had been committed")
+        scratch.mkdir(parents=True, exist_ok=True)
+        build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
+        config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
         content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, reporter)
         recorded = storage.read_json(BUILD_JSON)
         if recorded.get("source_hash") not in (None, content_hash):
@@ -262,12 +285,8 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
         rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
         tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
         total_rows = sum(len(r) for r in splits.values())
-        if client is not None:
-            location, _, *rest = config
-            config = (location, "", *rest)  # no staging folder: each worker reads the staged source from the store
-            if tasks:
-                check_canary(client, config, tasks[0], canary_rows(source, tasks[0], options.image_size is not None))
-            results = run_chunks(client, config, tasks)
+        if client is not None:  # no staging folder: each worker reads the staged source from the store
+            results = run_chunks(client, (config[0], "", *config[2:]), tasks)
         else:
             results = pool().imap_unordered(compute_chunk, tasks)
         with reporter.task(f"building {out}", total=total_rows) as advance:
@@ -297,13 +316,39 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
     )
 
 
-def canary_rows(source: Source, task: tuple, resize: bool):
-    """The source rows a chunk task reads, as this client holds them: its split's array, or those files
-    decoded here (a cluster's workers hold the decoded source; this client need not fetch it)."""
+def check_cluster(client, storage: Storage, here: "LocalStaging", source: Source, policy: Policy, chunk_rows: int, options: BuildOptions,
+                  reporter: Reporter) -> ClusterStaging:
+    """Every check of the cluster's workers, all before the store is claimed: their versions and settings, that they
+    share the store, that they decode the source as this client does, and a canary chunk computed to this client's
+    bytes. Returns the staging through which they get the decoded source."""
+    check_versions(client)
+    location = worker_location(storage)
+    check_store_shared(client, storage, location)
+    resize = options.image_size is not None
+    first = next(iter(decode_tasks(source, resize, options.skip_bad)), None)
+    staging = ClusterStaging(client, storage, location, here, first, source.image_shape, reporter.message)
+    task = canary_task(source, chunk_rows, options.copies)
+    check_canary(client, (location, "", policy.to_attrs(), options.seed), task, canary_rows(source, task, resize))
+    return staging
+
+
+CANARY_BYTES = 1 << 22  # the canary chunk's rows travel to every worker
+
+
+def canary_task(source: Source, chunk_rows: int, copies: int) -> tuple:
+    """A chunk task of the first training images, each as its first augmented copy (as stored, with --copies 0):
+    what a worker computes for a chunk, planned without the decoded source."""
+    rows = min(chunk_rows, len(source.train), max(1, CANARY_BYTES // int(np.prod(source.image_shape))))
+    return ("train", 0, 0, "train", np.arange(rows), np.full(rows, 1 if copies else 0))
+
+
+def canary_rows(source: Source, task: tuple, resize: bool) -> SourceRows:
+    """The source rows a chunk task reads, as this client holds them or decodes them here (a cluster's workers
+    get these rows with the canary: it runs before the source is staged)."""
     split = source_splits(source)[task[3]]
-    if split.images is not None:
-        return split.images
     needed = np.unique(task[4]).tolist()
+    if split.images is not None:
+        return SourceRows({i: split.images[i] for i in needed}, len(split))
     block, _, _ = decode_block([str(split.files[i]) for i in needed], source.image_shape, 0, resize, skip_bad=True)
     return SourceRows(dict(zip(needed, block)), len(split))
 
@@ -409,12 +454,12 @@ def short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bool) -> str:
-    """Decide fresh / resume / already complete, and refuse what must not be touched.
+def output_state(storage: Storage, identity: dict, source: Source, overwrite: bool) -> str:
+    """Decide fresh / resume / already complete, and refuse what must not be touched; nothing written.
 
     Returns "fresh", "restart" (an unfinished build with other arguments that had committed no
-    chunk, started over), "resume" or "already complete". On all but "already complete",
-    .build/build.json records the arguments.
+    chunk, to start over), "resume" or "already complete". The caller claims a "fresh" or "restart"
+    location (claim_fresh) once everything that can refuse before the work has been checked.
     """
     out = storage.location
     attrs = read_raw_attrs(storage)
@@ -430,7 +475,6 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
         if not overwrite and not committed_chunks(storage, recorded.get("build_id", "")):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
             # error suggested just works, without --overwrite
-            claim_fresh(storage, identity)
             return "restart"
         if not overwrite:
             raise UserError(
@@ -446,8 +490,6 @@ def claim_output(storage: Storage, identity: dict, source: Source, overwrite: bo
         if (source.content_hash or hash_folder_files(source)) != attrs["source"]["content_hash"]:
             raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
         return "already complete"
-
-    claim_fresh(storage, identity)
     return "fresh"
 
 
@@ -501,11 +543,9 @@ def stage_source(source: Source, staging, resize: bool, skip_bad: bool, reporter
         for name, split in splits.items():
             staging.save(name, split.images)
         return source.content_hash, {}
-    tasks = []
     for name, split in splits.items():
         staging.allocate(name, (len(split), *source.image_shape))
-        for start in range(0, len(split), STAGE_ROWS):
-            tasks.append((name, start, [str(f) for f in split.files[start : start + STAGE_ROWS]], resize, skip_bad))
+    tasks = decode_tasks(source, resize, skip_bad)
     digests = {name: [""] * len(split) for name, split in splits.items()}
     bad: dict[str, list[tuple[int, str]]] = {}
     with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
@@ -520,6 +560,12 @@ def stage_source(source: Source, staging, resize: bool, skip_bad: bool, reporter
         raise UserError(f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)")
     source.content_hash = folder_content_hash(source, digests)
     return source.content_hash, bad
+
+
+def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[tuple]:
+    """The decode tasks of a source of image files: (split, start, files, resize, skip_bad), STAGE_ROWS files each."""
+    return [(name, start, [str(f) for f in split.files[start : start + STAGE_ROWS]], resize, skip_bad)
+            for name, split in source_splits(source).items() if split.files is not None for start in range(0, len(split), STAGE_ROWS)]
 
 
 def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]) -> tuple[list[tuple], int]:

@@ -1,7 +1,10 @@
 """build-aug --scheduler: the build's decode and chunk tasks on a Dask cluster.
 
-The client (build-aug itself) checks the workers, plans the rows, claims and locks the store, writes the
-skeleton, drives the progress bar from the completed futures, and finishes the store. The workers decode
+The client (build-aug itself) locks the store, checks the workers (before it claims the store: a cluster
+refused leaves the store as it was), claims the store, plans the rows, writes the skeleton, drives the
+progress bar from the completed futures, and finishes the store. What it sends the workers means the same
+there: absolute paths (a worker's working folder is its own) and, for what the client's environment
+decides (the image pixel limit), a check that the workers' environment decides the same. The workers decode
 the source into the store's build area (ClusterStaging), then each chunk task computes one chunk and
 commits it into the store (store_format.write_chunk), so a task that Dask reruns after losing its worker
 writes the same bytes again. The task functions live in the installed package (worker.py), and each
@@ -27,6 +30,13 @@ def scheduler_address(option: str | None) -> str | None:
     return option or next((os.environ[v] for v in SCHEDULER_VARIABLES if os.environ.get(v)), None)
 
 
+def scheduler_named(address: str) -> str:
+    """The address as a message names it: by the variable it came from when the environment gives this
+    address (a --scheduler of the same address reads the same), else as --scheduler."""
+    variable = next((v for v in SCHEDULER_VARIABLES if os.environ.get(v)), None)
+    return f"{variable}={address}" if variable and os.environ[variable] == address else f"--scheduler {address}"
+
+
 @contextmanager
 def cluster_client(address: str, workers: int, say) -> Iterator:
     try:
@@ -43,11 +53,11 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
         try:
             client = Client(address, timeout=CONNECT_SECONDS)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise UserError(f"--scheduler {address}: cannot reach the Dask scheduler ({first_line(exc)}): check the address "
+            raise UserError(f"{scheduler_named(address)}: cannot reach the Dask scheduler ({first_line(exc)}): check the address "
                             "(tcp://HOST:8786), or start one with `dask scheduler` and `dask worker`") from None
         if not client.scheduler_info().get("workers"):
             client.close()
-            raise UserError(f"--scheduler {address}: the scheduler has no workers: start some with `dask worker {address}`")
+            raise UserError(f"{scheduler_named(address)}: the scheduler has no workers: start some with `dask worker {address}`")
     try:
         yield client
     finally:
@@ -58,8 +68,9 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
 
 def check_versions(client) -> None:
     """Before any task: every worker runs the same packages as this client, Dask's own and then those
-    that decide the store's bytes; a worker that differs is refused, naming the package."""
-    from .worker import deciding_versions
+    that decide the store's bytes, and decodes under the same image pixel limit (an environment variable:
+    build-aug's is not the workers'); a worker that differs is refused, naming the package or variable."""
+    from .worker import deciding_versions, image_pixel_limit
 
     try:
         client.get_versions(check=True)
@@ -71,20 +82,59 @@ def check_versions(client) -> None:
             if version != expected[package]:
                 raise UserError(f"Dask worker {worker} has {package} {version}, this client {expected[package]}: the store's "
                                 "bytes depend on it; install the same versions on every worker")
+    limit = image_pixel_limit()
+    for worker, found in client.run(image_pixel_limit).items():
+        if found != limit:
+            raise UserError(f"Dask worker {worker} decodes images of at most {found:,} pixels, this client {limit:,}: set the same "
+                            "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker")
+
+
+def check_store_shared(client, storage, location: str) -> None:
+    """Before the claim: every worker finds a file this client writes into the store, and writes one there that
+    this client finds; a worker that does not share the store would stage the source and commit chunks into a
+    store of its own. location: the store as the workers name it (worker_location)."""
+    from augzarr.store_format import BUILD_DIR
+
+    from .worker import answer_probe
+
+    local = storage.local_path()
+    made = local is not None and not (local / BUILD_DIR).exists()
+    folder = f"{BUILD_DIR}/probe-{uuid.uuid4().hex}"
+    storage.write(f"{folder}/client", b"")
+    try:
+        answers = client.run(answer_probe, location, folder)
+        # a reply this client cannot find: the worker wrote into a store of its own
+        unseen = [worker for worker, (reply, error) in answers.items() if not error and not (reply and storage.has(reply))]
+    finally:
+        storage.remove(BUILD_DIR if made else folder)  # under the writer lock: a .build/ the probe made holds nothing else
+    failed = {worker: error for worker, (_, error) in answers.items() if error}
+    if unseen:
+        if local is not None:
+            raise UserError(f"{some_workers(unseen)} cannot see --out {location}: use a path on storage the workers share "
+                            "(mounted at the same path), or object storage")
+        failed = {worker: "it finds no object this client wrote" for worker in unseen}
+    if failed:
+        error = next(iter(failed.values()))
+        raise UserError(f"{some_workers(list(failed))} cannot {'reach' if local is None else 'write in'} --out {location} ({error}): "
+                        + ("give every worker the store's credentials and endpoint in its own environment" if local is None else
+                           "use a path on storage the workers share and may write, or object storage"))
+
+
+def some_workers(workers: list[str]) -> str:
+    return f"Dask worker {workers[0]}{f' and {len(workers) - 1} more' if len(workers) > 1 else ''}"
 
 
 def check_canary(client, config: tuple, task: tuple, source_rows) -> None:
     """Every worker computes one chunk (nothing written) to this client's exact bytes, or the cluster
     is refused naming the worker: same versions can still differ in a machine's native libraries.
-    source_rows: the chunk's source rows as this client holds them (worker.SourceRows, or the split)."""
+    source_rows: the chunk's source rows as this client decoded them (worker.SourceRows), sent along, so
+    that it runs before the store is claimed and its source staged."""
     from augzarr.store_format import crc32_hex
 
-    from .worker import WorkerState, canary_on_cluster, compute_block
+    from .worker import canary_on_cluster, compute_canary
 
-    state = WorkerState(*config)
-    state.sources[task[3]] = source_rows
-    expected = crc32_hex(compute_block(state, task))
-    for worker, found in client.run(canary_on_cluster, config, task).items():
+    expected = crc32_hex(compute_canary(config, task, source_rows))
+    for worker, found in client.run(canary_on_cluster, config, task, source_rows).items():
         if found != expected:
             raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found}, "
                             f"expected {expected}): its machine differs in a way that changes the store; leave it out of the cluster")
@@ -93,17 +143,22 @@ def check_canary(client, config: tuple, task: tuple, source_rows) -> None:
 class ClusterStaging:
     """The decoded source staged in the store's build area (staging.py) for the cluster's workers.
     They decode the source's files themselves when every one of them can read them (a folder mounted
-    at the same path everywhere); otherwise this client decodes them (`here`) and stages the result."""
+    at the same path everywhere); otherwise this client decodes them (`here`) and stages the result.
+    Made before the store is claimed: it checks that the workers decode the first task's files to this
+    client's pixels. location: the store as the workers name it (worker_location)."""
 
-    def __init__(self, client, storage, here, source_files: list[str], say):
-        self.client, self.storage, self.here = client, storage, here
+    def __init__(self, client, storage, location: str, here, first_task: tuple | None, image_shape: tuple[int, ...], say):
+        self.client, self.storage, self.location, self.here = client, storage, location, here
         self.shapes: dict[str, tuple[int, ...]] = {}
-        probe = source_files[0] if source_files else None
+        first_task = absolute_files(first_task) if first_task is not None else None
+        probe = first_task[2][0] if first_task is not None and first_task[2] else None
         blind = [w for w, sees in client.run(os.path.isfile, probe).items() if not sees] if probe else []
         self.workers_decode = probe is not None and not blind
         if blind:
-            say(f"Dask worker {blind[0]}{f' and {len(blind) - 1} more' if len(blind) > 1 else ''} cannot read {probe}: decoding "
+            say(f"{some_workers(blind)} cannot read {probe}: decoding "
                 "the source here and staging it in the store (mount it at the same path on every worker to decode it there)")
+        if self.workers_decode:
+            check_decoder(client, image_shape, first_task)
 
     def save(self, split: str, images) -> None:
         from .staging import stage_array
@@ -129,11 +184,9 @@ class ClusterStaging:
 
         from .worker import decode_on_cluster
 
-        # absolute paths: a worker's working folder is its own
-        tasks = [(split, start, [os.path.abspath(f) for f in files], *rest) for split, start, files, *rest in tasks]
-        check_decoder(self.client, self.shapes[tasks[0][0]][1:], tasks[0])
+        tasks = [absolute_files(task) for task in tasks]
         build = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(decode_on_cluster, self.storage.location, self.shapes[t[0]][1:], t, pure=False,
+        futures = [self.client.submit(decode_on_cluster, self.location, self.shapes[t[0]][1:], t, pure=False,
                                       key=f"augzarr-decode-{build}-{t[0]}-{t[1]}") for t in tasks]
         files = {(t[0], t[1] + i): f for t in tasks for i, f in enumerate(t[2])}
         try:
@@ -145,6 +198,12 @@ class ClusterStaging:
                 yield split, start, digests, bad
         finally:
             self.client.cancel(futures)
+
+
+def absolute_files(task: tuple) -> tuple:
+    """A decode task (split, start, files, ...) with absolute paths: a worker's working folder is its own."""
+    split, start, files, *rest = task
+    return (split, start, [os.path.abspath(f) for f in files], *rest)
 
 
 def check_decoder(client, shape: tuple[int, ...], task: tuple) -> None:

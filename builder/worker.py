@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import uuid
 from pathlib import Path
 
 import numcodecs
@@ -24,7 +25,7 @@ from augzarr.storage import open_storage
 from augzarr.store_format import BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
-from .decode import SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
+from .decode import MAX_IMAGE_PIXELS, SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .staging import fetch_staged_source, release_staged_source, stage_block
@@ -113,9 +114,38 @@ def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]
     return compute_chunk_with(state_for(config), task)
 
 
-def canary_on_cluster(config: tuple, task: tuple) -> str:
-    """The CRC-32 of what a cluster worker would compute for one chunk, nothing written."""
-    return crc32_hex(compute_block(WorkerState(*config), task))
+def compute_canary(config: tuple, task: tuple, source_rows: "SourceRows") -> np.ndarray:
+    """One chunk computed from the source rows given, nothing read from the store or written."""
+    state = WorkerState(*config)
+    state.sources[task[3]] = source_rows
+    return compute_block(state, task)
+
+
+def canary_on_cluster(config: tuple, task: tuple, source_rows: "SourceRows") -> str:
+    """The CRC-32 of what a cluster worker computes for one chunk from the client's source rows."""
+    return crc32_hex(compute_canary(config, task, source_rows))
+
+
+def answer_probe(location: str, folder: str) -> tuple[str | None, str | None]:
+    """Run on every worker before a cluster build claims its store: whether this worker shares the store
+    with the client. (the key of the reply it wrote beside the client's file, None) when it finds that file;
+    (None, None) when it does not; (None, why) when it cannot read or write the store."""
+    try:
+        storage = open_storage(location)
+        if not storage.has(f"{folder}/client"):
+            return None, None
+        reply = f"{folder}/{uuid.uuid4().hex}"
+        storage.write(reply, b"")
+        return reply, None
+    except UserError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
+def image_pixel_limit() -> int:
+    """The most pixels this process decodes in one image: CV_IO_MAX_IMAGE_PIXELS, from its own environment."""
+    return MAX_IMAGE_PIXELS
 
 
 DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr")

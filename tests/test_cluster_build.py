@@ -4,6 +4,7 @@ the store is byte for byte the local build's, whatever the workers and threads p
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,18 +88,50 @@ def test_scheduler_local_starts_a_cluster_and_says_where_its_dashboard_is(images
     assert files(out) == files(reference)
 
 
-def test_an_unreachable_scheduler_is_one_line(images, tmp_path):
-    result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0",
-                     "--scheduler", "tcp://127.0.0.1:9", "--quiet")
+def test_an_unreachable_scheduler_is_one_line_naming_where_its_address_came_from_and_leaves_no_store(images, tmp_path):
+    """Refused before the store is claimed: the folder is not even created. The two builds wait out the connection
+    timeout side by side."""
+    import subprocess
+
+    from conftest import BIN
+
+    unreachable = "tcp://127.0.0.1:9"
+    cases = {"--scheduler": (["--scheduler", unreachable], {}), "AUGZARR_SCHEDULER": ([], {"AUGZARR_SCHEDULER": unreachable})}
+    clean = {k: v for k, v in os.environ.items() if k not in ("AUGZARR_SCHEDULER", "DASK_SCHEDULER_ADDRESS")}
+    processes = {}
+    for named, (option, variables) in cases.items():
+        command = [str(BIN / "build-aug"), "--source", str(images), "--out", str(tmp_path / named.strip("-") / "s.zarr"), "--preview", "0",
+                   "--quiet", *option]
+        processes[named] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                            env={**clean, **variables})
+    for named, process in processes.items():
+        _, stderr = process.communicate(timeout=120)
+        line = stderr.strip()
+        assert process.returncode == 1 and len(line.splitlines()) == 1 and "Traceback" not in stderr, stderr
+        shown = f"--scheduler {unreachable}" if named == "--scheduler" else f"{named}={unreachable}"
+        assert line.startswith(f"build-aug: error: {shown}: cannot reach the Dask scheduler"), line
+        assert not (tmp_path / named.strip("-")).exists()  # no store, no folder: nothing was claimed
+
+
+def test_a_scheduler_without_workers_is_one_line_naming_its_variable_and_leaves_no_store(images, tmp_path):
+    from distributed import LocalCluster
+
+    out = tmp_path / "stores" / "s.zarr"
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=":0") as empty:
+        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--preview", "0", "--quiet",
+                         env={"DASK_SCHEDULER_ADDRESS": empty.scheduler_address, "AUGZARR_SCHEDULER": ""})
     line = result.stderr.strip()
-    assert result.returncode == 1 and len(line.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert line.startswith("build-aug: error: --scheduler tcp://127.0.0.1:9: cannot reach the Dask scheduler")
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert line == (f"build-aug: error: DASK_SCHEDULER_ADDRESS={empty.scheduler_address}: the scheduler has no workers: "
+                    f"start some with `dask worker {empty.scheduler_address}`")
+    assert not (tmp_path / "stores").exists()
 
 
 @contextmanager
-def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tuple[str, ...] = ()):
+def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tuple[str, ...] = (), worker_cwd: Path | None = None):
     """A real `dask scheduler` and one `dask worker` in their own processes; yields the scheduler's address.
-    worker_prefix runs the worker under another command (unshare: its own view of the file system)."""
+    worker_prefix runs the worker under another command (unshare: its own view of the file system);
+    worker_cwd is the worker's working folder (the test's own when None)."""
     import os
     import signal
     import subprocess
@@ -117,7 +150,8 @@ def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tup
         while not scheduler_file.is_file():
             assert scheduler.poll() is None and time.sleep(0.1) is None
         worker = subprocess.Popen([*worker_prefix, str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file),
-                                   "--nthreads", "1", "--no-dashboard"], env={**os.environ, **(worker_env or {})}, **common)
+                                   "--nthreads", "1", "--no-dashboard"], env={**os.environ, **(worker_env or {})}, cwd=worker_cwd,
+                                  **common)
         with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
             yield client.scheduler.address
@@ -133,13 +167,15 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
     fake = tmp_path / "fake-metadata" / "zarr-2.0.0.dist-info"
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
+    out = tmp_path / "stores" / "s.zarr"
     with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(fake.parent)}) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
+        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--preview", "0", "--quiet",
                          "--scheduler", address)
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+    assert not (tmp_path / "stores").exists()  # refused before the store was claimed, or its folder made
 
 
 DIFFERENT_MACHINE = """
@@ -160,18 +196,21 @@ worker.compute_block = compute_otherwise
 """
 
 
-def test_a_worker_computing_other_bytes_is_refused_by_the_canary_before_any_chunk(images, tmp_path):
+def test_a_worker_computing_other_bytes_is_refused_by_the_canary_before_the_claim(images, tmp_path):
+    """Even with --overwrite, the complete store there is left whole: the canary runs before the store is claimed."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(DIFFERENT_MACHINE)
     out = tmp_path / "s.zarr"
+    args = ["--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet"]
+    run_cli("build-aug", *args, "--workers", "1", check=True)
+    complete = files(out)
     with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(site)}) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet",
-                         "--scheduler", address)
+        result = run_cli("build-aug", *args, "--overwrite", "--scheduler", address)
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:") and "computes other bytes for a chunk than this client" in line
-    assert not list((out / "train" / "images").rglob("c/*"))  # refused before any chunk was written
+    assert files(out) == complete
 
 
 def hidden_from_the_worker(folder: Path) -> tuple[str, ...]:
@@ -211,12 +250,59 @@ def test_a_worker_that_cannot_read_the_source_gets_it_decoded_by_the_client(imag
 
 def test_a_worker_that_sees_only_part_of_the_source_is_refused_naming_a_file(images, tmp_path):
     """Even under --skip-bad: a file the client reads and a worker cannot is a cluster fault, not a bad image."""
+    out = tmp_path / "stores" / "s.zarr"
     with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(images / "cow")) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--copies", "1", "--preview", "0",
+        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0",
                          "--quiet", "--skip-bad", "--scheduler", address)
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert f"cannot use {images}/cow/" in line and "but this client can: mount the source at the same path" in line
+    assert not (tmp_path / "stores").exists()  # the workers' decoding is checked before the store is claimed
+
+
+def test_relative_paths_build_on_a_worker_whose_working_folder_is_another(images, tmp_path):
+    """--out and --source relative to build-aug's working folder, a worker started elsewhere: the workers get
+    absolute paths, so they decode into and commit to the store build-aug claimed."""
+    import shutil
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    shutil.copytree(images, here / "src")
+    elsewhere.mkdir()
+    args = ["build-aug", "--source", "src", "--copies", "2", "--chunk-size", "8", "--preview", "0", "--quiet"]
+    with dask_pair(tmp_path, worker_cwd=elsewhere) as address:
+        run_cli(*args, "--out", "d.zarr", "--scheduler", address, cwd=here, check=True)
+    run_cli(*args, "--out", "reference.zarr", "--workers", "1", cwd=here, check=True)
+    assert files(here / "d.zarr") == files(here / "reference.zarr")
+    assert not list(elsewhere.iterdir())  # nothing written where the worker runs
+
+
+def test_a_worker_that_cannot_see_the_store_is_refused_before_the_claim(images, tmp_path):
+    """A worker on a machine without the store's folder (its own empty folder at that path) would stage the
+    source and commit chunks into a store of its own."""
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    out = stores / "s.zarr"
+    with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(stores)) as address:
+        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet",
+                         "--scheduler", address)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
+    assert line.endswith(f"cannot see --out {out}: use a path on storage the workers share (mounted at the same path), or object storage")
+    assert not list(stores.iterdir())
+
+
+def test_a_worker_with_another_image_pixel_limit_is_refused_naming_the_variable(cluster, images, tmp_path):
+    """CV_IO_MAX_IMAGE_PIXELS, set for build-aug, means nothing to workers started without it: an image this client
+    decodes, a worker would refuse."""
+    result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
+                     "--scheduler", cluster, env={"CV_IO_MAX_IMAGE_PIXELS": str(1 << 30)})
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
+    assert line.endswith(f"decodes images of at most {1 << 27:,} pixels, this client {1 << 30:,}: set the same "
+                         "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker")
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def long_build(images: Path, out: Path, scheduler: str) -> list[str]:
@@ -321,3 +407,28 @@ def test_a_cluster_build_to_object_storage_stages_the_source_in_the_store(images
     meta = json.loads(remote.pop("zarr.json"))
     meta["attributes"].pop("built")
     assert {**remote, "zarr.json": json.dumps(meta, sort_keys=True).encode()} == expected
+
+
+def test_a_worker_without_the_object_stores_credentials_is_refused_before_the_claim(images, tmp_path):
+    """build-aug's credentials are its own: a worker started without them cannot reach the store."""
+    from s3server import MotoServer
+
+    from augzarr.storage import open_storage
+
+    with MotoServer() as moto:
+        moto.make_bucket("augzarr-cluster")
+        url = "s3://augzarr-cluster/aug.zarr"
+        without = {name: "" for name in moto.env}
+        with dask_pair(tmp_path, worker_env=without) as address:
+            result = run_cli("build-aug", "--source", str(images), "--out", url, "--copies", "1", "--preview", "0", "--quiet",
+                             "--scheduler", address, env=moto.env)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in moto.env.items():
+                patch.setenv(key, value)
+            left = open_storage(url).list()
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
+    assert f"cannot reach --out {url} ({url}: no credentials: set AWS_ACCESS_KEY_ID" in line, line
+    assert line.endswith("give every worker the store's credentials and endpoint in its own environment")
+    assert left == {}  # no claim, no lease, no probe
