@@ -64,17 +64,6 @@ def wrong_shape(image_shape, n_classes):
     return tiny((8, 8, 3), n_classes + 2)
 
 
-def any_size(image_shape, n_classes):
-    """The README's "a dimension left None takes any size": a fully convolutional model."""
-    return keras.Sequential([keras.Input((None, None, image_shape[2]), dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                             keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
-                             keras.layers.Dense(n_classes, activation="softmax")], name="any_size")
-
-
-def grey_any_size(image_shape, n_classes):
-    return any_size((None, None, 1), n_classes)
-
-
 SIZE = 3  # not a function
 '''
 
@@ -187,13 +176,12 @@ def test_bad_own_models_are_refused_in_one_line_with_no_run_folder(small_store, 
     cases = [
         (f"{tmp_path}/missing.py:tiny", f"no such file {tmp_path}/missing.py"),
         (f"{bad_py}:tiny", f"importing {bad_py} failed: SyntaxError"),
-        (f"{models_py}:absent", f"{models_py} has no function absent (it defines any_size, compiled, grey_any_size, logits, not_a_model, raises, tiny, unbuilt, with_custom_layer, wrong_shape)"),
+        (f"{models_py}:absent", f"{models_py} has no function absent (it defines compiled, logits, not_a_model, raises, tiny, unbuilt, with_custom_layer, wrong_shape)"),
         (f"{models_py}:SIZE", f"SIZE in {models_py} is a int, not a function"),
         (f"{models_py}:raises", "raises((16, 16, 3), 3) raised RuntimeError: no weights for (16, 16, 3)"),
         (f"{models_py}:not_a_model", "not_a_model((16, 16, 3), 3) returned a str, not a keras.Model"),
         (f"{models_py}:wrong_shape", "wrong_shape() returned a model that takes 8x8x3 images into 5 classes, the store holds 16x16x3 images of 3 classes"),
         (f"{models_py}:logits", 'outputs raw scores (linear activation), but train\'s loss takes class probabilities: end the model with activation="softmax"'),
-        (f"{models_py}:grey_any_size", "grey_any_size() returned a model that takes ?x?x1 images into 3 classes, the store holds 16x16x3"),
         (str(not_keras), "not a .keras file (the zip archive"),
         (str(other_shape), "mnist.keras takes 28x28x1 images into 10 classes, the store holds 16x16x3 images of 3 classes"),
         (f"{tmp_path}/gone.keras", "no such file"),
@@ -218,12 +206,33 @@ def test_bad_own_models_are_refused_in_one_line_with_no_run_folder(small_store, 
     assert not (tmp_path / "never").exists()
 
 
-def test_a_model_that_takes_any_size_trains_resumes_and_evaluates(small_store, models_py, tmp_path):
+ANY_SIZE_PY = '''
+import keras
+
+
+def any_size(image_shape, n_classes):
+    """The README's "a dimension left None takes any size": a fully convolutional model."""
+    return keras.Sequential([keras.Input((None, None, image_shape[2]), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(n_classes, activation="softmax")], name="any_size")
+
+
+def grey_any_size(image_shape, n_classes):
+    return any_size((None, None, 1), n_classes)
+'''
+
+
+def test_a_model_that_takes_any_size_trains_resumes_and_evaluates(small_store, tmp_path):
     """Issue #21 point 5: Input((None, None, 3)) passed the own-model check, then a second, strict check refused it
     after the run folder was claimed. Now train (and the same command again after an interruption), evaluate
     --store and evaluate --source take it; the image folder is resized to the store's images it was trained on."""
     from augzarr.trainer.training import train_run
 
+    models_py = tmp_path / "any.py"
+    models_py.write_text(ANY_SIZE_PY)
+    with pytest.raises(UserError, match=r"grey_any_size\(\) returned a model that takes \?x\?x1 images into 3 classes, the store holds 16x16x3"):
+        train_run({"store": str(small_store), "model": f"{models_py}:grey_any_size", "epochs": 1}, out=tmp_path / "never", verbose=0, say=lambda _: None)
+    assert not (tmp_path / "never").exists()  # None takes any size, not any channel count
     run_dir = tmp_path / "run"
     given = {"store": str(small_store), "model": f"{models_py}:any_size", "epochs": 1, "batch_size": 16}
     train_run(given, out=run_dir, verbose=0, say=lambda _: None)
