@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from augzarr.store_format import open_store
+from conftest import run_cli
 
 
 @pytest.fixture
@@ -96,3 +97,60 @@ def test_train_distribute_records_its_devices(store, tmp_path):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["device_count"] == 2 and run["devices"] == ["cpu:0", "cpu:1"] and run["options"]["distribute"] is True
     assert "- devices: data-parallel over 2 (cpu:0, cpu:1), global batch 16" in (run_dir / "model_card.md").read_text()
+
+
+TWO_TENSORFLOW_CPUS = """
+import json, sys
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from augzarr.errors import OptionError
+from augzarr.trainer.training import train_run
+store, out = sys.argv[1], Path(sys.argv[2])
+given = {"store": store, "epochs": 1, "model": "shallow", "batch_size": 16, "distribute": True}
+refusals = []  # each before a run folder is made
+for devices in ("gpu:7,cpu:0", "cpu:1"):
+    try:
+        train_run({**given, "devices": devices}, out=out, verbose=0, say=lambda _: None)
+    except OptionError as exc:
+        refusals.append(str(exc))
+    assert not out.exists(), devices
+train_run({**given, "devices": " CPU:1, /device:cpu:0,cpu:1"}, out=out, verbose=0, say=lambda _: None)
+print(json.dumps(refusals))
+"""
+
+
+def test_tensorflow_checks_the_devices_it_is_given_and_records_those_it_used(store, tmp_path):
+    """Issue #21 point 4: TensorFlow's MirroredStrategy took --devices gpu:7 on a machine without it, trained on the
+    CPU and recorded gpu:7. Now every name is matched to this machine's devices (in any spelling TensorFlow reads)
+    before a run folder is made, and run.json and the model card name the devices the batches were split over."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", TWO_TENSORFLOW_CPUS, str(store), str(run_dir)], capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        "--devices: gpu:7 not among this machine's (/device:CPU:0, /device:CPU:1)",
+        "--devices names one device (cpu:1), and --distribute splits each batch over two or more: name two or more of this "
+        "machine's (/device:CPU:0, /device:CPU:1), or train without --distribute"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["devices"] == ["/device:CPU:1", "/device:CPU:0"] and run["device_count"] == 2 and run["distributed"] is True
+    assert run["options"]["devices"] == "CPU:1,/device:cpu:0,cpu:1"  # the names as given, without blanks; run["devices"]: what they named
+    assert "- devices: data-parallel over 2 (/device:CPU:1, /device:CPU:0), global batch 16" in (run_dir / "model_card.md").read_text()
+
+
+def test_distribute_on_one_device_warns_once_and_trains_without_distribution(store, tmp_path):
+    """Issue #21 point 13: a one-device strategy trained 7-35x slower than the plain path, with no word. Now
+    --distribute that finds one device warns in one line (also under --quiet) and trains on the plain path;
+    run.json says one device and that distribution was not used."""
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--distribute",
+                     "--quiet", "--out", str(run_dir), env={"KERAS_BACKEND": "tensorflow"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ("warning: --distribute: this machine has one device (/device:CPU:0); training on it without a "
+                                     "distribution strategy, which would only slow it down")
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["device_count"] == 1 and run["distributed"] is False and run["devices"] == ["/device:CPU:0"]
+    assert run["options"]["distribute"] is True  # what was asked, beside what ran
+    assert ("- devices: one (/device:CPU:0); --distribute found no second device, so the run trained without distribution"
+            in (run_dir / "model_card.md").read_text())

@@ -93,3 +93,39 @@ def test_train_records_its_online_operations_and_refuses_unknown_ones(store, tmp
     bad = run_cli("train", "--store", str(store), "--online", "flip,rotate", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "train: error: --online: unknown online operation rotate: choose from flip, shift, erase")
+
+
+@pytest.mark.parametrize("typed, recorded", [(" flip , shift ", "flip,shift"), ("flip,", "flip"), ("flip,flip", "flip"),
+                                             ("erase,shift,flip", "flip,shift,erase"), ("none", ""), ("", "")])
+def test_the_options_record_the_online_operations_as_they_run(typed, recorded):
+    from augzarr.trainer.options import TrainOptions
+
+    options = TrainOptions(online=typed, distribute=True, devices=" cpu:1 , cpu:0,cpu:1,")
+    options.validate()
+    normalised = options.normalised()
+    assert normalised.online == recorded and normalised.online_ops == options.online_ops
+    assert normalised.devices == "cpu:1,cpu:0"  # --devices: without blanks or repeats, in the order given
+    assert normalised.normalised() == normalised
+
+
+def test_a_run_records_the_normalised_online_list_and_the_same_command_still_resumes(store, tmp_path):
+    """Issue #21 point 12: --online ' shift , flip,flip' runs flip,shift and is recorded so; run again after an
+    interruption, or with --resume spelled another way, it continues the run instead of refusing it."""
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"
+    given = {"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "online": " shift , flip,flip"}
+    train_run(given, out=run_dir, verbose=0, say=lambda _: None)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["options"]["online"] == "flip,shift"
+    assert "online operations on each batch flip,shift;" in (run_dir / "model_card.md").read_text()
+    # as if stopped before its reports, and recorded verbatim as a run before this fix recorded it
+    (run_dir / "run.json").write_text(json.dumps({**run, "status": "running", "options": {**run["options"], "online": " shift , flip,flip"}}))
+    said = []
+    result = train_run(given, out=run_dir, verbose=0, say=said.append)  # the same command again
+    assert result.resumed_from == 1 and any("resuming" in line for line in said)
+    assert json.loads((run_dir / "run.json").read_text())["options"]["online"] == "flip,shift"
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))
+    result = train_run({"online": "flip,shift,"}, out=run_dir, resume=True, verbose=0, say=lambda _: None)
+    assert result.resumed_from == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from augzarr.errors import UserError
-from conftest import BIN, run_cli
+from conftest import BIN, run_cli, write_image_folder
 
 MODELS_PY = '''
 import keras
@@ -204,6 +204,69 @@ def test_bad_own_models_are_refused_in_one_line_with_no_run_folder(small_store, 
     cli = train(small_store, f"{models_py}:tiny", tmp_path / "never", "--keras-augment", "crop-flip", check=False)
     assert cli.returncode == 2 and "--keras-augment puts its layers into the built-in models only" in cli.stderr
     assert not (tmp_path / "never").exists()
+
+
+ANY_SIZE_PY = '''
+import keras
+
+
+def any_size(image_shape, n_classes):
+    """The README's "a dimension left None takes any size": a fully convolutional model."""
+    return keras.Sequential([keras.Input((None, None, image_shape[2]), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(n_classes, activation="softmax")], name="any_size")
+
+
+def grey_any_size(image_shape, n_classes):
+    return any_size((None, None, 1), n_classes)
+'''
+
+
+def test_a_model_that_takes_any_size_trains_resumes_and_evaluates(small_store, tmp_path):
+    """Issue #21 point 5: Input((None, None, 3)) passed the own-model check, then a second, strict check refused it
+    after the run folder was claimed. Now train (and the same command again after an interruption), evaluate
+    --store and evaluate --source take it; the image folder is resized to the store's images it was trained on."""
+    from augzarr.trainer.training import train_run
+
+    models_py = tmp_path / "any.py"
+    models_py.write_text(ANY_SIZE_PY)
+    with pytest.raises(UserError, match=r"grey_any_size\(\) returned a model that takes \?x\?x1 images into 3 classes, the store holds 16x16x3"):
+        train_run({"store": str(small_store), "model": f"{models_py}:grey_any_size", "epochs": 1}, out=tmp_path / "never", verbose=0, say=lambda _: None)
+    assert not (tmp_path / "never").exists()  # None takes any size, not any channel count
+    run_dir = tmp_path / "run"
+    given = {"store": str(small_store), "model": f"{models_py}:any_size", "epochs": 1, "batch_size": 16}
+    train_run(given, out=run_dir, verbose=0, say=lambda _: None)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "complete" and run["model"]["name"] == "any_size"
+    (run_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))  # as if stopped before its reports
+    said = []
+    assert train_run(given, out=run_dir, verbose=0, say=said.append).resumed_from == 1  # the checkpoint's model is checked too
+    assert run_cli("evaluate", "--model", str(run_dir), "--store", str(small_store), check=True).returncode == 0
+    photos = write_image_folder(tmp_path / "photos", {"ant": 2, "bee": 2, "cow": 2}, size=20)
+    on_folder = run_cli("evaluate", "--model", str(run_dir), "--source", str(photos), check=True)
+    assert "resized 6 images from 20x20 to the model's 16x16" in on_folder.stdout
+
+
+def test_train_and_evaluate_check_a_model_against_a_store_by_one_rule(small_store):
+    """One rule (own_model.check_shapes) for train's own-model check, the check of every model train fits, and
+    evaluate's: a dimension left None takes any size; rank, a fixed size, channels and classes must match."""
+    import keras
+
+    from augzarr.store_format import open_store
+    from augzarr.trainer.training import check_model_fits_store
+
+    attrs = open_store(small_store).attrs  # 16x16x3 images of 3 classes
+
+    def model(shape, classes=3):
+        return keras.Sequential([keras.Input(shape), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes, activation="softmax")])
+
+    for fits in ((None, None, 3), (16, None, 3), (16, 16, 3)):
+        check_model_fits_store(model(fits), attrs, "the model")
+    for shape, classes, takes in (((None, None, 1), 3, "?x?x1 images into 3 classes"), ((8, None, 3), 3, "8x?x3 images into 3 classes"),
+                                  ((16, 16, 3), 4, "16x16x3 images into 4 classes")):
+        with pytest.raises(UserError) as caught:
+            check_model_fits_store(model(shape, classes), attrs, "the model of runs/r")
+        assert str(caught.value).startswith(f"the model of runs/r takes {takes}, the store holds 16x16x3 images of 3 classes: ")
 
 
 def test_resume_refuses_a_python_file_changed_before_the_first_epoch(small_store, tmp_path):

@@ -298,6 +298,67 @@ def test_the_run_records_its_last_activity(trained):
     assert run["status"] == "complete" and abs((updated - finished).total_seconds()) < 60
 
 
+# -- issue 21 point 5: a refused or failed run leaves no run folder behind ------------------------------
+
+FAILS_IN_TRAINING = """
+import keras
+
+
+class FailsInTraining(keras.layers.Layer):
+    def call(self, x, training=False):
+        if training:
+            raise RuntimeError("this layer cannot train")
+        return x
+
+
+def build(image_shape, n_classes):
+    return keras.Sequential([keras.Input(image_shape, dtype="uint8"), keras.layers.Rescaling(1 / 255), FailsInTraining(),
+                             keras.layers.Flatten(), keras.layers.Dense(n_classes, activation="softmax")])
+"""
+
+
+def refusals_before_the_claim() -> list:
+    import keras
+
+    cpus = "/device:CPU:0" if keras.backend.backend() == "tensorflow" else "cpu:0"
+    return [({"distribute": True, "devices": "gpu:7"}, f"--devices: gpu:7 not among this machine's ({cpus})"),
+            ({"distribute": True, "devices": "cpu:0,banana"}, f"--devices: banana not among this machine's ({cpus})"),
+            ({"distribute": True, "devices": "cpu:0"}, "--devices names one device (cpu:0), and --distribute splits each batch over two or more"),
+            ({"buffer_chunks": 10**8}, "--buffer-chunks 100000000 would hold 572.2 GiB per window of this store; use at most")]
+
+
+def test_every_refusal_comes_before_the_run_folder_is_claimed(small_store, tmp_path):
+    """Each check that can refuse a run, from train_run itself (the CLI checks only the options before loading Keras)."""
+    from augzarr.trainer.training import train_run
+
+    for given, message in refusals_before_the_claim():
+        with pytest.raises(UserError) as caught:
+            train_run({"store": str(small_store), "epochs": 1, "model": "shallow", **given}, out=tmp_path / "never", verbose=0, say=lambda _: None)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value), (given, str(caught.value))
+        assert not (tmp_path / "never").exists(), given
+
+
+def test_a_run_that_fails_before_its_first_epoch_gives_its_folder_back(small_store, tmp_path, monkeypatch):
+    """A run that fails before any epoch finished holds nothing to resume: its claim is undone, so the corrected
+    command may use the same --out (it was refused as "already holds a run"), and the same command does not
+    "resume" the failure. An --out that existed empty is left as it was."""
+    from augzarr.trainer.training import train_run
+
+    net = tmp_path / "net.py"
+    net.write_text(FAILS_IN_TRAINING)
+    given = {"store": str(small_store), "model": f"{net}:build", "epochs": 1, "batch_size": 16}
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json.tmp").write_text("cut short")  # a write cut short before it counted: the folder holds nothing
+    monkeypatch.chdir(tmp_path)
+    for out in (new, empty, None):  # None: runs/<timestamp>
+        with pytest.raises(Exception, match="this layer cannot train"):
+            train_run(given, out=out, verbose=0, say=lambda _: None)
+    assert not new.exists() and [p.name for p in empty.iterdir()] == ["run.json.tmp"] and list((tmp_path / "runs").iterdir()) == []
+    result = train_run({**given, "model": "shallow"}, out=new, verbose=0, say=lambda _: None)
+    assert result.resumed_from == 0 and json.loads((new / "run.json").read_text())["status"] == "complete"
+
+
 # -- point 9: outputs that scale with the class count -------------------------------------------------
 
 def confusion_metrics(n: int, names: list[str] | None = None) -> dict:

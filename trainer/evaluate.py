@@ -66,7 +66,8 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
     from augzarr.builder.sources import scan_image_folder
 
     model, run = load_run_model(run_dir)
-    height, width, channels = model.input_shape[1:]
+    # a dimension the model leaves None (it takes any size): the size of the store's images it was trained on
+    height, width, channels = (size if size is not None else trained for size, trained in zip(model.input_shape[1:], run["image_shape"]))
     source = scan_image_folder(folder, image_size=height)
     # a split layout is judged on its held-out part, never on the images a model may have trained on
     part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)

@@ -94,11 +94,20 @@ class TrainOptions:
 
     @property
     def device_list(self) -> list[str] | None:
-        return [d.strip() for d in self.devices.split(",") if d.strip()] or None
+        """--devices as names, without blanks or repeats (distribute.py matches them to this machine's devices)."""
+        return list(dict.fromkeys(d.strip() for d in self.devices.split(",") if d.strip())) or None
 
     @property
     def online_ops(self) -> tuple[str, ...]:
         return parse_online(self.online)
+
+    def normalised(self) -> TrainOptions:
+        """The options as they run, for run.json and for comparing a resumed run's: --online as its operations in the
+        order applied (' shift , flip,flip' and 'flip,shift,' -> 'flip,shift'; 'none' -> ''), --devices without blanks
+        or repeats. Call after validate()."""
+        from dataclasses import replace
+
+        return replace(self, online=",".join(self.online_ops), devices=",".join(self.device_list or ()))
 
     @property
     def alpha(self) -> float | None:

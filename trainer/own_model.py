@@ -141,12 +141,20 @@ def check_fits(spec: ModelSpec, model, image_shape: tuple[int, ...], n_classes: 
             raise UserError(f"{what} cannot tell its output shape for {shape_text(image_shape)} images: {first_line(exc)}") from None
     if isinstance(inputs, list) or isinstance(outputs, list) or isinstance(inputs, dict) or isinstance(outputs, dict):
         raise UserError(f"{what} has several inputs or outputs; train feeds it one batch of images and wants one class-probability output")
+    hint = ("make it use the image_shape and n_classes it is given" if spec.kind == "python"
+            else "train it for this store's images and classes, or build a store of its shape (build-aug --image-size)")
+    check_shapes(what, inputs, outputs, image_shape, n_classes, hint)
+
+
+def check_shapes(what: str, inputs, outputs, image_shape, n_classes: int, hint: str) -> None:
+    """The one rule by which a model fits a store's images, for train (an own model before any run folder is made,
+    and every model it fits) and evaluate alike: one image input of the store's rank whose every dimension is the
+    store's or None (None takes any size), and one output of the store's class count. inputs and outputs are
+    Keras' shapes, batch dimension first."""
     takes, gives = tuple(inputs[1:]), outputs[-1]
     fits = len(takes) == len(image_shape) and all(t is None or t == s for t, s in zip(takes, image_shape))
     if not fits or gives != n_classes or len(outputs) != 2:
         out = f"{gives} classes" if len(outputs) == 2 else f"outputs of shape {shape_text(outputs[1:])}"
-        hint = ("make it use the image_shape and n_classes it is given" if spec.kind == "python"
-                else "train it for this store's images and classes, or build a store of its shape (build-aug --image-size)")
         raise UserError(f"{what} takes {shape_text(takes)} images into {out}, the store holds {shape_text(image_shape)} images "
                         f"of {n_classes} classes: {hint}")
 

@@ -202,6 +202,15 @@ def model_line(run: dict) -> str:
     return line
 
 
+def devices_line(run: dict) -> str:
+    devices = run.get("devices")
+    if devices and run.get("distributed", True):  # a run recorded before "distributed" listed devices only when it was
+        return f"- devices: data-parallel over {run.get('device_count')} ({', '.join(devices)}), global batch {run['options']['batch_size']}"
+    if devices:
+        return f"- devices: one ({devices[0]}); --distribute found no second device, so the run trained without distribution"
+    return "- devices: one"
+
+
 def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[dict]) -> str:
     options = run["options"]
     source, policy = store_attrs.source, store_attrs.policy
@@ -232,8 +241,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         f"- augmentation while training: online operations on each batch {options.get('online') or 'none'}; batch mixing "
         f"{(options['mix'] + ' alpha ' + format(run.get('mix_alpha'), 'g')) if options.get('mix') else 'none'}; Keras "
         f"augmentation layers {options.get('keras_augment') or 'none'}",
-        (f"- devices: data-parallel over {run.get('device_count')} ({', '.join(run['devices'])}), global batch {options['batch_size']}"
-         if run.get("devices") else "- devices: one"),
+        devices_line(run),
         *training_rate_lines(history, run),
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
         + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),

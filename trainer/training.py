@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,17 +24,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from augzarr.errors import OptionError, UserError
+from augzarr.errors import OptionError, UserError, one_line
 from augzarr.storage.local import write_atomic
 from augzarr.store_format import StoreAttrs, open_store
 from augzarr.user_text import user_text
 
 from .metrics import evaluate_stream, stored_images
-from .distribute import data_parallel
+from .distribute import PLAIN, activate, plan_devices
 from .mixing import BatchMix
 from .models import build_model
 from .options import MODELS, OPTIMIZER_NAMES, TrainOptions
-from .own_model import before_checkpoint_load, own_model
+from .own_model import before_checkpoint_load, check_shapes, own_model
 from .report import MISTAKES_PNG, RELIABILITY_PNG, history_csv, model_card, plot_confusion, plot_curves, plot_mistakes, plot_reliability
 from .runlock import lock_run_dir, release, try_lock
 from .stream import StoreStream
@@ -127,14 +129,19 @@ def seed_everything(seed: int) -> None:
 
 
 def check_model_fits_store(model: keras.Model, attrs: StoreAttrs, where: str) -> None:
-    expected_shape = tuple(attrs.image_shape)
-    model_shape = tuple(model.input_shape[1:])
-    n_classes = attrs.n_classes
-    if model_shape != expected_shape or model.output_shape[-1] != n_classes:
-        raise UserError(
-            f"{where} takes {model_shape} images into {model.output_shape[-1]} classes, but the store holds "
-            f"{expected_shape} images of {n_classes} classes: use a store built like the model's, or train a new model"
-        )
+    """The model takes the store's images (a dimension left None takes any size) into its classes: own_model's rule."""
+    check_shapes(where, model.input_shape, model.output_shape, tuple(attrs.image_shape), attrs.n_classes,
+                 "use a store built like the model's, or train a new model")
+
+
+def recorded_options(run: dict) -> TrainOptions | None:
+    """The options a run recorded, normalised (a run recorded before an option existed had its default, one recorded
+    before normalising had --online as typed); None for a record that is not a run's."""
+    known = {f.name for f in fields(TrainOptions)}
+    try:
+        return TrainOptions(**{**asdict(TrainOptions()), **{k: v for k, v in run.get("options", {}).items() if k in known}}).normalised()
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -206,6 +213,10 @@ def compiled_model(options: TrainOptions, attrs: StoreAttrs, scope, steps: int, 
     return model, {**info, "name": model.name}
 
 
+def warn_on_stderr(text: str) -> None:
+    print(f"warning: {one_line(text)}", file=sys.stderr)  # under --quiet too
+
+
 def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Path, dict]:
     """The run to continue, locked for this process first (a live run is refused), then read."""
     run_dir = out or latest_unfinished_run(held)
@@ -222,9 +233,11 @@ def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Pa
 def claim_run_dir(out: Path | None, record: dict, held: contextlib.ExitStack) -> Path:
     """A new, empty run folder (never one that holds anything), locked for this process, with
     run.json saying "running" written first: a run killed from then on can be resumed (from
-    scratch if no epoch finished)."""
+    scratch if no epoch finished). A run that fails with an error before its first epoch finished
+    gives the folder back as it found it (given_back_on_failure)."""
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
+    found = set(out.iterdir()) if out is not None and out.is_dir() else None  # None: made here
     run_dir = out
     while run_dir is None:  # runs/<timestamp>: made here, so two trains started together get two folders
         candidate = default_run_dir()
@@ -238,44 +251,69 @@ def claim_run_dir(out: Path | None, record: dict, held: contextlib.ExitStack) ->
         hint = "continue it with --resume" if status == "running" else "choose another --out"
         raise UserError(f"--out {run_dir} already holds {'a run' if status else 'files'}: {hint}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(given_back_on_failure(run_dir, found))
     write_atomic(run_dir / "run.json", json.dumps({"status": "running", "run_dir": str(run_dir), "updated_utc": now_utc(), **record}, indent=2))
     return run_dir
 
 
+@contextlib.contextmanager
+def given_back_on_failure(run_dir: Path, found: set[Path] | None):
+    """A new run that fails with an error before its first epoch's checkpoint holds nothing to resume: undo its claim
+    (remove the folder it made, or what it wrote into the folder it found), so that the corrected command may use the
+    same --out and the same command does not "resume" the failure. Ctrl-C, kill and an OSError (a full disk: its
+    message says to free space and run again or --resume) leave the claim: run again, it resumes."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception:
+        if not (run_dir / STATE_DIR / "progress.json").exists():
+            for entry in [run_dir] if found is None else [e for e in run_dir.iterdir() if e not in found]:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        raise
+
+
 def train_run(given: dict, out: Path | None = None, resume: bool = False, verbose: int | str = "auto",
-              say=print, intended_use: str | None = None) -> TrainResult:
+              say=print, intended_use: str | None = None, warn=warn_on_stderr) -> TrainResult:
     """Train (or resume) a run; returns its folder and metrics.
 
     given: the TrainOptions fields the user set (the rest take defaults, or on --resume the
-    run's recorded values; a resume may change --epochs only). say() gets the human-readable lines.
+    run's recorded values; a resume may change --epochs only). say() gets the human-readable lines,
+    warn() the warnings (printed on stderr by default, whatever say does).
     intended_use: train --intended-use, the model card's statement of what the model is for
     (recorded in run.json; a resume keeps the recorded one unless given, as it changes no weight).
     The run folder is locked from when it is chosen to the end: one writer per run folder.
     """
     with contextlib.ExitStack() as held:
-        return train_locked(given, out, resume, verbose, say, held, intended_use)
+        return train_locked(given, out, resume, verbose, say, held, intended_use, warn)
 
 
 def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str, say, held: contextlib.ExitStack,
-                 intended_use: str | None = None) -> TrainResult:
+                 intended_use: str | None = None, warn=warn_on_stderr) -> TrainResult:
+    """Every check that can refuse the run comes before claim_run_dir (a resume claims nothing new)."""
     unknown = set(given) - {f.name for f in fields(TrainOptions)}
     if unknown:
         raise ValueError(f"unknown train options {sorted(unknown)}")
     options = TrainOptions(**given)
     options.validate()  # before touching any folder
+    options = options.normalised()  # what runs is what run.json records, and what a resume compares
     intended_use = user_text(intended_use, "--intended-use")
     interrupted = read_json(out / "run.json") if out is not None and not resume else {}
-    if interrupted.get("status") == "running" and interrupted.get("options") == asdict(options):
+    if interrupted.get("status") == "running" and recorded_options(interrupted) == options:
         resume = True  # the very command that was interrupted, run again: it continues, as build-aug's does
     if resume:
         run_dir, run = find_run_to_resume(out, held)
-        recorded = run["options"]
-        defaults = asdict(TrainOptions())  # options a run recorded before they existed had their defaults
-        recorded = {**defaults, **recorded}
-        conflicts = [f"--{k.replace('_', '-')} {recorded[k]} -> {v}" for k, v in given.items() if k != "epochs" and recorded[k] != v]
+        recorded = recorded_options(run)
+        if recorded is None:
+            raise UserError(f"--resume: {run_dir}/run.json records no options train can read; start a new run with another --out")
+        wanted = TrainOptions(**{**asdict(recorded), **given})
+        wanted.validate()
+        wanted = wanted.normalised()
+        conflicts = [f"--{k.replace('_', '-')} {getattr(recorded, k)} -> {getattr(wanted, k)}" for k in given
+                     if k != "epochs" and getattr(recorded, k) != getattr(wanted, k)]
         if conflicts:
             raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
-        options = TrainOptions(**{**recorded, **given})
+        options = wanted
         intended_use = intended_use or run.get("intended_use")
 
     store = open_store(options.store)
@@ -283,53 +321,56 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     train_rows, val_rows, test_rows = (store.rows(split) for split in ("train", "val", "test"))
     if train_rows == 0:
         raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
+    if val_rows == 0 and test_rows == 0:
+        raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
     chunk_bytes = int(np.prod(store.images("train").chunks))
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
         raise OptionError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
                         f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
-    # --distribute: the model is built (or loaded) and compiled in the strategy's scope; settled before any folder is claimed
-    scope, devices, shard = data_parallel(options.device_list) if options.distribute else (contextlib.nullcontext(), [], (0, 1))
-    split_by = max(1, len(devices)) if keras.backend.backend() == "jax" else 1  # JAX shards every batch evenly; TensorFlow splits any
-    if options.batch_size % split_by:
-        raise OptionError(f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}")
-    if val_rows == 0 and test_rows == 0:
-        raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
-    if options.tensorboard:
-        check_available()
-    steps = options.epochs * -(-train_rows // options.batch_size)
-    if not resume:  # the model first: a --model file that cannot be used leaves no run folder behind
-        seed_everything(options.seed)
-        model, model_info = compiled_model(options, attrs, scope, steps, say)
-        run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs),
-                                      "store_source": store_source(attrs)}, held)
-
-    state_dir = run_dir / STATE_DIR
-    state_dir.mkdir(exist_ok=True)
-    progress = read_json(state_dir / "progress.json")
-    history: list[dict] = progress.get("history", [])
-    done = progress.get("epochs_done", 0)
     if resume:
+        progress = read_json(run_dir / STATE_DIR / "progress.json")
+        done = progress.get("epochs_done", 0)
         if options.epochs < done:
             raise UserError(f"--epochs {options.epochs} is fewer than the {done} epochs {run_dir} has already finished")
         if run["store_fingerprint"] != store_fingerprint(attrs):
             raise UserError(f"--resume: the store {options.store} is not the one {run_dir} started with; resume with that store or start a new run")
-    if resume:
+    # --distribute: the devices settled (and refused) first; then the model is built (or loaded) and compiled in the strategy's scope
+    placement = plan_devices(options.device_list, warn) if options.distribute else PLAIN
+    split_by = placement.batch_multiple
+    if options.batch_size % split_by:
+        raise OptionError(f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}")
+    if options.tensorboard:
+        check_available()
+    scope, shard = activate(placement)
+    steps = options.epochs * -(-train_rows // options.batch_size)
+    if not resume:  # the model first: a --model file that cannot be used, or a model that does not fit, leaves no run folder behind
+        seed_everything(options.seed)
+        model, model_info = compiled_model(options, attrs, scope, steps, say)
+        check_model_fits_store(model, attrs, f"--model {options.model}")
+        run_dir = claim_run_dir(out, {"options": asdict(options), "store_fingerprint": store_fingerprint(attrs),
+                                      "store_source": store_source(attrs)}, held)
+        progress, done = {}, 0
+    else:
+        state_dir = run_dir / STATE_DIR
         if done:
             before_checkpoint_load(run.get("model"))  # an own model's custom layers, registered by its file
             with scope:
                 model = keras.models.load_model(state_dir / progress["checkpoint"])
             model_info = run.get("model") or {"spec": options.model, "kind": "built-in"}
-        say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
-        if not done:
+            check_model_fits_store(model, attrs, f"the checkpoint of {run_dir}")
+        else:
             seed_everything(options.seed)
             model, model_info = compiled_model(options, attrs, scope, steps, say)
-            recorded = run.get("model") or {}
-            if recorded.get("sha256") not in (None, model_info.get("sha256")):
-                raise UserError(f"--resume: {recorded.get('file')} has changed since {run_dir} started (its sha256 differs); "
+            check_model_fits_store(model, attrs, f"--model {options.model}")
+            recorded_model = run.get("model") or {}
+            if recorded_model.get("sha256") not in (None, model_info.get("sha256")):
+                raise UserError(f"--resume: {recorded_model.get('file')} has changed since {run_dir} started (its sha256 differs); "
                                 "put the original back, or start a new run")
-        else:
+        say(f"resuming {run_dir} after epoch {done} of {options.epochs}")
+        if done:
             seed_everything(options.seed + done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
-    check_model_fits_store(model, attrs, f"the model of {run_dir}")
+    history: list[dict] = progress.get("history", [])
+    (run_dir / STATE_DIR).mkdir(exist_ok=True)
 
     run = {
         "status": "running",
@@ -344,8 +385,11 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
         "model": {**model_info, "parameters": model.count_params()},  # which model: the spec, and for a file its sha256
         "learning_rate": initial_learning_rate(options),
         "mix_alpha": options.alpha,  # the alpha used, its default when --mix-alpha was not given
-        "devices": devices or None,  # --distribute: the devices each global batch was split over
-        "device_count": max(1, len(devices)),
+        # the devices it trained on: with "distributed", those each global batch was split over; without, the one device
+        # --distribute found (None without --distribute: Keras' default device)
+        "devices": list(placement.devices) or None,
+        "device_count": max(1, len(placement.devices)),
+        "distributed": placement.distributed,
         "train_rows": train_rows,
         "class_names": attrs.class_names,
         "image_shape": attrs.image_shape,
