@@ -15,6 +15,13 @@ copies cost nothing at training time (their cost is the build, reported apart).
 It prints a Markdown table: final and best validation accuracy, final validation loss, final training
 accuracy (mean and sample standard deviation over the seeds), the image-steps run, training wall time,
 the training rate (the median epoch's images/s over training steps only) and the store's build time.
+
+A rerun reuses what --work and --json hold only where everything that shaped it is the same: a store is
+reused when build-aug finds it built from the same images with the same arguments; a run when its train
+options (epochs from --image-steps, --model, --batch-size, seed, the recipe's options), its store's contents,
+its --model file and the Keras backend are. Anything else is refused in one line naming what differs: a
+finished run is never replaced. Each recipe has one name (crop-flip-x0 is originals; modifiers in any order),
+and a recipe or seed given twice is refused rather than counted twice.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from augzarr.errors import OptionError
+from augzarr.storage.local import write_atomic
+from augzarr.trainer.options import TrainOptions
 from augzarr.trainer.report import median_training_rate
 
 BIN = Path(sys.executable).parent
@@ -38,11 +49,25 @@ BIN = Path(sys.executable).parent
 class Recipe:
     copies: int
     policy: str = "crop-flip"
-    train: tuple[str, ...] = field(default=())
+    train: tuple[str, ...] = field(default=())  # train's flags, in MODIFIERS' order
 
     @property
     def store_name(self) -> str:
         return "originals" if self.copies == 0 else f"{self.policy}-x{self.copies}"
+
+    @property
+    def name(self) -> str:
+        """The recipe's one name, under which its runs are filed, saved and shown: every spelling of it gives this one."""
+        options = self.train_options
+        if "keras_augment" in options:
+            return f"keras-{options['keras_augment']}"
+        pairs = set(zip(self.train[::2], self.train[1::2]))
+        return self.store_name + "".join(f"+{m}" for m, option in MODIFIERS.items() if option in pairs)
+
+    @property
+    def train_options(self) -> dict:
+        """The train options as TrainOptions fields: ("--online", "flip,shift") -> {"online": "flip,shift"}."""
+        return {flag[2:].replace("-", "_"): value for flag, value in zip(self.train[::2], self.train[1::2])}
 
 
 # A recipe's name says what it runs: originals or POLICY-xN (build-aug --policy POLICY --copies N), then any
@@ -56,7 +81,8 @@ DEFAULT_RECIPES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "randaugm
 
 
 def parse_recipe(name: str) -> Recipe:
-    """The recipe a name describes; ValueError saying what is wrong with it."""
+    """The recipe a name describes; ValueError saying what is wrong with it. Modifiers may come in any order; each
+    train option is set once (train keeps the last of a repeated option, so +mixup+cutmix would run cutmix alone)."""
     from augzarr.builder.policies import PRESETS
     from augzarr.trainer.options import KERAS_AUGMENTS
 
@@ -64,7 +90,14 @@ def parse_recipe(name: str) -> Recipe:
     unknown = [m for m in modifiers if m not in MODIFIERS]
     if unknown:
         raise ValueError(f"{name}: unknown modifier +{unknown[0]} (use {', '.join('+' + m for m in MODIFIERS)})")
-    train = tuple(part for m in modifiers for part in MODIFIERS[m])
+    setting: dict[str, str] = {}  # train flag -> the modifier that sets it
+    for m in modifiers:
+        flag = MODIFIERS[m][0]
+        if flag in setting:
+            raise ValueError(f"{name}: +{m} is given twice: give it once" if setting[flag] == m else
+                             f"{name}: +{setting[flag]} and +{m} both set train {flag}: keep one")
+        setting[flag] = m
+    train = tuple(part for m in MODIFIERS if m in modifiers for part in MODIFIERS[m])
     if base.startswith("keras-"):
         if base[len("keras-"):] not in KERAS_AUGMENTS or modifiers:
             raise ValueError(f"{name}: the Keras-layer anchors are {', '.join('keras-' + a for a in KERAS_AUGMENTS)}, without modifiers")
@@ -72,34 +105,161 @@ def parse_recipe(name: str) -> Recipe:
     if base == "originals":
         return Recipe(0, train=train)
     policy, _, copies = base.rpartition("-x")
-    if policy not in PRESETS or not copies.isdigit():
+    if policy not in PRESETS or not (copies.isascii() and copies.isdigit()):
         raise ValueError(f"{name}: not originals, keras-AUGMENT or POLICY-xN with POLICY one of {', '.join(PRESETS)}")
-    return Recipe(int(copies), policy, train)
+    # no copies: the policy is never applied, so POLICY-x0 is the originals (and shares their store)
+    return Recipe(int(copies), policy, train) if int(copies) else Recipe(0, train=train)
 
 
-def run(command: list[str]) -> float:
-    """Run one of augzarr's commands; its wall time in seconds. A failure stops the comparison with its error."""
+def parse_recipes(text: str) -> list[Recipe]:
+    """--recipes: each recipe once, whatever it is called (a recipe given twice trained once and counted twice)."""
+    given: dict[str, str] = {}  # the recipe's name -> the name it was given as
+    recipes = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        try:
+            recipe = parse_recipe(name)
+        except ValueError as exc:
+            raise ValueError(f"--recipes {exc}") from None
+        if recipe.name in given:
+            first = given[recipe.name]
+            raise ValueError(f"--recipes: {name} is given twice: give it once" if first == name else
+                             f"--recipes: {first} and {name} are the same recipe ({recipe.name}): give it once")
+        given[recipe.name] = name
+        recipes.append(recipe)
+    if not recipes:
+        raise ValueError("--recipes: give at least one recipe (--list names them)")
+    return recipes
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text}: give whole numbers separated by commas") from None
+    twice = next((seed for i, seed in enumerate(seeds) if seed in seeds[:i]), None)
+    if twice is not None:
+        raise ValueError(f"--seeds {text}: seed {twice} is given twice: give it once")
+    return seeds
+
+
+def run(command: list[str]) -> tuple[float, str | None]:
+    """Run one of augzarr's commands: its wall time in seconds, and the last line of its error when it failed."""
     start = time.perf_counter()
     result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"compare_recipes: {' '.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
-    return time.perf_counter() - start
+    lines = result.stderr.strip().splitlines()
+    error = (lines[-1] if lines else f"exit status {result.returncode}") if result.returncode else None
+    return time.perf_counter() - start, error
 
 
-def build(recipe: Recipe, args, stores: dict) -> tuple[Path, float]:
-    """The recipe's store, built once and shared by the recipes that train on it."""
+def failed(command: list[str], error: str):
+    sys.exit(f"compare_recipes: {' '.join(command)} failed: {error}")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; {} when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class BuiltStore:
+    path: Path
+    seconds: float  # its build time, as the store records it
+    fingerprint: dict
+    train_rows: int
+
+
+def build(recipe: Recipe, args, stores: dict) -> BuiltStore:
+    """The recipe's store, built once and shared by the recipes that train on it. One that --work holds already is
+    reused only when build-aug finds it made from the same images with the same arguments; else refused, never replaced."""
+    from augzarr.store_format import open_store
+
     out = args.work / f"{recipe.store_name}.zarr"
-    if out not in stores:
-        command = ["build-aug", "--source", args.source, "--out", str(out), "--copies", str(recipe.copies), "--policy", recipe.policy,
-                   "--val-fraction", str(args.val_fraction), "--seed", "0", "--preview", "0", "--quiet"]
-        stores[out] = run(command + (["--limit", str(args.limit)] if args.limit else []))
-    return out, stores[out]
+    if out in stores:
+        return stores[out]
+    existed = read_json(out / "zarr.json").get("attributes", {}).get("complete")
+    command = ["build-aug", "--source", args.source, "--out", str(out), "--copies", str(recipe.copies), "--policy", recipe.policy,
+               "--val-fraction", str(args.val_fraction), "--seed", "0", "--preview", "0", "--quiet"]
+    command += ["--limit", str(args.limit)] if args.limit else []
+    wall, error = run(command)
+    if error:
+        # build-aug's error names what differs, then its advice (--overwrite), which is not this command's
+        refused = f"build-aug: error: {out} "
+        if existed and error.startswith(refused) and ": " in error[len(refused):]:
+            sys.exit(f"compare_recipes: --work holds {out}, which {error[len(refused):].rpartition(': ')[0]}: "
+                     f"give another --work, or remove {out} to build it again")
+        failed(command, error)
+    opened = open_store(str(out), check_chunks=False)
+    attrs, rows = opened.attrs, opened.rows("train")
+    if not rows:
+        sys.exit(f"compare_recipes: {out} has no training images: give more images (or a larger --limit, a smaller --val-fraction)")
+    stores[out] = BuiltStore(out, (attrs.built or {}).get("seconds", wall), store_fingerprint(attrs), rows)
+    return stores[out]
 
 
-def train_rows(store: Path) -> int:
-    import zarr
+def store_fingerprint(attrs) -> dict:
+    """The store as run.json records it (trainer/training.py's store_fingerprint, which imports Keras): its build
+    arguments, its source images' content hash and its chunks' CRC-32s."""
+    return {"identity": attrs.identity, "content_hash": attrs.source.content_hash, "chunk_crc32": attrs.chunk_crc32}
 
-    return zarr.open_group(str(store), mode="r")["train/images"].shape[0]
+
+def keras_backend() -> str:
+    """The backend train will run on, found as Keras finds it (KERAS_BACKEND, else keras.json in KERAS_HOME or
+    ~/.keras, else tensorflow) without importing Keras, which takes seconds."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ["KERAS_HOME"] if "KERAS_HOME" in os.environ else \
+        os.path.join(os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp", ".keras")
+    backend = read_json(Path(home).expanduser() / "keras.json").get("backend")
+    return backend if isinstance(backend, str) and backend else "tensorflow"
+
+
+def model_file_sha256(spec: str) -> str | None:
+    """The sha256 of a --model file (PATH.py:FUNCTION, PATH.keras), as run.json records it; None for a built-in."""
+    from augzarr.trainer.own_model import file_sha256, parse_model_spec
+
+    parsed = parse_model_spec(spec)
+    return file_sha256(parsed.path) if parsed is not None and parsed.path.is_file() else None
+
+
+def run_settings(run: dict) -> dict:
+    """What shaped a train run, from its run.json: every train option, its store by content, the --model file, the backend."""
+    # options a run recorded before they existed had their defaults
+    return {"options": {**asdict(TrainOptions()), **run.get("options", {})},
+            "store": run.get("store_fingerprint"), "model_sha256": (run.get("model") or {}).get("sha256"), "backend": run.get("backend")}
+
+
+def shown(value) -> str:
+    return "(none)" if value in ("", None) else str(value)
+
+
+def differences(recorded: dict, wanted: dict, args, same_store_path: bool) -> list[str]:
+    """What differs between the settings a run was made under and this comparison's, by name. A finished run is judged
+    by its store's contents, not its path (--work may have moved); an unfinished one is continued by train only with
+    the very same options."""
+    found = []
+    for key, value in wanted["options"].items():
+        old = recorded["options"].get(key)
+        if old != value and (key != "store" or same_store_path):
+            origin = f" (from --image-steps {args.image_steps})" if key == "epochs" else ""
+            found.append(f"--{key.replace('_', '-')} {shown(old)} -> {shown(value)}{origin}")
+    old_store, store = recorded["store"] or {}, wanted["store"]
+    if old_store.get("content_hash") != store["content_hash"]:
+        found.append("the source images (their content hash)")
+    elif old_store.get("identity") != store["identity"]:
+        from augzarr.builder.build import describe_difference
+
+        found.append(f"the store's build ({describe_difference(old_store.get('identity') or {}, store['identity'])})")
+    elif old_store.get("chunk_crc32") != store["chunk_crc32"]:
+        found.append("the store's images (their CRC-32s)")
+    if recorded["model_sha256"] not in (None, wanted["model_sha256"]):
+        found.append(f"the contents of the --model file {args.model} (its sha256)")
+    if recorded["backend"] not in (None, wanted["backend"]):
+        found.append(f"the Keras backend {recorded['backend']} -> {wanted['backend']}")
+    return found
 
 
 def final_and_best(run_dir: Path) -> dict:
@@ -113,48 +273,103 @@ def final_and_best(run_dir: Path) -> dict:
 
 
 def config_of(args) -> dict:
-    """What makes two runs of a recipe and seed comparable: a results file is reused only under the same."""
+    """The settings a results file is written under; each of its runs records in full what made it ("settings")."""
     return {key: str(getattr(args, key)) for key in ("source", "limit", "image_steps", "val_fraction", "model", "batch_size")}
 
 
 def load_results(args) -> dict:
-    """Finished runs from an earlier --json written under the same configuration, by (recipe, seed)."""
-    if not args.json or not args.json.is_file():
+    """Finished runs of an earlier --json, by (recipe, seed). A file written under other settings is refused, not
+    overwritten: it keeps its runs."""
+    if not args.json or not args.json.exists():
         return {}
-    saved = json.loads(args.json.read_text())
-    if saved.get("config") != config_of(args):
-        print(f"compare_recipes: {args.json} was written under other settings; its runs are not reused", file=sys.stderr)
-        return {}
+    saved = read_json(args.json)
+    if not isinstance(saved.get("runs"), list) or not all(isinstance(r, dict) and {"recipe", "seed"} <= set(r) for r in saved["runs"]):
+        sys.exit(f"compare_recipes: --json {args.json} is not a results file of compare_recipes: give another --json")
+    config = saved.get("config") or {}
+    found = [f"--{key.replace('_', '-')} {config.get(key, '(not recorded)')} -> {value}" for key, value in config_of(args).items()
+             if config.get(key) != value]
+    if found:
+        sys.exit(f"compare_recipes: {args.json} holds runs made under other settings ({'; '.join(found)}): give another --json")
     return {(r["recipe"], r["seed"]): r for r in saved["runs"]}
 
 
+@dataclass
+class PlannedRun:
+    recipe: Recipe
+    seed: int
+    store: BuiltStore
+    run_dir: Path
+    command: list[str]
+    saved: dict | None = None  # the finished run --json holds for it
+    finished: bool = False  # --work holds it, finished
+
+
+def plan(recipe: Recipe, seed: int, store: BuiltStore, saved: dict, args) -> PlannedRun:
+    """Where this recipe and seed's result comes from: the run folder in --work, the --json file, or a run of train
+    (which continues an interrupted run of the same command). Whatever either holds for it must have been made under
+    this comparison's settings, or the comparison stops before training anything, naming what differs."""
+    given = {"store": str(store.path), "epochs": max(1, round(args.image_steps / store.train_rows)), "seed": seed, "model": args.model,
+             "batch_size": args.batch_size, **recipe.train_options}
+    command = ["train", *(part for key, value in given.items() for part in (f"--{key.replace('_', '-')}", str(value)))]
+    wanted = {"options": asdict(TrainOptions(**given)), "store": store.fingerprint, "model_sha256": args.model_sha256,
+              "backend": args.backend}
+    run_dir = args.work / "runs" / f"{recipe.name}-seed{seed}"
+    planned = PlannedRun(recipe, seed, store, run_dir, [*command, "--out", str(run_dir), "--quiet"])
+    run = read_json(run_dir / "run.json")
+    if run:
+        planned.finished = run.get("status") == "complete"
+        found = differences(run_settings(run), wanted, args, same_store_path=not planned.finished)
+        if found:
+            sys.exit(f"compare_recipes: {run_dir} holds a run made under other settings ({'; '.join(found)}): "
+                     "give another --work, or remove that folder to train it again")
+        return planned
+    entry = saved.get((recipe.name, seed))
+    if entry is not None:
+        if not isinstance(entry.get("settings"), dict):
+            sys.exit(f"compare_recipes: {args.json} does not record the settings of its run of {recipe.name} seed {seed} (written before "
+                     "compare_recipes recorded them): rerun with the --work that made it, or give another --json")
+        found = differences(entry["settings"], wanted, args, same_store_path=False)
+        if found:
+            sys.exit(f"compare_recipes: {args.json} holds a run of {recipe.name} seed {seed} made under other settings "
+                     f"({'; '.join(found)}): give another --json")
+        planned.saved = entry
+    return planned
+
+
+def result_of(planned: PlannedRun) -> dict:
+    """A finished run's row of figures, with what made it (its run.json's settings) for a later reuse to check."""
+    run = read_json(planned.run_dir / "run.json")
+    epochs = run["options"]["epochs"]
+    wall = read_json(planned.run_dir / "compare.json").get("train_seconds")  # None: stopped before it was written
+    return {"recipe": planned.recipe.name, "copies": planned.recipe.copies, "seed": planned.seed,
+            "image_steps": epochs * planned.store.train_rows, "epochs": epochs, "train_seconds": wall, "build_seconds": planned.store.seconds, **final_and_best(planned.run_dir),
+            "settings": run_settings(run)}
+
+
 def compare(args) -> list[dict]:
-    stores: dict[Path, float] = {}
     saved = load_results(args)
-    results = []
-    for name in args.recipes:
-        recipe = parse_recipe(name)
-        for seed in args.seeds:
-            if (name, seed) in saved:
-                results.append(saved[(name, seed)])
-                continue
-            store, build_seconds = build(recipe, args, stores)
-            rows = train_rows(store)
-            epochs = max(1, round(args.image_steps / rows))
-            run_dir = args.work / "runs" / f"{name}-seed{seed}"
-            command = ["train", "--store", str(store), "--epochs", str(epochs), "--seed", str(seed), "--model", args.model,
-                       "--batch-size", str(args.batch_size), "--out", str(run_dir), "--quiet", *recipe.train]
-            if (run_dir / "run.json").is_file() and json.loads((run_dir / "run.json").read_text()).get("status") == "complete":
-                wall = json.loads((run_dir / "compare.json").read_text())["train_seconds"]  # a rerun of the comparison keeps finished runs
-            else:
-                wall = run(command)
-                (run_dir / "compare.json").write_text(json.dumps({"train_seconds": wall}))
-            results.append({"recipe": name, "copies": recipe.copies, "seed": seed, "image_steps": epochs * rows, "epochs": epochs,
-                            "train_seconds": wall, "build_seconds": build_seconds, **final_and_best(run_dir)})
-            print(f"{name} seed {seed}: {results[-1]['final_val_accuracy']:.4f} val accuracy, {wall:,.0f} s", file=sys.stderr, flush=True)
-            if args.json:  # after every run, so a long study stopped midway keeps what it finished
-                args.json.write_text(json.dumps({"config": config_of(args), "runs": results + [r for k, r in saved.items() if r not in results]}, indent=1))
-    return results
+    stores: dict[Path, BuiltStore] = {}
+    # every check before any training: a refusal never comes after hours of it
+    plans = [plan(recipe, seed, build(recipe, args, stores), saved, args) for recipe in args.recipes for seed in args.seeds]
+    results: dict[tuple[str, int], dict] = {}
+    for planned in plans:
+        key = (planned.recipe.name, planned.seed)
+        if planned.saved is not None:
+            results[key] = planned.saved
+            continue
+        if not planned.finished:
+            wall, error = run(planned.command)
+            if error:
+                failed(planned.command, error)
+            write_atomic(planned.run_dir / "compare.json", json.dumps({"train_seconds": wall}))
+        results[key] = result_of(planned)
+        wall = results[key]["train_seconds"]
+        print(f"{key[0]} seed {key[1]}: {results[key]['final_val_accuracy']:.4f} val accuracy, "
+              f"{'?' if wall is None else f'{wall:,.0f}'} s", file=sys.stderr, flush=True)
+        if args.json:  # after every run, so a long study stopped midway keeps what it finished
+            runs = [*results.values(), *(r for k, r in saved.items() if k not in results)]
+            write_atomic(args.json, json.dumps({"config": config_of(args), "runs": runs}, indent=1))
+    return list(results.values())
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -217,6 +432,12 @@ def rate(runs: list[dict]) -> str:
     return f"{statistics.median(rates):,.0f}" if rates else "-"
 
 
+def mean_seconds(runs: list[dict]) -> str:
+    """The mean training wall time; '-' when a run's is unknown (it stopped before compare.json was written)."""
+    seconds = [r["train_seconds"] for r in runs]
+    return "-" if None in seconds else f"{statistics.fmean(seconds):,.0f}"
+
+
 def table(results: list[dict]) -> str:
     lines = ["| recipe | runs | final val acc | best val acc | final val loss | final train acc | image-steps | train s | train images/s | build s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -224,7 +445,7 @@ def table(results: list[dict]) -> str:
         runs = [r for r in results if r["recipe"] == name]
         cells = [spread([r[key] for r in runs]) for key in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "final_train_accuracy")]
         lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {runs[0]['image_steps']:,} | "
-                     f"{statistics.fmean(r['train_seconds'] for r in runs):,.0f} | {rate(runs)} | {runs[0]['build_seconds']:,.0f} |")
+                     f"{mean_seconds(runs)} | {rate(runs)} | {runs[0]['build_seconds']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -251,13 +472,16 @@ def main() -> None:
         return
     if not args.source or not args.work:
         parser.error("--source and --work are needed (or --list)")
-    args.recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
-    for name in args.recipes:
-        try:
-            parse_recipe(name)
-        except ValueError as exc:
-            parser.error(f"recipe {exc}")
-    args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    try:  # every option checked before anything is built or trained
+        args.recipes, args.seeds = parse_recipes(args.recipes), parse_seeds(args.seeds)
+        if args.image_steps < 1:
+            raise ValueError("--image-steps must be at least 1")
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                TrainOptions(model=args.model, batch_size=args.batch_size, seed=seed, **recipe.train_options).validate()
+    except (ValueError, OptionError) as exc:
+        sys.exit(f"compare_recipes: {exc}")
+    args.model_sha256, args.backend = model_file_sha256(args.model), keras_backend()
     args.work.mkdir(parents=True, exist_ok=True)
     results = compare(args)
     print(table(results))
