@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,20 +26,20 @@ from augzarr.store_format import OpenStore
 from augzarr.store_format import open_store as _open_checked
 from augzarr.trainer.options import TrainOptions
 
-_B, _T = BuildOptions, TrainOptions  # the one home of each default below: these signatures only name them
 
-
-def build(source: str | os.PathLike = _B.source, out: str | os.PathLike = _B.out, *, label_mode: str | None = _B.label_mode,
-          copies: int = _B.copies, include_original: bool = _B.include_original, policy: str = _B.policy,
-          val_fraction: float = _B.val_fraction, seed: int = _B.seed, chunk_size: int | None = _B.chunk_size,
-          image_size: int | None = _B.image_size, limit: int | None = _B.limit, workers: int | None = _B.workers,
-          overwrite: bool = _B.overwrite, skip_bad: bool = _B.skip_bad, license: str | None = _B.license,
-          provenance: str | None = _B.provenance, scheduler: str | None = _B.scheduler, progress: bool = True,
-          **unknown: Any) -> "Store":
+def build(source: str | os.PathLike = BuildOptions.source, out: str | os.PathLike = BuildOptions.out, *,
+          label_mode: str | None = BuildOptions.label_mode, copies: int = BuildOptions.copies,
+          include_original: bool = BuildOptions.include_original, policy: str = BuildOptions.policy,
+          val_fraction: float = BuildOptions.val_fraction, seed: int = BuildOptions.seed, chunk_size: int | None = BuildOptions.chunk_size,
+          image_size: int | None = BuildOptions.image_size, limit: int | None = BuildOptions.limit,
+          workers: int | None = BuildOptions.workers, overwrite: bool = BuildOptions.overwrite, skip_bad: bool = BuildOptions.skip_bad,
+          license: str | None = BuildOptions.license, provenance: str | None = BuildOptions.provenance,
+          scheduler: str | None = BuildOptions.scheduler, progress: bool = True, **unknown: Any) -> "Store":
     """build-aug as a function: its options as keyword arguments, with its defaults and its checks (the
     reference: README, build-aug). Shows a progress bar unless progress=False; returns the finished store.
     A bad option or input raises augzarr.UserError with the command's one-line message. Previews are not
     written: look at Store.contact_sheet() instead."""
+    # each keyword is named above for an editor to complete; its default and its checks are BuildOptions' (builder/options.py)
     from augzarr.builder.build import build_store
     from augzarr.builder.progress import ConsoleReporter, Reporter
 
@@ -120,8 +119,8 @@ class Store:
         self._check_split(split)
         return self._store.images(split)[:], self._store.labels(split)
 
-    def stream(self, split: str = "train", batch_size: int = _T.batch_size, *, shuffle: bool | None = None, seed: int = _T.seed,
-               online: str = _T.online, buffer_chunks: int = _T.buffer_chunks):
+    def stream(self, split: str = "train", batch_size: int = TrainOptions.batch_size, *, shuffle: bool | None = None,
+               seed: int = TrainOptions.seed, online: str = TrainOptions.online, buffer_chunks: int = TrainOptions.buffer_chunks):
         """A keras.utils.PyDataset of (images uint8, labels int32) batches for model.fit, evaluate or predict,
         on any Keras backend.
 
@@ -139,7 +138,7 @@ class Store:
         if shuffle is not None and not isinstance(shuffle, bool):
             raise OptionError(f"shuffle must be True, False or None, not {shuffle!r}")
         online = "" if online is None else online  # None was the way to say none before
-        buffer_chunks = _T.buffer_chunks if buffer_chunks is None else buffer_chunks
+        buffer_chunks = TrainOptions.buffer_chunks if buffer_chunks is None else buffer_chunks
         checked = check_arguments(TrainOptions, batch_size=batch_size, seed=seed, online=online, buffer_chunks=buffer_chunks)
         shuffle = split == "train" if shuffle is None else shuffle
         if checked["online"] and not shuffle:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import multiprocessing
-import os
 import sys
 import time
 import uuid

@@ -14,8 +14,7 @@ from augzarr.errors import UserError
 from augzarr.options import check_fields, command
 from augzarr.store_format import open_store
 
-from .options import BuildAugOptions, BuildOptions, InspectOptions
-
+from .options import BUILD_AUG, INSPECT_AUG, BuildAugOptions, BuildOptions, InspectOptions
 from .progress import ConsoleReporter, Reporter
 from .summary import format_summary, human_bytes, summarize
 
@@ -23,7 +22,7 @@ build_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, ri
 inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
-@command(build_app, BuildOptions, BuildAugOptions)
+@command(build_app, *BUILD_AUG)
 def build_aug(options: BuildOptions, shown: BuildAugOptions) -> None:
     """Pre-generate augmented copies of every training image into a chunked zarr store."""
     from .build import build_store  # albumentations loads only when building
@@ -85,7 +84,7 @@ def check_writable(preview_dir: Path) -> None:
                         "choose a writable folder for the previews, or pass --preview 0") from None
 
 
-@command(inspect_app, InspectOptions)
+@command(inspect_app, *INSPECT_AUG)
 def inspect_aug(options: InspectOptions) -> None:
     """Summarize a store: counts per split and class, policy, source, size on disk."""
     check_fields(options)

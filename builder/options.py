@@ -107,3 +107,8 @@ class SheetOptions:
     """Store.contact_sheet's arguments (Python only)."""
 
     count: int = option(8, "Training images on the sheet, each original beside its copies.", low=1, high=MAX_PREVIEW, cli=False)
+
+
+# each command's options, in the order --help and the reference table show them
+BUILD_AUG = (BuildOptions, BuildAugOptions)
+INSPECT_AUG = (InspectOptions,)

@@ -4,6 +4,7 @@ reference agree with them."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import subprocess
@@ -17,18 +18,18 @@ import typer
 
 import augzarr
 from augzarr.builder.cli import build_app, inspect_app
-from augzarr.builder.options import BuildAugOptions, BuildOptions, InspectOptions, SheetOptions
+from augzarr.builder.options import BUILD_AUG, INSPECT_AUG, BuildOptions, InspectOptions, SheetOptions
 from augzarr.errors import OptionError
 from augzarr.options import DEFAULT_STORE, check_fields, defaults, markdown_table, option, options_of
 from augzarr.trainer.cli import evaluate_app, train_app
-from augzarr.trainer.options import MODELS, EvaluateOptions, TrainOptions, TrainRunOptions
+from augzarr.trainer.options import EVALUATE, MODELS, TRAIN, TrainOptions
 from conftest import run_cli
 
 COMMANDS = {  # command -> (typer app, the dataclasses its options come from)
-    "build-aug": (build_app, (BuildOptions, BuildAugOptions)),
-    "inspect-aug": (inspect_app, (InspectOptions,)),
-    "train": (train_app, (TrainOptions, TrainRunOptions)),
-    "evaluate": (evaluate_app, (EvaluateOptions,)),
+    "build-aug": (build_app, BUILD_AUG),
+    "inspect-aug": (inspect_app, INSPECT_AUG),
+    "train": (train_app, TRAIN),
+    "evaluate": (evaluate_app, EVALUATE),
 }
 
 
@@ -62,6 +63,8 @@ def test_the_python_api_signatures_agree_with_the_cli_and_the_library():
     library = defaults(BuildOptions)
     assert list(named) == list(library)  # every option of build-aug's library side, in its order, and nothing else
     assert {n: p.default for n, p in named.items()} == library
+    hints = {f.name: f.type for f in dataclasses.fields(BuildOptions)}
+    assert all(named[n].annotation == hints[n] for n in library if n not in ("source", "out")), "a keyword's type differs from its option's"
     cli = cli_params(build_app)
     assert {n: cli[n].default for n in library} == library
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in named.items() if n not in ("source", "out"))
@@ -120,9 +123,9 @@ def test_help_shows_every_default(name):
 
 def test_train_help_names_its_defaults():
     shown = help_of("train")
-    for option, default in [("--epochs", "20"), ("--batch-size", "128"), ("--optimizer", "rmsprop"), ("--lr-schedule", "cosine"),
+    for flag, default in [("--epochs", "20"), ("--batch-size", "128"), ("--optimizer", "rmsprop"), ("--lr-schedule", "cosine"),
                             ("--model", "deep"), ("--seed", "0"), ("--buffer-chunks", "8"), ("--store", "data/aug.zarr")]:
-        assert shown[option].endswith(f"[default: {default}]"), shown[option]
+        assert shown[flag].endswith(f"[default: {default}]"), shown[flag]
     assert shown["--mix-alpha"].endswith("[default: (0.2 for mixup, 1.0 for cutmix)]")
 
 

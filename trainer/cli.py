@@ -12,13 +12,13 @@ import typer
 from augzarr.cli_support import run_app
 from augzarr.options import check_fields, command
 
-from .options import EvaluateOptions, TrainOptions, TrainRunOptions
+from .options import EVALUATE, TRAIN, EvaluateOptions, TrainOptions, TrainRunOptions
 
 train_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 evaluate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
-@command(train_app, TrainOptions, TrainRunOptions)
+@command(train_app, *TRAIN)
 def train(options: TrainOptions, run: TrainRunOptions, given: set[str]) -> None:
     """Stream a store into the CNN, validate every epoch, evaluate, and write a run folder."""
     options.validate()  # at once, before Keras takes seconds to load
@@ -44,7 +44,7 @@ def train(options: TrainOptions, run: TrainRunOptions, given: set[str]) -> None:
     say(f"({result.evaluated_on} split, {metrics['count']:,} images); run folder: {result.run_dir}")
 
 
-@command(evaluate_app, EvaluateOptions)
+@command(evaluate_app, *EVALUATE)
 def evaluate(options: EvaluateOptions) -> None:
     """Loss, accuracy and per-class accuracy of a trained model."""
     from augzarr.errors import one_line

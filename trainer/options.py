@@ -156,3 +156,8 @@ class EvaluateOptions:
             raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part, else its val/ part, else all its images")
         if self.json_out is not None and Path(self.json_out).is_dir():
             raise UserError(f"--json {self.json_out} is a folder; give a file name for the results")
+
+
+# each command's options, in the order --help and the reference table show them
+TRAIN = (TrainOptions, TrainRunOptions)
+EVALUATE = (EvaluateOptions,)
