@@ -13,33 +13,51 @@ use: opening a store needs neither albumentations nor a Keras backend.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+import os
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from augzarr.builder.options import BuildOptions, SheetOptions
+from augzarr.errors import OptionError, UserError
+from augzarr.options import check_arguments, options_of
 from augzarr.store_format import OpenStore
 from augzarr.store_format import open_store as _open_checked
+from augzarr.trainer.options import TrainOptions
 
-DEFAULT_OUT = "data/aug.zarr"
 
-
-def build(source: str = "cifar10", out: str = DEFAULT_OUT, *, progress: bool = True, **options: Any) -> "Store":
-    """build-aug as a function: the same options as keyword arguments with the same defaults (copies=5,
-    policy="crop-flip", val_fraction=0.2, seed=0, workers, overwrite, skip_bad, limit, image_size,
-    scheduler, ...). Shows a progress bar unless progress=False; returns the finished store. A bad option
-    or input raises augzarr.UserError with the command's one-line message. Previews are not written:
-    look at Store.contact_sheet() instead."""
-    from augzarr.builder.build import BuildOptions, build_store
+def build(source: str | os.PathLike = BuildOptions.source, out: str | os.PathLike = BuildOptions.out, *,
+          label_mode: str | None = BuildOptions.label_mode, copies: int = BuildOptions.copies,
+          include_original: bool = BuildOptions.include_original, policy: str = BuildOptions.policy,
+          val_fraction: float = BuildOptions.val_fraction, seed: int = BuildOptions.seed, chunk_size: int | None = BuildOptions.chunk_size,
+          image_size: int | None = BuildOptions.image_size, limit: int | None = BuildOptions.limit,
+          workers: int | None = BuildOptions.workers, overwrite: bool = BuildOptions.overwrite, skip_bad: bool = BuildOptions.skip_bad,
+          license: str | None = BuildOptions.license, provenance: str | None = BuildOptions.provenance,
+          scheduler: str | None = BuildOptions.scheduler, progress: bool = True, **unknown: Any) -> "Store":
+    """build-aug as a function: its options as keyword arguments, with its defaults and its checks (the
+    reference: README, build-aug). Shows a progress bar unless progress=False; returns the finished store.
+    A bad option or input raises augzarr.UserError with the command's one-line message. Previews are not
+    written: look at Store.contact_sheet() instead."""
+    # each keyword is named above for an editor to complete; its default and its checks are BuildOptions' (builder/options.py)
+    from augzarr.builder.build import build_store
     from augzarr.builder.progress import ConsoleReporter, Reporter
-    from augzarr.errors import OptionError
 
-    known = {f.name for f in fields(BuildOptions)} - {"source", "out", "preview_dir"}
-    unknown = sorted(set(options) - known)
+    known = [opt.name for opt in options_of(BuildOptions)]
     if unknown:
-        raise OptionError(f"augzarr.build: unknown option {unknown[0]}; the options are {', '.join(sorted(known))}")
-    build_store(BuildOptions(source=str(source), out=out, **options), ConsoleReporter() if progress else Reporter())
-    return open_store(out)
+        raise OptionError(f"augzarr.build: unknown option {sorted(unknown)[0]}; the options are {', '.join(sorted(known))}")
+    given = {**locals(), "source": fspath(source), "out": fspath(out)}
+    options = BuildOptions(**{name: given[name] for name in known})
+    if not isinstance(progress, bool):
+        raise OptionError(f"progress must be True or False, not {progress!r}")
+    options.validate()
+    build_store(options, ConsoleReporter() if progress else Reporter())
+    return open_store(options.out)
+
+
+def fspath(value: Any) -> Any:
+    """A path object as its text (a source and a store are named by text: a URL is one too); anything else as it is, to be checked."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def open_store(location: str) -> "Store":
@@ -101,8 +119,8 @@ class Store:
         self._check_split(split)
         return self._store.images(split)[:], self._store.labels(split)
 
-    def stream(self, split: str = "train", batch_size: int = 128, *, shuffle: bool | None = None, seed: int = 0,
-               online: str | None = None, buffer_chunks: int | None = None):
+    def stream(self, split: str = "train", batch_size: int = TrainOptions.batch_size, *, shuffle: bool | None = None,
+               seed: int = TrainOptions.seed, online: str = TrainOptions.online, buffer_chunks: int = TrainOptions.buffer_chunks):
         """A keras.utils.PyDataset of (images uint8, labels int32) batches for model.fit, evaluate or predict,
         on any Keras backend.
 
@@ -110,33 +128,35 @@ class Store:
         the same batches), in a new order every epoch: an endless stream, so give fit
         steps_per_epoch=stream.batches_per_epoch (Keras would otherwise shuffle a finite PyDataset's batch
         indices itself, unseeded, reading windows out of order). Other splits come once, in stored order,
-        for validation_data, evaluate and predict. online: train --online's operations, e.g.
-        "flip,shift,erase" (shuffled streams only)."""
-        from augzarr.errors import OptionError
-        from augzarr.trainer.options import DEFAULT_BUFFER_CHUNKS, parse_online
+        for validation_data, evaluate and predict. batch_size, seed, online and buffer_chunks are train's
+        options of those names, checked as train checks them; online: e.g. "flip,shift,erase" (shuffled
+        streams only)."""
+        from augzarr.trainer.options import parse_online
         from augzarr.trainer.stream import StoreStream
 
         self._check_split(split)
+        if shuffle is not None and not isinstance(shuffle, bool):
+            raise OptionError(f"shuffle must be True, False or None, not {shuffle!r}")
+        online = "" if online is None else online  # None was the way to say none before
+        buffer_chunks = TrainOptions.buffer_chunks if buffer_chunks is None else buffer_chunks
+        checked = check_arguments(TrainOptions, batch_size=batch_size, seed=seed, online=online, buffer_chunks=buffer_chunks)
         shuffle = split == "train" if shuffle is None else shuffle
-        if online and not shuffle:
+        if checked["online"] and not shuffle:
             raise OptionError("online operations apply to a shuffled (training) stream: pass shuffle=True, or no online")
-        if batch_size < 1:
-            raise OptionError("batch_size must be at least 1")
-        return StoreStream(self._store, split, batch_size, shuffle, seed=seed, online=parse_online(online) if online else (),
-                           buffer_chunks=buffer_chunks or DEFAULT_BUFFER_CHUNKS)
+        return StoreStream(self._store, split, checked["batch_size"], shuffle, seed=checked["seed"], online=parse_online(checked["online"]),
+                           buffer_chunks=checked["buffer_chunks"])
 
-    def contact_sheet(self, count: int = 8):
+    def contact_sheet(self, count: int = SheetOptions.count):
         """A PIL image: the first `count` training images, each original beside its copies, labelled with its
         class (a notebook shows it inline; .save("sheet.png") keeps it)."""
         from augzarr.builder.preview import contact_sheet, preview_rows, sheet_rows
 
+        count = check_arguments(SheetOptions, count=count)["count"]
         rows = sheet_rows(self._store.group, preview_rows(self._store.group, count))
         if not rows:
-            raise ValueError("the store has no training images to show")
+            raise UserError(f"{self.location} has no training images to show")
         return contact_sheet(rows)
 
     def _check_split(self, split: str) -> None:
-        from augzarr.errors import OptionError
-
         if split not in self.splits:
             raise OptionError(f"{self.location} has no split {split!r}; it has {', '.join(self.splits)}")

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
     store = open_store(args.store)
-    cases = {"stream alone": (), **{f"+ {op}": (op,) for op in ONLINE_OPS}, "+ flip, shift, erase": ONLINE_OPS}
+    cases = {"stream alone": (), **{f"+ {op}": (op,) for op in ONLINE_OPS}, "+ flip, shift, erase": tuple(ONLINE_OPS)}
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for epoch in range(args.epochs):
         for name, ops in cases.items():  # interleaved: a noisy minute hits every case alike

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import multiprocessing
-import os
 import sys
 import time
 import uuid
@@ -36,60 +35,17 @@ from augzarr.user_text import user_text
 
 from .decode import shown
 from .layout import hold_out_validation, plan_rows
+from .options import BuildOptions, default_workers
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
-from .sources import Source, check_label_mode, folder_content_hash, hash_folder_files, open_source, source_splits
+from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
 from .cluster import ClusterStaging, check_canary, check_store_shared, check_versions, cluster_client, run_chunks
 from .staging import STAGE_ROWS, held_temp_folder
 from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
 
 SOURCE_PREFIX = "augzarr-source-"  # this machine's temporary copy of the decoded source, for an object-store build
-MAX_IMAGE_SIZE = 4096
-MAX_COPIES = 10_000
 MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
-WORKERS_PER_CORE = 4
-
-
-@dataclass
-class BuildOptions:
-    source: str = "cifar10"
-    label_mode: str | None = None  # --source cifar100: "fine" (None) or "coarse" labels
-    out: str | Path = "data/aug.zarr"  # a folder, or an object-store URL (s3://bucket/prefix/aug.zarr)
-    copies: int = 5
-    include_original: bool = True
-    policy: str = "crop-flip"  # not the notebook's policy: it trains worse than no augmentation (BENCHMARKS.md)
-    val_fraction: float = 0.2
-    seed: int = 0
-    chunk_size: int | None = None
-    image_size: int | None = None
-    limit: int | None = None
-    workers: int | None = None
-    overwrite: bool = False
-    skip_bad: bool = False
-    license: str | None = None  # --license: the terms the images are under, recorded in the store (user_text)
-    provenance: str | None = None  # --provenance: where they came from, whether the people in them consented
-    preview_dir: Path | None = None  # where the CLI writes previews: never read as images when inside --source
-    scheduler: str | None = None  # a Dask scheduler's address, or "local" (cluster.py); None: this machine's processes
-
-    def validate(self) -> None:
-        checks = [
-            (0 <= self.copies <= MAX_COPIES, f"--copies must be in [0, {MAX_COPIES}]"),
-            (self.copies > 0 or self.include_original, "--copies 0 stores the originals only: it needs --include-original"),
-            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
-            (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
-            (self.chunk_size is None or self.chunk_size >= 1, "--chunk-size must be at least 1"),
-            (self.image_size is None or 1 <= self.image_size <= MAX_IMAGE_SIZE, f"--image-size must be in [1, {MAX_IMAGE_SIZE}]"),
-            (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
-            (self.workers is None or 1 <= self.workers <= max_workers(),
-             f"--workers must be in [1, {max_workers()}] ({WORKERS_PER_CORE} per core on this machine)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
-        user_text(self.license, "--license")
-        user_text(self.provenance, "--provenance")
-        check_label_mode(self.source, self.label_mode)
 
 
 @dataclass
@@ -105,14 +61,6 @@ class BuildResult:
     skipped: list[dict] = field(default_factory=list)  # bad files left out under --skip-bad: file, reason
     layout: str | None = None  # an image folder's layout, as recorded in the store
     warnings: list[str] = field(default_factory=list)  # about the store built: printed after the summary
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def max_workers() -> int:
-    return WORKERS_PER_CORE * default_workers()
 
 
 def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage) -> None:

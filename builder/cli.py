@@ -6,57 +6,36 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from augzarr.cli_support import run_app
-from augzarr.errors import OptionError, UserError
+from augzarr.errors import UserError
+from augzarr.options import check_fields, command
 from augzarr.store_format import open_store
 
+from .options import BUILD_AUG, INSPECT_AUG, BuildAugOptions, BuildOptions, InspectOptions
 from .progress import ConsoleReporter, Reporter
 from .summary import format_summary, human_bytes, summarize
 
-build_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+build_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+inspect_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
-@build_app.command()
-def build_aug(
-    source: str = typer.Option("cifar10", help="'cifar10', 'cifar100', 'mnist' or 'fashion_mnist' (keras.datasets and its cache), the official cifar-10-python.tar.gz or its extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/)."),
-    label_mode: Optional[str] = typer.Option(None, help="--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses); fine when not given."),
-    copies: int = typer.Option(5, help="Augmented copies of each training image (0: the originals only, a baseline)."),
-    include_original: bool = typer.Option(True, "--include-original/--no-include-original", help="Store each original as copy 0."),
-    policy: str = typer.Option("crop-flip", help="Preset: crop-flip (pad 1/8 of the side, random crop, flip), crop-flip-cutout (then a 16x16 grey hole at 32x32), randaugment (2 of 14 operations per copy, then crop-flip; README) or notebook (the notebook's ImageDataGenerator settings, which train worse here: BENCHMARKS.md), or a .json/.yaml file saved with albumentations.save()."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder has its own val/ or valid/."),
-    out: str = typer.Option("data/aug.zarr", help="The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage)."),
-    chunk_size: Optional[int] = typer.Option(None, help="Rows per chunk [default: ~4 MiB of pixels, 1024 at 32x32]."),
-    image_size: Optional[int] = typer.Option(None, help="Resize every image to NxN (needed when image sizes differ)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N training images (for quick trials)."),
-    seed: int = typer.Option(0, help="Seed for the split, the row order and every augmentation."),
-    workers: Optional[int] = typer.Option(None, help="Worker processes [default: all cores]; the store's bytes do not depend on it."),
-    overwrite: bool = typer.Option(False, help="Replace a complete store, or restart an unfinished build with other arguments."),
-    skip_bad: bool = typer.Option(False, help="Leave out images that cannot be read or decoded (listed at the end and in the store's attrs) instead of stopping."),
-    license: Optional[str] = typer.Option(None, "--license", help="The terms the source images are under (a license name, a link), recorded in the store and repeated in every model card trained from it."),
-    provenance: Optional[str] = typer.Option(None, help="Where the images came from and whether the people in them consented, recorded in the store and repeated in every model card trained from it."),
-    preview: int = typer.Option(8, help="Training images to write as previews (0 for none)."),
-    preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
-    quiet: bool = typer.Option(False, help="No progress bar and no summary line."),
-    scheduler: Optional[str] = typer.Option(None, help="Compute the chunks on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' to start one here [default: $AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes]."),
-) -> None:
+@command(build_app, *BUILD_AUG)
+def build_aug(options: BuildOptions, shown: BuildAugOptions) -> None:
     """Pre-generate augmented copies of every training image into a chunked zarr store."""
-    from .build import BuildOptions, build_store  # albumentations loads only when building
+    from .build import build_store  # albumentations loads only when building
     from .cluster import scheduler_address
     from .preview import missing_previews, write_previews
 
-    check_preview_options(preview, preview_dir)
-    reporter = Reporter() if quiet else ConsoleReporter()
-    options = BuildOptions(
-        source=source, label_mode=label_mode, out=out, copies=copies, include_original=include_original, policy=policy,
-        val_fraction=val_fraction, seed=seed, chunk_size=chunk_size, image_size=image_size, limit=limit,
-        workers=workers, overwrite=overwrite, skip_bad=skip_bad, license=license, provenance=provenance, preview_dir=preview_dir if preview else None,
-        scheduler=scheduler_address(scheduler),
-    )
+    options.validate()  # every option before any folder is touched
+    check_fields(shown)
+    check_preview_folder(shown.preview, shown.preview_dir)
+    reporter = Reporter() if shown.quiet else ConsoleReporter()
+    options.preview_dir = shown.preview_dir if shown.preview else None
+    options.scheduler = scheduler_address(options.scheduler)
+    out, preview, preview_dir = options.out, shown.preview, shown.preview_dir
     result = build_store(options, reporter)
     if result.status == "already complete":
         group = open_store(out).group
@@ -85,12 +64,8 @@ def build_aug(
         reporter.warning(warning)
 
 
-MAX_PREVIEW = 256  # rows of the contact sheet
-
-
-def check_preview_options(preview: int, preview_dir: Path) -> None:
-    if not 0 <= preview <= MAX_PREVIEW:
-        raise OptionError(f"--preview must be in [0, {MAX_PREVIEW}]")
+def check_preview_folder(preview: int, preview_dir: Path) -> None:
+    """A folder the previews can be written to, before any work."""
     if preview and preview_dir.exists() and not preview_dir.is_dir():
         raise UserError(f"--preview-dir {preview_dir} is a file; give a folder for the previews")
     if preview:
@@ -109,17 +84,13 @@ def check_writable(preview_dir: Path) -> None:
                         "choose a writable folder for the previews, or pass --preview 0") from None
 
 
-@inspect_app.command()
-def inspect_aug(
-    store: str = typer.Option("data/aug.zarr", help="The store to describe: a folder or an object-store URL."),
-    preview: int = typer.Option(0, help="Also write previews of this many training images."),
-    preview_dir: Path = typer.Option(Path("preview"), help="Where previews go."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    verify: bool = typer.Option(False, help="Read every chunk back and check it against the checksums recorded at build time."),
-) -> None:
+@command(inspect_app, *INSPECT_AUG)
+def inspect_aug(options: InspectOptions) -> None:
     """Summarize a store: counts per split and class, policy, source, size on disk."""
-    check_preview_options(preview, preview_dir)
-    if verify:
+    check_fields(options)
+    check_preview_folder(options.preview, options.preview_dir)
+    store, preview, preview_dir = options.store, options.preview, options.preview_dir
+    if options.verify:
         from .verify import verify_store
 
         opened = open_store(store, check_chunks=False)  # verify_store reports damaged chunks itself, with the rest
@@ -133,7 +104,7 @@ def inspect_aug(
         return
     opened = open_store(store)
     summary = summarize(opened)
-    print(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    print(json.dumps(summary, indent=2) if options.as_json else format_summary(summary))
     if preview > 0:
         from .preview import write_previews
 

@@ -54,8 +54,12 @@ def built(result: subprocess.CompletedProcess, store: Path, check: Callable[[dic
     return "store", ok, verified.stdout.strip()[-200:] or verified.stderr.strip()[-200:]
 
 
+BUILD_DEFAULTS = {"--copies": "1", "--preview": "0", "--workers": "1"}  # unless a case gives its own: an option is given once
+
+
 def build(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return cli("build-aug", "--source", str(source), "--out", str(out), "--copies", "1", "--preview", "0", "--workers", "1", "--quiet", *extra)
+    defaults = [word for flag, value in BUILD_DEFAULTS.items() if flag not in extra for word in (flag, value)]
+    return cli("build-aug", "--source", str(source), "--out", str(out), *defaults, "--quiet", *extra)
 
 
 # -- layouts --------------------------------------------------------------------------------------------

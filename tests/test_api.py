@@ -3,6 +3,7 @@ images and run the command a user would compare with)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -72,6 +73,50 @@ def test_bad_options_raise_the_commands_one_line(images, tmp_path):
     with pytest.raises(augzarr.UserError, match="--copies must be in"):
         augzarr.build(str(images), out=str(tmp_path / "b.zarr"), copies=-1, progress=False)
     assert not (tmp_path / "b.zarr").exists()
+
+
+@pytest.mark.parametrize("options, message", [  # issue #21 point 8: each was a raw exception, or accepted
+    ({"copies": 2.7}, "--copies must be a whole number, not 2.7 (a float)"),
+    ({"copies": "2"}, "--copies must be a whole number, not '2' (a str)"),
+    ({"val_fraction": "0.3"}, "--val-fraction must be a number, not '0.3' (a str)"),
+    ({"policy": {"transform": {"__class_fullname__": "HorizontalFlip"}}}, "--policy must be a string, not a dict"),
+    ({"copies": True}, "--copies must be a whole number, not True (a bool)"),
+    ({"limit": 0}, "--limit must be at least 1"),
+    ({"progress": "no"}, "progress must be True or False, not 'no'"),
+])
+def test_build_refuses_a_wrong_type_in_one_line_naming_the_argument(options, message, images, tmp_path):
+    with pytest.raises(augzarr.UserError) as raised:
+        augzarr.build(str(images), out=str(tmp_path / "a.zarr"), **{"progress": False, **options})
+    assert str(raised.value) == message
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_build_takes_paths_and_numpy_numbers(images, tmp_path):
+    built = augzarr.build(images, out=tmp_path / "a.zarr", progress=False, copies=np.int64(1), chunk_size=np.int32(8), seed=3)
+    assert built.provenance["copies"] == 1 and built.location == str(tmp_path / "a.zarr")
+
+
+def test_the_arguments_of_build_are_named_in_its_signature_for_an_editor():
+    parameters = inspect.signature(augzarr.build).parameters
+    assert {"copies", "policy", "val_fraction", "seed", "workers", "overwrite", "skip_bad", "license", "scheduler"} <= set(parameters)
+    assert parameters["copies"].default == 5 and parameters["policy"].default == "crop-flip"
+
+
+@pytest.mark.parametrize("call, message", [  # issue #21 point 8: the stream and the sheet check as train and inspect-aug do
+    (lambda s: s.stream(online="bogus"), "--online: unknown online operation bogus: choose from flip, shift, erase"),
+    (lambda s: s.stream(buffer_chunks=0), "--buffer-chunks must be at least 1"),
+    (lambda s: s.stream(batch_size=0), "--batch-size must be in [1, 65536]"),
+    (lambda s: s.stream(batch_size="8"), "--batch-size must be a whole number, not '8' (a str)"),
+    (lambda s: s.stream(seed=-1), "--seed must be in [0, 2**32)"),
+    (lambda s: s.stream(shuffle="yes"), "shuffle must be True, False or None, not 'yes'"),
+    (lambda s: s.contact_sheet(count=0), "count must be in [1, 256]"),
+    (lambda s: s.contact_sheet(count=-1), "count must be in [1, 256]"),
+    (lambda s: s.contact_sheet(count=2.5), "count must be a whole number, not 2.5 (a float)"),
+])
+def test_stream_and_contact_sheet_refuse_bad_arguments_in_one_line(store, call, message):
+    with pytest.raises(augzarr.UserError) as raised:
+        call(store)
+    assert str(raised.value) == message
 
 
 def test_the_training_stream_serves_every_row_once_an_epoch_in_a_new_order_each_epoch(store):

@@ -252,7 +252,7 @@ def test_a_live_run_refuses_a_second_writer_at_once(trained, tmp_path):
             time.sleep(0.05)
         refusal = f"train: error: another train is writing {live} right now: wait for it to finish, or stop it (then train --resume --out {live} continues it)"
         for args in (command,  # the same command again
-                     [*command[:-2], "--out", str(live), "--epochs", "3"],  # other options into the same folder
+                     [*command[:-2], "--out", str(live), "--optimizer", "adam"],  # other options into the same folder
                      ["--resume", "--out", str(live)]):
             result = run_cli("train", *args, cwd=tmp_path)
             assert result.returncode == 1 and result.stderr.strip() == refusal, (args, result.stderr)

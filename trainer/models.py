@@ -8,6 +8,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .options import MODELS
+
 
 def keras_augment_layers(name: str, seed: int) -> list:
     """train --keras-augment: online augmentation with Keras 3's own preprocessing layers, the anchor a
@@ -68,4 +70,8 @@ def deep(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> ke
 
 
 def build_model(name: str, image_shape: tuple[int, int, int], n_classes: int, keras_augment: str = "", seed: int = 0) -> keras.Model:
-    return {"deep": deep, "shallow": shallow}[name](tuple(image_shape), n_classes, keras_augment_layers(keras_augment, seed))
+    """name: one of options.MODELS."""
+    return BUILT_IN[name](tuple(image_shape), n_classes, keras_augment_layers(keras_augment, seed))
+
+
+BUILT_IN = {name: globals()[name] for name in MODELS}  # each built-in model is the function of its name above

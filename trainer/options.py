@@ -1,23 +1,30 @@
-"""train's options and their limits. Imports no Keras, so a bad option is refused at once."""
+"""train's and evaluate's options, each written once (augzarr/options.py says how): the commands, the Python
+API (Store.stream) and the docs' reference come from here. Imports no Keras, so a bad option is refused at once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from augzarr.errors import OptionError
+from augzarr.errors import OptionError, UserError
+from augzarr.options import DEFAULT_STORE, REQUIRED, check_fields, option
+from augzarr.user_text import user_text
 
-MODELS = ("deep", "shallow")  # built-in (models.py); besides them --model takes PATH.py:FUNCTION or PATH.keras (own_model.py)
-KERAS_AUGMENTS = ("crop-flip", "randaugment")  # models.keras_augment_layers builds them
+# The names' one homes: each maps a name to what it is, for the help and the docs
+MODELS = {"deep": "the notebook's second network", "shallow": "its first"}  # models.py builds each by the function of its name
+KERAS_AUGMENTS = {  # models.keras_augment_layers builds them
+    "crop-flip": "RandomTranslation by up to 1/8 of the side and RandomFlip", "randaugment": "keras.layers.RandAugment, then those"}
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = {"constant": "the notebook's fixed rate", "cosine": "the rate decays to 0 over the run"}
+ONLINE_OPS = {  # train --online (online.py); applied in this order, whatever order given
+    "flip": "mirror half the images", "shift": "up to 1/8 of the side", "erase": "cutout of a quarter of the side"}
+DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # train --mix (mixing.py), each with its Beta(alpha, alpha) default as Keras' layers have
+MIXES = tuple(DEFAULT_ALPHA)
 DEFAULT_BUFFER_CHUNKS = 8
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_MIX_ALPHA = 100.0
-ONLINE_OPS = ("flip", "shift", "erase")  # train --online (online.py); applied in this order, whatever order given
-MIXES = ("mixup", "cutmix")  # train --mix (mixing.py)
-DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # as Keras' MixUp and CutMix layers default
 
 
 def parse_online(spec: str) -> tuple[str, ...]:
@@ -29,53 +36,62 @@ def parse_online(spec: str) -> tuple[str, ...]:
     return tuple(op for op in ONLINE_OPS if op in names)
 
 
+def check_online(spec: str, label: str) -> None:
+    try:
+        parse_online(spec)
+    except ValueError as exc:
+        raise OptionError(f"{label}: {exc}") from None
+
+
+def batch_size_option(default: int, help: str) -> int:
+    return option(default, help, low=1, high=MAX_BATCH)
+
+
 @dataclass
 class TrainOptions:
-    store: str = "data/aug.zarr"
-    model: str = "deep"
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "rmsprop"
-    learning_rate: float | None = None  # None: the optimizer's Keras default
-    lr_schedule: str = "cosine"  # decay to 0 over the run's steps (BENCHMARKS.md: +5.7 points at the end); or "constant"
-    seed: int = 0
-    buffer_chunks: int = DEFAULT_BUFFER_CHUNKS
-    online: str = ""  # train --online: comma-separated ops of online.ONLINE_OPS, "" for none
-    mix: str = ""  # train --mix: one of mixing.MIXES, "" for none
-    mix_alpha: float | None = None  # None: mixing.DEFAULT_ALPHA of the mix
-    keras_augment: str = ""  # train --keras-augment: Keras preprocessing layers in the model, "" for none
-    distribute: bool = False  # train --distribute: data-parallel over the local devices (distribute.py)
-    devices: str = ""  # with --distribute: comma-separated device names, "" for every local accelerator
-    tensorboard: bool = False  # train --tensorboard: TensorBoard logs in <run>/tensorboard (tensorboard_logs.py)
+    """What shapes a run: train's options, recorded in run.json (a resume may change --epochs only)."""
+
+    store: str = option(DEFAULT_STORE, "The augzarr store to train from: a folder or an object-store URL (s3://...).")
+    model: str = option(
+        "deep", "A built-in network, {choices}; or your own: PATH.py:FUNCTION (FUNCTION(image_shape, n_classes) returns a Keras "
+        "model) or PATH.keras (a saved model that fits the store).", choices=MODELS, strict=False)  # validate_model checks it
+    epochs: int = option(20, "Passes over the store's training rows.", low=1, high=MAX_EPOCHS)
+    batch_size: int = batch_size_option(128, "Images per step.")
+    optimizer: str = option("rmsprop", "One of {choices}.", choices=OPTIMIZER_NAMES)
+    learning_rate: float | None = option(
+        None, "The optimizer's learning rate (its start, under --lr-schedule cosine).", low=0, low_open=True, high=MAX_LEARNING_RATE,
+        default_text="the optimizer's Keras default: 0.001 for rmsprop and adam, 0.01 for sgd")
+    lr_schedule: str = option(  # cosine: +5.7 points at the end (BENCHMARKS.md)
+        "cosine", "One of {choices}.", choices=LR_SCHEDULES)
+    seed: int = option(0, "Seeds weights, dropout and the stream's order.", low=0, high=2**32, high_open=True, high_text="2**32")
+    buffer_chunks: int = option(DEFAULT_BUFFER_CHUNKS, "Chunks shuffled together in the stream.", low=1)
+    online: str = option(
+        "", "Random operations on each training batch as it is streamed, comma-separated, of {choices}.", choices=ONLINE_OPS,
+        strict=False, check=check_online)
+    mix: str = option("", "Mix each training batch with a shuffled copy of itself, labels made soft: {choices}.", choices=MIXES)
+    mix_alpha: float | None = option(
+        None, "The mix's Beta(alpha, alpha) parameter.", low=0, low_open=True, high=MAX_MIX_ALPHA,
+        default_text=", ".join(f"{alpha} for {mix}" for mix, alpha in DEFAULT_ALPHA.items()))
+    keras_augment: str = option(
+        "", "Online augmentation by Keras preprocessing layers in the model (the usual alternative to stored copies): {choices}.",
+        choices=KERAS_AUGMENTS)
+    distribute: bool = option(  # distribute.py
+        False, "Train data-parallel over every local accelerator (MirroredStrategy on TensorFlow, DataParallel on JAX); "
+        "--batch-size is then the global batch.", flags=("--distribute/--no-distribute",))
+    devices: str = option(
+        "", "With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them).",
+        default_text="every accelerator, else every CPU device")
+    tensorboard: bool = option(  # tensorboard_logs.py
+        False, "Write TensorBoard logs into RUN/tensorboard: loss, accuracy and learning rate per epoch, and a few training "
+        "images as streamed.", flags=("--tensorboard/--no-tensorboard",))
 
     def validate(self) -> None:
-        checks = [
-            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be in [1, {MAX_EPOCHS}]"),
-            (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be in [1, {MAX_BATCH}]"),
-            (self.optimizer in OPTIMIZER_NAMES, f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
-            (self.learning_rate is None or 0 < self.learning_rate <= MAX_LEARNING_RATE, f"--learning-rate must be in (0, {MAX_LEARNING_RATE}]"),
-            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (0 <= self.seed < 2**32, "--seed must be in [0, 2**32)"),
-            (self.buffer_chunks >= 1, "--buffer-chunks must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
+        check_fields(self)
         self.validate_model()
         if self.devices and not self.distribute:
             raise OptionError("--devices needs --distribute")
-        if self.keras_augment not in ("", *KERAS_AUGMENTS):
-            raise OptionError(f"--keras-augment must be one of {', '.join(KERAS_AUGMENTS)}")
-        if self.mix not in ("", *MIXES):
-            raise OptionError(f"--mix must be one of {', '.join(MIXES)}")
-        if self.mix_alpha is not None and not (0 < self.mix_alpha <= MAX_MIX_ALPHA):
-            raise OptionError(f"--mix-alpha must be in (0, {MAX_MIX_ALPHA}]")
         if self.mix_alpha is not None and not self.mix:
             raise OptionError("--mix-alpha needs --mix mixup or --mix cutmix")
-        try:
-            parse_online(self.online)
-        except ValueError as exc:
-            raise OptionError(f"--online: {exc}") from None
 
     def validate_model(self) -> None:
         """A built-in name, or the syntax of PATH.py:FUNCTION or PATH.keras (the file itself is read when train builds the model)."""
@@ -113,3 +129,44 @@ class TrainOptions:
     def alpha(self) -> float | None:
         """The mix's alpha, its default when not given; None without --mix."""
         return (self.mix_alpha if self.mix_alpha is not None else DEFAULT_ALPHA[self.mix]) if self.mix else None
+
+
+@dataclass
+class TrainRunOptions:
+    """What train does besides the run's settings: where the run goes, and what it says."""
+
+    out: Path | None = option(
+        None, "Run folder.", default_text="runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing")
+    resume: bool = option(False, "Continue an interrupted run from its last finished epoch.")
+    quiet: bool = option(False, "No per-epoch progress.")
+    intended_use: str | None = option(
+        None, "What the model is for and what it must not be used for, in your words: the model card's 'Intended use and "
+        "out-of-scope uses' section.", check=user_text, default_text="a placeholder saying it was not given")
+
+
+@dataclass
+class EvaluateOptions:
+    """evaluate's options."""
+
+    model: Path = option(REQUIRED, "A finished run folder (train --out).")
+    store: str | None = option(None, "Evaluate on this store's test split (val when it has none): a folder or an object-store URL.")
+    source: Path | None = option(None, "Or on an image folder DIR/<class>/<image> with the model's classes.")
+    split: str | None = option(None, "With --store: one of {choices}.", choices=("test", "val"), default_text="test, else val")
+    batch_size: int = batch_size_option(256, "Images per prediction step.")
+    json_out: Path | None = option(
+        None, "Also write the results to this JSON file, with a reliability diagram and a grid of the most confident mistakes "
+        "beside it (NAME-reliability.png, NAME-mistakes.png).", flags=("--json",))
+
+    def validate(self) -> None:
+        check_fields(self)
+        if (self.store is None) == (self.source is None):
+            raise OptionError("give exactly one of --store PATH or --source DIR")
+        if self.split is not None and self.source is not None:
+            raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part, else its val/ part, else all its images")
+        if self.json_out is not None and Path(self.json_out).is_dir():
+            raise UserError(f"--json {self.json_out} is a folder; give a file name for the results")
+
+
+# each command's options, in the order --help and the reference table show them
+TRAIN = (TrainOptions, TrainRunOptions)
+EVALUATE = (EvaluateOptions,)
