@@ -172,7 +172,7 @@ def test_verify_finds_a_flipped_byte_in_an_object(s3, images):
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     found, verdict = verify.stderr.strip().splitlines()
     assert found == f"damaged: train chunk 2 ({s3['url']}/{key}) does not match its checksum from the build"
-    assert verdict.startswith(f"inspect-aug: error: store {s3['url']} failed verification (1 problems above)")
+    assert verdict.startswith(f"inspect-aug: error: store {s3['url']} failed verification (1 problem above)")
 
 
 def test_transient_errors_are_retried_not_surfaced(s3, images, server, tmp_path):

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from augzarr.cli_support import run_app
+from augzarr.wording import count
 
 from .options import MAX_BATCH
 
@@ -69,7 +70,7 @@ def train(
     # the notebook's two lines, always printed
     print(f"Test score: {metrics['loss']:.4f}")
     print(f"Test accuracy: {metrics['accuracy']:.4f}")
-    say(f"({result.evaluated_on} split, {metrics['count']:,} images); run folder: {result.run_dir}")
+    say(f"({result.evaluated_on} split, {count(metrics['count'], 'image')}); run folder: {result.run_dir}")
 
 
 @evaluate_app.command()
@@ -95,19 +96,19 @@ def evaluate(
     if json_out is not None and json_out.is_dir():
         raise UserError(f"--json {json_out} is a folder; give a file name for the results")
     import_keras_quietly()
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, write_reports
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, training_note, training_warning, write_reports
 
     if store is not None:
         metrics, mistake_images = evaluate_on_store(model, store, split, batch_size)
     else:
         metrics, mistake_images = evaluate_on_folder(model, source, batch_size)
-    print(f"{metrics['model']} on {metrics['data']}, {metrics['count']:,} images")
+    print(f"{metrics['model']} on {metrics['data']}, {count(metrics['count'], 'image')}")
     if resize_note(metrics):
         print(resize_note(metrics))
-    if metrics.get("training_source"):
-        print("warning: " + one_line(f"--source {source} holds the images the model's store was built from (same folder or content hash): "
-              "most of them were trained on, so this is not a held-out score; use --store with its val or test split, or unseen images"),
-              file=sys.stderr)
+    if training_warning(metrics, source):
+        print("warning: " + one_line(training_warning(metrics, source)), file=sys.stderr)
+    if training_note(metrics):
+        print(one_line(training_note(metrics)), file=sys.stderr)
     print(format_metrics(metrics))
     if json_out is not None:
         written = write_reports(metrics, json_out, mistake_images)
