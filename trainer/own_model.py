@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from augzarr.errors import UserError
-from augzarr.wording import article, listed
+from augzarr.wording import SHOWN_LINES, article, listed
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def call_model_function(spec: ModelSpec, image_shape: tuple[int, ...], n_classes
     if function is None:
         defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == module.__name__)
         raise UserError(f"--model {spec.spec}: {spec.path} has no function {spec.function}"
-                        + (f" (it defines {listed(defined)})" if defined else ""))
+                        + (f" (it defines {listed(defined, limit=SHOWN_LINES)})" if defined else ""))
     if not callable(function):
         raise UserError(f"--model {spec.spec}: {spec.function} in {spec.path} is {article(type(function).__name__)}, not a function")
     call = f"{spec.function}({tuple(image_shape)}, {n_classes})"
