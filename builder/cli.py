@@ -63,8 +63,7 @@ def build_aug(
         group = open_store(out).group
         if preview and missing_previews(group, preview, preview_dir):  # deleted since, or a build stopped before writing them
             written = write_previews(group, preview, preview_dir)
-            reporter.message(f"{result.out} is already complete with these arguments; its previews were missing: "
-                             f"wrote {count(len(written), 'preview')} in {preview_dir}/")
+            reporter.message(f"{result.out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/")
         else:
             reporter.message(f"{result.out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
         return
