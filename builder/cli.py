@@ -132,7 +132,8 @@ def inspect_aug(
             print(f"damaged: {problem}", file=sys.stderr)
         if problems:
             shown = " above" if len(problems) <= SHOWN_LINES else f", the first {SHOWN_LINES} above"
-            raise UserError(f"store {store} failed verification ({count(len(problems), 'problem')}{shown}); rebuild it with build-aug --overwrite")
+            raise UserError(f"store {store} failed verification ({count(len(problems), 'problem')}{shown}); "
+                            "rebuild it with build-aug --overwrite")
         rows_note = "" if opened.attrs.array_crc32 is not None else " (no per-row array checksums recorded in this store)"
         print(f"verified {opened.location}: all {count(checked, 'image chunk')} and the per-row arrays match the checksums recorded at build time{rows_note}")
         return

@@ -13,7 +13,8 @@ import numpy as np
 from augzarr.errors import UserError
 from augzarr.wording import count, listed
 from augzarr.storage.local import write_atomic
-from augzarr.store_format import open_store
+from augzarr.storage import open_storage
+from augzarr.store_format import digest_keys, open_store, read_raw_attrs, train_file_digests
 
 from .metrics import evaluate_arrays, evaluate_stream, stored_images
 from .own_model import before_checkpoint_load
@@ -116,9 +117,6 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
 def training_images(run: dict, digests: list[str]) -> dict:
     """How many of the evaluated files (their sha256 digests) the model's store has in train/: "count" None
     when that cannot be told (the store is gone, has changed, or predates the record), with the reason."""
-    from augzarr.storage import open_storage
-    from augzarr.store_format import digest_keys, read_raw_attrs, train_file_digests
-
     location = run.get("options", {}).get("store")
     result = {"count": None, "of": len(digests), "store": location, "unknown_because": None}
     if not location:
@@ -131,11 +129,13 @@ def training_images(run: dict, digests: list[str]) -> dict:
     fingerprint = run.get("store_fingerprint", {})
     if raw is None:
         return {**result, "unknown_because": f"its store {location} is not there"}
-    if (raw.get("source") or {}).get("content_hash") != fingerprint.get("content_hash") or raw.get("identity") != fingerprint.get("identity"):
+    same = ((raw.get("source") or {}).get("content_hash"), raw.get("identity")) == (fingerprint.get("content_hash"), fingerprint.get("identity"))
+    if not same:
         return {**result, "unknown_because": f"{location} is no longer the store it was trained from"}
     trained = train_file_digests(storage)
     if trained is None:
-        return {**result, "unknown_because": f"its store {location} does not record its training files (built from arrays, or by an older augzarr)"}
+        return {**result, "unknown_because": f"its store {location} does not record its training files "
+                                             "(built from arrays, or by an older augzarr)"}
     return {**result, "count": sum(key in trained for key in digest_keys(digests))}
 
 

@@ -352,7 +352,8 @@ class ObjectStorage(Storage):
         now, expires = time.time(), current.get("expires", 0)
         running = " (running on this machine)" if holder_here(current.get("process")) == "running" else ""
         renewed = current.get("renewed")
-        last = f"last renewed its lease {now - renewed:.0f} s ago ({clock(renewed)})" if isinstance(renewed, (int, float)) else "holds its lease"
+        last = (f"last renewed its lease {now - renewed:.0f} s ago ({clock(renewed)})" if isinstance(renewed, (int, float))
+                else "holds its lease")
         return (f"{self.location} is locked by the build of {current.get('owner', 'another build-aug')}{running}, which {last}; "
                 f"the lease expires in {max(0, expires - now):.0f} s ({clock(expires)}) unless renewed again: wait for that build "
                 "to finish, or stop it, then run this again")
