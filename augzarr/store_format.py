@@ -5,7 +5,9 @@ What a store is
   images (uint8 [n, H, W, C], raw chunks: zarr's lone 'bytes' codec), labels (uint8, int32 past
   256 classes), source_index (int32) and copy_index (int16), chunked along the sample axis. A
   split's images are chunked with min(chunk_rows, its rows): readers take each array's own chunk
-  shape. The group's attributes are StoreAttrs below, field for field.
+  shape. The group's attributes are StoreAttrs below, field for field. The train/ group's attributes
+  may hold TRAIN_FILE_DIGESTS (image folders, stores built since it was added): which source files
+  the training rows were made from, so evaluate --source can tell training images by their content.
 
 How a build commits (what "complete" means), in this order
   1. .build/build.json (the arguments: the build's identity) claims the location;
@@ -23,6 +25,7 @@ Importing this module changes no global setting (no zarr config, no OpenCV, no a
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import zlib
@@ -33,6 +36,7 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import Storage, open_storage
+from augzarr.wording import count
 
 FORMAT_NAME = "augzarr"
 FORMAT_VERSION = 1
@@ -51,6 +55,10 @@ BUILD_JSON = f"{BUILD_DIR}/build.json"
 SKELETON_DONE = f"{BUILD_DIR}/skeleton"
 MARKERS = f"{BUILD_DIR}/chunks/"
 KEEP_WHEN_CLAIMING = {BUILD_DIR, ".lock"}  # top-level entries a fresh claim leaves: its own state and the lease
+# train/'s attribute: the first DIGEST_BYTES of the sha256 of each source file with rows in train/, sorted, as one
+# base64 string (50,000 files: 533 kB); two different files share those 8 bytes with a chance of ~1 in 10^19
+TRAIN_FILE_DIGESTS = "file_digests"
+DIGEST_BYTES = 8
 
 
 @dataclass
@@ -176,7 +184,7 @@ def open_group(storage: Storage, mode: str = "r") -> zarr.Group:
 # -- writing (the builder) --------------------------------------------------------------------------
 
 def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...], n_classes: int, chunk_rows: int,
-                    attrs: StoreAttrs) -> None:
+                    attrs: StoreAttrs, train_file_digests: str | None = None) -> None:
     """Step 2: the group, every array, and the small per-row arrays. Images come later, chunk by chunk."""
     root = open_group(storage, mode="a")
     root.attrs.put({**attrs.to_json(), "complete": False})
@@ -184,6 +192,8 @@ def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...]
     config = {"write_empty_chunks": True}
     for name, rows in splits.items():
         group = root.require_group(name)
+        if name == "train" and train_file_digests is not None:
+            group.attrs.put({TRAIN_FILE_DIGESTS: train_file_digests})
         n = len(rows)
         # per-row arrays are tiny: few big chunks (one object each) rather than one per image chunk
         common = {"chunks": (max(1, min(n, SMALL_ARRAY_CHUNK)),), "overwrite": True, "config": config}
@@ -191,6 +201,30 @@ def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...]
                            dtype="uint8", compressors=None, fill_value=0, overwrite=True, config=config)  # IMAGE_CODEC
         for array in ROW_ARRAYS:
             group.create_array(array, shape=(n,), dtype=row_dtype(array, n_classes), **common)[:] = getattr(rows, array)
+
+
+def digest_set(hex_digests) -> str:
+    """The TRAIN_FILE_DIGESTS form of these sha256 hex digests (each file's, as build-aug computes it)."""
+    keys = sorted({bytes.fromhex(d[:2 * DIGEST_BYTES]) for d in hex_digests})
+    return base64.b64encode(b"".join(keys)).decode("ascii")
+
+
+def digest_keys(hex_digests) -> list[bytes]:
+    """What digest_set keeps of each digest, in order: to look files up in a recorded set."""
+    return [bytes.fromhex(d[:2 * DIGEST_BYTES]) for d in hex_digests]
+
+
+def train_file_digests(storage: Storage) -> set[bytes] | None:
+    """The set recorded in train/'s attributes, or None for a store that has none (an array source, or built
+    before it was recorded) or whose record cannot be read."""
+    try:
+        encoded = storage.read_json(f"train/{ROOT_METADATA}").get("attributes", {}).get(TRAIN_FILE_DIGESTS)
+        raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+    except (KeyError, ValueError, AttributeError):
+        return None
+    if raw is None or len(raw) % DIGEST_BYTES:
+        return None
+    return {raw[i:i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)}
 
 
 def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
@@ -293,6 +327,8 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     where = storage.location
     if not storage.exists():
         raise UserError(f"store {where} does not exist: build one with build-aug --out {where}")
+    if storage.local_path() is not None and storage.local_path().is_file():
+        raise UserError(f"{where} is a file, not an augzarr store (a store is a folder): give the store's folder, as build-aug --out made it")
     raw = read_raw_attrs(storage)
     if raw is None or raw.get("format") != FORMAT_NAME:
         if storage.has(BUILD_JSON):  # a build that stopped before it wrote the group
@@ -388,7 +424,7 @@ def row_array_problems(store: OpenStore) -> list[str]:
             elif name == "labels" and len(data) and int(data.min()) < 0:
                 problems.append(f"{key} hold label {int(data.min())}, below 0")
             elif name == "labels" and len(data) and int(data.max()) >= n_classes:
-                problems.append(f"{key} go up to {int(data.max())}, but the attributes name {n_classes} classes")
+                problems.append(f"{key} go up to {int(data.max())}, but the attributes name {count(n_classes, 'class')}")
     return problems
 
 
@@ -424,7 +460,7 @@ def chunk_problems(store: OpenStore) -> list[tuple[str, str]]:
             if size is None:
                 problems.append((key, f"chunk file {store.storage.where(key)} is missing"))
             elif size != expected:
-                problems.append((key, f"chunk file {store.storage.where(key)} has {size:,} bytes, not {expected:,}"))
+                problems.append((key, f"chunk file {store.storage.where(key)} has {count(size, 'byte')}, not {expected:,}"))
     return problems
 
 
@@ -441,7 +477,7 @@ def read_chunks(storage: Storage, array: zarr.Array, chunks: list[int], outs: li
                         "check it with inspect-aug --verify") from None
     for key, size in zip(keys, sizes):
         if size != expected:
-            raise UserError(f"chunk file {storage.where(key)} has {size:,} bytes where {expected:,} were expected: the store "
+            raise UserError(f"chunk file {storage.where(key)} has {count(size, 'byte')} where {expected:,} were expected: the store "
                             "was damaged after it was opened; check it with inspect-aug --verify")
 
 

@@ -32,6 +32,7 @@ from augzarr.store_format import (
     SourceInfo, StoreAttrs, committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
 )
 from augzarr.user_text import user_text
+from augzarr.wording import SHOWN_LINES, count
 
 from .decode import shown
 from .layout import hold_out_validation, plan_rows
@@ -69,7 +70,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: 
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise OptionError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
-                        f"{MAX_CHUNK_BYTES // row_bytes:,} rows of {'x'.join(map(str, source.image_shape))} images")
+                        f"{count(MAX_CHUNK_BYTES // row_bytes, 'row')} of {'x'.join(map(str, source.image_shape))} images")
     rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source_splits(source).items() if name != "train")
     needed = rows * row_bytes
     free = storage.free_bytes() if storage.checks_free_space else None
@@ -88,7 +89,7 @@ def check_trainable(options: BuildOptions, source: Source, usable: np.ndarray | 
         if usable is not None:
             what += " after --skip-bad left out its bad images"
         names = ", ".join(source.class_names[c] for c in classes) or "none"
-        raise UserError(f"{what} has training images of {len(classes)} class ({names}); a classifier needs at least 2 classes: "
+        raise UserError(f"{what} has training images of {count(len(classes), 'class')} ({names}); a classifier needs at least 2 classes: "
                         "give a source with images of 2 or more classes")
     has_test = source.test is not None and len(source.test) > 0
     if options.val_fraction > 0 and not has_test:
@@ -118,7 +119,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
     source = open_source(options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode)
-    for note in source.ignored:
+    for note in source.ignored[:SHOWN_LINES]:  # all of them in the store's attrs, and counted at the end
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:
         reporter.warning(f"--val-fraction {options.val_fraction} is not used: the source's own validation folder is the val split ({source.layout})")
@@ -226,7 +227,8 @@ def run_build(options, storage: Storage, scratch: Path, still_held, source, poli
             storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
         if not storage.has(SKELETON_DONE):
             attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity, skipped)
-            create_skeleton(storage, splits, source.image_shape, len(source.class_names), chunk_rows, attrs)
+            create_skeleton(storage, splits, source.image_shape, len(source.class_names), chunk_rows, attrs,
+                            train_file_digests=trained_file_digests(source, splits))
             storage.write(SKELETON_DONE, b"done")
         # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
         skeleton = open_group(storage)
@@ -507,6 +509,7 @@ def stage_source(source: Source, staging, resize: bool, skip_bad: bool, reporter
     if len(bad.get("train", [])) == len(source.train):
         raise UserError(f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)")
     source.content_hash = folder_content_hash(source, digests)
+    source.file_digests = digests
     return source.content_hash, bad
 
 
@@ -527,6 +530,17 @@ def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], committed: set[
             else:
                 tasks.append((name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
     return tasks, done_rows
+
+
+def trained_file_digests(source: Source, splits: dict) -> str | None:
+    """The digest set of the source files whose images are in train/ (evaluate --source counts its images among
+    them); None for a source of arrays, which has no files."""
+    from augzarr.store_format import digest_set
+
+    digests = (source.file_digests or {}).get("train")
+    if digests is None or "train" not in splits:
+        return None
+    return digest_set(digests[row] for row in np.unique(splits["train"].source_index))
 
 
 def store_attrs(options, source: Source, content_hash: str, policy: Policy, chunk_rows: int, splits: dict, identity: dict,

@@ -12,6 +12,7 @@ import typer
 from augzarr.cli_support import run_app
 from augzarr.errors import UserError
 from augzarr.options import check_fields, command
+from augzarr.wording import SHOWN_LINES, count
 from augzarr.store_format import open_store
 
 from .options import BUILD_AUG, INSPECT_AUG, BuildAugOptions, BuildOptions, InspectOptions
@@ -51,15 +52,18 @@ def build_aug(options: BuildOptions, shown: BuildAugOptions) -> None:
     reporter.message(
         f"{result.status} {result.out}: {rows} rows ({result.computed_rows:,} computed) in {result.seconds:.1f} s, "
         f"{human_bytes(result.bytes_on_disk)} on disk (compression {ratio:.2f}x)"
-        + (f"; {len(written)} previews in {preview_dir}/" if written else "")
+        + (f"; {count(len(written), 'preview')} in {preview_dir}/" if written else "")
         + (f"; source layout {result.layout}" if result.layout else "")
     )
     if result.ignored:
-        reporter.message(f"{len(result.ignored)} files or folders of the source were not used (listed above and in the store's attrs)")
+        shown = "listed above and" if len(result.ignored) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
+        reporter.message(f"{count(len(result.ignored), 'file or folder', 'files or folders')} of the source "
+                         f"{'was' if len(result.ignored) == 1 else 'were'} not used ({shown} in the store's attrs 'source.ignored')")
     if result.skipped:
-        for entry in result.skipped:
+        for entry in result.skipped[:SHOWN_LINES]:
             reporter.warning(f"skipped: {entry['reason']}")
-        reporter.message(f"{len(result.skipped)} bad images skipped (--skip-bad; listed above and in the store's attrs 'skipped')")
+        shown = "listed above and" if len(result.skipped) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
+        reporter.message(f"{count(len(result.skipped), 'bad image')} skipped (--skip-bad; {shown} in the store's attrs 'skipped')")
     for warning in result.warnings:
         reporter.warning(warning)
 
@@ -95,12 +99,14 @@ def inspect_aug(options: InspectOptions) -> None:
 
         opened = open_store(store, check_chunks=False)  # verify_store reports damaged chunks itself, with the rest
         checked, problems = verify_store(opened)
-        for problem in problems:
+        for problem in problems[:SHOWN_LINES]:
             print(f"damaged: {problem}", file=sys.stderr)
         if problems:
-            raise UserError(f"store {store} failed verification ({len(problems)} problems above); rebuild it with build-aug --overwrite")
+            shown = " above" if len(problems) <= SHOWN_LINES else f", the first {SHOWN_LINES} above"
+            raise UserError(f"store {store} failed verification ({count(len(problems), 'problem')}{shown}); "
+                            "rebuild it with build-aug --overwrite")
         rows_note = "" if opened.attrs.array_crc32 is not None else " (no per-row array checksums recorded in this store)"
-        print(f"verified {opened.location}: all {checked} image chunks and the per-row arrays match the checksums recorded at build time{rows_note}")
+        print(f"verified {opened.location}: all {count(checked, 'image chunk')} and the per-row arrays match the checksums recorded at build time{rows_note}")
         return
     opened = open_store(store)
     summary = summarize(opened)
@@ -109,7 +115,7 @@ def inspect_aug(options: InspectOptions) -> None:
         from .preview import write_previews
 
         written = write_previews(opened.group, preview, preview_dir)
-        print(f"wrote {len(written)} previews to {preview_dir}/")
+        print(f"wrote {count(len(written), 'preview')} to {preview_dir}/")
 
 
 def main_build() -> None:

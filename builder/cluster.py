@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from augzarr.errors import OptionError, UserError
+from augzarr.wording import count
 
 SCHEDULER_VARIABLES = ("AUGZARR_SCHEDULER", "DASK_SCHEDULER_ADDRESS")  # read in this order when --scheduler is not given
 LOCAL = "local"  # --scheduler local: a LocalCluster on this machine
@@ -47,7 +48,7 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
     if address == LOCAL:
         # processes, one thread each: the chunks' work holds the GIL
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-        say(f"started a local Dask cluster of {workers} workers; dashboard: {cluster.dashboard_link}")
+        say(f"started a local Dask cluster of {count(workers, 'worker')}; dashboard: {cluster.dashboard_link}")
         client = Client(cluster)
     else:
         try:

@@ -29,6 +29,7 @@ from albumentations.core.composition import BaseCompose
 from albumentations.core.transforms_interface import BasicTransform
 
 from augzarr.errors import UserError
+from augzarr.wording import article
 
 UINT8 = np.dtype(np.uint8)
 PROBE_SEEDS = 8  # draws of each leaf transform on each test image
@@ -102,7 +103,7 @@ class Change:
     when: str  # "", " on the draws where it applies" or " on some draws"
 
     def message(self) -> str:
-        return f"{transform_name(self.transform)} changes a {shown_state(self.before)} image into {shown_state(self.after)}{self.when}"
+        return f"{transform_name(self.transform)} changes {article(shown_state(self.before))} image into {shown_state(self.after)}{self.when}"
 
 
 class PolicyProblem(Exception):
@@ -174,7 +175,7 @@ class ShapeFlow:
             afters, error = self.probe(node, state)
             if error is not None:
                 if change is None:
-                    raise PolicyProblem(f"{transform_name(node)} fails on a {shown_state(state)} image ({error})")
+                    raise PolicyProblem(f"{transform_name(node)} fails on {article(shown_state(state))} image ({error})")
                 out.setdefault(("error",), change)  # it fails on what an earlier transform made
                 continue
             when = " on some draws" if state in afters else " on the draws where it applies" if skip or not certain else ""
@@ -358,7 +359,7 @@ def explain_sample(make_pipeline: Callable[[], BaseCompose], seed: int, image: n
         if failed is not None:
             if culprit is not None:
                 return f"{culprit.message()}, on which {transform_name(transform)} then fails ({one_line(failed)})"
-            return f"{transform_name(transform)} fails on a {shown_state(before)} image ({one_line(failed)})"
+            return f"{transform_name(transform)} fails on {article(shown_state(before))} image ({one_line(failed)})"
         if before == good and after != good:
             culprit = Change(transform, before, after, "")
         elif after == good:
@@ -368,8 +369,8 @@ def explain_sample(make_pipeline: Callable[[], BaseCompose], seed: int, image: n
     if final != good and culprit is not None:
         return culprit.message()
     if final != good:
-        return f"the pipeline turns a {shown_state(good)} image into {shown_state(final)}"
-    return f"the pipeline gave a row of another shape or dtype than a {shown_state(good)} image (not reproduced transform by transform)"
+        return f"the pipeline turns {article(shown_state(good))} image into {shown_state(final)}"
+    return f"the pipeline gave a row of another shape or dtype than {article(shown_state(good))} image (not reproduced transform by transform)"
 
 
 class BadSample(UserError):

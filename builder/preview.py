@@ -11,6 +11,8 @@ import numpy as np
 import zarr
 from PIL import Image, ImageDraw, ImageFont
 
+from augzarr.fonts import dejavu_path, font_with_glyphs
+
 PREFIX = "cifar"  # the notebook's save_prefix
 SHEET_NAME = "contact_sheet.png"
 MIN_CELL = 96  # small images are enlarged (nearest neighbour) to at least this many pixels
@@ -124,37 +126,9 @@ def wrap_to_width(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> li
 
 
 def label_font(text: str) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans (matplotlib ships it) when it has a glyph for every character of text; else
-    the first font on this system that has them all (CJK, for one, is not in DejaVu); else
-    DejaVu Sans anyway, which draws the missing characters as boxes."""
-    needed = {ord(ch) for ch in text if not ch.isspace()}
-    for path in (dejavu_path(), *system_font_paths()):
-        if needed <= font_charmap(path):
-            return truetype(path)
-    return truetype(dejavu_path())
-
-
-def dejavu_path() -> str:
-    import matplotlib
-
-    return str(Path(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
-
-
-@functools.lru_cache(maxsize=1)
-def system_font_paths() -> tuple[str, ...]:
-    from matplotlib import font_manager
-
-    return tuple(sorted(font_manager.findSystemFonts()))
-
-
-@functools.lru_cache(maxsize=None)
-def font_charmap(path: str) -> frozenset[int]:
-    from matplotlib.ft2font import FT2Font
-
-    try:
-        return frozenset(FT2Font(path).get_charmap())
-    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read: no glyphs from it
-        return frozenset()
+    """A font with a glyph for every character of text (augzarr.fonts); else DejaVu Sans anyway,
+    which draws the missing characters as boxes."""
+    return truetype(font_with_glyphs(text) or dejavu_path())
 
 
 @functools.lru_cache(maxsize=None)

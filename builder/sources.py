@@ -9,12 +9,14 @@ workers decode in parallel (see build.py).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import os
 import pickle
 import re
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from .decode import file_digest, resize_to, shown
+from .decode import file_digest, native_stderr_silenced, resize_to, shown
 from augzarr.errors import OptionError, UserError
+from augzarr.wording import article, count, listed
 
 # Fixed by the dataset (the official archive's batches.meta holds the same list);
 # Keras' load_data() returns labels only.
@@ -58,6 +61,7 @@ class Source:
     train: Split
     test: Split | None
     content_hash: str | None = None  # known up front for arrays, after decoding for folders
+    file_digests: dict[str, list[str]] | None = None  # image folders, after decoding: each file's sha256, by split
     ignored: list[str] = field(default_factory=list)  # files and folders reported, not used
     val: Split | None = None  # an image folder's own val/ (or valid/) split: then nothing is held out of train
     layout: str | None = None  # image folders: "flat" or "split (train, ...)", the folders used
@@ -181,7 +185,7 @@ class KerasDataset:
     label_modes: tuple[str, ...] = ()  # load_data(label_mode=...) values; the first is the default
 
 
-def read_cifar_archive(member_dir: str, label_key: str) -> Callable[[list[Path], str | None], Arrays]:
+def read_cifar_archive(member_dir: str, label_key: str, title: str) -> Callable[[list[Path], str | None], Arrays]:
     """The official CIFAR python archive (as Keras caches it, unextracted): train and test batches."""
 
     def read(files: list[Path], label_mode: str | None) -> Arrays:
@@ -195,7 +199,7 @@ def read_cifar_archive(member_dir: str, label_key: str) -> Callable[[list[Path],
             raise UserError(f"{files[0]}: {', '.join(missing) or 'the training batches'} missing from the archive")
         splits = []
         for names in (train_names, test_names):
-            parts = [decode_batch(unpickle_batch(members[n], n, str(files[0])), n, str(files[0]), key) for n in names]
+            parts = [decode_batch(unpickle_batch(members[n], n, str(files[0]), title), n, str(files[0]), key, title) for n in names]
             splits += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
         return tuple(splits)
 
@@ -242,7 +246,7 @@ def read_idx_gz(files: list[Path], label_mode: str | None) -> Arrays:
     (y_train, x_train, y_test, x_test), shaped = arrays, []
     for path, images, labels in ((files[1], x_train, y_train), (files[3], x_test, y_test)):
         if images.size != len(labels) * 28 * 28:
-            raise UserError(f"{path}: {images.size} pixel bytes, not {len(labels)} images of 28x28 as its labels file says")
+            raise UserError(f"{path}: {count(images.size, 'pixel byte')}, not {count(len(labels), 'image')} of 28x28 as its labels file says")
         shaped.append(images.reshape(len(labels), 28, 28, 1))
     return shaped[0], y_train, shaped[1], y_test
 
@@ -256,14 +260,14 @@ KERAS_DATASETS: dict[str, KerasDataset] = {
         title="CIFAR-10",
         class_names={None: CIFAR10_CLASSES},
         cache_files=("datasets/cifar-10-batches-py-target_archive",),
-        read_cache=read_cifar_archive("cifar-10-batches-py", "labels"),
+        read_cache=read_cifar_archive("cifar-10-batches-py", "labels", "CIFAR-10"),
         advice="download cifar-10-python.tar.gz yourself and pass --source /path/to/cifar-10-python.tar.gz (or --source an image folder)",
     ),
     "cifar100": KerasDataset(
         title="CIFAR-100",
         class_names={"fine": CIFAR100_FINE_CLASSES, "coarse": CIFAR100_COARSE_CLASSES},
         cache_files=("datasets/cifar-100-python-target_archive",),
-        read_cache=read_cifar_archive("cifar-100-python", "{mode}_labels"),
+        read_cache=read_cifar_archive("cifar-100-python", "{mode}_labels", "CIFAR-100"),
         advice="download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz yourself and save it as {files}",
         label_modes=("fine", "coarse"),
     ),
@@ -322,7 +326,7 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
     test = Split(labels=np.asarray(y_test).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_test))
     for split_name, split in (("training", train), ("test", test)):
         if len(split.images) != len(split.labels):
-            raise UserError(f"--source {name}: {len(split.images)} {split_name} images but {len(split.labels)} labels")
+            raise UserError(f"--source {name}: {count(len(split.images), split_name + ' image')} but {count(len(split.labels), 'label')}")
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
             bad = int(split.labels.min() if split.labels.min() < 0 else split.labels.max())
             raise UserError(f"--source {name}: {split_name} label {bad} is outside {dataset.title}'s {len(class_names)} classes")
@@ -340,9 +344,13 @@ def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     import importlib
 
-    loader = importlib.import_module(f"keras.datasets.{name}")
     try:
-        (x_train, y_train), (x_test, y_test) = loader.load_data(**({"label_mode": label_mode} if dataset.label_modes else {}))
+        # TensorFlow's C++ start-up lines (absl, oneDNN) go to the process's stderr: kept off the terminal
+        with native_stderr_silenced(), announcement_held():
+            loader = importlib.import_module(f"keras.datasets.{name}")
+            (x_train, y_train), (x_test, y_test) = loader.load_data(**({"label_mode": label_mode} if dataset.label_modes else {}))
+    except ImportError:
+        raise
     except Exception as exc:  # Keras raises a bare Exception for a failed download
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         advice = dataset.advice.format(files=files[0], folder=files[0].parent)
@@ -355,7 +363,40 @@ def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], 
     return x_train, y_train, x_test, y_test
 
 
-# --- the official CIFAR-10 pickle format -------------------------------------
+@contextlib.contextmanager
+def announcement_held():
+    """stdout while load_data() runs: Keras' "Downloading data from URL" line is held back until the download
+    shows progress (or succeeds), so a download that cannot start leaves augzarr's one-line error as the only line."""
+    held = HeldAnnouncement(sys.stdout)
+    with contextlib.redirect_stdout(held):
+        yield
+    held.release()
+
+
+class HeldAnnouncement(io.TextIOBase):
+    def __init__(self, out) -> None:
+        self.out, self.held = out, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self.held and text.startswith("Downloading data from"):
+            self.held = text
+            return len(text)
+        self.release()
+        return self.out.write(text)
+
+    def release(self) -> None:
+        if self.held:
+            self.out.write(self.held)
+            self.held = ""
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+# --- the official CIFAR pickle format ------------------------------------------
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """The batches are pickles: allow what numpy arrays need and nothing else, never
@@ -371,7 +412,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a pickle of arrays")
 
 
 def named(location: Path | str) -> str:
@@ -379,13 +420,13 @@ def named(location: Path | str) -> str:
     return location if isinstance(location, str) else f"--source {location}"
 
 
-def unpickle_batch(data: bytes, name: str, location: Path | str) -> dict:
+def unpickle_batch(data: bytes, name: str, location: Path | str, title: str = "CIFAR-10") -> dict:
     try:
         batch = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:
-        raise UserError(f"{named(location)}: {name} is not a CIFAR-10 pickle batch ({exc})") from exc
+        raise UserError(f"{named(location)}: {name} is not {article(title)} pickle batch ({exc})") from exc
     if not isinstance(batch, dict):
-        raise UserError(f"{named(location)}: {name} is not a CIFAR-10 pickle batch")
+        raise UserError(f"{named(location)}: {name} is not {article(title)} pickle batch")
     return batch
 
 
@@ -417,15 +458,16 @@ def read_pickle_members(path: Path) -> dict[str, bytes]:
     return members
 
 
-def decode_batch(batch: dict, name: str, location: Path | str, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+def decode_batch(batch: dict, name: str, location: Path | str, label_key: bytes = b"labels",
+                 title: str = "CIFAR-10") -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"{named(location)}: {name} lacks the CIFAR 'data'/'{label_key.decode()}' layout ({exc})") from exc
+        raise UserError(f"{named(location)}: {name} lacks the {title} 'data'/'{label_key.decode()}' layout ({exc})") from exc
     if len(images) != len(labels):
-        raise UserError(f"{named(location)}: {name} has {len(images)} images but {len(labels)} labels")
+        raise UserError(f"{named(location)}: {name} has {count(len(images), 'image')} but {count(len(labels), 'label')}")
     return np.ascontiguousarray(images), labels
 
 
@@ -450,7 +492,7 @@ def load_cifar10_pickle(path: Path) -> Source:
     for name, batch_labels in [*zip(batch_names, (t[1] for t in train)), *([("test_batch", test.labels)] if test else [])]:
         if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() >= len(class_names)):
             bad = int(batch_labels.min() if batch_labels.min() < 0 else batch_labels.max())
-            raise UserError(f"--source {path}: {name} has label {bad}, outside the {len(class_names)} classes of batches.meta")
+            raise UserError(f"--source {path}: {name} has label {bad}, outside the {count(len(class_names), 'class')} of batches.meta")
     return Source(
         kind="cifar10-pickle",
         location=str(path.resolve()),
@@ -631,7 +673,7 @@ def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None =
 def choose_split_folders(root: Path, folders: list[Path], splits: list[Path]) -> dict[str, Path]:
     """The store's split -> its folder, for a source whose non-empty folders include split names;
     refuse every case that could be read two ways."""
-    names = lambda paths: ", ".join(f"{p.name}/" for p in paths)
+    names = lambda paths: listed(f"{p.name}/" for p in paths)
     others = [f for f in folders if f not in splits]
     if others:
         raise UserError(
@@ -659,7 +701,7 @@ def held_out_split(root: Path, folder: Path, train: Path, class_names: list[str]
         raise UserError(f"--source {root}: {folder.name}/ holds no class folders with images; expected {root}/{folder.name}/<class>/<image>")
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
-        raise UserError(f"--source {root}: {folder.name}/ has classes that {train.name}/ lacks: {', '.join(unknown)}")
+        raise UserError(f"--source {root}: {folder.name}/ has classes that {train.name}/ lacks: {listed(unknown)}")
     return folder_split(classes, class_names)
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 
 from augzarr.store_format import SPLITS, OpenStore
+from augzarr.wording import count
 
 
 def summarize(store: OpenStore) -> dict:
@@ -47,7 +48,7 @@ def format_summary(s: dict) -> str:
     src = s["source"]
     lines = [
         f"store        {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE'}, format v{s['format_version']})",
-        f"images       {'x'.join(map(str, s['image_shape']))} uint8, {s['chunk_rows']} rows per chunk"
+        f"images       {'x'.join(map(str, s['image_shape']))} uint8, {count(s['chunk_rows'], 'row')} per chunk"
         + "".join(f", {split} {rows}" for split, rows in s["split_chunk_rows"].items() if rows != s["chunk_rows"]),
         f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
         + (f", {src['val_count']} val" if src.get("val_count") else "")
@@ -63,9 +64,9 @@ def format_summary(s: dict) -> str:
     if src.get("layout"):
         lines.insert(3, f"layout       {src['layout']}")
     if src.get("ignored"):
-        lines.append(f"not used     {len(src['ignored'])} files or folders of the source (see the store's attrs)")
+        lines.append(f"not used     {count(len(src['ignored']), 'file or folder', 'files or folders')} of the source (see the store's attrs)")
     if s["skipped"]:
-        lines.append(f"skipped      {len(s['skipped'])} bad images (--skip-bad): " + "; ".join(e["file"] for e in s["skipped"][:3])
+        lines.append(f"skipped      {count(len(s['skipped']), 'bad image')} (--skip-bad): " + "; ".join(e["file"] for e in s["skipped"][:3])
                      + (" ..." if len(s["skipped"]) > 3 else ""))
     splits = list(s["counts"])
     width = max(len(c) for c in s["class_names"] + ["class", "total"])

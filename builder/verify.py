@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from augzarr.store_format import OpenStore, chunk_key, chunk_problems, crc32_hex, read_chunks, row_array_problems, shape_problems
+from augzarr.wording import count
 
 WINDOW = 8  # chunks fetched together (concurrently from an object store)
 
@@ -23,7 +24,7 @@ def verify_store(store: OpenStore) -> tuple[int, list[str]]:
         rows, chunk_rows = images.shape[0], images.chunks[0]
         crcs = recorded.get(split, [])
         if len(crcs) != images.cdata_shape[0]:
-            problems.append(f"{split}: {len(crcs)} chunk checksums recorded for {images.cdata_shape[0]} chunks")
+            problems.append(f"{split}: {count(len(crcs), 'chunk checksum')} recorded for {count(images.cdata_shape[0], 'chunk')}")
             continue
         intact = [c for c in range(len(crcs)) if chunk_key(images, c) not in damaged_keys]
         for at in range(0, len(intact), WINDOW):

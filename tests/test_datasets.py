@@ -187,6 +187,8 @@ def test_offline_with_nothing_cached_gives_one_line_advice(tmp_path, monkeypatch
     home = tmp_path / "keras"
     result = run_cli("build-aug", "--source", "fashion_mnist", "--out", str(tmp_path / "s.zarr"), env=keras_env(home), timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+    # the error is the only line: not even Keras' "Downloading data from ..." before it
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, (result.stdout, result.stderr)
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"build-aug: error: Fashion-MNIST is not in Keras' cache ({home / 'datasets'}) and could not be downloaded")
     assert "connect once to let Keras download it" in line and "train-images-idx3-ubyte.gz" in line
@@ -222,6 +224,21 @@ def test_damaged_cache_file_is_one_line_naming_it(keras_home, tmp_path):
     np.savez(cached, **{**arrays, "x_train": arrays["x_train"].astype(np.float32)})
     with pytest.raises(UserError, match=r"training images are float32 \[40, 28, 28, 1\], not uint8"):
         open_source("mnist")
+
+
+def test_a_damaged_cifar100_cache_file_is_named_as_cifar100(keras_home, tmp_path):
+    write_cifar100(keras_home)
+    cached = keras_home / "datasets" / "cifar-100-python-target_archive"
+    with tarfile.open(cached, "w:gz") as archive:  # the archive reads, its train batch does not unpickle
+        for name, data in (("train", b"not a pickle"), ("test", b"nor this"), ("meta", b"")):
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(UserError) as refused:
+        open_source("cifar100")
+    message = str(refused.value)
+    assert message.startswith(f"--source cifar100: Keras' cached CIFAR-100 cannot be read: {cached}: train is not a CIFAR-100 pickle batch")
+    assert "CIFAR-10 " not in message and "\n" not in message
 
 
 # --- grayscale end to end -----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -113,7 +114,7 @@ def test_train_and_evaluate_from_s3(s3, images, tmp_path):
     assert f"on {s3['url']} (val split)" in evaluated
 
 
-def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_takes_over_and_resumes(s3, tmp_path):
+def test_a_killed_build_s_lease_is_taken_over_at_once_on_its_machine_and_the_same_command_resumes(s3, tmp_path):
     import tempfile
 
     from augzarr.builder.build import SOURCE_PREFIX
@@ -136,15 +137,17 @@ def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_t
     while time.monotonic() < leased + float(LEASE_SECONDS) + 1:  # past the lease's first term: renewed, not expired
         assert build.poll() is None, build.communicate()
         time.sleep(0.1)
-    second = run_cli(*args, env=s3["env"])  # while the first runs: refused at once
-    assert_one_line(second, f"{s3['url']} is being built by ", "right now")
+    second = run_cli(*args, env=s3["env"])  # while the first runs: refused at once, naming it as running here
+    assert_one_line(second, f"{s3['url']} is locked by the build of ", f":{build.pid} (running on this machine), which last renewed "
+                    "its lease", "unless renewed again")
     os.killpg(build.pid, signal.SIGKILL)
     build.wait()
     done_before = len(storage.list(".build/chunks/"))
     assert storage.has(".lock") and not json.loads(storage.read("zarr.json"))["attributes"]["complete"]
-    time.sleep(float(LEASE_SECONDS) + 0.5)
+    # its process is gone from this machine: no wait for the lease to expire
     resumed = run_cli(*args, env=s3["env"], check=True)
-    assert "took over the lease of a build that stopped" in resumed.stdout, resumed.stdout
+    assert "took over the lease of a build that stopped (" in resumed.stdout, resumed.stdout
+    assert f":{build.pid}: no longer running on this machine)" in resumed.stdout, resumed.stdout
     assert resumed.stdout.splitlines()[-1].startswith(f"resumed {s3['url']}: 672 train, 24 val rows"), resumed.stdout
     computed = int(resumed.stdout.split("rows (")[1].split(" computed")[0].replace(",", ""))
     assert computed <= 672 + 24 - done_before  # only the chunks (of one row) the killed build had not committed
@@ -169,7 +172,7 @@ def test_verify_finds_a_flipped_byte_in_an_object(s3, images):
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     found, verdict = verify.stderr.strip().splitlines()
     assert found == f"damaged: train chunk 2 ({s3['url']}/{key}) does not match its checksum from the build"
-    assert verdict.startswith(f"inspect-aug: error: store {s3['url']} failed verification (1 problems above)")
+    assert verdict.startswith(f"inspect-aug: error: store {s3['url']} failed verification (1 problem above)")
 
 
 def test_transient_errors_are_retried_not_surfaced(s3, images, server, tmp_path):
@@ -248,10 +251,97 @@ def test_wrong_or_missing_credentials_and_a_missing_bucket_are_one_line(images, 
         for command in (build_args(images, url), ["inspect-aug", "--store", url], ["train", "--store", url, "--epochs", "1"]):
             assert_one_line(run_cli(*command, env=wrong), f"{url}: access denied", "AWS_SECRET_ACCESS_KEY")
         missing = {**good, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
-        assert_one_line(run_cli("inspect-aug", "--store", url, env=missing), f"{url}: no credentials: set AWS_ACCESS_KEY_ID")
+        assert_one_line(run_cli("inspect-aug", "--store", url, env=missing), f"{url}: no S3 credentials: set AWS_ACCESS_KEY_ID")
         no_bucket = "s3://augzarr-absent/aug.zarr"
         assert_one_line(run_cli(*build_args(images, no_bucket), env=good), "bucket 'augzarr-absent' does not exist")
         assert_one_line(run_cli("inspect-aug", "--store", no_bucket, env=good), "bucket 'augzarr-absent' does not exist")
+
+
+def lease_object(url: str, holder: dict, renewed_ago: float, expires_in: float) -> None:
+    from augzarr.storage import open_storage
+
+    now = time.time()
+    owner = f"someone@{holder['host']}:{holder['pid']}" if holder else "someone@an-older-augzarr:1"
+    lease = {"owner": owner, "build_id": "b", "token": "t",
+             "renewed": now - renewed_ago, "expires": now + expires_in, "process": holder}
+    open_storage(url).write(".lock", json.dumps(lease).encode())
+
+
+def take_lease(url: str) -> list[str]:
+    """Take the store's lease and give it back; what the build would have said."""
+    from augzarr.storage import open_storage
+
+    said = []
+    with open_storage(url).writer_lock("mine", say=said.append):
+        pass
+    return said
+
+
+def test_a_held_lease_is_refused_saying_when_it_was_renewed_and_when_it_expires_not_right_now(s3):
+    from augzarr.storage import LeaseHeld
+    from augzarr.storage.objectstore import this_process
+
+    elsewhere = {"host": "another-machine", "boot": "b", "pid_namespace": "pid:[1]", "pid": 4242, "started": "1"}
+    lease_object(s3["url"], elsewhere, renewed_ago=5, expires_in=25)
+    with pytest.raises(LeaseHeld) as refused:
+        take_lease(s3["url"])
+    message = str(refused.value)
+    assert message.startswith(f"{s3['url']} is locked by the build of someone@another-machine:4242, which last renewed its lease ")
+    assert re.search(r"its lease [56] s ago \(\d\d:\d\d:\d\d UTC\); the lease expires in 2[45] s \(\d\d:\d\d:\d\d UTC\) unless renewed", message), message
+    assert "right now" not in message and "running on this machine" not in message
+    lease_object(s3["url"], this_process(), renewed_ago=1, expires_in=59)  # this very process: running here
+    with pytest.raises(LeaseHeld, match=r"\(running on this machine\), which last renewed its lease [12] s ago"):
+        take_lease(s3["url"])
+    # an expired lease of another machine: taken over, saying since when
+    lease_object(s3["url"], elsewhere, renewed_ago=70, expires_in=-10)
+    said = take_lease(s3["url"])
+    assert len(said) == 1 and re.fullmatch(r"took over the lease of a build that stopped \(someone@another-machine:4242, expired 1[01] s ago\)",
+                                           said[0]), said
+
+
+def test_a_lease_of_a_process_of_this_machine_that_stopped_is_taken_over_before_it_expires(s3):
+    from augzarr.storage.objectstore import process_start, this_process
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # gone, and reaped
+    for holder in ({**this_process(), "pid": finished.pid, "started": "1"},
+                   {**this_process(), "started": str(int(process_start(os.getpid())) - 1)}):  # this PID, now another process's
+        lease_object(s3["url"], holder, renewed_ago=1, expires_in=59)
+        said = take_lease(s3["url"])
+        assert said == [f"took over the lease of a build that stopped (someone@{holder['host']}:{holder['pid']}: no longer running "
+                        "on this machine)"], said
+    # a lease from before the process was recorded: only its expiry frees it
+    lease_object(s3["url"], None, renewed_ago=1, expires_in=59)
+    from augzarr.storage import LeaseHeld
+
+    with pytest.raises(LeaseHeld, match="expires in 5[89] s"):
+        take_lease(s3["url"])
+
+
+def without_credentials(home: Path) -> dict:
+    """The environment with no object-store variable of any provider, and a home without gcloud's file."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "AZURE_", "GCE_"))}, "HOME": str(home)}
+
+
+@pytest.mark.parametrize("url, extra, expected", [
+    ("gs://bucket/a.zarr", {}, "gs://bucket/a.zarr: no Google Cloud Storage credentials: set GOOGLE_APPLICATION_CREDENTIALS"),
+    ("az://container/a.zarr", {}, "az://container/a.zarr: no Azure Blob Storage account or credentials: set AZURE_STORAGE_ACCOUNT_NAME"),
+    ("az://container/a.zarr", {"AZURE_STORAGE_ACCOUNT_NAME": "acct"}, "no Azure Blob Storage credentials: set AZURE_STORAGE_ACCOUNT_KEY"),
+    ("az://container/a.zarr", {"AZURE_STORAGE_ACCOUNT_KEY": "a2V5"}, "no Azure Blob Storage account: set AZURE_STORAGE_ACCOUNT_NAME"),
+    ("s3://bucket/a.zarr", {}, "s3://bucket/a.zarr: no S3 credentials: set AWS_ACCESS_KEY_ID"),
+])
+def test_each_provider_without_credentials_names_its_own_variables_before_any_request(url, extra, expected, tmp_path):
+    from augzarr.storage.objectstore import PROVIDERS
+
+    if PROVIDERS[url.split(":")[0]].metadata_host():
+        pytest.skip("a machine of this cloud: its metadata service may give credentials")
+    own = {"gs": "GOOGLE_", "az": "AZURE_", "s3": "AWS_"}[url.split(":")[0]]
+    for command in (["inspect-aug", "--store", url], ["build-aug", "--source", str(tmp_path), "--out", url]):
+        # the timeout guards against a client waiting on a metadata service that is not there, as gs:// did for 28 s
+        result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True, timeout=60,
+                                env={**without_credentials(tmp_path), **extra})
+        line = assert_one_line(result, expected)
+        assert result.returncode == 1 and all(other not in line for other in ("AWS_", "GOOGLE_", "AZURE_") if other != own), line
 
 
 def test_urls_the_tool_cannot_use_are_one_line(s3, images, tmp_path):

@@ -112,6 +112,39 @@ def test_mistakes_grid_and_reliability_diagram_are_real_images(tmp_path):
     assert all(400 <= side <= 2000 for side in png_size(tmp_path / "reliability.png"))
 
 
+def test_class_names_no_font_here_has_are_drawn_by_index_or_in_a_font_that_has_them_without_a_warning(tmp_path):
+    """Issue 21 point 11: CJK class names leaked matplotlib's 'Glyph ... missing' UserWarning from the confusion plot."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from augzarr.trainer.report import confusion_figure, plot_confusion, plot_mistakes
+
+    names = ["猫", "café", "犬"]
+    metrics = {"confusion_matrix": [[3, 1, 0], [0, 4, 1], [2, 0, 2]], "class_names": names}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_confusion(metrics, tmp_path / "confusion.png", "a folder named 写真")
+        mistakes = [{"row": 0, "true": "猫", "predicted": "犬", "confidence": 0.9}]
+        plot_mistakes(np.zeros((1, 8, 8, 3), np.uint8), mistakes, tmp_path / "mistakes.png", "写真")
+    assert [str(w.message) for w in caught] == []
+    assert min(png_size(tmp_path / "confusion.png")) >= 200
+    from augzarr.fonts import font_charmap, font_with_glyphs
+
+    figure = confusion_figure(metrics, "t")
+    figure.canvas.draw()
+    axis = figure.axes[0]
+    for ticks in (axis.get_xticklabels(), axis.get_yticklabels()):
+        for index, (tick, name) in enumerate(zip(ticks, names)):
+            if font_with_glyphs(name) is None:  # no font here has it (DejaVu has no CJK): its index
+                assert tick.get_text() == str(index)
+            else:  # its name, in a font that has every glyph of it
+                assert tick.get_text() == name and {ord(c) for c in name} <= font_charmap(tick.get_fontproperties().get_file())
+    if font_with_glyphs("猫") is None:
+        assert "class index" in axis.get_xlabel()
+    plt.close(figure)
+
+
 # -- provenance through build-aug, inspect-aug, train and evaluate -----------------------------------
 
 @pytest.fixture(scope="module")

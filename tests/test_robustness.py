@@ -146,7 +146,7 @@ def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
     group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
     assert [entry["file"] for entry in group.attrs["skipped"]] == [shown(odd)]
     summary = run_cli("inspect-aug", "--store", str(tmp_path / "t.zarr"), check=True)
-    assert f"skipped      1 bad images (--skip-bad): {shown(odd)}" in summary.stdout
+    assert f"skipped      1 bad image (--skip-bad): {shown(odd)}" in summary.stdout
     files = open_source(str(folder)).train.files
     assert sorted(set(group["train/source_index"][:])) == sorted(i for i, f in enumerate(files) if f != odd)  # no row for it
 

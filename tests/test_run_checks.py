@@ -130,9 +130,134 @@ def test_evaluate_on_the_training_source_warns_it_is_not_held_out(trained, tmp_p
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
         assert len(warnings) == 1 and "not a held-out score" in warnings[0] and str(folder) in warnings[0], result.stderr
         assert json.loads((tmp_path / "e.json").read_text())["training_source"] is True
-    (copy / "cat" / "0000.jpg").unlink()  # no longer the same images
+    (copy / "cat" / "0000.jpg").unlink()  # no longer the same folder, but still its training images (issue 21 point 6)
     changed = run_cli("evaluate", "--model", str(trained["run"]), "--source", str(copy), check=True)
-    assert "warning" not in changed.stderr
+    trained_left = sum(training_originals(trained["store"]).values()) - (trained["folder"] / "cat" / "0000.jpg" not in held_out_files(trained["store"], trained["folder"]))
+    assert f"{copy}: {trained_left} of its 23 images were in the model's training data" in changed.stderr, changed.stderr
+
+
+# -- issue 21 point 11: messages with counts and articles that are right, and that stay short ---------
+
+def test_counts_and_articles_read_right():
+    from augzarr.wording import article, count, listed
+
+    assert [count(n, "problem") for n in (0, 1, 2, 1234)] == ["0 problems", "1 problem", "2 problems", "1,234 problems"]
+    assert count(1, "class") == "1 class" and count(3, "class") == "3 classes" and count(2, "file or folder", "files or folders") == "2 files or folders"
+    assert [article(w) for w in ("int", "float", "uint8", "ndarray", "hour", "8x8x3 uint8", "16x16x3 uint8", "11x11", "18x18", "180x180", "11,000")] == [
+        "an int", "a float", "a uint8", "an ndarray", "an hour", "an 8x8x3 uint8", "a 16x16x3 uint8", "an 11x11", "an 18x18", "a 180x180", "an 11,000"]
+    assert listed(["a", "b"]) == "a, b" and listed(range(9), limit=3) == "0, 1, 2 and 6 more"
+
+
+def test_evaluate_summarises_many_source_sizes_and_unknown_classes(trained, tmp_path):
+    from augzarr.trainer.evaluate import RESIZE_EXAMPLES
+
+    folder = tmp_path / "photos"
+    sizes = [(20 + i, 10 + i) for i in range(8)]
+    for i, (width, height) in enumerate(sizes):
+        (folder / "cat").mkdir(parents=True, exist_ok=True)
+        for copy in range(1 + (i == 5)):  # 25x15 twice: the most common size
+            Image.new("RGB", (width, height), (i * 20, 0, 0)).save(folder / "cat" / f"{i}-{copy}.png")
+    result = run_cli("evaluate", "--model", str(trained["run"]), "--source", str(folder), "--json", str(tmp_path / "e.json"), check=True)
+    [note] = [line for line in result.stdout.splitlines() if line.startswith("resized")]
+    assert note == ("resized 9 images from 8 different sizes (2 from 25x15, 1 from 20x10, 1 from 21x11, and 5 other sizes) "
+                    "to the model's 16x16"), note
+    assert RESIZE_EXAMPLES == 3 and len(json.loads((tmp_path / "e.json").read_text())["resized"]["from"]) == 8  # every size in the JSON
+    for name in ("zebra", "yak", "wolf", "vole", "tapir", "stoat", "rhea"):  # 7 classes the model does not know
+        shutil.copytree(folder / "cat", folder / name)
+    refused = run_cli("evaluate", "--model", str(trained["run"]), "--source", str(folder))
+    [line] = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and line.endswith(": 7 classes the model does not know: rhea, stoat, tapir, vole, wolf and 2 more "
+                                                     "(it knows 3 classes: cat, dog, emu)"), line
+
+
+def test_a_source_with_many_files_not_used_lists_only_the_first(tmp_path):
+    from augzarr.wording import SHOWN_LINES
+
+    folder = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=8)
+    for i in range(SHOWN_LINES + 5):
+        (folder / "a" / f"notes-{i:02d}.txt").write_text("not an image")
+    result = run_cli("build-aug", "--source", str(folder), "--out", str(tmp_path / "s.zarr"), "--copies", "1", "--preview", "0", check=True)
+    not_used = [line for line in result.stderr.splitlines() if line.startswith("warning: not used:")]
+    assert len(not_used) == SHOWN_LINES and all("notes-" in line for line in not_used)
+    assert (f"{SHOWN_LINES + 5} files or folders of the source were not used (the first {SHOWN_LINES} listed above, all in the "
+            "store's attrs 'source.ignored')") in result.stdout, result.stdout
+
+
+# -- issue 21 point 6: training images recognised by content, in a part of the source too -------------
+
+def training_originals(store: Path) -> dict[str, int]:
+    """Class -> how many of its source images have rows in the store's train/ (the originals are copy 0)."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    labels = group["train/labels"][:][group["train/copy_index"][:] == 0]
+    return dict(zip(group.attrs["class_names"], np.bincount(labels, minlength=len(group.attrs["class_names"])).tolist()))
+
+
+def held_out_files(store: Path, folder: Path) -> list[Path]:
+    """The source files the store holds out for validation (no copy of them in train/)."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    from augzarr.builder.sources import scan_image_folder
+
+    files = scan_image_folder(folder, None).train.files
+    return [files[i] for i in sorted(set(range(len(files))) - set(group["train/source_index"][:].tolist()))]
+
+
+def evaluate_warning(run_dir: Path, folder: Path, json_path: Path) -> tuple[list[str], dict]:
+    result = run_cli("evaluate", "--model", str(run_dir), "--source", str(folder), "--json", str(json_path), check=True)
+    return [line for line in result.stderr.splitlines() if line.startswith(("warning:", "note:"))], json.loads(json_path.read_text())
+
+
+def test_evaluate_counts_the_training_images_in_a_part_of_the_source(trained, tmp_path):
+    trained_per_class = training_originals(trained["store"])
+    two_classes = tmp_path / "two-classes"  # 2 of the 3 class folders: the folder as a whole is no copy of the source
+    for name in ("cat", "dog"):
+        shutil.copytree(trained["folder"] / name, two_classes / name)
+    lines, written = evaluate_warning(trained["run"], two_classes, tmp_path / "e.json")
+    expected = trained_per_class["cat"] + trained_per_class["dog"]
+    assert 0 < expected < 16  # some held out for validation: a count, not all or nothing
+    assert len(lines) == 1 and lines[0].startswith(f"warning: --source {two_classes}: {expected} of its 16 images were in the model's "
+                                                   "training data"), lines
+    assert "not a held-out score" in lines[0] and str(trained["store"]) in lines[0]
+    assert written["training_source"] is True and written["training_images"]["count"] == expected
+    # the validation images alone, renamed and mixed with new ones: held out, so no warning
+    held_out = tmp_path / "held-out"
+    write_image_folder(held_out, {"emu": 2}, size=16, seed=11)
+    for i, file in enumerate(held_out_files(trained["store"], trained["folder"])):
+        (held_out / file.parent.name).mkdir(exist_ok=True)
+        shutil.copy(file, held_out / file.parent.name / f"renamed-{i}.jpg")
+    lines, written = evaluate_warning(trained["run"], held_out, tmp_path / "e.json")
+    assert lines == [] and written["training_source"] is False and written["training_images"]["count"] == 0
+    # one training image among them: named as one
+    first_trained = next(f for f in sorted((trained["folder"] / "cat").iterdir()) if f not in held_out_files(trained["store"], trained["folder"]))
+    (held_out / "cat").mkdir(exist_ok=True)
+    shutil.copy(first_trained, held_out / "cat" / "seen.jpg")
+    lines, _ = evaluate_warning(trained["run"], held_out, tmp_path / "e.json")
+    assert len(lines) == 1 and f": 1 of its {written['count'] + 1} images was in the model's training data" in lines[0], lines
+
+
+def test_evaluate_with_a_store_that_cannot_tell_falls_back_to_the_whole_folder_and_says_so(trained, tmp_path):
+    old_store = tmp_path / "old.zarr"  # as a store built before the record existed
+    shutil.copytree(trained["store"], old_store)
+    meta = json.loads((old_store / "train" / "zarr.json").read_text())
+    meta["attributes"].pop("file_digests")
+    (old_store / "train" / "zarr.json").write_text(json.dumps(meta))
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained["run"], run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "options": {**run["options"], "store": str(old_store)}}))
+    lines, written = evaluate_warning(run_dir, trained["folder"], tmp_path / "e.json")  # the whole source: still recognised
+    assert len(lines) == 1 and "holds the images the model's store was built from" in lines[0], lines
+    part = tmp_path / "part"
+    shutil.copytree(trained["folder"] / "cat", part / "cat")
+    lines, written = evaluate_warning(run_dir, part, tmp_path / "e.json")
+    assert written["training_images"]["count"] is None and len(lines) == 1, lines
+    assert lines[0].startswith("note: the model's training images could not be looked for among these by content") and "older augzarr" in lines[0]
+    shutil.rmtree(old_store)
+    lines, _ = evaluate_warning(run_dir, part, tmp_path / "e.json")
+    assert len(lines) == 1 and f"its store {old_store} is not there" in lines[0], lines
 
 
 def wait_for_mapped(pid: int, library: str, timeout: float = 60) -> None:
@@ -415,7 +540,8 @@ def sheet_for(names: list[str]) -> Image.Image:
 
 
 def test_contact_sheet_draws_non_ascii_names_whole(tmp_path):
-    from augzarr.builder.preview import LABEL_WIDTH, MAX_LABEL_WIDTH, font_charmap, label_font, system_font_paths, wrap_to_width
+    from augzarr.builder.preview import LABEL_WIDTH, MAX_LABEL_WIDTH, label_font, wrap_to_width
+    from augzarr.fonts import font_charmap, system_font_paths
 
     assert len(LONG_NAME) == 60
     names = ["café", "Ωmega", "猫", LONG_NAME, "cat"]

@@ -222,7 +222,7 @@ def test_each_split_is_chunked_to_at_most_its_own_rows(tmp_path):
     ratio = float(build.stdout.rsplit("compression ", 1)[1].split("x")[0])
     assert ratio > 0.9, build.stdout  # was 0.06x-like with a padded val chunk
     summary = run_cli("inspect-aug", "--store", str(out), check=True).stdout
-    assert "1024 rows per chunk, train 960, val 60" in summary
+    assert "1,024 rows per chunk, train 960, val 60" in summary
     assert "all 2 image chunks" in run_cli("inspect-aug", "--store", str(out), "--verify", check=True).stdout
 
 
@@ -262,3 +262,72 @@ def test_raw_chunk_reads_give_zarrs_rows_and_refuse_a_chunk_cut_short_after_open
     victim.unlink()
     with pytest.raises(UserError, match=f"chunk file {victim} is missing"):
         read_chunks(opened.storage, images, [0], [np.empty((images.chunks[0], *images.shape[1:]), np.uint8)])
+
+# -- issue 21: what a store records of its training files, and messages that stay short ---------------
+
+def test_a_store_records_the_digests_of_exactly_its_training_files(tmp_path):
+    """Split layout: train/ minus the images held out for validation; never test/'s files. In train/'s
+    attributes, so the root's attributes (every reader's) and the images are as before."""
+    import base64
+    import hashlib
+
+    from augzarr.builder.sources import scan_image_folder
+
+    photos = tmp_path / "photos"
+    write_image_folder(photos / "train", {"cat": 6, "dog": 6, "emu": 6}, size=8)
+    write_image_folder(photos / "test", {"cat": 2, "dog": 2, "emu": 2}, size=8, seed=5)
+    out = tmp_path / "s.zarr"
+    run_cli("build-aug", "--source", str(photos), "--copies", "1", "--preview", "0", "--workers", "1", "--quiet", "--out", str(out),
+            check=True)
+    group = zarr.open_group(str(out), mode="r")
+    files = scan_image_folder(photos, None).train.files
+    trained = sorted(set(group["train/source_index"][:].tolist()))
+    assert 0 < len(trained) < len(files)  # some held out for validation
+    key = lambda file: hashlib.sha256(file.read_bytes()).digest()[:8]
+    raw = base64.b64decode(group["train"].attrs["file_digests"])
+    recorded = {raw[i:i + 8] for i in range(0, len(raw), 8)}
+    assert recorded == {key(files[i]) for i in trained}
+    assert not recorded & {key(f) for f in (photos / "test").rglob("*.jpg")}
+    assert "file_digests" not in group.attrs and "file_digests" not in group["val"].attrs
+    from augzarr.storage import open_storage
+    from augzarr.store_format import train_file_digests
+
+    assert train_file_digests(open_storage(out)) == recorded
+    arrays = tmp_path / "arrays.zarr"  # a source of arrays has no files to record
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive, n_batches=1, per_batch=20, n_test=4)
+    run_cli("build-aug", "--source", str(archive), "--copies", "0", "--preview", "0", "--quiet", "--out", str(arrays), check=True)
+    assert train_file_digests(open_storage(arrays)) is None
+
+
+def test_a_plain_file_given_as_a_store_is_called_a_file(tmp_path):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a store")
+    for command in (["inspect-aug", "--store", str(plain)], ["train", "--store", str(plain), "--out", str(tmp_path / "run")]):
+        line = assert_one_line_refusal(run_cli(*command), f"{plain} is a file, not an augzarr store")
+        assert "zarr.json" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_verify_counts_its_problems_and_lists_only_the_first_ones(tmp_path):
+    from augzarr.wording import SHOWN_LINES
+
+    folder = write_image_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=8)
+    out = tmp_path / "s.zarr"
+    run_cli("build-aug", "--source", str(folder), "--copies", "1", "--chunk-size", "1", "--preview", "0", "--quiet", "--out", str(out),
+            check=True)
+    images = zarr.open_array(str(out), path="train/images", mode="r")
+    chunks = [out / chunk_key(images, c) for c in range(images.cdata_shape[0])]
+    assert len(chunks) > SHOWN_LINES
+    for number, chunk in enumerate(chunks):
+        data = bytearray(chunk.read_bytes())
+        data[0] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+        if number == 0:
+            one = run_cli("inspect-aug", "--store", str(out), "--verify")
+            assert one.returncode == 1 and one.stderr.strip().splitlines()[-1].endswith(
+                "failed verification (1 problem above); rebuild it with build-aug --overwrite"), one.stderr
+    every = run_cli("inspect-aug", "--store", str(out), "--verify")
+    lines = every.stderr.strip().splitlines()
+    assert every.returncode == 1 and len(lines) == SHOWN_LINES + 1 and all(line.startswith("damaged: ") for line in lines[:-1])
+    assert lines[-1].endswith(f"failed verification ({len(chunks)} problems, the first {SHOWN_LINES} above); rebuild it with build-aug --overwrite")

@@ -11,6 +11,7 @@ import typer
 
 from augzarr.cli_support import run_app
 from augzarr.options import check_fields, command
+from augzarr.wording import count
 
 from .options import EVALUATE, TRAIN, EvaluateOptions, TrainOptions, TrainRunOptions
 
@@ -41,7 +42,7 @@ def train(options: TrainOptions, run: TrainRunOptions, given: set[str]) -> None:
     # the notebook's two lines, always printed
     print(f"Test score: {metrics['loss']:.4f}")
     print(f"Test accuracy: {metrics['accuracy']:.4f}")
-    say(f"({result.evaluated_on} split, {metrics['count']:,} images); run folder: {result.run_dir}")
+    say(f"({result.evaluated_on} split, {count(metrics['count'], 'image')}); run folder: {result.run_dir}")
 
 
 @command(evaluate_app, *EVALUATE)
@@ -51,19 +52,19 @@ def evaluate(options: EvaluateOptions) -> None:
 
     options.validate()
     import_keras_quietly()
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, write_reports
+    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, training_note, training_warning, write_reports
 
     if options.store is not None:
         metrics, mistake_images = evaluate_on_store(options.model, options.store, options.split, options.batch_size)
     else:
         metrics, mistake_images = evaluate_on_folder(options.model, options.source, options.batch_size)
-    print(f"{metrics['model']} on {metrics['data']}, {metrics['count']:,} images")
+    print(f"{metrics['model']} on {metrics['data']}, {count(metrics['count'], 'image')}")
     if resize_note(metrics):
         print(resize_note(metrics))
-    if metrics.get("training_source"):
-        print("warning: " + one_line(f"--source {options.source} holds the images the model's store was built from (same folder or content hash): "
-              "most of them were trained on, so this is not a held-out score; use --store with its val or test split, or unseen images"),
-              file=sys.stderr)
+    if training_warning(metrics, options.source):
+        print("warning: " + one_line(training_warning(metrics, options.source)), file=sys.stderr)
+    if training_note(metrics):
+        print(one_line(training_note(metrics)), file=sys.stderr)
     print(format_metrics(metrics))
     if options.json_out is not None:
         written = write_reports(metrics, options.json_out, mistake_images)

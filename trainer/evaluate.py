@@ -11,8 +11,10 @@ import keras
 import numpy as np
 
 from augzarr.errors import UserError
+from augzarr.wording import count, listed
 from augzarr.storage.local import write_atomic
-from augzarr.store_format import open_store
+from augzarr.storage import open_storage
+from augzarr.store_format import digest_keys, open_store, read_raw_attrs, train_file_digests
 
 from .metrics import evaluate_arrays, evaluate_stream, stored_images
 from .own_model import before_checkpoint_load
@@ -23,6 +25,8 @@ from .training import check_model_fits_store, read_json
 
 def load_run_model(run_dir: Path) -> tuple[keras.Model, dict]:
     run = read_json(run_dir / "run.json")
+    if run_dir.is_file():
+        raise UserError(f"--model {run_dir} is a file, not a train run folder: give the folder train --out made")
     if not run:
         raise UserError(f"--model {run_dir}: not a train run folder (no readable run.json)")
     if run.get("status") != "complete" or not (run_dir / "model.keras").is_file():
@@ -38,7 +42,7 @@ def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_siz
     attrs = store.attrs
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
     if attrs.class_names != run["class_names"]:
-        raise UserError(f"--store {location}: its classes ({', '.join(attrs.class_names)}) differ from the model's ({', '.join(run['class_names'])})")
+        raise UserError(f"--store {location}: its classes differ from the model's: {class_difference(attrs.class_names, run['class_names'])}")
     available = [s for s in ("test", "val") if store.has(s)]
     chosen = split or (available[0] if available else None)
     if chosen is None or not store.has(chosen):
@@ -52,13 +56,21 @@ def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_siz
     return {"model": str(run_dir), "data": f"{location} ({chosen} split)", "evaluated_on": chosen, **metrics}, mistakes
 
 
+def class_difference(names: list[str], model_names: list[str]) -> str:
+    """Where two class lists part, in a line however many classes they hold."""
+    sizes = f"{count(len(names), 'class')} against the model's {len(model_names):,}"
+    at = next((i for i, (a, b) in enumerate(zip(names, model_names)) if a != b), None)
+    return sizes if at is None else f"{sizes}; class {at} is {names[at]!r}, the model's {model_names[at]!r}"
+
+
 def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[dict, np.ndarray]:
     """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input:
     the metrics (each confidently wrong image named by its file too), and those images.
 
-    The result also says how many images were resized from which sizes ("resized"), and
-    whether they are the very images the model's store was built from ("training_source"):
-    then the figure is not a held-out score."""
+    The result also says how many images were resized from which sizes ("resized"), and how many of
+    them the model trained on ("training_images", by their content, from the digests the model's store
+    recorded; "training_source" when any, or, for a store without them, when the folder is its source
+    whole): then the figure is not a held-out score."""
     # the builder's image reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
     import cv2
 
@@ -73,11 +85,13 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
     part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
     unknown = sorted(set(source.class_names) - set(run["class_names"]))
     if unknown:
-        raise UserError(f"--source {folder}: classes the model does not know: {', '.join(unknown)} (it knows {', '.join(run['class_names'])})")
+        raise UserError(f"--source {folder}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
+                        f"(it knows {count(len(run['class_names']), 'class')}: {listed(run['class_names'])})")
     to_model = np.array([run["class_names"].index(name) for name in source.class_names])
-    images, resized = [], {}
+    images, resized, digests = [], {}, []
     for file in split.files:
-        image = read_image_file(file)[0]
+        image, digest = read_image_file(file)
+        digests.append(digest)
         if image.shape[:2] != (height, width):
             size = f"{image.shape[1]}x{image.shape[0]}"
             resized[size] = resized.get(size, 0) + 1
@@ -91,9 +105,61 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
     for mistake in metrics["confidently_wrong"]:
         mistake["file"] = str(split.files[mistake["row"]])
     mistakes = images[[m["row"] for m in metrics["confidently_wrong"]]]
+    overlap = training_images(run, digests)
+    if overlap["count"] is not None:
+        trained = overlap["count"] > 0
+    else:  # a store without the digests, or out of reach: the folder as a whole
+        trained = split is source.train and is_training_source(run, folder, source)
     return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics,
             "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
-            "training_source": split is source.train and is_training_source(run, folder, source)}, mistakes
+            "training_images": overlap, "training_source": trained}, mistakes
+
+
+def training_images(run: dict, digests: list[str]) -> dict:
+    """How many of the evaluated files (their sha256 digests) the model's store has in train/: "count" None
+    when that cannot be told (the store is gone, has changed, or predates the record), with the reason."""
+    location = run.get("options", {}).get("store")
+    result = {"count": None, "of": len(digests), "store": location, "unknown_because": None}
+    if not location:
+        return {**result, "unknown_because": "the run does not name its store"}
+    try:
+        storage = open_storage(location)
+        raw = read_raw_attrs(storage) if storage.exists() else None
+    except UserError as exc:
+        return {**result, "unknown_because": f"its store cannot be read ({exc})"}
+    fingerprint = run.get("store_fingerprint", {})
+    if raw is None:
+        return {**result, "unknown_because": f"its store {location} is not there"}
+    same = ((raw.get("source") or {}).get("content_hash"), raw.get("identity")) == (fingerprint.get("content_hash"), fingerprint.get("identity"))
+    if not same:
+        return {**result, "unknown_because": f"{location} is no longer the store it was trained from"}
+    trained = train_file_digests(storage)
+    if trained is None:
+        return {**result, "unknown_because": f"its store {location} does not record its training files "
+                                             "(built from arrays, or by an older augzarr)"}
+    return {**result, "count": sum(key in trained for key in digest_keys(digests))}
+
+
+def training_warning(metrics: dict, source) -> str | None:
+    """evaluate --source's warning when the model trained on some of the images, naming how many; None when it did not."""
+    if not metrics.get("training_source"):
+        return None
+    overlap = metrics.get("training_images") or {}
+    if overlap.get("count"):
+        what = (f"--source {source}: {overlap['count']:,} of its {count(overlap['of'], 'image')} {'was' if overlap['count'] == 1 else 'were'} "
+                f"in the model's training data (found by content among the files its store {overlap['store']} was built from)")
+    else:
+        what = f"--source {source} holds the images the model's store was built from (same folder or content hash): most of them were trained on"
+    return f"{what}, so this is not a held-out score; use --store with its val or test split, or images the model never saw"
+
+
+def training_note(metrics: dict) -> str | None:
+    """A note when evaluate --source could not look for training images by content (only a whole copy of the source is recognised)."""
+    reason = (metrics.get("training_images") or {}).get("unknown_because")
+    if reason is None or metrics.get("training_source"):
+        return None
+    return (f"note: the model's training images could not be looked for among these by content: {reason}; only its whole "
+            "source folder is recognised")
 
 
 def is_training_source(run: dict, folder: Path, source) -> bool:
@@ -109,15 +175,24 @@ def is_training_source(run: dict, folder: Path, source) -> bool:
     return recorded.get("content_hash") is not None and hash_folder_files(source) == recorded["content_hash"]
 
 
+RESIZE_EXAMPLES = 3  # sizes named in the note; every size and its count is in the JSON ("resized")
+
+
 def resize_note(metrics: dict) -> str | None:
-    """'resized N images from WxH to the model's 32x32', or None when none was resized."""
+    """'resized N images from WxH to the model's 32x32', or, from several sizes, how many sizes and the most common
+    few (a folder of photos has hundreds); None when none was resized."""
     sizes = metrics.get("resized", {}).get("from", {})
     if not sizes:
         return None
-    count = sum(sizes.values())
-    shown = ", ".join(f"{n:,} from {size}" if len(sizes) > 1 else size for size, n in sizes.items())
-    where = f"({shown})" if len(sizes) > 1 else f"from {shown}"
-    return f"resized {count:,} image{'s' if count != 1 else ''} {where} to the model's {metrics['resized']['to']}"
+    total = count(sum(sizes.values()), "image")
+    to = f"to the model's {metrics['resized']['to']}"
+    if len(sizes) == 1:
+        return f"resized {total} from {next(iter(sizes))} {to}"
+    common = sorted(sizes.items(), key=lambda item: -item[1])[:RESIZE_EXAMPLES]  # stable: ties keep the sizes' order
+    shown = ", ".join(f"{n:,} from {size}" for size, n in common)
+    if len(sizes) <= RESIZE_EXAMPLES:
+        return f"resized {total} ({shown}) {to}"
+    return f"resized {total} from {len(sizes):,} different sizes ({shown}, and {count(len(sizes) - len(common), 'other size')}) {to}"
 
 
 def format_metrics(metrics: dict) -> str:
@@ -130,7 +205,7 @@ def format_metrics(metrics: dict) -> str:
     for name, row in metrics["per_class"].items():
         accuracy = "  n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         interval = "             " if row["ci95"] is None else f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}"
-        lines.append(f"  {name:<{width}}  {accuracy}  {interval}  ({row['count']:,} images)")
+        lines.append(f"  {name:<{width}}  {accuracy}  {interval}  ({count(row['count'], 'image')})")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from augzarr.errors import UserError
+from augzarr.wording import SHOWN_LINES, article, listed
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,16 @@ def call_model_function(spec: ModelSpec, image_shape: tuple[int, ...], n_classes
     if function is None:
         defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == module.__name__)
         raise UserError(f"--model {spec.spec}: {spec.path} has no function {spec.function}"
-                        + (f" (it defines {', '.join(defined)})" if defined else ""))
+                        + (f" (it defines {listed(defined, limit=SHOWN_LINES)})" if defined else ""))
     if not callable(function):
-        raise UserError(f"--model {spec.spec}: {spec.function} in {spec.path} is a {type(function).__name__}, not a function")
+        raise UserError(f"--model {spec.spec}: {spec.function} in {spec.path} is {article(type(function).__name__)}, not a function")
     call = f"{spec.function}({tuple(image_shape)}, {n_classes})"
     try:
         model = function(tuple(image_shape), n_classes)
     except Exception as exc:
         raise UserError(f"--model {spec.spec}: {call} raised {first_line(exc)}") from None
     if not isinstance(model, keras.Model):
-        raise UserError(f"--model {spec.spec}: {call} returned a {type(model).__name__}, not a keras.Model")
+        raise UserError(f"--model {spec.spec}: {call} returned {article(type(model).__name__)}, not a keras.Model")
     return model
 
 

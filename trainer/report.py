@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -12,6 +13,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+
+from augzarr.fonts import font_with_glyphs  # noqa: E402
+from augzarr.wording import count  # noqa: E402
 
 from augzarr.storage.local import write_atomic  # noqa: E402
 from augzarr.store_format import StoreAttrs  # noqa: E402
@@ -19,6 +24,23 @@ from augzarr.store_format import StoreAttrs  # noqa: E402
 from .metrics import class_gap  # noqa: E402
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second")
+
+
+def glyphs_quiet(draw):
+    """A plot function whose texts no font here can draw (a path in a script DejaVu lacks) draws them as boxes
+    without matplotlib's warning on stderr: class names get a font that has them, or their index, before that."""
+    @functools.wraps(draw)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Glyph .* missing")
+            return draw(*args, **kwargs)
+    return quiet
+
+
+def text_font(text: str) -> FontProperties | None:
+    """The font for a text of the plots: one with all its glyphs (augzarr.fonts), None when no font here has them."""
+    path = font_with_glyphs(text)
+    return None if path is None else FontProperties(fname=path)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -30,6 +52,7 @@ def history_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
+@glyphs_quiet
 def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -52,12 +75,25 @@ MAX_CELL_COUNTS = 20  # beyond this, a count in every cell would not fit
 TOP_CONFUSED = 20  # the most confused pairs listed beside an unnamed matrix
 
 
+@glyphs_quiet
 def plot_confusion(metrics: dict, path: Path, title: str) -> None:
     figure = confusion_figure(metrics, title)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Glyph .* missing")  # a class name in a script DejaVu lacks: drawn as boxes, no noise
-        figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def class_ticks(axis, names: list[str]) -> bool:
+    """Both axes' ticks labelled with the class names, each in a font that has its glyphs, or with the class index
+    where no font here has them (CJK without a CJK font); True when some name had to be an index."""
+    fonts = [text_font(name) for name in names]
+    labels = [name if font else str(i) for i, (name, font) in enumerate(zip(names, fonts))]
+    axis.set_xticks(range(len(names)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), labels)
+    for ticks in (axis.get_xticklabels(), axis.get_yticklabels()):
+        for tick, font in zip(ticks, fonts):
+            if font is not None:
+                tick.set_fontproperties(font)
+    return None in fonts
 
 
 def confusion_figure(metrics: dict, title: str):
@@ -77,21 +113,27 @@ def confusion_figure(metrics: dict, title: str):
     axis.set_ylabel("true")
     axis.set_title(title)
     if named:
-        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        axis.set_yticks(range(len(names)), names)
+        if class_ticks(axis, names):
+            axis.set_xlabel("predicted (a number is a class index: a name no font here can draw; names in metrics.json)")
     else:
         axis.set_xlabel("predicted (class index; names in metrics.json)")
         axis.set_ylabel("true (class index)")
         side.axis("off")
         side.set_title(f"most confused of {len(names)} classes", loc="left")
-        side.text(0, 1, "\n".join(f"{count:,}  {names[i]} -> {names[j]}" for i, j, count in most_confused(confusion, TOP_CONFUSED)) or "none",
-                  va="top", ha="left", transform=side.transAxes, fontsize=11)
+        pairs = [(count, shown_name(names, i), shown_name(names, j)) for i, j, count in most_confused(confusion, TOP_CONFUSED)]
+        listing = "\n".join(f"{count:,}  {true} -> {predicted}" for count, true, predicted in pairs) or "none"
+        side.text(0, 1, listing, va="top", ha="left", transform=side.transAxes, fontsize=11, fontproperties=text_font(listing))
     threshold = confusion.max() / 2 if confusion.size else 0
     if len(names) <= MAX_CELL_COUNTS:
         for (i, j), value in np.ndenumerate(confusion):
             axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black")
     figure.tight_layout()
     return figure
+
+
+def shown_name(names: list[str], index: int) -> str:
+    """A class name as a plot can draw it: itself, or 'class N' when no font here has its glyphs."""
+    return names[index] if font_with_glyphs(names[index]) else f"class {index}"
 
 
 def most_confused(confusion: np.ndarray, k: int) -> list[tuple[int, int, int]]:
@@ -108,16 +150,16 @@ MISTAKE_COLUMNS = 4
 MAX_LABEL_CHARS = 18  # a class name in a mistakes tile is cut to this
 
 
+@glyphs_quiet
 def save_png(figure, path: Path) -> None:
     """The figure as a PNG, written whole (a kill leaves the old file or the new, never half an image)."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Glyph .* missing")  # a class name in a script DejaVu lacks: drawn as boxes, no noise
-        figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     write_atomic(path, buffer.getvalue())
 
 
+@glyphs_quiet
 def plot_reliability(calibration: dict, path: Path, title: str) -> None:
     """The reliability diagram: accuracy against mean confidence per confidence bin (on the diagonal
     when calibrated), the gap shaded, and how many predictions fell in each bin below it."""
@@ -145,6 +187,7 @@ def plot_reliability(calibration: dict, path: Path, title: str) -> None:
     save_png(figure, path)
 
 
+@glyphs_quiet
 def plot_mistakes(images: np.ndarray, mistakes: list[dict], path: Path, title: str) -> None:
     """The most confidently wrong images in a grid, each titled with its true and predicted class and
     the confidence; a figure saying so when there is no wrong prediction."""
@@ -162,8 +205,9 @@ def plot_mistakes(images: np.ndarray, mistakes: list[dict], path: Path, title: s
     for axis, image, mistake in zip(axes.flat, images, mistakes):
         gray = image.shape[-1] == 1
         axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
-        axis.set_title(f"true: {mistake['true'][:MAX_LABEL_CHARS]}\npredicted: {mistake['predicted'][:MAX_LABEL_CHARS]}\n"
-                       f"confidence {mistake['confidence']:.3f}", fontsize=8)
+        label = (f"true: {mistake['true'][:MAX_LABEL_CHARS]}\npredicted: {mistake['predicted'][:MAX_LABEL_CHARS]}\n"
+                 f"confidence {mistake['confidence']:.3f}")
+        axis.set_title(label, fontsize=8, fontproperties=text_font(label))
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_png(figure, path)
@@ -186,7 +230,7 @@ def training_rate_lines(history: list[dict], run: dict) -> list[str]:
     rates = epoch_training_rates(history)
     if not rates:
         return []
-    return [f"- training rate: {median_training_rate(history):,.0f} images/s (median of {len(rates)} epochs; first {rates[0]:,.0f}, "
+    return [f"- training rate: {median_training_rate(history):,.0f} images/s (median of {count(len(rates), 'epoch')}; first {rates[0]:,.0f}, "
             f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
 
 
@@ -246,7 +290,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
         + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),
         "",
-        f"## Results on {run['evaluated_on']} ({metrics['count']:,} images)",
+        f"## Results on {run['evaluated_on']} ({count(metrics['count'], 'image')})",
         "",
         f"- loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f} (95% interval {interval(metrics.get('accuracy_ci95'))})",
         f"- best class: {best} ({best_acc:.3f}); worst class: {worst} ({worst_acc:.3f}); gap {best_acc - worst_acc:.3f}",
@@ -270,7 +314,7 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "",
         "## Known limits of use",
         "",
-        f"- Trained on {tuple(store_attrs.image_shape)} images of these {len(metrics['class_names'])} classes only: "
+        f"- Trained on {tuple(store_attrs.image_shape)} images of these {count(len(metrics['class_names']), 'class')} only: "
         "any other image is forced into one of them; there is no 'none of these' answer.",
         "- Accuracy is measured on images from the same source as the training data; photos from other cameras, "
         "crops or resolutions can score lower.",
@@ -325,11 +369,12 @@ def calibration_lines(metrics: dict, evaluated_on: str) -> list[str]:
 def mistake_lines(metrics: dict, evaluated_on: str) -> list[str]:
     mistakes = metrics["confidently_wrong"]
     if not mistakes:
-        return ["## Most confident mistakes", "", f"- none: every one of the {metrics['count']:,} images was classified correctly"]
+        every = "the one image was" if metrics["count"] == 1 else f"every one of the {metrics['count']:,} images was"
+        return ["## Most confident mistakes", "", f"- none: {every} classified correctly"]
     return [
         "## Most confident mistakes",
         "",
-        f"- the {len(mistakes)} wrong predictions made with the highest confidence, as images: [{MISTAKES_PNG}]({MISTAKES_PNG}); "
+        f"- the {count(len(mistakes), 'wrong prediction')} made with the highest confidence, as images: [{MISTAKES_PNG}]({MISTAKES_PNG}); "
         f"row: the image's row in the store's {evaluated_on} split",
         "",
         "| row | true | predicted | confidence |",

@@ -4,7 +4,8 @@ Why obstore and not s3fs: about 2x the read throughput and half the CPU per GiB 
 pattern, first-class conditional PUTs for the lease, and quick, bounded retries
 (BENCHMARKS.md, docs/object-storage/REPORT.md). Credentials and endpoint come from the standard
 environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION; GOOGLE_*,
-AZURE_* for the others), read by obstore itself.
+AZURE_* for the others), read by obstore itself; every message names the variables of the URL's
+own provider (PROVIDERS).
 
 obstore is not fork-safe once it has made a request (its runtime's threads do not survive a
 fork): build workers for an object store are started with forkserver (fork_safe = False).
@@ -21,7 +22,10 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from .base import LeaseHeld, Storage, StorageError, register
@@ -34,8 +38,61 @@ RETRY = {  # 5xx, dropped and refused connections, timeouts: retried with backof
     "retry_timeout": timedelta(seconds=120),
     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=15), "base": 2},
 }
-CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What a message about one provider's store names: its own variables, never another provider's."""
+    name: str
+    credentials: tuple[str, ...]  # any of these set: the client has credentials to try
+    missing: str  # what to do when none is set
+    denied: str  # which variables to check when the server refuses them
+    endpoint: str  # the variable naming a server other than the provider's
+    account: tuple[str, ...] = ()  # Azure: the storage account's name, needed before anything else
+    default_file: str | None = None  # a credentials file the client reads when no variable names one
+    metadata_host: Callable[[], bool] = lambda: False  # a machine of this cloud: its metadata service gives credentials
+
+
+def dmi(field: str) -> str:
+    """A line of the machine's DMI data (Linux), which names the cloud a virtual machine runs in; '' elsewhere."""
+    try:
+        return Path("/sys/class/dmi/id", field).read_text().strip()
+    except OSError:
+        return ""
+
+
+AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"  # the chassis asset tag of every Azure virtual machine
+
+PROVIDERS = {
+    "s3": Provider(
+        name="S3", endpoint="AWS_ENDPOINT_URL",
+        credentials=("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        missing="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server other than AWS)",
+        denied="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's policy",
+        metadata_host=lambda: "Amazon EC2" in (dmi("sys_vendor"), dmi("board_vendor"))),
+    "gs": Provider(
+        name="Google Cloud Storage", endpoint="GOOGLE_BASE_URL",
+        credentials=("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH",
+                     "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN", "GOOGLE_SKIP_SIGNATURE"),
+        missing="set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file (or GOOGLE_SERVICE_ACCOUNT_KEY to "
+                "the key itself), or run gcloud auth application-default login",
+        denied="GOOGLE_APPLICATION_CREDENTIALS (the service account's key) and the bucket's permissions",
+        default_file="~/.config/gcloud/application_default_credentials.json",
+        metadata_host=lambda: bool(os.environ.get("GCE_METADATA_HOST")) or dmi("product_name").startswith("Google")),
+    "az": Provider(
+        name="Azure Blob Storage", endpoint="AZURE_STORAGE_ENDPOINT",
+        account=("AZURE_STORAGE_ACCOUNT_NAME",),
+        credentials=("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY", "AZURE_STORAGE_SAS_KEY",
+                     "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_TOKEN", "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET",
+                     "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI", "AZURE_STORAGE_USE_EMULATOR", "AZURE_SKIP_SIGNATURE",
+                     "AZURE_MSI_ENDPOINT", "AZURE_IDENTITY_ENDPOINT"),
+        missing="set AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and "
+                "AZURE_TENANT_ID for a service principal)",
+        denied="AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN) and the container's access",
+        metadata_host=lambda: dmi("chassis_asset_tag") == AZURE_ASSET_TAG),
+}
+PROVIDERS["abfs"] = PROVIDERS["az"]
 
 
 def user() -> str:
@@ -47,6 +104,56 @@ def user() -> str:
 
 def lease_seconds() -> float:
     return float(os.environ.get("AUGZARR_LEASE_SECONDS", LEASE_SECONDS))
+
+
+def this_process() -> dict:
+    """Who holds a lease, precisely enough for a later build on the same machine to tell whether that
+    process still runs: the host name, the kernel's boot and PID namespace (two containers may share a
+    host name, never both of these), the PID, and the process's start time (a PID is reused)."""
+    return {"host": socket.gethostname(), "boot": read_text("/proc/sys/kernel/random/boot_id"),
+            "pid_namespace": pid_namespace(), "pid": os.getpid(), "started": process_start(os.getpid())}
+
+
+def read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat), None where there is no /proc or no such
+    running process (a zombie, killed but not yet reaped, has stopped too)."""
+    stat = read_text(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and parentheses
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def holder_here(holder: dict | None) -> str | None:
+    """'running' or 'stopped' for a lease holder that was a process of this machine (same host name, boot and PID
+    namespace); None when it was not, or when that cannot be told (no /proc): then only the lease's expiry frees it."""
+    here = this_process()
+    if not isinstance(holder, dict) or here["boot"] is None or here["pid_namespace"] is None:
+        return None
+    if any(holder.get(key) != here[key] for key in ("host", "boot", "pid_namespace")):
+        return None
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    return "running" if process_start(pid) == holder.get("started") else "stopped"
+
+
+def clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(seconds))
 
 
 @register("s3", "gs", "az", "abfs")
@@ -63,37 +170,54 @@ class ObjectStorage(Storage):
         self.scheme, self.bucket = parsed.scheme, parsed.netloc
         if not self.bucket or not parsed.path.strip("/"):
             raise StorageError(f"{location}: give a bucket and a path for the store, as in {self.scheme}://BUCKET/datasets/aug.zarr")
+        self.provider = PROVIDERS[self.scheme]
+        self.check_credentials()
         options = {"timeout": "120s", "connect_timeout": "5s"}
-        if self.scheme == "s3":
-            if not any(os.environ.get(v) for v in CREDENTIAL_VARIABLES):
-                # obstore would otherwise ask the EC2 metadata endpoint, and wait on it off EC2
-                raise StorageError(f"{location}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                                   "(and AWS_ENDPOINT_URL for a server other than AWS)")
-            if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
-                options["allow_http"] = True  # a local server (MinIO, moto) without TLS
-        self.store = from_url(self.location, client_options=options, retry_config=RETRY)
+        if os.environ.get(self.provider.endpoint, "").startswith("http://"):
+            options["allow_http"] = True  # a local server (MinIO, moto, Azurite, fake-gcs-server) without TLS
+        try:
+            self.store = from_url(self.location, client_options=options, retry_config=RETRY)
+        except Exception as exc:  # a URL or configuration the client refuses before any request
+            raise self.error(exc, "opening the store") from None
         self._loops = threading.local()
         self._checked = False
 
     # -- errors, in one line ------------------------------------------------------------------------
 
+    def check_credentials(self) -> None:
+        """Refuse, before any request, a store the client has no credentials for: without them obstore asks
+        the cloud's metadata service, and off that cloud it waits on it, then fails in another provider's words."""
+        provider = self.provider
+        # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/... names the account itself
+        no_account = bool(provider.account) and not any(os.environ.get(v) for v in provider.account) and "@" not in self.bucket
+        no_credentials = not (any(os.environ.get(v) for v in provider.credentials)
+                              or (provider.default_file and Path(provider.default_file).expanduser().is_file())
+                              or provider.metadata_host())
+        if no_account or no_credentials:
+            lacking = " or ".join(word for word, lacks in (("account", no_account), ("credentials", no_credentials)) if lacks)
+            todo = ([f"set {provider.account[0]} to the storage account's name"] if no_account else []) \
+                + ([provider.missing] if no_credentials else [])
+            raise StorageError(f"{self.location}: no {provider.name} {lacking}: {'; '.join(todo)}")
+
     def error(self, exc: Exception, doing: str) -> StorageError:
         import obstore.exceptions as ox
 
         text = str(exc)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") if self.scheme == "s3" else None
+        provider = self.provider
+        endpoint = os.environ.get(provider.endpoint)
         # the server's own code for it (S3 and compatibles: NoSuchBucket; Azure: ContainerNotFound); never a bare
         # "404", which a message can hold anywhere (an endpoint's port, 127.0.0.1:40409)
         if any(code in text for code in ("NoSuchBucket", "ContainerNotFound", "bucket does not exist")):
             return StorageError(f"{self.location}: bucket {self.bucket!r} does not exist"
                                 + (f" at {endpoint}" if endpoint else "") + ": create it, or check the URL")
+        if "MissingAccount" in text:
+            return StorageError(f"{self.location}: no {provider.name} account: set {provider.account[0]} to the storage account's name")
         if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)) or "403 Forbidden" in text \
-                or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
-            return StorageError(f"{self.location}: access denied {doing}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                                "and the bucket's policy")
+                or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AuthenticationFailed" in text:
+            return StorageError(f"{self.location}: access denied {doing}: check {provider.denied}")
         if any(s in text for s in ("error sending request", "Connection refused", "connection closed", "timed out", "dns error")):
             return StorageError(f"{self.location}: cannot reach the object store {doing} after retrying"
-                                + (f" ({endpoint})" if endpoint else "") + ": check the network and AWS_ENDPOINT_URL, "
+                                + (f" ({endpoint})" if endpoint else "") + f": check the network and {provider.endpoint}, "
                                 "then run the same command again")
         first = (text.splitlines() or [type(exc).__name__])[0]
         return StorageError(f"{self.location}: {doing} failed: {first[:200]}")
@@ -222,6 +346,18 @@ class ObjectStorage(Storage):
         result = obs.get(self.store, LOCK_KEY)
         return json.loads(bytes(result.bytes())), result.meta["e_tag"]
 
+    def held_message(self, current: dict) -> str:
+        """Why a build is refused: who holds the lease and what is known of it, no more (a holder on another
+        machine may have stopped a moment ago: only its renewals tell)."""
+        now, expires = time.time(), current.get("expires", 0)
+        running = " (running on this machine)" if holder_here(current.get("process")) == "running" else ""
+        renewed = current.get("renewed")
+        last = (f"last renewed its lease {now - renewed:.0f} s ago ({clock(renewed)})" if isinstance(renewed, (int, float))
+                else "holds its lease")
+        return (f"{self.location} is locked by the build of {current.get('owner', 'another build-aug')}{running}, which {last}; "
+                f"the lease expires in {max(0, expires - now):.0f} s ({clock(expires)}) unless renewed again: wait for that build "
+                "to finish, or stop it, then run this again")
+
     @contextmanager
     def writer_lock(self, build_id: str, say=print):
         """A lease object created only if absent (a conditional PUT), renewed by a thread every third
@@ -233,8 +369,10 @@ class ObjectStorage(Storage):
 
         self.check_reachable()
         ttl = lease_seconds()
-        lease = {"owner": f"{user()}@{socket.gethostname()}:{os.getpid()}", "build_id": build_id,
-                 "token": uuid.uuid4().hex, "expires": time.time() + ttl}
+        process = this_process()
+        now = time.time()
+        lease = {"owner": f"{user()}@{process['host']}:{process['pid']}", "build_id": build_id, "token": uuid.uuid4().hex,
+                 "renewed": now, "expires": now + ttl, "process": process}
 
         def body() -> bytes:
             return json.dumps(lease).encode()
@@ -244,19 +382,21 @@ class ObjectStorage(Storage):
                 etag = obs.put(self.store, LOCK_KEY, body(), mode="create")["e_tag"]
             except AlreadyExistsError:
                 current, current_etag = self.read_lease()
+                gone = holder_here(current.get("process")) == "stopped"
                 if current.get("token") == lease["token"]:
                     etag = current_etag
-                elif current.get("expires", 0) > time.time():
-                    raise LeaseHeld(f"{self.location} is being built by {current.get('owner')} right now (its lease runs "
-                                    f"{current['expires'] - time.time():.0f} s more and is renewed while it runs): wait for it "
-                                    "to finish, or stop it, then run this again") from None
+                elif current.get("expires", 0) > time.time() and not gone:
+                    raise LeaseHeld(self.held_message(current)) from None
                 else:
-                    try:  # replace exactly the expired version we read; a build that beats us to it wins
+                    try:  # replace exactly the version we read; a build that beats us to it wins
                         etag = obs.put(self.store, LOCK_KEY, body(), mode={"e_tag": current_etag})["e_tag"]
                     except PreconditionError:
-                        raise LeaseHeld(f"{self.location}: another build took over its expired lease first") from None
-                    say(f"took over the lease of a build that stopped ({current.get('owner')}, expired "
-                        f"{time.time() - current.get('expires', 0):.0f} s ago)")
+                        raise LeaseHeld(f"{self.location}: another build took over the lease of the build that stopped first") from None
+                    if gone:
+                        say(f"took over the lease of a build that stopped ({current.get('owner')}: no longer running on this machine)")
+                    else:
+                        say(f"took over the lease of a build that stopped ({current.get('owner')}, expired "
+                            f"{time.time() - current.get('expires', 0):.0f} s ago)")
         except StorageError:
             raise
         except Exception as exc:
@@ -267,7 +407,8 @@ class ObjectStorage(Storage):
 
         def renew() -> None:
             while not stop.wait(ttl / 3):
-                lease["expires"] = time.time() + ttl
+                lease["renewed"] = time.time()
+                lease["expires"] = lease["renewed"] + ttl
                 try:
                     state["etag"] = obs.put(self.store, LOCK_KEY, body(), mode={"e_tag": state["etag"]})["e_tag"]
                 except PreconditionError:
