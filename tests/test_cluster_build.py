@@ -429,6 +429,6 @@ def test_a_worker_without_the_object_stores_credentials_is_refused_before_the_cl
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
-    assert f"cannot reach --out {url} ({url}: no credentials: set AWS_ACCESS_KEY_ID" in line, line
+    assert f"cannot reach --out {url} ({url}: no S3 credentials: set AWS_ACCESS_KEY_ID" in line, line
     assert line.endswith("give every worker the store's credentials and endpoint in its own environment")
     assert left == {}  # no claim, no lease, no probe
