@@ -123,7 +123,8 @@ def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_t
         return set(Path(tempfile.gettempdir()).glob(f"{SOURCE_PREFIX}*"))
 
     before = source_copies()
-    images = write_image_folder(tmp_path / "many", {"ant": 60, "bee": 60}, size=16)
+    # 1,160 one-row chunks: still running after the 3 s below and the second command's start, even under load
+    images = write_image_folder(tmp_path / "many", {"ant": 100, "bee": 100}, size=16)
     args = long_build_args(images, s3["url"])
     storage = open_storage(s3["url"])
     build = subprocess.Popen([str(BIN / args[0]), *args[1:]], env={**os.environ, **s3["env"]}, stdout=subprocess.PIPE,
@@ -145,9 +146,9 @@ def test_a_killed_build_holds_its_lease_until_it_expires_then_the_same_command_t
     time.sleep(float(LEASE_SECONDS) + 0.5)
     resumed = run_cli(*args, env=s3["env"], check=True)
     assert "took over the lease of a build that stopped" in resumed.stdout, resumed.stdout
-    assert resumed.stdout.splitlines()[-1].startswith(f"resumed {s3['url']}: 672 train, 24 val rows"), resumed.stdout
+    assert resumed.stdout.splitlines()[-1].startswith(f"resumed {s3['url']}: 1,120 train, 40 val rows"), resumed.stdout
     computed = int(resumed.stdout.split("rows (")[1].split(" computed")[0].replace(",", ""))
-    assert computed <= 672 + 24 - done_before  # only the chunks (of one row) the killed build had not committed
+    assert computed <= 1120 + 40 - done_before  # only the chunks (of one row) the killed build had not committed
     assert source_copies() == before  # the killed build's copy of the decoded source removed by the next build, its own too
     local = tmp_path / "local.zarr"
     run_cli(*args[:args.index("--out") + 1], str(local), *args[args.index("--out") + 2:], check=True)
