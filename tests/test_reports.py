@@ -236,8 +236,10 @@ def test_the_card_repeats_the_store_provenance_and_holds_the_intended_use(descri
 
 
 def test_without_provenance_or_intended_use_the_card_says_they_were_not_given(small_store, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli("train", "--store", str(small_store), *FAST, "--out", str(run_dir), check=True)
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"  # in this process: the card is the library's, train's command line is tested above
+    train_run({"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=run_dir, verbose=0, say=lambda _: None)
     card = (run_dir / "model_card.md").read_text()
     assert "- license: not recorded in the store (build-aug --license TEXT records it)" in card
     assert "- provenance: not recorded in the store (build-aug --provenance TEXT records it)" in card
