@@ -32,11 +32,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        # pytest-xdist (--dist loadgroup): the tests that share a module's fixture (a trained run, a server, a cluster)
-        # run in one worker, so it is made once, not once per worker
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures is not None and any(d.scope == "module" for defs in fixtures.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -153,12 +148,14 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert np.array_equal(arrays_a[key], arrays_b[key]), f"{key} differs"
 
 
-@pytest.fixture
-def resumable_case(tmp_path):
-    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store."""
-    folder = write_image_folder(tmp_path / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
+@pytest.fixture(scope="session")
+def resumable_case(tmp_path_factory):
+    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store.
+    Read them, never change them: each test builds into a folder of its own."""
+    root = tmp_path_factory.mktemp("resumable")
+    folder = write_image_folder(root / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
     args = ["--source", str(folder), "--copies", "5", "--chunk-size", "8", "--preview", "0", "--workers", "2", "--quiet"]
-    reference = tmp_path / "reference.zarr"
+    reference = root / "reference.zarr"
     run_cli("build-aug", *args, "--out", str(reference), check=True)
     return args, reference
 
