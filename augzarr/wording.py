@@ -17,7 +17,8 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
     """n and the noun in the number it needs: '1 image', '0 images', '1,234 images' ('1 class', '2 classes')."""
     if n == 1:
         return f"{n:,} {noun}"
-    return f"{n:,} {plural or (noun + 'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else noun + 's')}"
+    # 'batch' -> 'batches' but 'epoch' -> 'epochs': only a 'ch' said as in 'church' takes 'es'
+    return f"{n:,} {plural or (noun + 'es' if noun.endswith(('s', 'sh', 'tch', 'nch', 'x', 'z')) else noun + 's')}"
 
 
 def article(word: str) -> str:

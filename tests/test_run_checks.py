@@ -143,6 +143,7 @@ def test_counts_and_articles_read_right():
 
     assert [count(n, "problem") for n in (0, 1, 2, 1234)] == ["0 problems", "1 problem", "2 problems", "1,234 problems"]
     assert count(1, "class") == "1 class" and count(3, "class") == "3 classes" and count(2, "file or folder", "files or folders") == "2 files or folders"
+    assert count(2, "epoch") == "2 epochs" and count(2, "batch") == "2 batches" and count(3, "box") == "3 boxes"
     assert [article(w) for w in ("int", "float", "uint8", "ndarray", "hour", "8x8x3 uint8", "16x16x3 uint8", "11x11", "18x18", "180x180", "11,000")] == [
         "an int", "a float", "a uint8", "an ndarray", "an hour", "an 8x8x3 uint8", "a 16x16x3 uint8", "an 11x11", "an 18x18", "a 180x180", "an 11,000"]
     assert listed(["a", "b"]) == "a, b" and listed(range(9), limit=3) == "0, 1, 2 and 6 more"
