@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-
 # run.json as the first augzarr wrote it (c14d931): no store_source, model, mix_alpha, devices, distributed,
 # updated_utc or intended_use; its options before --lr-schedule (then "constant"), --online, --mix and the rest
 OLDEST_RUN_KEYS = ("status", "run_dir", "options", "store_fingerprint", "backend", "versions", "parameters", "learning_rate",
@@ -62,16 +60,19 @@ def test_an_old_run_stopped_after_an_epoch_resumes_with_the_options_it_ran_under
 
 
 def test_an_old_finished_run_evaluates_and_recognises_its_source(one_epoch, small_store, tmp_path):
-    run_dir = tmp_path / "run"
+    from augzarr.trainer.evaluate import evaluate_on_folder, evaluate_on_store, training_warning
+
+    run_dir = tmp_path / "run"  # evaluate's library calls, in this process (Keras loads once)
     shutil.copytree(one_epoch, run_dir)
     old = as_oldest(run_dir)
-    on_store = run_cli("evaluate", "--model", str(run_dir), "--store", str(small_store))
-    assert on_store.returncode == 0 and "Test accuracy:" in on_store.stdout, on_store.stderr
+    metrics, _ = evaluate_on_store(run_dir, str(small_store), None, 256)
+    assert metrics["count"] > 0 and metrics["class_names"] == old["class_names"]
     # its store gone: the source folder is recognised from the fingerprint's content hash alone (no store_source then)
     as_oldest(run_dir, options={**old["options"], "store": str(tmp_path / "gone.zarr")})
-    on_source = run_cli("evaluate", "--model", str(run_dir), "--source", str(small_store.parent / "images"))
-    assert on_source.returncode == 0, on_source.stderr
-    assert "holds the images the model's store was built from (same folder or content hash)" in on_source.stderr, on_source.stderr
+    images = small_store.parent / "images"
+    metrics, _ = evaluate_on_folder(run_dir, images, 256)
+    assert metrics["training_images"]["count"] is None and metrics["training_source"] is True
+    assert "holds the images the model's store was built from (same folder or content hash)" in training_warning(metrics, images)
 
 
 def test_records_of_earlier_augzarr_read_as_those_runs_ran():
