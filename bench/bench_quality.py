@@ -45,15 +45,18 @@ def build(images: str, work: Path, policy: str, copies: int) -> Path:
     return store
 
 
-def train(store: Path, run_dir: Path, epochs: int, extra: list[str]) -> dict:
-    state = json.loads((run_dir / "run.json").read_text()).get("status") if (run_dir / "run.json").exists() else None
-    if state != "complete":
+def train(store: Path, run_dir: Path, epochs: int, extra: list[str]) -> list[dict]:
+    """The run's history, trained (or its interrupted run resumed) unless it is complete."""
+    from augzarr.trainer.records import Progress, RunRecord
+
+    record = RunRecord.read(run_dir)
+    if record is None or not record.is_complete:
         args = [str(BIN / "train"), "--store", str(store), "--epochs", str(epochs), "--out", str(run_dir), *extra]
-        if state == "running":
+        if record is not None and record.is_running:
             args = [str(BIN / "train"), "--resume", "--out", str(run_dir), "--epochs", str(epochs)]
         with open(run_dir.with_suffix(".log"), "a") as log:
             subprocess.run(args, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return json.loads((run_dir / "state" / "progress.json").read_text())
+    return Progress.read(run_dir).history
 
 
 def main() -> None:
@@ -73,8 +76,8 @@ def main() -> None:
         rows = zarr.open_group(str(store), mode="r")["train/images"].shape[0]
         epochs = -(-args.budget // rows)
         print(f"{name}: {rows:,} rows x {epochs} epochs = {rows * epochs:,} image-steps", flush=True)
-        progress = train(store, args.work / f"run-{name}" if args.budget == 2_000_000 else args.work / f"run-{name}-{args.budget}", epochs, extra)
-        results[name] = {"rows": rows, "history": progress["history"]}
+        history = train(store, args.work / f"run-{name}" if args.budget == 2_000_000 else args.work / f"run-{name}-{args.budget}", epochs, extra)
+        results[name] = {"rows": rows, "history": history}
         (args.work / f"results-{args.budget}.json").write_text(json.dumps(results, indent=1))
 
     import matplotlib

@@ -40,6 +40,7 @@ from pathlib import Path
 from augzarr.errors import OptionError
 from augzarr.storage.local import write_atomic
 from augzarr.trainer.options import TrainOptions
+from augzarr.trainer.records import RunRecord, StoreFingerprint
 from augzarr.trainer.report import median_training_rate
 
 BIN = Path(sys.executable).parent
@@ -196,14 +197,8 @@ def build(recipe: Recipe, args, stores: dict) -> BuiltStore:
     attrs, rows = opened.attrs, opened.rows("train")
     if not rows:
         sys.exit(f"compare_recipes: {out} has no training images: give more images (or a larger --limit, a smaller --val-fraction)")
-    stores[out] = BuiltStore(out, (attrs.built or {}).get("seconds", wall), store_fingerprint(attrs), rows)
+    stores[out] = BuiltStore(out, (attrs.built or {}).get("seconds", wall), StoreFingerprint.of(attrs).to_json(), rows)
     return stores[out]
-
-
-def store_fingerprint(attrs) -> dict:
-    """The store as run.json records it (trainer/training.py's store_fingerprint, which imports Keras): its build
-    arguments, its source images' content hash and its chunks' CRC-32s."""
-    return {"identity": attrs.identity, "content_hash": attrs.source.content_hash, "chunk_crc32": attrs.chunk_crc32}
 
 
 def keras_backend() -> str:
@@ -225,11 +220,12 @@ def model_file_sha256(spec: str) -> str | None:
     return file_sha256(parsed.path) if parsed is not None and parsed.path.is_file() else None
 
 
-def run_settings(run: dict) -> dict:
-    """What shaped a train run, from its run.json: every train option, its store by content, the --model file, the backend."""
-    # options a run recorded before they existed had their defaults
-    return {"options": {**asdict(TrainOptions()), **run.get("options", {})},
-            "store": run.get("store_fingerprint"), "model_sha256": (run.get("model") or {}).get("sha256"), "backend": run.get("backend")}
+def run_settings(run: RunRecord) -> dict:
+    """What shaped a train run, from its run.json: every train option (as it ran: RunRecord reads the options of any
+    augzarr), its store by content, the --model file, the backend."""
+    return {"options": asdict(run.options) if run.options is not None else {},
+            "store": run.store_fingerprint.to_json() if run.store_fingerprint else None,
+            "model_sha256": run.model.sha256 if run.model else None, "backend": run.backend}
 
 
 def shown(value) -> str:
@@ -311,13 +307,13 @@ def plan(recipe: Recipe, seed: int, store: BuiltStore, saved: dict, args) -> Pla
     given = {"store": str(store.path), "epochs": max(1, round(args.image_steps / store.train_rows)), "seed": seed, "model": args.model,
              "batch_size": args.batch_size, **recipe.train_options}
     command = ["train", *(part for key, value in given.items() for part in (f"--{key.replace('_', '-')}", str(value)))]
-    wanted = {"options": asdict(TrainOptions(**given)), "store": store.fingerprint, "model_sha256": args.model_sha256,
+    wanted = {"options": asdict(TrainOptions(**given).normalised()), "store": store.fingerprint, "model_sha256": args.model_sha256,
               "backend": args.backend}
     run_dir = args.work / "runs" / f"{recipe.name}-seed{seed}"
     planned = PlannedRun(recipe, seed, store, run_dir, [*command, "--out", str(run_dir), "--quiet"])
-    run = read_json(run_dir / "run.json")
-    if run:
-        planned.finished = run.get("status") == "complete"
+    run = RunRecord.read(run_dir)
+    if run is not None:
+        planned.finished = run.is_complete
         found = differences(run_settings(run), wanted, args, same_store_path=not planned.finished)
         if found:
             sys.exit(f"compare_recipes: {run_dir} holds a run made under other settings ({'; '.join(found)}): "
@@ -338,8 +334,8 @@ def plan(recipe: Recipe, seed: int, store: BuiltStore, saved: dict, args) -> Pla
 
 def result_of(planned: PlannedRun) -> dict:
     """A finished run's row of figures, with what made it (its run.json's settings) for a later reuse to check."""
-    run = read_json(planned.run_dir / "run.json")
-    epochs = run["options"]["epochs"]
+    run = RunRecord.read(planned.run_dir)
+    epochs = run.options.epochs
     wall = read_json(planned.run_dir / "compare.json").get("train_seconds")  # None: stopped before it was written
     return {"recipe": planned.recipe.name, "copies": planned.recipe.copies, "seed": planned.seed,
             "image_steps": epochs * planned.store.train_rows, "epochs": epochs, "train_seconds": wall, "build_seconds": planned.store.seconds, **final_and_best(planned.run_dir),

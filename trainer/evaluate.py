@@ -14,24 +14,28 @@ from augzarr.errors import UserError
 from augzarr.wording import count, listed
 from augzarr.storage.local import write_atomic
 from augzarr.storage import open_storage
-from augzarr.store_format import digest_keys, open_store, read_raw_attrs, train_file_digests
+from augzarr.store_format import StoreAttrs, digest_keys, open_store, read_raw_attrs, train_file_digests
 
 from .metrics import evaluate_arrays, evaluate_stream, stored_images
 from .own_model import before_checkpoint_load
+from .records import RUN_JSON, RunRecord, StoreFingerprint
 from .report import plot_mistakes, plot_reliability
 from .stream import StoreStream
-from .training import check_model_fits_store, read_json
+from .training import check_model_fits_store
 
 
-def load_run_model(run_dir: Path) -> tuple[keras.Model, dict]:
-    run = read_json(run_dir / "run.json")
+def load_run_model(run_dir: Path) -> tuple[keras.Model, RunRecord]:
+    run = RunRecord.read(run_dir)
     if run_dir.is_file():
         raise UserError(f"--model {run_dir} is a file, not a train run folder: give the folder train --out made")
-    if not run:
-        raise UserError(f"--model {run_dir}: not a train run folder (no readable run.json)")
-    if run.get("status") != "complete" or not (run_dir / "model.keras").is_file():
+    if run is None:
+        raise UserError(f"--model {run_dir}: not a train run folder (no readable {RUN_JSON})")
+    if not run.is_complete or not (run_dir / "model.keras").is_file():
         raise UserError(f"--model {run_dir}: the run did not finish; finish it with train --resume --out {run_dir}")
-    before_checkpoint_load(run.get("model"))  # train --model PATH.py:FUNCTION: the custom layers its file registers
+    if run.class_names is None or run.image_shape is None:
+        raise UserError(f"--model {run_dir}: its {RUN_JSON} is damaged (it lacks the class names or the image shape); "
+                        "train the model again, or evaluate a run folder train wrote whole")
+    before_checkpoint_load(run.model)  # train --model PATH.py:FUNCTION: the custom layers its file registers
     return keras.models.load_model(run_dir / "model.keras"), run
 
 
@@ -41,8 +45,8 @@ def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_siz
     store = open_store(location)
     attrs = store.attrs
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
-    if attrs.class_names != run["class_names"]:
-        raise UserError(f"--store {location}: its classes differ from the model's: {class_difference(attrs.class_names, run['class_names'])}")
+    if attrs.class_names != run.class_names:
+        raise UserError(f"--store {location}: its classes differ from the model's: {class_difference(attrs.class_names, run.class_names)}")
     available = [s for s in ("test", "val") if store.has(s)]
     chosen = split or (available[0] if available else None)
     if chosen is None or not store.has(chosen):
@@ -79,15 +83,15 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
 
     model, run = load_run_model(run_dir)
     # a dimension the model leaves None (it takes any size): the size of the store's images it was trained on
-    height, width, channels = (size if size is not None else trained for size, trained in zip(model.input_shape[1:], run["image_shape"]))
+    height, width, channels = (size if size is not None else trained for size, trained in zip(model.input_shape[1:], run.image_shape))
     source = scan_image_folder(folder, image_size=height)
     # a split layout is judged on its held-out part, never on the images a model may have trained on
     part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
-    unknown = sorted(set(source.class_names) - set(run["class_names"]))
+    unknown = sorted(set(source.class_names) - set(run.class_names))
     if unknown:
         raise UserError(f"--source {folder}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
-                        f"(it knows {count(len(run['class_names']), 'class')}: {listed(run['class_names'])})")
-    to_model = np.array([run["class_names"].index(name) for name in source.class_names])
+                        f"(it knows {count(len(run.class_names), 'class')}: {listed(run.class_names)})")
+    to_model = np.array([run.class_names.index(name) for name in source.class_names])
     images, resized, digests = [], {}, []
     for file in split.files:
         image, digest = read_image_file(file)
@@ -101,7 +105,7 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
         images.append(image)
     labels = to_model[split.labels]
     images = np.stack(images)
-    metrics = evaluate_arrays(model, images, labels, run["class_names"], batch_size)
+    metrics = evaluate_arrays(model, images, labels, run.class_names, batch_size)
     for mistake in metrics["confidently_wrong"]:
         mistake["file"] = str(split.files[mistake["row"]])
     mistakes = images[[m["row"] for m in metrics["confidently_wrong"]]]
@@ -115,23 +119,22 @@ def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[di
             "training_images": overlap, "training_source": trained}, mistakes
 
 
-def training_images(run: dict, digests: list[str]) -> dict:
+def training_images(run: RunRecord, digests: list[str]) -> dict:
     """How many of the evaluated files (their sha256 digests) the model's store has in train/: "count" None
     when that cannot be told (the store is gone, has changed, or predates the record), with the reason."""
-    location = run.get("options", {}).get("store")
+    location = run.options.store if run.options is not None else None
     result = {"count": None, "of": len(digests), "store": location, "unknown_because": None}
     if not location:
         return {**result, "unknown_because": "the run does not name its store"}
     try:
         storage = open_storage(location)
         raw = read_raw_attrs(storage) if storage.exists() else None
+        attrs = StoreAttrs.from_json(raw, location) if raw is not None else None
     except UserError as exc:
         return {**result, "unknown_because": f"its store cannot be read ({exc})"}
-    fingerprint = run.get("store_fingerprint", {})
-    if raw is None:
+    if attrs is None:
         return {**result, "unknown_because": f"its store {location} is not there"}
-    same = ((raw.get("source") or {}).get("content_hash"), raw.get("identity")) == (fingerprint.get("content_hash"), fingerprint.get("identity"))
-    if not same:
+    if run.store_fingerprint is None or not StoreFingerprint.of(attrs).same_build(run.store_fingerprint):
         return {**result, "unknown_because": f"{location} is no longer the store it was trained from"}
     trained = train_file_digests(storage)
     if trained is None:
@@ -162,17 +165,16 @@ def training_note(metrics: dict) -> str | None:
             "source folder is recognised")
 
 
-def is_training_source(run: dict, folder: Path, source) -> bool:
+def is_training_source(run: RunRecord, folder: Path, source) -> bool:
     """Whether `folder` is the image folder the run's store was built from: the same path as the
     recorded location, or the same content hash (computed as build-aug computes it, so a copy
     or a moved folder is recognised too)."""
     from augzarr.builder.sources import hash_folder_files
 
-    recorded = run.get("store_source") or {"content_hash": run.get("store_fingerprint", {}).get("content_hash")}
-    location = recorded.get("location")
-    if location and recorded.get("kind") == "image-folder" and Path(location).resolve() == folder.resolve():
+    recorded = run.source_for_evaluate
+    if recorded.location and recorded.kind == "image-folder" and Path(recorded.location).resolve() == folder.resolve():
         return True
-    return recorded.get("content_hash") is not None and hash_folder_files(source) == recorded["content_hash"]
+    return recorded.content_hash is not None and hash_folder_files(source) == recorded.content_hash
 
 
 RESIZE_EXAMPLES = 3  # sizes named in the note; every size and its count is in the JSON ("resized")

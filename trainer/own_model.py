@@ -19,6 +19,8 @@ from pathlib import Path
 from augzarr.errors import UserError
 from augzarr.wording import SHOWN_LINES, article, listed
 
+from .records import ModelInfo
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -172,8 +174,8 @@ def check_probabilities(spec: ModelSpec, model) -> None:
                         'probabilities: end the model with activation="softmax"')
 
 
-def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int):
-    """(model, record for run.json): the user's model, checked against the store, not compiled by train yet."""
+def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int) -> tuple[object, ModelInfo]:
+    """(model, its record for run.json): the user's model, checked against the store, not compiled by train yet."""
     spec = parse_model_spec(spec_text)
     if spec.kind == "python":
         model = call_model_function(spec, image_shape, n_classes)
@@ -183,15 +185,14 @@ def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int):
         came_compiled = False
     check_fits(spec, model, image_shape, n_classes)
     check_probabilities(spec, model)
-    record = {"spec": spec.spec, "kind": spec.kind, "file": str(spec.path.resolve()), "sha256": file_sha256(spec.path)}
-    if spec.kind == "python":
-        record.update(function=spec.function, came_compiled=came_compiled)
-    return model, record
+    python = spec.kind == "python"
+    return model, ModelInfo(spec.spec, spec.kind, str(spec.path.resolve()), file_sha256(spec.path),
+                            function=spec.function if python else None, came_compiled=came_compiled if python else None)
 
 
-def before_checkpoint_load(record: dict | None) -> None:
+def before_checkpoint_load(record: ModelInfo | None) -> None:
     """Before loading a run's checkpoint or model.keras (train --resume, evaluate): import the run's own .py
     file (run.json's model record), if it is still there, so the custom layers it registers are known to
     Keras' loader; a model of Keras' own layers loads without it."""
-    if record and record.get("kind") == "python" and Path(record["file"]).is_file():
-        import_model_file(ModelSpec(record["spec"], "python", Path(record["file"]), record.get("function", "")))
+    if record is not None and record.kind == "python" and record.file and Path(record.file).is_file():
+        import_model_file(ModelSpec(record.spec, "python", Path(record.file), record.function or ""))

@@ -22,6 +22,8 @@ from augzarr.storage.local import write_atomic  # noqa: E402
 from augzarr.store_format import StoreAttrs  # noqa: E402
 
 from .metrics import class_gap  # noqa: E402
+from .options import TrainOptions  # noqa: E402
+from .records import DevicesUsed, ModelInfo, RunRecord  # noqa: E402
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second")
 
@@ -225,47 +227,50 @@ def median_training_rate(history: list[dict]) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
-def training_rate_lines(history: list[dict], run: dict) -> list[str]:
+def training_rate_lines(history: list[dict], backend: str | None) -> list[str]:
     """The training rate this machine reached, from the epochs that recorded it."""
     rates = epoch_training_rates(history)
     if not rates:
         return []
     return [f"- training rate: {median_training_rate(history):,.0f} images/s (median of {count(len(rates), 'epoch')}; first {rates[0]:,.0f}, "
-            f"last {rates[-1]:,.0f}) on the {run.get('backend')} backend, validation not counted"]
+            f"last {rates[-1]:,.0f}) on the {backend} backend, validation not counted"]
 
 
-def model_line(run: dict) -> str:
+def model_line(model: ModelInfo) -> str:
     """Which model was trained: a built-in name, or the user's own (train --model PATH.py:FUNCTION or PATH.keras) with its file's sha256."""
-    model = run.get("model") or {"spec": run["options"]["model"], "kind": "built-in"}
-    line = f"- model: `{model['spec']}`, {run.get('parameters', 0):,} parameters"
-    if model["kind"] == "python":
-        line += (f"; your own, built by `{model['function']}()` in `{model['file']}` (sha256 `{model['sha256']}`), "
-                 + ("compiled there and compiled again by train" if model.get("came_compiled") else "compiled by train"))
-    elif model["kind"] == "keras":
-        line += f"; your own, loaded from `{model['file']}` (sha256 `{model['sha256']}`) with its weights, compiled by train"
+    line = f"- model: `{model.spec}`, {model.parameters or 0:,} parameters"
+    if model.kind == "python":
+        line += (f"; your own, built by `{model.function}()` in `{model.file}` (sha256 `{model.sha256}`), "
+                 + ("compiled there and compiled again by train" if model.came_compiled else "compiled by train"))
+    elif model.kind == "keras":
+        line += f"; your own, loaded from `{model.file}` (sha256 `{model.sha256}`) with its weights, compiled by train"
     return line
 
 
-def devices_line(run: dict) -> str:
-    devices = run.get("devices")
-    if devices and run.get("distributed", True):  # a run recorded before "distributed" listed devices only when it was
-        return f"- devices: data-parallel over {run.get('device_count')} ({', '.join(devices)}), global batch {run['options']['batch_size']}"
-    if devices:
-        return f"- devices: one ({devices[0]}); --distribute found no second device, so the run trained without distribution"
+def devices_line(devices: DevicesUsed, batch_size: int) -> str:
+    if devices.names and devices.distributed:
+        return f"- devices: data-parallel over {devices.count} ({', '.join(devices.names)}), global batch {batch_size}"
+    if devices.names:
+        return f"- devices: one ({devices.names[0]}); --distribute found no second device, so the run trained without distribution"
     return "- devices: one"
 
 
-def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[dict]) -> str:
-    options = run["options"]
+def model_card(run: RunRecord, store_attrs: StoreAttrs, metrics: dict, history: list[dict]) -> str:
+    """The run's model card (model_card.md), section by section: data, training, results, use and its limits."""
+    model = run.model or ModelInfo(run.options.model)
+    title = f"# Model card: {run.options.model}{'' if model.is_own else ' CNN'}, {run.run_dir}"
+    lines = [title, "", *data_lines(run.options, store_attrs, metrics), "", *training_lines(run, model, history), "",
+             *results_lines(run.evaluated_on, metrics), "", *calibration_lines(metrics, run.evaluated_on), "",
+             *mistake_lines(metrics, run.evaluated_on), "", *use_lines(run, store_attrs, metrics)]
+    return "\n".join(lines) + "\n"
+
+
+def data_lines(options: TrainOptions, store_attrs: StoreAttrs, metrics: dict) -> list[str]:
     source, policy = store_attrs.source, store_attrs.policy
-    best, best_acc, worst, worst_acc = class_gap(metrics)
-    final = history[-1] if history else {}
-    lines = [
-        f"# Model card: {options['model']}{' CNN' if run.get('model', {}).get('kind', 'built-in') == 'built-in' else ''}, {run['run_dir']}",
-        "",
+    return [
         "## Data and provenance",
         "",
-        f"- store: `{options['store']}` (augzarr format {store_attrs.format_version}, built {(store_attrs.built or {}).get('finished_utc', '?')})",
+        f"- store: `{options.store}` (augzarr format {store_attrs.format_version}, built {(store_attrs.built or {}).get('finished_utc', '?')})",
         f"- source: {source.kind} `{source.location}`, {source.train_count:,} training and {source.test_count:,} test images"
         + (f" (limited to the first {source.limit:,})" if source.limit else ""),
         f"- source content hash: `{source.content_hash}`",
@@ -275,22 +280,34 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
          if store_attrs.val_fraction is not None else f"- validation: the source's own validation folder ({source.layout})"),
         f"- classes ({len(metrics['class_names'])}): {', '.join(metrics['class_names'])}",
         f"- image shape: {tuple(store_attrs.image_shape)}",
-        "",
+    ]
+
+
+def training_lines(run: RunRecord, model: ModelInfo, history: list[dict]) -> list[str]:
+    options = run.options
+    final = history[-1] if history else {}
+    mixing = f"{options.mix} alpha {run.mix_alpha:g}" if options.mix else "none"
+    return [
         "## Training",
         "",
-        model_line(run),
-        f"- optimizer: {options['optimizer']}, learning rate {run.get('learning_rate', 0):g} ({options.get('lr_schedule', 'constant')}), batch size {options['batch_size']}, epochs {options['epochs']}, seed {options['seed']}",
-        f"- rows per epoch: {run.get('train_rows', 0):,} (shuffled by chunk windows of {options['buffer_chunks']} chunks); "
-        f"Keras {run.get('versions', {}).get('keras')} on the {run.get('backend')} backend",
-        f"- augmentation while training: online operations on each batch {options.get('online') or 'none'}; batch mixing "
-        f"{(options['mix'] + ' alpha ' + format(run.get('mix_alpha'), 'g')) if options.get('mix') else 'none'}; Keras "
-        f"augmentation layers {options.get('keras_augment') or 'none'}",
-        devices_line(run),
-        *training_rate_lines(history, run),
+        model_line(model),
+        f"- optimizer: {options.optimizer}, learning rate {run.learning_rate or 0:g} ({options.lr_schedule}), batch size {options.batch_size}, "
+        f"epochs {options.epochs}, seed {options.seed}",
+        f"- rows per epoch: {run.train_rows or 0:,} (shuffled by chunk windows of {options.buffer_chunks} chunks); "
+        f"Keras {run.versions.get('keras')} on the {run.backend} backend",
+        f"- augmentation while training: online operations on each batch {options.online or 'none'}; batch mixing {mixing}; Keras "
+        f"augmentation layers {options.keras_augment or 'none'}",
+        devices_line(run.devices, options.batch_size),
+        *training_rate_lines(history, run.backend),
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
         + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),
-        "",
-        f"## Results on {run['evaluated_on']} ({count(metrics['count'], 'image')})",
+    ]
+
+
+def results_lines(evaluated_on: str, metrics: dict) -> list[str]:
+    best, best_acc, worst, worst_acc = class_gap(metrics)
+    lines = [
+        f"## Results on {evaluated_on} ({count(metrics['count'], 'image')})",
         "",
         f"- loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f} (95% interval {interval(metrics.get('accuracy_ci95'))})",
         f"- best class: {best} ({best_acc:.3f}); worst class: {worst} ({worst_acc:.3f}); gap {best_acc - worst_acc:.3f}",
@@ -303,12 +320,16 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
     for name, row in metrics["per_class"].items():
         accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         lines.append(f"| {name} | {row['count']:,} | {accuracy} | {interval(row.get('ci95'))} |")
-    lines += ["", *calibration_lines(metrics, run["evaluated_on"]), "", *mistake_lines(metrics, run["evaluated_on"])]
-    lines += [
-        "",
+    return lines
+
+
+def use_lines(run: RunRecord, store_attrs: StoreAttrs, metrics: dict) -> list[str]:
+    """What the model is for, in its trainer's words, and the limits of its use that the figures show."""
+    best, best_acc, worst, worst_acc = class_gap(metrics)
+    lines = [
         "## Intended use and out-of-scope uses",
         "",
-        *(quoted(run["intended_use"]) if run.get("intended_use") else [
+        *(quoted(run.intended_use) if run.intended_use else [
             "_Not given: whoever trained this model did not state what it is for (train --intended-use TEXT records it). "
             "Without that statement, treat every use beyond judging this experiment as out of scope._"]),
         "",
@@ -320,14 +341,14 @@ def model_card(run: dict, store_attrs: StoreAttrs, metrics: dict, history: list[
         "crops or resolutions can score lower.",
         f"- Per-class accuracy differs by {best_acc - worst_acc:.3f} between the best and the worst class: do not assume "
         "the overall accuracy holds for every class.",
-        f"- A softmax output is not the chance of being right: on the {run['evaluated_on']} split the expected calibration "
+        f"- A softmax output is not the chance of being right: on the {run.evaluated_on} split the expected calibration "
         f"error is {metrics['calibration']['ece']:.3f} (Calibration above), the average gap between confidence and accuracy; "
         "on other images it can be larger.",
     ]
-    if run["evaluated_on"] != "test":
+    if run.evaluated_on != "test":
         lines.append("- The store has no test split: these results are on the validation split, held out from training "
                      "(no copy of its images was trained on) and used for no choice here, but not an independent test set.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def interval(bounds: list[float] | None) -> str:

@@ -362,84 +362,118 @@ class ObjectStorage(Storage):
     def writer_lock(self, build_id: str, say=print):
         """A lease object created only if absent (a conditional PUT), renewed by a thread every third
         of its time; a second build is refused at once; a lease whose writer stopped renewing it is
-        taken over once it has expired. The token tells our own create (its response lost, the
-        retry refused) from another build's."""
-        import obstore as obs
-        from obstore.exceptions import AlreadyExistsError, PreconditionError
-
+        taken over once it has expired (Lease says how). Yields a check that raises once the lease is lost."""
         self.check_reachable()
-        ttl = lease_seconds()
-        process = this_process()
-        now = time.time()
-        lease = {"owner": f"{user()}@{process['host']}:{process['pid']}", "build_id": build_id, "token": uuid.uuid4().hex,
-                 "renewed": now, "expires": now + ttl, "process": process}
+        lease = Lease(self, build_id, say)
+        lease.take()
+        thread = threading.Thread(target=lease.keep_renewed, daemon=True, name="augzarr-lease")
+        thread.start()
+        try:
+            yield lease.check
+            lease.check()
+        finally:
+            lease.stopped.set()
+            thread.join()
+            lease.release()
 
-        def body() -> bytes:
-            return json.dumps(lease).encode()
+
+class Lease:
+    """One build's lease on an object store: its LOCK_KEY object, taken (created only if absent, or taken over from a
+    build that stopped), renewed every third of its time, and released. The token tells our own writes (their response
+    lost, the retry refused) from another build's; each write replaces exactly the version last seen (its ETag)."""
+
+    def __init__(self, storage: ObjectStorage, build_id: str, say: Callable[[str], None]):
+        self.storage, self.say = storage, say
+        self.ttl = lease_seconds()
+        process, now = this_process(), time.time()
+        self.record = {"owner": f"{user()}@{process['host']}:{process['pid']}", "build_id": build_id, "token": uuid.uuid4().hex,
+                       "renewed": now, "expires": now + self.ttl, "process": process}
+        self.etag: str | None = None
+        self.lost: str | None = None  # why the lease was lost, once it is
+        self.stopped = threading.Event()
+
+    def body(self) -> bytes:
+        return json.dumps(self.record).encode()
+
+    def put(self, mode) -> str:
+        import obstore as obs
+
+        return obs.put(self.storage.store, LOCK_KEY, self.body(), mode=mode)["e_tag"]
+
+    def take(self) -> None:
+        """Create the lease; if one is there, recognise it as ours, refuse a live holder's, or take over a stopped one's."""
+        from obstore.exceptions import AlreadyExistsError
 
         try:
             try:
-                etag = obs.put(self.store, LOCK_KEY, body(), mode="create")["e_tag"]
+                self.etag = self.put("create")
             except AlreadyExistsError:
-                current, current_etag = self.read_lease()
-                gone = holder_here(current.get("process")) == "stopped"
-                if current.get("token") == lease["token"]:
-                    etag = current_etag
-                elif current.get("expires", 0) > time.time() and not gone:
-                    raise LeaseHeld(self.held_message(current)) from None
-                else:
-                    try:  # replace exactly the version we read; a build that beats us to it wins
-                        etag = obs.put(self.store, LOCK_KEY, body(), mode={"e_tag": current_etag})["e_tag"]
-                    except PreconditionError:
-                        raise LeaseHeld(f"{self.location}: another build took over the lease of the build that stopped first") from None
-                    if gone:
-                        say(f"took over the lease of a build that stopped ({current.get('owner')}: no longer running on this machine)")
-                    else:
-                        say(f"took over the lease of a build that stopped ({current.get('owner')}, expired "
-                            f"{time.time() - current.get('expires', 0):.0f} s ago)")
+                self.take_existing()
         except StorageError:
             raise
         except Exception as exc:
-            raise self.error(exc, "taking the build's lease") from None
+            raise self.storage.error(exc, "taking the build's lease") from None
 
-        state = {"etag": etag, "lost": None}
-        stop = threading.Event()
+    def take_existing(self) -> None:
+        from obstore.exceptions import PreconditionError
 
-        def renew() -> None:
-            while not stop.wait(ttl / 3):
-                lease["renewed"] = time.time()
-                lease["expires"] = lease["renewed"] + ttl
-                try:
-                    state["etag"] = obs.put(self.store, LOCK_KEY, body(), mode={"e_tag": state["etag"]})["e_tag"]
-                except PreconditionError:
-                    try:  # our renewal applied but its response was lost: the token says so
-                        current, current_etag = self.read_lease()
-                    except Exception:
-                        current, current_etag = {}, None
-                    if current.get("token") == lease["token"]:
-                        state["etag"] = current_etag
-                        continue
-                    state["lost"] = f"another build ({current.get('owner', '?')}) took over the lease"
-                    return
-                except Exception as exc:  # keep trying while the lease still holds
-                    if time.time() > lease["expires"] - ttl / 3:
-                        state["lost"] = f"the lease could not be renewed ({self.error(exc, 'renewing the lease')})"
-                        return
+        current, current_etag = self.storage.read_lease()
+        gone = holder_here(current.get("process")) == "stopped"
+        if current.get("token") == self.record["token"]:  # our own create: its answer was lost
+            self.etag = current_etag
+            return
+        if current.get("expires", 0) > time.time() and not gone:
+            raise LeaseHeld(self.storage.held_message(current)) from None
+        try:  # replace exactly the version we read; a build that beats us to it wins
+            self.etag = self.put({"e_tag": current_etag})
+        except PreconditionError:
+            raise LeaseHeld(f"{self.storage.location}: another build took over the lease of the build that stopped first") from None
+        if gone:
+            self.say(f"took over the lease of a build that stopped ({current.get('owner')}: no longer running on this machine)")
+        else:
+            self.say(f"took over the lease of a build that stopped ({current.get('owner')}, expired "
+                     f"{time.time() - current.get('expires', 0):.0f} s ago)")
 
-        def check() -> None:
-            if state["lost"]:
-                raise StorageError(f"{self.location}: stopped: {state['lost']}; run the same command again to resume")
+    def keep_renewed(self) -> None:
+        """The renewing thread: every third of the lease's time until stopped, or until the lease is lost."""
+        while not self.stopped.wait(self.ttl / 3):
+            if not self.renew():
+                return
 
-        thread = threading.Thread(target=renew, daemon=True, name="augzarr-lease")
-        thread.start()
+    def renew(self) -> bool:
+        """Extend the lease; False once it is lost (another build took it over, or it could not be renewed in time)."""
+        from obstore.exceptions import PreconditionError
+
+        self.record["renewed"] = time.time()
+        self.record["expires"] = self.record["renewed"] + self.ttl
         try:
-            yield check
-            check()
-        finally:
-            stop.set()
-            thread.join()
-            if not state["lost"]:
-                try:
-                    obs.delete(self.store, LOCK_KEY)
-                except Exception:
-                    pass  # it expires on its own
+            self.etag = self.put({"e_tag": self.etag})
+        except PreconditionError:
+            try:  # our renewal applied but its response was lost: the token says so
+                current, current_etag = self.storage.read_lease()
+            except Exception:
+                current, current_etag = {}, None
+            if current.get("token") == self.record["token"]:
+                self.etag = current_etag
+                return True
+            self.lost = f"another build ({current.get('owner', '?')}) took over the lease"
+            return False
+        except Exception as exc:  # keep trying while the lease still holds
+            if time.time() > self.record["expires"] - self.ttl / 3:
+                self.lost = f"the lease could not be renewed ({self.storage.error(exc, 'renewing the lease')})"
+                return False
+        return True
+
+    def check(self) -> None:
+        if self.lost:
+            raise StorageError(f"{self.storage.location}: stopped: {self.lost}; run the same command again to resume")
+
+    def release(self) -> None:
+        """Delete the lease, unless it was lost (then it is another build's); a failed delete leaves it to expire."""
+        import obstore as obs
+
+        if not self.lost:
+            try:
+                obs.delete(self.storage.store, LOCK_KEY)
+            except Exception:
+                pass  # it expires on its own
