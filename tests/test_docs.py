@@ -6,6 +6,7 @@ the command refused, it is refused with that line)."""
 from __future__ import annotations
 
 import html
+import inspect
 import os
 import re
 import shlex
@@ -200,6 +201,17 @@ def test_the_python_api_page_shows_the_signatures_with_their_values(site):
     assert "BuildOptions." not in text and "TrainOptions." not in text
     for name in ("build", "open_store", "Store", "stream", "contact_sheet", "UserError"):
         assert name in text
+
+
+@pytest.mark.slow
+def test_the_docstrings_are_shown_whole(site):
+    import augzarr.api
+    import augzarr.store_format
+
+    api = page_text(site, "reference/python-api")
+    for thing in (augzarr.api.build, augzarr.api.open_store, augzarr.api.Store, augzarr.api.Store.stream, augzarr.UserError):
+        assert words(inspect.getdoc(thing)) in api, thing.__qualname__
+    assert words(inspect.getdoc(augzarr.store_format)) in page_text(site, "reference/store-format")
 
 
 @pytest.mark.slow

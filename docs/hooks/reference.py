@@ -1,14 +1,15 @@
-"""mkdocs hook: each command's option table, made when the site is built from the one definition of each option
-(builder/options.py, trainer/options.py, through augzarr.options.markdown_table), never copied by hand.
+"""mkdocs hook: what the reference shows from the code, made when the site is built, never copied by hand.
 
-A page asks for a table with the line
+    <!-- options: build-aug -->              that command's option table, from the one definition of each option
+                                             (builder/options.py, trainer/options.py, by augzarr.options.markdown_table)
+    <!-- docstring: augzarr.store_format --> that module's docstring, as the plain text it is
 
-    <!-- options: build-aug -->
-
-which is replaced by that command's table; a name that is not a command stops the build."""
+A name that is not a command or a module stops the build."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 
 from mkdocs.exceptions import PluginError
@@ -19,14 +20,20 @@ from augzarr.trainer.options import EVALUATE, TRAIN
 
 # each console script -> its options' classes, in the order --help shows them
 COMMANDS = {"build-aug": BUILD_AUG, "inspect-aug": INSPECT_AUG, "train": TRAIN, "evaluate": EVALUATE}
-MARKER = re.compile(r"^<!-- options: (\S+) -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- (options|docstring): (\S+) -->$", re.MULTILINE)
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    def table(match: re.Match) -> str:
-        name = match.group(1)
+    def replace(match: re.Match) -> str:
+        kind, name = match.groups()
+        if kind == "docstring":
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                raise PluginError(f"{page.file.src_uri}: no module {name} for a docstring ({exc})") from None
+            return "```text\n" + inspect.getdoc(module) + "\n```"
         if name not in COMMANDS:
             raise PluginError(f"{page.file.src_uri}: no command {name!r} for an option table; the commands are {', '.join(COMMANDS)}")
         return markdown_table(*COMMANDS[name])
 
-    return MARKER.sub(table, markdown)
+    return MARKER.sub(replace, markdown)
