@@ -14,7 +14,7 @@ $(BIN)/build-aug: pyproject.toml
 setup: $(BIN)/build-aug
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 run: setup
 	$(BIN)/build-aug --copies 5

@@ -18,6 +18,41 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# End-to-end tests that start servers, clusters or kernels, or run the campaigns and the recipe comparison: marked
+# `slow`, which `make test` runs like every other; `pytest -m "not slow"` leaves them out of a quick loop.
+SLOW_FILES = {"test_notebook.py", "test_cluster_build.py", "test_object_storage.py", "test_stream_s3_order.py"}
+SLOW_TESTS = {"test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread",
+              "test_a_rerun_reuses_the_finished_runs_of_its_results_file_and_only_under_the_same_settings",
+              "test_crash_campaign_fast_form", "test_misuse_campaign_fast_form", "test_mnist_end_to_end_build_inspect_train_evaluate",
+              "test_stream_steps_fault_no_more_than_array_steps"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_temp_dir(tmp_path_factory):
+    """A temporary folder of this test process's own, for it and every process it starts (TMPDIR): tests that
+    compare what a build leaves in the machine's temporary folder must not see another test process's builds
+    (pytest-xdist runs two; other checkouts may run theirs on the same machine)."""
+    import tempfile
+
+    folder = tmp_path_factory.mktemp("tmp", numbered=False)
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield folder
+    if before is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
+
+
 def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random but natural-looking image: a smooth gradient plus a blob, so augmentations visibly act."""
     y, x = np.mgrid[0:size, 0:size] / size
@@ -113,12 +148,14 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert np.array_equal(arrays_a[key], arrays_b[key]), f"{key} differs"
 
 
-@pytest.fixture
-def resumable_case(tmp_path):
-    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store."""
-    folder = write_image_folder(tmp_path / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
+@pytest.fixture(scope="session")
+def resumable_case(tmp_path_factory):
+    """A build of 600 images x 5 copies in 8-row chunks: long enough to interrupt, with its reference store.
+    Read them, never change them: each test builds into a folder of its own."""
+    root = tmp_path_factory.mktemp("resumable")
+    folder = write_image_folder(root / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
     args = ["--source", str(folder), "--copies", "5", "--chunk-size", "8", "--preview", "0", "--workers", "2", "--quiet"]
-    reference = tmp_path / "reference.zarr"
+    reference = root / "reference.zarr"
     run_cli("build-aug", *args, "--out", str(reference), check=True)
     return args, reference
 

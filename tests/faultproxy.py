@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -26,6 +27,8 @@ class FaultProxy:
         self.fail_next = 0
         self.every = 0
         self.only = ""  # when set, faults hit only requests whose path contains it (".lock": the lease)
+        self.delay = 0.0  # seconds each request waits before it is forwarded (a slow link: a build that lasts)
+        self.undelayed = ""  # when set, requests whose path contains it are not delayed (".lock": the lease renewals)
         self.count = 0
         self.faults = 0
         self.log: list[tuple[str, str, int]] = []
@@ -52,6 +55,9 @@ class FaultProxy:
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # an answer goes out in two writes (head, body): with Nagle's algorithm on, the body waits for the client's
+            # delayed ACK, 40 ms a request, and a build of a thousand requests through the proxy took 40 s more
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass
@@ -76,6 +82,8 @@ class FaultProxy:
 
             def _any(self):
                 body = self._body()
+                if proxy.delay and not (proxy.undelayed and proxy.undelayed in self.path):
+                    time.sleep(proxy.delay)
                 if proxy.mode == "lose_response" and proxy._decide(self.path):
                     # forward the request, let it take effect, then drop the connection
                     c = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)

@@ -67,9 +67,11 @@ def test_training_streams_mix_and_validation_streams_give_hard_one_hot_labels(st
 
 
 def test_train_with_a_mix_reports_accuracy_on_hard_labels(store, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--mix", "mixup",
-            "--quiet", "--out", str(run_dir), check=True)
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"  # trained in this process (Keras loads once); the command line's refusals below
+    train_run({"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "mix": "mixup"}, out=run_dir, verbose=0,
+              say=lambda _: None)
     run = json.loads((run_dir / "run.json").read_text())
     assert run["options"]["mix"] == "mixup" and run["mix_alpha"] == 0.2
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -86,9 +88,11 @@ def test_keras_augmentation_layers_train_and_are_recorded(store, tmp_path):
     """The anchor users would pick instead of stored copies: Keras 3's preprocessing layers in the model."""
     import keras
 
+    from augzarr.trainer.training import train_run
+
     run_dir = tmp_path / "keras"
-    run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--keras-augment",
-            "randaugment", "--quiet", "--out", str(run_dir), check=True)
+    train_run({"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "keras_augment": "randaugment"}, out=run_dir,
+              verbose=0, say=lambda _: None)
     model = keras.models.load_model(run_dir / "model.keras")
     assert [type(layer).__name__ for layer in model.layers[:4]] == ["RandAugment", "RandomTranslation", "RandomFlip", "Rescaling"]
     images = open_store(store).images("val")[:4]

@@ -79,6 +79,16 @@ def train(store: Path, model: str, out: Path, *more: str, check: bool = True) ->
     return run_cli("train", "--store", str(store), "--model", model, "--epochs", "1", "--batch-size", "16", "--out", str(out), *more, check=check)
 
 
+def train_here(store: Path, model: str, out: Path, **options) -> list[str]:
+    """train's library call in this process (Keras loads once, not per command), where the test is not about the
+    command line; returns the lines train would print."""
+    from augzarr.trainer.training import train_run
+
+    said: list[str] = []
+    train_run({"store": str(store), "model": model, "epochs": 1, "batch_size": 16, **options}, out=out, verbose=0, say=said.append)
+    return said
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -100,15 +110,18 @@ def test_a_function_in_a_python_file_is_trained_and_recorded(small_store, models
     assert f"- model: `{models_py}:tiny`, {saved.count_params():,} parameters; your own, built by `tiny()`" in card
     assert sha256(models_py) in card and "CNN" not in card.splitlines()[0]
     assert not (run_dir / "tensorboard").exists()  # only with --tensorboard
-    assert run_cli("evaluate", "--model", str(run_dir), "--store", str(small_store), check=True).returncode == 0
+    from augzarr.trainer.evaluate import evaluate_on_store
+
+    # judged in this process (the kill -9 test below runs the evaluate command on an own model)
+    assert evaluate_on_store(run_dir, str(small_store), None, 256)[0]["count"] > 0
 
 
 def test_a_compiled_model_is_compiled_again_with_trains_settings(small_store, models_py, tmp_path):
     import keras
 
     run_dir = tmp_path / "run"
-    result = train(small_store, f"{models_py}:compiled", run_dir, "--optimizer", "adam", "--learning-rate", "0.003")
-    assert "came compiled; train compiles it again with --optimizer adam" in result.stdout
+    said = train_here(small_store, f"{models_py}:compiled", run_dir, optimizer="adam", learning_rate=0.003)
+    assert "came compiled; train compiles it again with --optimizer adam" in "\n".join(said)
     saved = keras.models.load_model(run_dir / "model.keras")
     assert saved.optimizer.__class__.__name__ == "Adam" and saved.loss == "sparse_categorical_crossentropy"  # not its SGD, not its mse
     run = json.loads((run_dir / "run.json").read_text())
@@ -118,7 +131,7 @@ def test_a_compiled_model_is_compiled_again_with_trains_settings(small_store, mo
 
 def test_an_unbuilt_model_is_built_for_the_stores_images(small_store, models_py, tmp_path):
     run_dir = tmp_path / "run"
-    train(small_store, f"{models_py}:unbuilt", run_dir)
+    train_here(small_store, f"{models_py}:unbuilt", run_dir)
     assert json.loads((run_dir / "run.json").read_text())["model"]["parameters"] == 16 * 16 * 3 * 3 + 3
 
 
@@ -127,12 +140,12 @@ def test_a_saved_keras_model_is_trained_from_its_weights(small_store, models_py,
     import numpy as np
 
     first = tmp_path / "first"
-    train(small_store, f"{models_py}:tiny", first)
+    train_here(small_store, f"{models_py}:tiny", first)
     start = tmp_path / "start.keras"
     (first / "model.keras").rename(start)
     start_weights = keras.models.load_model(start).get_weights()
     run_dir = tmp_path / "run"
-    train(small_store, str(start), run_dir, "--learning-rate", "1e-9", "--lr-schedule", "constant")
+    train_here(small_store, str(start), run_dir, learning_rate=1e-9, lr_schedule="constant")
     run = json.loads((run_dir / "run.json").read_text())
     assert run["model"] == {"spec": str(start), "kind": "keras", "file": str(start.resolve()), "sha256": sha256(start),
                             "name": "tiny", "parameters": run["parameters"]}
@@ -276,7 +289,7 @@ def test_resume_refuses_a_python_file_changed_before_the_first_epoch(small_store
     path = tmp_path / "net.py"
     path.write_text(MODELS_PY)
     run_dir = tmp_path / "run"
-    train(small_store, f"{path}:tiny", run_dir)
+    train_here(small_store, f"{path}:tiny", run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))  # as if killed before epoch 1 had finished
     for leftover in (run_dir / "state").iterdir():

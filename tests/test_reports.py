@@ -269,8 +269,10 @@ def test_the_card_repeats_the_store_provenance_and_holds_the_intended_use(descri
 
 
 def test_without_provenance_or_intended_use_the_card_says_they_were_not_given(small_store, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli("train", "--store", str(small_store), *FAST, "--out", str(run_dir), check=True)
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"  # in this process: the card is the library's, train's command line is tested above
+    train_run({"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=run_dir, verbose=0, say=lambda _: None)
     card = (run_dir / "model_card.md").read_text()
     assert "- license: not recorded in the store (build-aug --license TEXT records it)" in card
     assert "- provenance: not recorded in the store (build-aug --provenance TEXT records it)" in card
@@ -306,9 +308,12 @@ def test_evaluate_writes_the_same_reports_beside_its_json(described_run, provena
 
 
 def test_evaluate_on_an_image_folder_names_the_files_of_its_mistakes(described_run, tmp_path):
+    from augzarr.trainer.evaluate import evaluate_on_folder, write_reports
+
     folder = write_image_folder(tmp_path / "photos", {"ant": 4, "bee": 4, "cow": 4}, size=8, seed=7)
     out = tmp_path / "folder.json"
-    run_cli("evaluate", "--model", str(described_run), "--source", str(folder), "--json", str(out), check=True)
+    metrics, mistake_images = evaluate_on_folder(described_run, folder, 256)  # evaluate --source --json, in this process
+    write_reports(metrics, out, mistake_images)
     written = json.loads(out.read_text())
     assert written["confidently_wrong"]  # a model of one epoch errs on unseen images
     for m in written["confidently_wrong"]:

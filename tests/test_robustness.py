@@ -49,12 +49,22 @@ def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_f
 
 # -- corrupted stores ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def small_store(image_folder, tmp_path) -> Path:
-    out = tmp_path / "s.zarr"
-    run_cli("build-aug", "--source", str(image_folder), "--copies", "2", "--chunk-size", "8", "--preview", "0", "--quiet", "--out", str(out), check=True)
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory) -> Path:
+    """Built once for the module; each test damages its own copy (small_store)."""
+    root = tmp_path_factory.mktemp("robustness-store")
+    images = write_image_folder(root / "images", {"cat": 10, "dog": 10, "emu": 10})  # as the image_folder fixture
+    out = root / "s.zarr"
+    run_cli("build-aug", "--source", str(images), "--copies", "2", "--chunk-size", "8", "--preview", "0", "--quiet", "--out", str(out), check=True)
     verified = run_cli("inspect-aug", "--store", str(out), "--verify", check=True)
     assert "all 10 image chunks" in verified.stdout  # train: 24 sources x 3 rows = 9 chunks of 8; val: 6 rows, 1 chunk
+    return out
+
+
+@pytest.fixture
+def small_store(built_store, tmp_path) -> Path:
+    out = tmp_path / "s.zarr"
+    shutil.copytree(built_store, out)
     return out
 
 

@@ -31,10 +31,12 @@ def test_tensorboard_logs_scalars_and_the_streamed_images(small_store, tmp_path)
     from augzarr.trainer.stream import StoreStream
     from augzarr.trainer.tensorboard_logs import IMAGE_TAG, IMAGES_PER_EPOCH
 
-    run_dir = tmp_path / "run"
+    from augzarr.trainer.training import train_run
+
+    run_dir = tmp_path / "run"  # in this process (Keras loads once); the JAX and resume tests below run the command
     online = ("flip", "shift", "erase")
-    run_cli("train", "--store", str(small_store), "--model", "shallow", "--epochs", "2", "--batch-size", "16", "--online", ",".join(online),
-            "--tensorboard", "--out", str(run_dir), "--quiet", check=True)
+    train_run({"store": str(small_store), "model": "shallow", "epochs": 2, "batch_size": 16, "online": ",".join(online), "tensorboard": True},
+              out=run_dir, verbose=0, say=lambda _: None)
     assert json.loads((run_dir / "run.json").read_text())["options"]["tensorboard"] is True
     logs = {split: read_logs(run_dir / "tensorboard" / split) for split in SCALARS}
     for split, tags in SCALARS.items():
