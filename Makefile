@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test run bench campaign clean
+.PHONY: setup test run bench campaign docs serve-docs clean
 
 $(BIN)/build-aug: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,16 @@ campaign: setup
 bench: setup
 	$(BIN)/python bench/bench_codecs.py --store data/aug.zarr
 
+# the documentation site (mkdocs.yml): built into site/, or served at http://127.0.0.1:8000 while you edit
+$(VENV)/.docs-installed: $(BIN)/build-aug pyproject.toml
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+serve-docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) preview
+	rm -rf $(VENV) preview site

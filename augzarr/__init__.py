@@ -1,6 +1,6 @@
 """augzarr: pre-generate augmented image datasets into chunked zarr stores and stream them into Keras.
 
-The public API (README: Use it from Python) is the names in __all__:
+The public API (docs/guides/python.md) is the names in __all__:
 
     import augzarr
     store = augzarr.build("cifar10", out="data/aug.zarr", copies=5)

@@ -36,7 +36,7 @@ def build(source: str | os.PathLike = BuildOptions.source, out: str | os.PathLik
           license: str | None = BuildOptions.license, provenance: str | None = BuildOptions.provenance,
           scheduler: str | None = BuildOptions.scheduler, progress: bool = True, **unknown: Any) -> "Store":
     """build-aug as a function: its options as keyword arguments, with its defaults and its checks (the
-    reference: README, build-aug). Shows a progress bar unless progress=False; returns the finished store.
+    reference: docs/reference/build-aug.md). Shows a progress bar unless progress=False; returns the finished store.
     A bad option or input raises augzarr.UserError with the command's one-line message. Previews are not
     written: look at Store.contact_sheet() instead."""
     # each keyword is named above for an editor to complete; its default and its checks are BuildOptions' (builder/options.py)

@@ -20,6 +20,7 @@ This module knows no command: builder/options.py and trainer/options.py hold the
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import inspect
 import numbers
@@ -333,6 +334,11 @@ def markdown_table(*classes: type) -> str:
             flags = opt.spec.flags[0] if opt.spec.flags else opt.label
             if opt.type is bool and not opt.spec.flags:
                 flags = f"{opt.label}/--no-{opt.label[2:]}"
-            cells = [f"`{flags}`", opt.default_text(), opt.help_text()]
+            cells = [f"`{flags}`", markdown_text(opt.default_text()), markdown_text(opt.help_text())]
             rows.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def markdown_text(text: str) -> str:
+    """Plain text as markdown shows it: <class> in DIR/<class>/<image> would otherwise be read as an HTML tag and vanish."""
+    return html.escape(text, quote=False)

@@ -35,13 +35,13 @@ class BuildOptions:
         "extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/).",
         choices=lazy("augzarr.builder.sources", "KERAS_DATASETS"), strict=False)
     out: str | Path = option(
-        DEFAULT_STORE, "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage).")
+        DEFAULT_STORE, "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; docs/guides/object-storage.md).")
     label_mode: str | None = option(
         None, "--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses).", default_text="fine")
     copies: int = option(5, "Augmented copies of each training image (0: the originals only, a baseline).", low=0, high=MAX_COPIES)
     include_original: bool = option(True, "Store each original as copy 0.", flags=("--include-original/--no-include-original",))
     policy: str = option(  # not the notebook's policy: it trains worse than no augmentation (BENCHMARKS.md)
-        "crop-flip", "A preset, one of {choices} (README: build-aug says what each does), or a .json/.yaml file saved with "
+        "crop-flip", "A preset, one of {choices} (docs/reference/build-aug.md says what each does), or a .json/.yaml file saved with "
         "albumentations.save().", choices=lazy("augzarr.builder.policies", "PRESETS"), strict=False)
     val_fraction: float = option(
         0.2, "Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder "

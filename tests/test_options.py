@@ -5,6 +5,7 @@ reference agree with them."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import inspect
 import math
 import subprocess
@@ -250,7 +251,7 @@ def test_the_reference_table_has_a_row_per_option_with_its_default(name):
     assert len(rows) == len(opts)
     for row, opt in zip(rows, opts):
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-        assert cells[0].startswith(f"`{opt.label}") and cells[1] == opt.default_text() and cells[2] == opt.help_text()
+        assert cells[0].startswith(f"`{opt.label}") and html.unescape(cells[1]) == opt.default_text() and html.unescape(cells[2]) == opt.help_text()
         assert "{choices}" not in row
 
 

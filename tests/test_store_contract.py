@@ -1,5 +1,5 @@
 """Issue #11 point 2: one module owns store format v1 (augzarr/store_format.py). What the builder writes
-is exactly its typed attributes, the README documents them field for field, and the trainer reads stores
+is exactly its typed attributes, the docs' store-format page documents them field for field, and the trainer reads stores
 through it without importing the builder or changing any process-wide setting."""
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def test_the_builder_writes_exactly_the_typed_attributes(store):
     assert open_store(store).attrs == typed
 
 
-def test_readme_documents_every_attribute_field_for_field():
-    section = (REPO / "README.md").read_text().split("## Store format, version 1", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_document_every_attribute_field_for_field():
+    page = (REPO / "docs" / "reference" / "store-format.md").read_text()
+    section = page.split("\n## Attributes", 1)[1].split("\n## ", 1)[0]
     first_cells = re.findall(r"^\| (`.+?) \|", section, flags=re.M)  # the attribute column of each row
     documented = {name for cell in first_cells for name in re.findall(r"`([a-z_0-9.]+)`", cell)}
     nested = {f"source.{f.name}" for f in dataclasses.fields(SourceInfo)}
