@@ -356,6 +356,7 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
 
     from distributed import Client
 
+    from augzarr.builder.tasks import ChunkTask, WorkerConfig
     from augzarr.builder.worker import StaleBuild, compute_chunk_on_cluster
     from augzarr.storage import open_storage
     from augzarr.store_format import open_group
@@ -371,8 +372,8 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     # a task of a build that is no longer the store's (as after --overwrite) refuses to write
     pending = next(c for c in range(1000) if c not in written)
     rows = open_group(open_storage(out))["train"]
-    task = ("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
-    config = (str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    task = ChunkTask("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
+    config = WorkerConfig(str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
     with Client(cluster) as client:
         with pytest.raises(StaleBuild, match="is now another build's"):
             client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)

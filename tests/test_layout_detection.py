@@ -12,8 +12,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from augzarr.builder.decode import read_image_file
-from augzarr.builder.sources import probe_size
+from augzarr.images import probe_size, read_image_file
 from conftest import run_cli, smooth_image, write_image_folder
 
 

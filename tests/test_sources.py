@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from augzarr.errors import UserError
-from augzarr.builder.sources import open_source
+from augzarr.sources import open_source
 from conftest import run_cli, smooth_image, write_cifar_archive, write_image_folder
 
 
@@ -130,7 +130,7 @@ def test_missing_and_empty_sources(tmp_path):
 
 def test_every_mode_becomes_rgb(tmp_path):
     """Grayscale, grayscale+alpha, palette, RGBA and 16-bit PNGs all decode to the right RGB pixels."""
-    from augzarr.builder.decode import read_image_file
+    from augzarr.images import read_image_file
 
     rng = np.random.default_rng(0)
     rgb = smooth_image(rng, 8)
