@@ -385,6 +385,21 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     assert files(out) == files(reference)
 
 
+def test_an_unfinished_build_claimed_before_build_ids_existed_resumes_on_the_cluster(cluster, images, tmp_path):
+    """A .build/build.json without a build id (an older augzarr's claim): the chunk tasks check the store's build id
+    before they commit, and must read it as the build does ("", not a missing key taken for another build's)."""
+    reference = tmp_path / "reference.zarr"
+    build(images, reference, "--workers", "1")
+    out = tmp_path / "old-claim.zarr"
+    (out / ".build").mkdir(parents=True)
+    identity = json.loads((reference / "zarr.json").read_text())["attributes"]["identity"]
+    (out / ".build" / "build.json").write_text(json.dumps({"identity": identity, "source_hash": None}))
+    result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "3", "--chunk-size", "8", "--preview", "0",
+                     "--scheduler", cluster)
+    assert result.returncode == 0, result.stderr
+    assert files(out) == files(reference)
+
+
 def test_a_cluster_build_to_object_storage_stages_the_source_in_the_store(images, tmp_path, monkeypatch):
     """Workers need not see the client's disk: they read the decoded source from the store's build area."""
     from distributed import LocalCluster
