@@ -32,7 +32,8 @@ class BuildOptions:
 
     source: str = option(
         "cifar10", "A dataset of keras.datasets ({choices}; read from Keras' cache), the official cifar-10-python.tar.gz or its "
-        "extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/).",
+        "extracted folder, an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/), "
+        "or a folder saved by Hugging Face datasets (save_to_disk; pip install 'augzarr[hf]').",
         choices=lazy("augzarr.sources.keras_datasets", "KERAS_DATASETS"), strict=False)
     out: str | Path = option(
         DEFAULT_STORE, "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; README: Object storage).")
