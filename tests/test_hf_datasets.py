@@ -105,6 +105,7 @@ def test_a_saved_dataset_builds_the_same_bytes_whatever_the_workers_and_is_recog
     assert refused.returncode == 1 and "was built from other source images" in refused.stderr, refused.stderr
 
 
+@pytest.mark.slow
 def test_a_saved_dataset_builds_on_a_dask_cluster_as_here(twins, tmp_path):
     pytest.importorskip("distributed")
     args = ["build-aug", "--source", str(twins["saved"]), *BUILD]
@@ -179,6 +180,7 @@ def test_splits_other_than_train_test_and_validation_are_reported_and_not_used(t
     assert attrs["source"]["layout"] == "split (train)" and len(attrs["source"]["ignored"]) == 1
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_saved_dataset_counts_the_training_images_by_content(twins, tmp_path):
     """A model trained on the image folder's store, evaluated on the saved dataset of the same bytes: its test split
     holds none of the training images; a dataset holding training images is named as such."""
