@@ -30,7 +30,7 @@ from augzarr.images import MAX_IMAGE_PIXELS, SKIP_HINT, ImageItem, file_digest, 
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .records import current_build_id
-from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block  # noqa: F401  (source_file: the staged file's name)
+from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 
 _worker: "WorkerState | None" = None

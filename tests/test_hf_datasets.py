@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
@@ -35,7 +34,7 @@ def saved(root: Path, splits: dict[str, list[tuple[bytes, int]]], class_names: l
         dataset(splits[""]).save_to_disk(str(root), num_shards=num_shards)
     else:
         datasets.DatasetDict({name: dataset(rows) for name, rows in splits.items()}).save_to_disk(
-            str(root), num_shards={name: min(num_shards, len(rows)) for name, rows in splits.items()})
+            str(root), num_shards={name: max(1, min(num_shards, len(rows))) for name, rows in splits.items()})
     return root
 
 
@@ -158,6 +157,9 @@ def test_a_corrupt_arrow_file_and_an_unlabelled_row_are_one_line_naming_them(twi
     no_train = saved(tmp_path / "no-train", {"test": rows, "extra": rows})
     line = refused(no_train, tmp_path / "c.zarr")
     assert "its splits (test, extra) have no train split" in line
+    empty_test = saved(tmp_path / "empty-test", {"train": rows, "test": []})
+    line = refused(empty_test, tmp_path / "d.zarr")
+    assert line.endswith(f"--source {empty_test}: its split 'test' has no rows; leave out an empty split (DatasetDict.pop) and save it again")
 
 
 def test_without_pyarrow_a_saved_dataset_is_refused_naming_the_extra(twins, tmp_path):

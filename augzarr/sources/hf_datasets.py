@@ -82,7 +82,7 @@ class ArrowRow:
 def pyarrow():
     try:
         import pyarrow
-        import pyarrow.ipc  # noqa: F401
+        import pyarrow.ipc
     except ImportError:
         return None
     return pyarrow
@@ -152,9 +152,7 @@ def read_saved_dataset(root: Path, image_size: int | None) -> Source:
     ignored: list[str] = []
     folders, layout = split_folders(root, ignored)
     features = Features.of(folders["train"], root)
-    splits = {name: read_split(folder, root, name, features) for name, folder in folders.items()}
-    if not len(splits["train"]):
-        raise UserError(f"--source {root}: its training split has no rows")
+    splits = {name: read_split(folder, root, features) for name, folder in folders.items()}
     return SavedDatasetSource(
         kind=KIND,
         location=str(root),
@@ -228,7 +226,7 @@ def one_column(root: Path, typed: dict[str, str], feature: str, noun: str, colum
     return found[0]
 
 
-def read_split(folder: Path, root: Path, split: str, features: Features) -> Split:
+def read_split(folder: Path, root: Path, features: Features) -> Split:
     """One saved Dataset's labels (checked) and its images, as ArrowRows of its files in order."""
     if folder != root and Features.of(folder, root) != features:
         raise UserError(f"--source {root}: its {folder.name} split has other image or class-label columns, or other class names, "
@@ -242,8 +240,12 @@ def read_split(folder: Path, root: Path, split: str, features: Features) -> Spli
                             f"{DATASET_INFO} names; save the dataset again with save_to_disk")
         check_images(table.column(features.image), file, root)
         labels.append(checked_labels(table.column(features.label), len(features.class_names), file, root))
-        files += [ArrowRow(str(file), row, features.image) for row in range(table.num_rows)]
-    return Split(labels=np.concatenate(labels) if labels else np.zeros(0, np.int64), files=files)
+        name = str(file)  # one string for all its rows: a decode task pickles it once
+        files += [ArrowRow(name, row, features.image) for row in range(table.num_rows)]
+    if not files:
+        raise UserError(f"--source {root}: its {'split ' + repr(folder.name) if folder != root else 'dataset'} has no rows; "
+                        "leave out an empty split (DatasetDict.pop) and save it again")
+    return Split(labels=np.concatenate(labels), files=files)
 
 
 def data_files(folder: Path, root: Path) -> list[Path]:
