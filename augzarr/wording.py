@@ -3,6 +3,7 @@ none grows with its input (every file, size or class listed)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 SHOWN_ITEMS = 5  # a message lists at most this many of its items, then says how many more
@@ -46,3 +47,10 @@ def listed(items, limit: int = SHOWN_ITEMS, sep: str = ", ") -> str:
     if len(items) <= limit:
         return sep.join(items)
     return f"{sep.join(items[:limit])} and {len(items) - limit:,} more"
+
+
+def shown(path) -> str:
+    """A path (or an image item, augzarr/images.py) fit for a message or JSON: undecodable bytes of a file name (not
+    UTF-8) as \\x escapes."""
+    text = path if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    return os.fsencode(text).decode("utf-8", "backslashreplace")

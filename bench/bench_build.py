@@ -72,8 +72,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="each round measures every method once; medians are reported")
     args = parser.parse_args()
-    from augzarr.builder.sources import open_source
-    from augzarr.builder.decode import read_image_file
+    from augzarr.sources import open_source
+    from augzarr.images import read_image_file
 
     source = open_source(args.images, limit=args.limit)
     decoded = np.stack([read_image_file(f)[0] for f in source.train.files])

@@ -44,7 +44,7 @@ def per_image_costs(policy_name: str, repeats: int = 200) -> dict:
     import cv2
 
     from augzarr.builder.applier import image_applier
-    from augzarr.builder.decode import read_image_file, resize_to
+    from augzarr.images import read_image_file, resize_to
     from augzarr.builder.policies import SampleSeeder, load_policy
 
     rng = np.random.default_rng(0)

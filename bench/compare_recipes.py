@@ -246,7 +246,7 @@ def differences(recorded: dict, wanted: dict, args, same_store_path: bool) -> li
     if old_store.get("content_hash") != store["content_hash"]:
         found.append("the source images (their content hash)")
     elif old_store.get("identity") != store["identity"]:
-        from augzarr.builder.build import describe_difference
+        from augzarr.builder.records import describe_difference
 
         found.append(f"the store's build ({describe_difference(old_store.get('identity') or {}, store['identity'])})")
     elif old_store.get("chunk_crc32") != store["chunk_crc32"]:

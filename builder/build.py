@@ -13,7 +13,6 @@ The order in which a build writes, and what "complete" means, is the store forma
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import multiprocessing
 import sys
 import time
@@ -21,29 +20,31 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 from augzarr import __version__
 from augzarr.errors import OptionError, UserError
+from augzarr.sources import Source, open_source
 from augzarr.storage import Storage, open_storage
 from augzarr.store_format import (
-    BUILD_DIR, BUILD_JSON, FORMAT_NAME, FORMAT_VERSION, IMAGE_CODEC, IMAGES, KEEP_WHEN_CLAIMING, ROW_ARRAYS, SKELETON_DONE,
-    SourceInfo, StoreAttrs, committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
+    BUILD_DIR, BUILD_JSON, FORMAT_NAME, IMAGES, KEEP_WHEN_CLAIMING, ROW_ARRAYS, SKELETON_DONE, SourceInfo, StoreAttrs,
+    committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
 )
 from augzarr.user_text import user_text
-from augzarr.wording import SHOWN_LINES, count
+from augzarr.wording import SHOWN_LINES, count, shown
 
-from .decode import shown
-from .layout import hold_out_validation, plan_rows
+from .cluster import ClusterStaging, check_canary, check_store_shared, check_versions, cluster_client, run_chunks
+from .layout import SplitRows, hold_out_validation, plan_rows
 from .options import BuildOptions, default_workers
 from .policies import Policy, load_policy
 from .policy_check import BadSample
 from .progress import Reporter
-from .sources import Source, folder_content_hash, hash_folder_files, open_source, source_splits
-from .cluster import ClusterStaging, check_canary, check_store_shared, check_versions, cluster_client, run_chunks
-from .staging import STAGE_ROWS, held_temp_folder
-from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker, map_source, source_file
+from .records import BuildIdentity, BuildRecord
+from .staging import STAGE_ROWS, LocalStaging, Staging, held_temp_folder
+from .tasks import ChunkResult, ChunkTask, DecodeTask, WorkerConfig
+from .worker import SourceRows, compute_chunk, decode_block, init_worker
 
 SOURCE_PREFIX = "augzarr-source-"  # this machine's temporary copy of the decoded source, for an object-store build
 MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
@@ -71,7 +72,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: 
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise OptionError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
                         f"{count(MAX_CHUNK_BYTES // row_bytes, 'row')} of {'x'.join(map(str, source.image_shape))} images")
-    rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source_splits(source).items() if name != "train")
+    rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source.splits().items() if name != "train")
     needed = rows * row_bytes
     free = storage.free_bytes() if storage.checks_free_space else None
     if free is not None and needed > free:
@@ -108,12 +109,45 @@ def no_validation_warning(options: BuildOptions, has_test: bool) -> str:
             "(nothing to judge a model on); build with --val-fraction above 0 to train on it")
 
 
+@dataclass
+class Build:
+    """One build-aug run, as decided before the store is touched: what is built, from what, and where."""
+
+    options: BuildOptions
+    storage: Storage
+    source: Source
+    policy: Policy
+    chunk_rows: int
+    identity: BuildIdentity
+    reporter: Reporter
+    started: float
+
+    @property
+    def out(self) -> str:
+        return self.storage.location
+
+
 def build_store(options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:
+    """build-aug's engine: the options checked, the source opened, then the phases of run_build under the store's
+    writer lock (a second build-aug into the same store is refused instead of interleaving)."""
     reporter = reporter or Reporter()
     options.validate()
     started = time.time()
     storage = open_storage(options.out)
-    # --out or --preview-dir inside an image folder (re-run, or resumed) is reported as not used, never read as a class
+    build = prepare(options, storage, open_build_source(options, storage, reporter), reporter, started)
+    made = missing_folders(storage)
+    with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
+        try:
+            with staging_area(storage) as scratch:
+                return run_build(build, scratch, still_held)
+        except BaseException:
+            remove_empty_folders(made)  # stopped before the claim (a cluster refused): no folder left that the lock made
+            raise
+
+
+def open_build_source(options: BuildOptions, storage: Storage, reporter: Reporter) -> Source:
+    """--source, with what the build writes inside it (--out, --preview-dir, on a re-run or resume) reported as not
+    used, never read as images."""
     local_out = storage.local_path()
     excluded = {local_out: "the store this build writes (--out), not images"} if local_out is not None else {}
     if options.preview_dir is not None:
@@ -123,21 +157,180 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:
         reporter.warning(f"--val-fraction {options.val_fraction} is not used: the source's own validation folder is the val split ({source.layout})")
+    return source
+
+
+def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: Reporter, started: float) -> Build:
+    """The policy, the chunk size and the identity; every check that needs no decoded image, before the lock."""
     policy = load_policy(options.policy, source.image_shape)
     chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
     identity = build_identity(options, source, policy, chunk_rows)
     check_trainable(options, source)
     check_fits(options, source, chunk_rows, storage)
+    return Build(options, storage, source, policy, chunk_rows, identity, reporter, started)
 
-    # one writer at a time: a second build-aug into the same store refuses instead of interleaving
-    made = missing_folders(storage)
-    with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
+
+@dataclass
+class Staged:
+    """The source as the phase `stage` left it for the workers."""
+
+    content_hash: str
+    bad: dict[str, list[tuple[int, str]]]  # by source split, the (row, message) of each image --skip-bad left out
+    skipped: list[dict]  # the same, as the store records them: file, reason
+
+
+def run_build(build: Build, scratch: Path, still_held: Callable[[], None]) -> BuildResult:
+    """The phases of a build, in order: connect (the Dask cluster checked, before anything is written), claim the
+    store, stage the decoded source, plan the rows, lay out the skeleton, compute the chunks, finish.
+    still_held(): raises when the store's writer lease was lost."""
+    state = output_state(build.storage, build.identity, build.source, build.options.overwrite)
+    if state == "already complete":
+        return already_complete(build)
+    with ExitStack() as held:
+        workers = Workers(held, build.storage, build.options.workers or default_workers())
+        staging = connect(build, workers, scratch)
+        record = claim(build, state)
+        scratch.mkdir(parents=True, exist_ok=True)
+        workers.config = WorkerConfig(worker_location(build.storage), str(scratch.absolute()), build.policy.to_attrs(), build.options.seed,
+                                      record.build_id)
+        staged = stage(build, staging, record)
+        splits = plan(build, staged)
+        lay_out_skeleton(build, splits, staged, record.build_id)
+        computed = compute(build, workers, splits, record.build_id, still_held)
+    still_held()
+    return finish(build, state, splits, staged, computed, record.build_id)
+
+
+class Workers:
+    """Where the build's tasks run: this machine's process pool, started on first use (a cluster whose workers
+    decode the source needs none), or the Dask cluster of --scheduler (client, once connected)."""
+
+    def __init__(self, held: ExitStack, storage: Storage, count: int):
+        self.held, self.storage, self.count = held, storage, count
+        self.config: WorkerConfig | None = None  # set once the store is claimed, before any task
+        self.client = None
+        self._pool = None
+
+    def pool(self):
+        if self._pool is None:
+            context = pool_context(self.storage)
+            self._pool = self.held.enter_context(context.Pool(self.count, initializer=init_worker, initargs=(self.config,)))
+        return self._pool
+
+    def compute(self, tasks: list[ChunkTask]) -> Iterator[ChunkResult]:
+        if self.client is not None:  # no staging folder: each worker reads the staged source from the store
+            return run_chunks(self.client, self.config.on_cluster(), tasks)
+        return self.pool().imap_unordered(compute_chunk, tasks)
+
+
+def already_complete(build: Build) -> BuildResult:
+    attrs = read_raw_attrs(build.storage)
+    root = open_group(build.storage)
+    return BuildResult(out=build.out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]})
+
+
+def connect(build: Build, workers: Workers, scratch: Path) -> Staging:
+    """Phase connect: with --scheduler, the cluster's client and every check of its workers, all before the claim (an
+    unreachable scheduler or a refused worker leaves the store as it was). Returns where the source is staged."""
+    here = LocalStaging(scratch, workers.pool)
+    if not build.options.scheduler:
+        return here
+    workers.client = workers.held.enter_context(cluster_client(build.options.scheduler, workers.count, build.reporter.message))
+    return check_cluster(workers.client, build, here)
+
+
+def claim(build: Build, state: str) -> BuildRecord:
+    """Phase claim: a fresh or restarted build writes its build.json (the location is then known to be ours)."""
+    if state in ("fresh", "restart"):
+        claim_fresh(build.storage, build.identity)
+    if state == "restart":
+        build.reporter.message(f"restarting the unfinished build in {build.out} with these arguments: no chunk had been committed")
+    return BuildRecord.read(build.storage)
+
+
+def stage(build: Build, staging: Staging, record: BuildRecord) -> Staged:
+    """Phase stage: every source image decoded and staged; its content hash recorded (a resumed build's source
+    must be the one it started from); with --skip-bad, what is left must still make a trainable store."""
+    options, source = build.options, build.source
+    content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, build.reporter)
+    if record.source_hash not in (None, content_hash):
+        raise UserError(f"the source changed since the unfinished build in {build.out} started: "
+                        "pass --overwrite to start over, or restore the source to resume")
+    record.source_hash = content_hash
+    record.write(build.storage)
+    if bad.get("train"):
+        usable = np.ones(len(source.train), bool)
+        usable[[row for row, _ in bad["train"]]] = False
+        check_trainable(options, source, usable)
+    skipped = [{"file": shown(source.splits()[name].files[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
+    return Staged(content_hash, bad, skipped)
+
+
+def plan(build: Build, staged: Staged) -> dict[str, SplitRows]:
+    """Phase plan: each split's rows (planned after decoding: with --skip-bad, the bad images' rows are left out)."""
+    options, source = build.options, build.source
+    return plan_rows(
+        source.train.labels,
+        source.test.labels if source.test is not None else None,
+        options.copies, options.include_original, options.val_fraction, options.seed,
+        skipped={name: [row for row, _ in entries] for name, entries in staged.bad.items()},
+        val_labels=source.val.labels if source.val is not None else None,
+    )
+
+
+def lay_out_skeleton(build: Build, splits: dict[str, SplitRows], staged: Staged, build_id: str) -> None:
+    """Phase skeleton: the group, its attributes and the per-row arrays, unless a resumed build laid them out already."""
+    storage = build.storage
+    if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
+        if committed_chunks(storage, build_id):
+            raise UserError(f"the unfinished build in {build.out} laid out its rows otherwise (an older augzarr started it): "
+                            "pass --overwrite to start over, or finish it with the version that started it")
+        storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
+    if not storage.has(SKELETON_DONE):
+        source = build.source
+        create_skeleton(storage, splits, source.image_shape, len(source.class_names), build.chunk_rows,
+                        store_attrs(build, staged, splits), train_file_digests=trained_file_digests(source, splits))
+        storage.write(SKELETON_DONE, b"done")
+
+
+def compute(build: Build, workers: Workers, splits: dict[str, SplitRows], build_id: str, still_held: Callable[[], None]) -> int:
+    """Phase compute: every chunk without a commit marker computed and committed by the workers. Returns the rows computed."""
+    skeleton = open_group(build.storage)
+    # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
+    rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
+    tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(build.storage, build_id)))
+    total_rows = sum(len(r) for r in splits.values())
+    results = workers.compute(tasks)
+    with build.reporter.task(f"building {build.out}", total=total_rows) as advance:
+        advance(done_rows)
         try:
-            with staging_area(storage) as scratch:
-                return run_build(options, storage, scratch, still_held, source, policy, chunk_rows, identity, started, reporter)
-        except BaseException:
-            remove_empty_folders(made)  # stopped before the claim (a cluster refused): no folder left that the lock made
-            raise
+            for result in results:
+                still_held()  # a build whose lease was lost stops before it writes more
+                advance(result.rows)
+        except BadSample as exc:  # named here, where the source's file names are
+            raise UserError(exc.message(build.source.sample_name(exc.split, exc.index))) from None
+    return total_rows - done_rows
+
+
+def finish(build: Build, state: str, splits: dict[str, SplitRows], staged: Staged, computed: int, build_id: str) -> BuildResult:
+    """Phase finish: the store marked complete (its checksums, then .build/ removed), and what was built."""
+    storage, source = build.storage, build.source
+    built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - build.started, 1)}
+    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built, build_id)
+    root = open_group(storage)
+    return BuildResult(
+        out=build.out,
+        status="resumed" if state == "resume" else "built",
+        rows={s: len(r) for s, r in splits.items()},
+        computed_rows=computed,
+        seconds=time.time() - build.started,
+        bytes_on_disk=storage.usage(),
+        raw_bytes=sum(root[f"{s}/{IMAGES}"].nbytes for s in splits),
+        ignored=source.ignored,
+        skipped=staged.skipped,
+        layout=source.layout,
+        warnings=[] if "val" in splits else [no_validation_warning(build.options, "test" in splits)],
+    )
 
 
 def missing_folders(storage: Storage) -> list[Path]:
@@ -169,150 +362,41 @@ def staging_area(storage: Storage):
         yield folder
 
 
-def run_build(options, storage: Storage, scratch: Path, still_held, source, policy, chunk_rows, identity, started, reporter) -> BuildResult:
-    out = storage.location
-    resume = output_state(storage, identity, source, options.overwrite)
-    if resume == "already complete":
-        attrs = read_raw_attrs(storage)
-        root = open_group(storage)
-        return BuildResult(out=out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]})
-
-    workers = options.workers or default_workers()
-    with ExitStack() as held:
-        pools = []
-
-        def pool():  # started on first use (config is set by then): a cluster whose workers decode the source needs none
-            if not pools:
-                pools.append(held.enter_context(pool_context(storage).Pool(workers, initializer=init_worker, initargs=config)))
-            return pools[0]
-
-        staging = LocalStaging(scratch, pool)
-        client = None
-        if options.scheduler:
-            # every check of the cluster before the claim: an unreachable scheduler or a refused worker leaves the store as it was
-            client = held.enter_context(cluster_client(options.scheduler, workers, reporter.message))
-            staging = check_cluster(client, storage, staging, source, policy, chunk_rows, options, reporter)
-        if resume in ("fresh", "restart"):
-            claim_fresh(storage, identity)
-        if resume == "restart":
-            reporter.message(f"restarting the unfinished build in {out} with these arguments: no chunk had been committed")
-        scratch.mkdir(parents=True, exist_ok=True)
-        build_id = storage.read_json(BUILD_JSON).get("build_id", "")  # "": claimed before build ids existed
-        config = (worker_location(storage), str(scratch.absolute()), policy.to_attrs(), options.seed, build_id)
-        content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, reporter)
-        recorded = storage.read_json(BUILD_JSON)
-        if recorded.get("source_hash") not in (None, content_hash):
-            raise UserError(
-                f"the source changed since the unfinished build in {out} started: "
-                "pass --overwrite to start over, or restore the source to resume"
-            )
-        storage.write_json(BUILD_JSON, {**recorded, "source_hash": content_hash})
-        if bad.get("train"):
-            usable = np.ones(len(source.train), bool)
-            usable[[row for row, _ in bad["train"]]] = False
-            check_trainable(options, source, usable)
-        # planned after decoding: with --skip-bad, the bad files' rows are left out
-        splits = plan_rows(
-            source.train.labels,
-            source.test.labels if source.test is not None else None,
-            options.copies, options.include_original, options.val_fraction, options.seed,
-            skipped={name: [row for row, _ in entries] for name, entries in bad.items()},
-            val_labels=source.val.labels if source.val is not None else None,
-        )
-        skipped = [{"file": shown(files_of(source, name)[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
-        if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
-            if committed_chunks(storage, build_id):
-                raise UserError(f"the unfinished build in {out} laid out its rows otherwise (an older augzarr started it): "
-                                "pass --overwrite to start over, or finish it with the version that started it")
-            storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
-        if not storage.has(SKELETON_DONE):
-            attrs = store_attrs(options, source, content_hash, policy, chunk_rows, splits, identity, skipped)
-            create_skeleton(storage, splits, source.image_shape, len(source.class_names), chunk_rows, attrs,
-                            train_file_digests=trained_file_digests(source, splits))
-            storage.write(SKELETON_DONE, b"done")
-        # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
-        skeleton = open_group(storage)
-        rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
-        tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(storage, build_id)))
-        total_rows = sum(len(r) for r in splits.values())
-        if client is not None:  # no staging folder: each worker reads the staged source from the store
-            results = run_chunks(client, (config[0], "", *config[2:]), tasks)
-        else:
-            results = pool().imap_unordered(compute_chunk, tasks)
-        with reporter.task(f"building {out}", total=total_rows) as advance:
-            advance(done_rows)
-            try:
-                for _, _, n in results:
-                    still_held()  # a build whose lease was lost stops before it writes more
-                    advance(n)
-            except BadSample as exc:  # named here, where the source's file names are
-                raise UserError(exc.message(sample_name(source, exc.split, exc.index))) from None
-    still_held()
-    built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)}
-    mark_complete(storage, open_group(storage, mode="r+"), list(splits), built, build_id)
-    root = open_group(storage)
-    return BuildResult(
-        out=out,
-        status="resumed" if resume == "resume" else "built",
-        rows={s: len(r) for s, r in splits.items()},
-        computed_rows=total_rows - done_rows,
-        seconds=time.time() - started,
-        bytes_on_disk=storage.usage(),
-        raw_bytes=sum(root[f"{s}/{IMAGES}"].nbytes for s in splits),
-        ignored=source.ignored,
-        skipped=skipped,
-        layout=source.layout,
-        warnings=[] if "val" in splits else [no_validation_warning(options, "test" in splits)],
-    )
-
-
-def check_cluster(client, storage: Storage, here: "LocalStaging", source: Source, policy: Policy, chunk_rows: int, options: BuildOptions,
-                  reporter: Reporter) -> ClusterStaging:
+def check_cluster(client, build: Build, here: LocalStaging) -> ClusterStaging:
     """Every check of the cluster's workers, all before the store is claimed: their versions and settings, that they
     share the store, that they decode the source as this client does, and a canary chunk computed to this client's
     bytes. Returns the staging through which they get the decoded source."""
     check_versions(client)
-    location = worker_location(storage)
-    check_store_shared(client, storage, location)
-    resize = options.image_size is not None
-    first = next(iter(decode_tasks(source, resize, options.skip_bad)), None)
-    staging = ClusterStaging(client, storage, location, here, first, source.image_shape, reporter.message)
-    task = canary_task(source, chunk_rows, options.copies)
-    check_canary(client, (location, "", policy.to_attrs(), options.seed), task, canary_rows(source, task, resize))
+    location = worker_location(build.storage)
+    check_store_shared(client, build.storage, location)
+    resize = build.options.image_size is not None
+    first = next(iter(decode_tasks(build.source, resize, build.options.skip_bad)), None)
+    staging = ClusterStaging(client, build.storage, location, here, first, build.source.image_shape, build.reporter.message)
+    task = canary_task(build.source, build.chunk_rows, build.options.copies)
+    config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed)
+    check_canary(client, config, task, canary_rows(build.source, task, resize))
     return staging
 
 
 CANARY_BYTES = 1 << 22  # the canary chunk's rows travel to every worker
 
 
-def canary_task(source: Source, chunk_rows: int, copies: int) -> tuple:
+def canary_task(source: Source, chunk_rows: int, copies: int) -> ChunkTask:
     """A chunk task of the first training images, each as its first augmented copy (as stored, with --copies 0):
     what a worker computes for a chunk, planned without the decoded source."""
     rows = min(chunk_rows, len(source.train), max(1, CANARY_BYTES // int(np.prod(source.image_shape))))
-    return ("train", 0, 0, "train", np.arange(rows), np.full(rows, 1 if copies else 0))
+    return ChunkTask("train", 0, 0, "train", np.arange(rows), np.full(rows, 1 if copies else 0))
 
 
-def canary_rows(source: Source, task: tuple, resize: bool) -> SourceRows:
+def canary_rows(source: Source, task: ChunkTask, resize: bool) -> SourceRows:
     """The source rows a chunk task reads, as this client holds them or decodes them here (a cluster's workers
     get these rows with the canary: it runs before the source is staged)."""
-    split = source_splits(source)[task[3]]
-    needed = np.unique(task[4]).tolist()
+    split = source.splits()[task.from_split]
+    needed = np.unique(task.source_index).tolist()
     if split.images is not None:
         return SourceRows({i: split.images[i] for i in needed}, len(split))
-    block, _, _ = decode_block([str(split.files[i]) for i in needed], source.image_shape, 0, resize, skip_bad=True)
+    block, _, _ = decode_block([split.files[i] for i in needed], source.image_shape, 0, resize, skip_bad=True)
     return SourceRows(dict(zip(needed, block)), len(split))
-
-
-def files_of(source: Source, split: str) -> list[Path]:
-    return source_splits(source)[split].files
-
-
-def sample_name(source: Source, split: str, index: int) -> str:
-    """A source image in a message: its file where it has one, else its split and index."""
-    files = files_of(source, split)
-    if files is not None and index < len(files):
-        return f"source image {shown(files[index])}"
-    return f"source {split} image {index}"
 
 
 def worker_location(storage: Storage) -> str:
@@ -332,25 +416,23 @@ def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> dict:
-    """Every argument that changes the store's bytes; a resumed build must match it exactly."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "source_kind": source.kind,
-        "class_names": source.class_names,
-        "image_shape": list(source.image_shape),
-        "limit": options.limit,
-        "copies": options.copies,
-        "include_original": options.include_original,
-        "val_fraction": held_out_fraction(options, source),
-        "seed": options.seed,
-        "chunk_rows": chunk_rows,
-        "policy": json.loads(json.dumps(policy.to_attrs())),
-        "codec": IMAGE_CODEC,
-        **({"skip_bad": True} if options.skip_bad else {}),
-        # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
-        **{name: text for name in ("license", "provenance") if (text := user_text(getattr(options, name), f"--{name}"))},
-    }
+def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> BuildIdentity:
+    """Every argument that changes the store's bytes (records.py keeps its recorded form)."""
+    return BuildIdentity(
+        source_kind=source.kind,
+        class_names=source.class_names,
+        image_shape=list(source.image_shape),
+        limit=options.limit,
+        copies=options.copies,
+        include_original=options.include_original,
+        val_fraction=held_out_fraction(options, source),
+        seed=options.seed,
+        chunk_rows=chunk_rows,
+        policy=policy.to_attrs(),
+        skip_bad=options.skip_bad,
+        license=user_text(options.license, "--license"),
+        provenance=user_text(options.provenance, "--provenance"),
+    )
 
 
 def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
@@ -358,53 +440,7 @@ def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
     return None if source.val is not None else options.val_fraction
 
 
-IDENTITY_DEFAULTS = {"skip_bad": False, "license": None, "provenance": None}  # keys an identity leaves out at their default
-MAX_DIFFERENCES = 4
-
-
-def describe_difference(recorded: dict, identity: dict) -> str:
-    """The arguments that differ, by name: inside a nested value (the policy's serialized form), the
-    path to each field that differs, so one name on both sides never hides what changed."""
-    found = differences({**IDENTITY_DEFAULTS, **recorded}, {**IDENTITY_DEFAULTS, **identity}, [])
-    found.sort(key=lambda difference: difference[0].count("."))  # whole arguments first, then fields inside one
-    shown = [f"{path} {short(old)} -> {short(new)}" for path, old, new in found[:MAX_DIFFERENCES]]
-    more = f"; and {len(found) - MAX_DIFFERENCES} more" if len(found) > MAX_DIFFERENCES else ""
-    return "; ".join(shown) + more if shown else "unknown difference"
-
-
-MISSING = object()
-
-
-def differences(old, new, path: list[str]) -> list[tuple[str, object, object]]:
-    """(path, old, new) of every leaf that differs; a key one side lacks is MISSING there."""
-    if old == new:
-        return []
-    if isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name"):  # another name says it all
-        return [found for key in sorted(set(old) | set(new), key=str)
-                for found in differences(old.get(key, MISSING), new.get(key, MISSING), [*path, str(key)])]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(isinstance(x, dict) for x in old + new):
-        return [found for i, (a, b) in enumerate(zip(old, new)) for found in differences(a, b, [*path, item_name(a, b, i)])]
-    # a policy's path reads policy.PadIfNeeded.min_height, not policy.albumentations.transform.transforms.0.min_height
-    shown = [p for p in path if p not in ("albumentations", "transform", "transforms")]
-    return [(".".join(shown), old, new)]
-
-
-def item_name(a, b, index: int) -> str:
-    """A list item by its albumentations class when both sides have the same one, else by position."""
-    names = {x.get("__class_fullname__") for x in (a, b) if isinstance(x, dict)}
-    return names.pop() if len(names) == 1 and None not in names else str(index)
-
-
-def short(value) -> str:
-    if value is MISSING:
-        return "(none)"
-    if isinstance(value, list) and value and all(isinstance(x, dict) and "__class_fullname__" in x for x in value):
-        value = [x["__class_fullname__"] for x in value]  # a list of transforms, by class
-    text = json.dumps(value.get("name") if isinstance(value, dict) and "name" in value else value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def output_state(storage: Storage, identity: dict, source: Source, overwrite: bool) -> str:
+def output_state(storage: Storage, identity: BuildIdentity, source: Source, overwrite: bool) -> str:
     """Decide fresh / resume / already complete, and refuse what must not be touched; nothing written.
 
     Returns "fresh", "restart" (an unfinished build with other arguments that had committed no
@@ -419,34 +455,34 @@ def output_state(storage: Storage, identity: dict, source: Source, overwrite: bo
         raise UserError(f"--out {out} exists and is not an augzarr store; choose another --out or remove it yourself")
 
     if in_progress:
-        recorded = storage.read_json(BUILD_JSON)
-        if recorded["identity"] == identity and not overwrite:
+        recorded = BuildRecord.read(storage)
+        if identity.matches(recorded.identity) and not overwrite:
             return "resume"
-        if not overwrite and not committed_chunks(storage, recorded.get("build_id", "")):
+        if not overwrite and not committed_chunks(storage, recorded.build_id):
             # nothing computed yet (it stopped decoding: a bad image, mixed sizes): the option the
             # error suggested just works, without --overwrite
             return "restart"
         if not overwrite:
             raise UserError(
-                f"{out} holds an unfinished build with other arguments ({describe_difference(recorded['identity'], identity)}): "
+                f"{out} holds an unfinished build with other arguments ({identity.difference(recorded.identity)}): "
                 "rerun with its arguments to resume it, or pass --overwrite to start over"
             )
     elif attrs is not None and attrs.get("complete") and not overwrite:
-        if attrs.get("identity") != identity:
+        if not identity.matches(attrs.get("identity")):
             raise UserError(
-                f"{out} is a complete store built with other arguments ({describe_difference(attrs.get('identity', {}), identity)}): "
+                f"{out} is a complete store built with other arguments ({identity.difference(attrs.get('identity'))}): "
                 "pass --overwrite to replace it, or choose another --out"
             )
-        if (source.content_hash or hash_folder_files(source)) != attrs["source"]["content_hash"]:
+        if source.hash_without_decoding() != attrs["source"]["content_hash"]:
             raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
         return "already complete"
     return "fresh"
 
 
-def claim_fresh(storage: Storage, identity: dict) -> None:
+def claim_fresh(storage: Storage, identity: BuildIdentity) -> None:
     """Claim the location first, so an interruption from here on leaves a store we know to be ours. A new
     build id: chunk tasks of an earlier build still running on a cluster check it before they commit."""
-    storage.write_json(BUILD_JSON, {"identity": identity, "source_hash": None, "build_id": uuid.uuid4().hex})
+    BuildRecord.claim(identity).write(storage)
     storage.remove_all_except(KEEP_WHEN_CLAIMING)
     for key in storage.list(BUILD_DIR + "/"):
         if key != BUILD_JSON:
@@ -464,62 +500,43 @@ def skeleton_matches(storage: Storage, splits: dict) -> bool:
                for name, rows in splits.items() for array in ROW_ARRAYS)
 
 
-class LocalStaging:
-    """The decoded source in <scratch>/source-<split>.npy, decoded by this machine's worker pool."""
-
-    def __init__(self, scratch: Path, pool):
-        self.scratch, self.pool = scratch, pool
-
-    def save(self, split: str, images: np.ndarray) -> None:
-        np.save(source_file(self.scratch, split), images)  # a plain write: no page fault per page of a mapping
-
-    def allocate(self, split: str, shape: tuple[int, ...]) -> None:
-        np.lib.format.open_memmap(source_file(self.scratch, split), mode="w+", dtype=np.uint8, shape=shape)
-
-    def decode(self, tasks: list[tuple]):
-        return self.pool().imap_unordered(decode_files, tasks)
-
-    def array(self, split: str) -> np.ndarray:
-        return map_source(self.scratch, split, "r")
-
-
-def stage_source(source: Source, staging, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
+def stage_source(source: Source, staging: Staging, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
     """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging).
 
-    Returns the content hash and, by source split, the (row, message) of each file left out under --skip-bad.
+    Returns the content hash and, by source split, the (row, message) of each image left out under --skip-bad.
     """
-    splits = source_splits(source)
-    if source.train.images is not None:
+    splits = source.splits()
+    if source.decoded():
         for name, split in splits.items():
             staging.save(name, split.images)
         return source.content_hash, {}
     for name, split in splits.items():
         staging.allocate(name, (len(split), *source.image_shape))
-    tasks = decode_tasks(source, resize, skip_bad)
     digests = {name: [""] * len(split) for name, split in splits.items()}
     bad: dict[str, list[tuple[int, str]]] = {}
     with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
-        for name, start, batch, batch_bad in staging.decode(tasks):
-            digests[name][start : start + len(batch)] = batch
-            if batch_bad:
-                bad.setdefault(name, []).extend(batch_bad)
-            advance(len(batch))
+        for result in staging.decode(decode_tasks(source, resize, skip_bad)):
+            digests[result.split][result.start : result.start + len(result.digests)] = result.digests
+            if result.bad:
+                bad.setdefault(result.split, []).extend(result.bad)
+            advance(len(result.digests))
     for entries in bad.values():
         entries.sort()
     if len(bad.get("train", [])) == len(source.train):
         raise UserError(f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)")
-    source.content_hash = folder_content_hash(source, digests)
+    source.content_hash = source.hash_digests(digests)
     source.file_digests = digests
     return source.content_hash, bad
 
 
-def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[tuple]:
-    """The decode tasks of a source of image files: (split, start, files, resize, skip_bad), STAGE_ROWS files each."""
-    return [(name, start, [str(f) for f in split.files[start : start + STAGE_ROWS]], resize, skip_bad)
-            for name, split in source_splits(source).items() if split.files is not None for start in range(0, len(split), STAGE_ROWS)]
+def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[DecodeTask]:
+    """The decode tasks of a source of encoded images, STAGE_ROWS images each."""
+    return [DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad)
+            for name, split in source.splits().items() if split.files is not None for start in range(0, len(split), STAGE_ROWS)]
 
 
-def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]) -> tuple[list[tuple], int]:
+def pending_chunks(splits: dict[str, SplitRows], rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]) -> tuple[list[ChunkTask], int]:
+    """The chunk tasks without a commit marker, and the rows of those with one."""
     tasks, done_rows = [], 0
     for name, rows in splits.items():
         chunk_rows = rows_per_chunk[name]
@@ -528,7 +545,7 @@ def pending_chunks(splits: dict, rows_per_chunk: dict[str, int], committed: set[
             if (name, chunk) in committed:
                 done_rows += stop - start
             else:
-                tasks.append((name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
+                tasks.append(ChunkTask(name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
     return tasks, done_rows
 
 
@@ -543,8 +560,8 @@ def trained_file_digests(source: Source, splits: dict) -> str | None:
     return digest_set(digests[row] for row in np.unique(splits["train"].source_index))
 
 
-def store_attrs(options, source: Source, content_hash: str, policy: Policy, chunk_rows: int, splits: dict, identity: dict,
-                skipped: list[dict]) -> StoreAttrs:
+def store_attrs(build: Build, staged: Staged, splits: dict[str, SplitRows]) -> StoreAttrs:
+    options, source = build.options, build.source
     return StoreAttrs(
         splits=list(splits),
         class_names=source.class_names,
@@ -553,8 +570,8 @@ def store_attrs(options, source: Source, content_hash: str, policy: Policy, chun
         include_original=options.include_original,
         val_fraction=held_out_fraction(options, source),
         seed=options.seed,
-        chunk_rows=chunk_rows,
-        policy=policy.to_attrs(),
+        chunk_rows=build.chunk_rows,
+        policy=build.policy.to_attrs(),
         source=SourceInfo(
             kind=source.kind,
             location=source.location,
@@ -563,12 +580,12 @@ def store_attrs(options, source: Source, content_hash: str, policy: Policy, chun
             val_count=len(source.val) if source.val is not None else 0,
             layout=source.layout,
             limit=options.limit,
-            content_hash=content_hash,
+            content_hash=staged.content_hash,
             ignored=source.ignored,
         ),
-        identity=identity,
+        identity=build.identity.to_json(),
         versions=package_versions(),
-        skipped=skipped,
+        skipped=staged.skipped,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),
     )

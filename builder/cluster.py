@@ -17,10 +17,17 @@ import contextlib
 import os
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from augzarr.errors import OptionError, UserError
-from augzarr.wording import count
+from augzarr.wording import count, shown
+
+from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
+
+if TYPE_CHECKING:
+    from augzarr.images import ImageItem
+
+    from .staging import LocalStaging
 
 SCHEDULER_VARIABLES = ("AUGZARR_SCHEDULER", "DASK_SCHEDULER_ADDRESS")  # read in this order when --scheduler is not given
 LOCAL = "local"  # --scheduler local: a LocalCluster on this machine
@@ -125,7 +132,7 @@ def some_workers(workers: list[str]) -> str:
     return f"Dask worker {workers[0]}{f' and {len(workers) - 1} more' if len(workers) > 1 else ''}"
 
 
-def check_canary(client, config: tuple, task: tuple, source_rows) -> None:
+def check_canary(client, config: WorkerConfig, task: ChunkTask, source_rows) -> None:
     """Every worker computes one chunk (nothing written) to this client's exact bytes, or the cluster
     is refused naming the worker: same versions can still differ in a machine's native libraries.
     source_rows: the chunk's source rows as this client decoded them (worker.SourceRows), sent along, so
@@ -148,15 +155,16 @@ class ClusterStaging:
     Made before the store is claimed: it checks that the workers decode the first task's files to this
     client's pixels. location: the store as the workers name it (worker_location)."""
 
-    def __init__(self, client, storage, location: str, here, first_task: tuple | None, image_shape: tuple[int, ...], say):
+    def __init__(self, client, storage, location: str, here: LocalStaging, first_task: DecodeTask | None, image_shape: tuple[int, ...], say):
+        from .worker import sees
+
         self.client, self.storage, self.location, self.here = client, storage, location, here
         self.shapes: dict[str, tuple[int, ...]] = {}
-        first_task = absolute_files(first_task) if first_task is not None else None
-        probe = first_task[2][0] if first_task is not None and first_task[2] else None
-        blind = [w for w, sees in client.run(os.path.isfile, probe).items() if not sees] if probe else []
+        probe = first_task.items[0] if first_task is not None and first_task.items else None
+        blind = [w for w, found in client.run(sees, probe).items() if not found] if probe is not None else []
         self.workers_decode = probe is not None and not blind
         if blind:
-            say(f"{some_workers(blind)} cannot read {probe}: decoding "
+            say(f"{some_workers(blind)} cannot read {shown(probe)}: decoding "
                 "the source here and staging it in the store (mount it at the same path on every worker to decode it there)")
         if self.workers_decode:
             check_decoder(client, image_shape, first_task)
@@ -175,7 +183,7 @@ class ClusterStaging:
         else:
             self.here.allocate(split, shape)
 
-    def decode(self, tasks: list[tuple]) -> Iterator[tuple]:
+    def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
         if not self.workers_decode:
             yield from self.here.decode(tasks)
             for split in self.shapes:
@@ -185,66 +193,53 @@ class ClusterStaging:
 
         from .worker import decode_on_cluster
 
-        tasks = [absolute_files(task) for task in tasks]
         build = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(decode_on_cluster, self.location, self.shapes[t[0]][1:], t, pure=False,
-                                      key=f"augzarr-decode-{build}-{t[0]}-{t[1]}") for t in tasks]
-        files = {(t[0], t[1] + i): f for t in tasks for i, f in enumerate(t[2])}
+        futures = [self.client.submit(decode_on_cluster, self.location, self.shapes[t.split][1:], t, pure=False,
+                                      key=f"augzarr-decode-{build}-{t.split}-{t.start}") for t in tasks]
+        items = {(t.split, t.start + i): item for t in tasks for i, item in enumerate(t.items)}
         try:
             for future in as_completed(futures):
-                split, start, digests, bad = future.result()
-                for row, message in bad:  # --skip-bad: a file a worker cannot read must be one this client cannot read either
-                    if readable(files[(split, row)]):
-                        raise partial_view("a Dask worker", files[(split, row)], message)
-                yield split, start, digests, bad
+                result = future.result()
+                for row, message in result.bad:  # --skip-bad: an image a worker cannot read must be one this client cannot read either
+                    if readable(items[(result.split, row)]):
+                        raise partial_view("a Dask worker", items[(result.split, row)], message)
+                yield result
         finally:
             self.client.cancel(futures)
 
 
-def absolute_files(task: tuple) -> tuple:
-    """A decode task (split, start, files, ...) with absolute paths: a worker's working folder is its own."""
-    split, start, files, *rest = task
-    return (split, start, [os.path.abspath(f) for f in files], *rest)
-
-
-def check_decoder(client, shape: tuple[int, ...], task: tuple) -> None:
-    """Every worker reads one task's files and decodes them to this client's exact pixels."""
-    from .decode import shown
+def check_decoder(client, shape: tuple[int, ...], task: DecodeTask) -> None:
+    """Every worker reads one task's images and decodes them to this client's exact pixels."""
     from .worker import decode_canary
 
     expected, expected_bad = decode_canary(shape, task)
-    start, files = task[1], task[2]
     for worker, (found, bad) in client.run(decode_canary, shape, task).items():
         unusable = [(row, message) for row, message in bad if (row, message) not in expected_bad]
         if unusable:
             row, message = unusable[0]
-            raise partial_view(f"Dask worker {worker}", files[row - start], message)
+            raise partial_view(f"Dask worker {worker}", task.items[row - task.start], message)
         if found != expected:
-            raise UserError(f"Dask worker {worker} decodes {shown(task[2][0])} and the files after it to other pixels than this client "
+            raise UserError(f"Dask worker {worker} decodes {shown(task.items[0])} and the files after it to other pixels than this client "
                             f"(CRC-32 {found}, expected {expected}): install the same OpenCV build on every worker, or leave it out")
 
 
-def partial_view(who: str, file: str, message: str) -> UserError:
+def partial_view(who: str, file: ImageItem, message: str) -> UserError:
     """A source file this client reads and a worker cannot: a cluster fault, never a bad image to skip."""
-    from .decode import shown
-
     return UserError(f"{who} cannot use {shown(file)} ({message}) but this client can: "
                      "mount the source at the same path, with the same files, on every worker")
 
 
-def readable(file: str) -> bool:
-    from pathlib import Path
-
-    from .decode import read_image_file
+def readable(file: ImageItem) -> bool:
+    from augzarr.images import read_image_file
 
     try:
-        read_image_file(Path(file))
+        read_image_file(file)
         return True
     except UserError:
         return False
 
 
-def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str, int, int]]:
+def run_chunks(client, config: WorkerConfig, tasks: list[ChunkTask]) -> Iterator[ChunkResult]:
     """Submit every chunk task; yield each result as its future completes (a task's error is raised here)."""
     from distributed import as_completed
 
@@ -252,7 +247,7 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
     from .worker import compute_chunk_on_cluster, release_build
 
     build = uuid.uuid4().hex[:8]  # keys unique to this run: a rerun never meets an old run's results
-    futures = [client.submit(compute_chunk_on_cluster, config, task, key=f"augzarr-{build}-{task[0]}-{task[1]}", pure=False)
+    futures = [client.submit(compute_chunk_on_cluster, config, task, key=f"augzarr-{build}-{task.key}", pure=False)
                for task in tasks]
     try:
         for future in as_completed(futures):
@@ -266,7 +261,7 @@ def run_chunks(client, config: tuple, tasks: list[tuple]) -> Iterator[tuple[str,
     finally:
         client.cancel(futures)
         with contextlib.suppress(Exception):  # best effort: a worker's next fetch removes what is left
-            client.run(release_build, config[0], config[4])  # every worker lets go of the source it fetched
+            client.run(release_build, config.location, config.build_id)  # every worker lets go of the source it fetched
 
 
 def first_line(exc: BaseException) -> str:

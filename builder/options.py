@@ -32,8 +32,9 @@ class BuildOptions:
 
     source: str = option(
         "cifar10", "A dataset of keras.datasets ({choices}; read from Keras' cache), the official cifar-10-python.tar.gz or its "
-        "extracted folder, or an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/).",
-        choices=lazy("augzarr.builder.sources", "KERAS_DATASETS"), strict=False)
+        "extracted folder, an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/), "
+        "or a folder saved by Hugging Face datasets (save_to_disk; pip install 'augzarr[hf]').",
+        choices=lazy("augzarr.sources.keras_datasets", "KERAS_DATASETS"), strict=False)
     out: str | Path = option(
         DEFAULT_STORE, "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; docs/guides/object-storage.md).")
     label_mode: str | None = option(
@@ -69,7 +70,7 @@ class BuildOptions:
         check_fields(self)
         if self.copies == 0 and not self.include_original:
             raise OptionError("--copies 0 stores the originals only: it needs --include-original")
-        from .sources import check_label_mode
+        from augzarr.sources import check_label_mode
 
         check_label_mode(self.source, self.label_mode)
 

@@ -1,4 +1,7 @@
-"""The decoded source, staged in the store's build area for a Dask cluster's workers.
+"""Where the decoded source waits for the workers that compute the chunks: the Staging interface, and its two forms.
+
+LocalStaging: one file per split, <scratch>/source-<split>.npy, that this machine's worker processes map (the
+store's own .build/ on a local disk, else a temporary folder). ClusterStaging (cluster.py): the store's build area.
 
 A cluster's workers need not share the client's disk, so a cluster build stages the decoded source
 where all of them can read it: in the store's own .build/ area (a shared folder or an object store),
@@ -20,15 +23,62 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
 from augzarr.errors import UserError
 from augzarr.store_format import BUILD_DIR
 
+from .tasks import DecodeResult, DecodeTask
+
 STAGED = f"{BUILD_DIR}/staged"
-STAGE_ROWS = 512  # files per decode task, and rows per staged block on a cluster
+STAGE_ROWS = 512  # images per decode task, and rows per staged block on a cluster
+
+
+class Staging(Protocol):
+    """How a build stages its decoded source for the workers (build.stage_source drives it)."""
+
+    def save(self, split: str, images: np.ndarray) -> None:
+        """A split that arrived decoded, whole."""
+
+    def allocate(self, split: str, shape: tuple[int, ...]) -> None:
+        """Room for a split that the decode tasks fill."""
+
+    def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
+        """Run the decode tasks (in any order), yielding each one's result as it is done."""
+
+
+def source_file(scratch: Path, split: str) -> Path:
+    return scratch / f"source-{split}.npy"
+
+
+def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
+    """The decoded source split, shared through a file mapping, as a plain ndarray view:
+    indexing the np.memmap subclass itself costs ~15 us a row."""
+    return np.asarray(np.load(source_file(scratch, split), mmap_mode=mode))
+
+
+class LocalStaging:
+    """The decoded source in <scratch>/source-<split>.npy, decoded by this machine's worker pool (pool(): started
+    when first needed)."""
+
+    def __init__(self, scratch: Path, pool: Callable):
+        self.scratch, self.pool = scratch, pool
+
+    def save(self, split: str, images: np.ndarray) -> None:
+        np.save(source_file(self.scratch, split), images)  # a plain write: no page fault per page of a mapping
+
+    def allocate(self, split: str, shape: tuple[int, ...]) -> None:
+        np.lib.format.open_memmap(source_file(self.scratch, split), mode="w+", dtype=np.uint8, shape=shape)
+
+    def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
+        from .worker import decode_files
+
+        return self.pool().imap_unordered(decode_files, tasks)
+
+    def array(self, split: str) -> np.ndarray:
+        return map_source(self.scratch, split, "r")
 
 
 def shape_key(split: str) -> str:
@@ -81,8 +131,6 @@ def fetch_staged_source(storage, build_id: str, split: str) -> Path:
     folder's .users file while it uses it; the last to let go removes the folder (release_staged_source,
     which the client runs on every worker when the build's tasks are done; a folder a killed build left
     behind is removed by the next fetch on that machine)."""
-    from .worker import source_file
-
     key = (storage.location, build_id, split)
     with _fetch_lock:
         if key in _fetched:

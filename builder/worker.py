@@ -22,26 +22,29 @@ import zarr
 
 from augzarr.errors import UserError
 from augzarr.storage import open_storage
-from augzarr.store_format import BUILD_JSON, IMAGES, crc32_hex, open_group, write_chunk
+from augzarr.store_format import IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
-from .decode import MAX_IMAGE_PIXELS, SKIP_HINT, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
+from augzarr.images import MAX_IMAGE_PIXELS, SKIP_HINT, ImageItem, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
+
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
-from .staging import fetch_staged_source, release_staged_source, stage_block
+from .records import current_build_id
+from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
+from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 
 _worker: "WorkerState | None" = None
 
 
 class WorkerState:
-    def __init__(self, location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str = "", check_build: bool = False):
-        self.storage = open_storage(location)
-        self.build_id = build_id
+    def __init__(self, config: WorkerConfig, check_build: bool = False):
+        self.storage = open_storage(config.location)
+        self.build_id = config.build_id
         self.check_build = check_build  # a cluster task: is its build still the store's before each commit?
-        self.scratch = Path(scratch)  # where the parent staged the decoded source
-        self.policy_attrs, self.seed = policy_attrs, seed
-        self.pipeline = Policy.from_attrs(policy_attrs).pipeline
-        self.seeder = SampleSeeder(self.pipeline, seed)
+        self.scratch = Path(config.scratch)  # where the parent staged the decoded source
+        self.policy_attrs, self.seed = config.policy, config.seed
+        self.pipeline = Policy.from_attrs(config.policy).pipeline
+        self.seeder = SampleSeeder(self.pipeline, config.seed)
         self.augment = image_applier(self.pipeline)
         self.sources: dict[str, np.ndarray] = {}
         self.arrays: dict[str, zarr.Array] = {}
@@ -77,22 +80,18 @@ class SourceRows:
         return self.rows[index]
 
 
-def source_file(scratch: Path, split: str) -> Path:
-    return scratch / f"source-{split}.npy"
-
-
 _states: dict[tuple[int, str], "WorkerState"] = {}
 _states_lock = threading.Lock()
 
 
-def state_for(config: tuple) -> WorkerState:
-    """The WorkerState of a cluster worker's thread for one build (location, scratch, policy, seed, build id):
-    a pipeline holds its random state, so each thread of a multi-threaded worker needs its own."""
+def state_for(config: WorkerConfig) -> WorkerState:
+    """The WorkerState of a cluster worker's thread for one build: a pipeline holds its random state, so each
+    thread of a multi-threaded worker needs its own."""
     key = (threading.get_ident(), repr(config))
     with _states_lock:
         state = _states.get(key)
     if state is None:
-        state = WorkerState(*config, check_build=True)
+        state = WorkerState(config, check_build=True)
         with _states_lock:
             for other in [k for k in _states if k[0] == key[0]]:  # one build at a time per thread
                 del _states[other]
@@ -109,19 +108,19 @@ def release_build(location: str, build_id: str) -> None:
     release_staged_source(location, build_id)
 
 
-def compute_chunk_on_cluster(config: tuple, task: tuple) -> tuple[str, int, int]:
+def compute_chunk_on_cluster(config: WorkerConfig, task: ChunkTask) -> ChunkResult:
     """compute_chunk for a Dask worker's thread."""
     return compute_chunk_with(state_for(config), task)
 
 
-def compute_canary(config: tuple, task: tuple, source_rows: "SourceRows") -> np.ndarray:
+def compute_canary(config: WorkerConfig, task: ChunkTask, source_rows: "SourceRows") -> np.ndarray:
     """One chunk computed from the source rows given, nothing read from the store or written."""
-    state = WorkerState(*config)
-    state.sources[task[3]] = source_rows
+    state = WorkerState(config)
+    state.sources[task.from_split] = source_rows
     return compute_block(state, task)
 
 
-def canary_on_cluster(config: tuple, task: tuple, source_rows: "SourceRows") -> str:
+def canary_on_cluster(config: WorkerConfig, task: ChunkTask, source_rows: "SourceRows") -> str:
     """The CRC-32 of what a cluster worker computes for one chunk from the client's source rows."""
     return crc32_hex(compute_canary(config, task, source_rows))
 
@@ -163,24 +162,18 @@ def deciding_versions() -> dict[str, str | None]:
     return found
 
 
-def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
-    """The decoded source split, shared through a file mapping, as a plain ndarray view:
-    indexing the np.memmap subclass itself costs ~15 us a row."""
-    return np.asarray(np.load(source_file(scratch, split), mmap_mode=mode))
-
-
-def init_worker(location: str, scratch: str, policy_attrs: dict, seed: int, build_id: str) -> None:
+def init_worker(config: WorkerConfig) -> None:
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already
     global _worker
-    _worker = WorkerState(location, scratch, policy_attrs, seed, build_id)
+    _worker = WorkerState(config)
 
 
-def decode_block(files: list[str], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
-    """Decode files into rows [start, start + len(files)) of a source split of image shape `shape`.
+def decode_block(files: list[ImageItem], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
+    """Decode images (files, or rows of files) into rows [start, start + len(files)) of a source split of image shape `shape`.
 
-    Returns (block, digests, bad): with skip_bad, a file that cannot be used leaves its row black and
+    Returns (block, digests, bad): with skip_bad, an image that cannot be used leaves its row black and
     is listed in bad as (row, message); without, its message stops the build.
     """
     height, width = shape[:2]
@@ -189,12 +182,12 @@ def decode_block(files: list[str], shape: tuple[int, ...], start: int, resize: b
     with native_stderr_silenced():
         for offset, file in enumerate(files):
             try:
-                image, digest = read_image_file(Path(file))
+                image, digest = read_image_file(file)
             except UserError as exc:
                 if not skip_bad:
                     raise UserError(f"{exc}, {SKIP_HINT}") from None
                 bad.append((start + offset, str(exc)))
-                digests.append(file_digest(Path(file)))
+                digests.append(file_digest(file))
                 continue
             if image.shape[:2] != (height, width):
                 if not resize:
@@ -208,34 +201,36 @@ def decode_block(files: list[str], shape: tuple[int, ...], start: int, resize: b
     return block, digests, bad
 
 
-def decode_files(task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
-    """A pool worker's decode task (split, start, files, resize, skip_bad): the rows go into the split's
-    staged file; returns (split, start, digests, bad)."""
-    split, start, files, resize, skip_bad = task
+def decode_files(task: DecodeTask) -> DecodeResult:
+    """A pool worker's decode task: the rows go into the split's staged file."""
+    split, start = task.split, task.start
     mapped = np.load(source_file(_worker.scratch, split), mmap_mode="r")
-    block, digests, bad = decode_block(files, mapped.shape[1:], start, resize, skip_bad)
+    block, digests, bad = decode_block(task.items, mapped.shape[1:], start, task.resize, task.skip_bad)
     # One write into the shared file, not row by row through the mapping: first touches of a
     # fresh file's pages cost a page fault each (~40 us a CIFAR row). Other processes see the
     # rows through their mappings at once; no fsync, which would only wait for the disk.
     with open(source_file(_worker.scratch, split), "r+b") as target:
         os.pwrite(target.fileno(), block, mapped.offset + start * block[0].nbytes)
-    return split, start, digests, bad
+    return DecodeResult(split, start, digests, bad)
 
 
-def decode_on_cluster(location: str, shape: tuple[int, ...], task: tuple) -> tuple[str, int, list[str], list[tuple[int, str]]]:
+def decode_on_cluster(location: str, shape: tuple[int, ...], task: DecodeTask) -> DecodeResult:
     """decode_files for a Dask worker: the rows are staged in the store's build area."""
-    split, start, files, resize, skip_bad = task
-    block, digests, bad = decode_block(files, shape, start, resize, skip_bad)
-    stage_block(storage_at(location), split, start, block)
-    return split, start, digests, bad
+    block, digests, bad = decode_block(task.items, shape, task.start, task.resize, task.skip_bad)
+    stage_block(storage_at(location), task.split, task.start, block)
+    return DecodeResult(task.split, task.start, digests, bad)
 
 
-def decode_canary(shape: tuple[int, ...], task: tuple) -> tuple[str, list[tuple[int, str]]]:
+def decode_canary(shape: tuple[int, ...], task: DecodeTask) -> tuple[str, list[tuple[int, str]]]:
     """One decode task as this process decodes it, nothing written: the CRC-32 of its rows, and the
-    rows of the files it cannot use (skipped, so that an unreadable file is named, not raised)."""
-    split, start, files, resize, _ = task
-    block, _, bad = decode_block(files, shape, start, resize, skip_bad=True)
+    rows of the images it cannot use (skipped, so that an unreadable file is named, not raised)."""
+    block, _, bad = decode_block(task.items, shape, task.start, task.resize, skip_bad=True)
     return crc32_hex(block), bad
+
+
+def sees(item: ImageItem) -> bool:
+    """Whether this worker finds the file holding a source image (a cluster's workers decode the source only if all do)."""
+    return item.is_file()
 
 
 _storages: dict[str, object] = {}
@@ -248,27 +243,27 @@ def storage_at(location: str):
     return _storages[location]
 
 
-def compute_chunk(task: tuple) -> tuple[str, int, int]:
-    """Compute and write one chunk of a split's images (a pool worker); return (split, chunk, rows)."""
+def compute_chunk(task: ChunkTask) -> ChunkResult:
+    """Compute and write one chunk of a split's images (a pool worker)."""
     return compute_chunk_with(_worker, task)
 
 
-def compute_chunk_with(state: WorkerState, task: tuple) -> tuple[str, int, int]:
-    split, chunk = task[:2]
+def compute_chunk_with(state: WorkerState, task: ChunkTask) -> ChunkResult:
+    split, chunk = task.split, task.chunk
     block = compute_block(state, task)
-    if state.check_build and state.storage.read_json(BUILD_JSON).get("build_id") != state.build_id:
+    if state.check_build and current_build_id(state.storage) != state.build_id:
         raise StaleBuild(f"{state.storage.location} is now another build's: chunk {split} {chunk} of build {state.build_id} not written")
     write_chunk(state.storage, state.array(split), chunk, block, state.build_id)
-    return split, chunk, len(block)
+    return ChunkResult(split, chunk, len(block))
 
 
 class StaleBuild(Exception):
     """A cluster task of a build that was stopped and replaced (--overwrite): it must not write."""
 
 
-def compute_block(state: WorkerState, task: tuple) -> np.ndarray:
+def compute_block(state: WorkerState, task: ChunkTask) -> np.ndarray:
     """The rows of one chunk, computed, not written."""
-    split, chunk, start, from_split, source_index, copy_index = task
+    from_split, source_index, copy_index = task.from_split, task.source_index, task.copy_index
     source = state.source(from_split)
     shape = source.shape[1:]
     block = np.empty((len(source_index), *shape), np.uint8)

@@ -356,6 +356,7 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
 
     from distributed import Client
 
+    from augzarr.builder.tasks import ChunkTask, WorkerConfig
     from augzarr.builder.worker import StaleBuild, compute_chunk_on_cluster
     from augzarr.storage import open_storage
     from augzarr.store_format import open_group
@@ -371,8 +372,8 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     # a task of a build that is no longer the store's (as after --overwrite) refuses to write
     pending = next(c for c in range(1000) if c not in written)
     rows = open_group(open_storage(out))["train"]
-    task = ("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
-    config = (str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    task = ChunkTask("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
+    config = WorkerConfig(str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
     with Client(cluster) as client:
         with pytest.raises(StaleBuild, match="is now another build's"):
             client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)
@@ -381,6 +382,21 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     assert resumed.returncode == 0
     reference = tmp_path / "reference.zarr"
     run_cli(*[str(reference) if a == str(out) else a for a in command[:-2]], "--workers", "2", check=True)
+    assert files(out) == files(reference)
+
+
+def test_an_unfinished_build_claimed_before_build_ids_existed_resumes_on_the_cluster(cluster, images, tmp_path):
+    """A .build/build.json without a build id (an older augzarr's claim): the chunk tasks check the store's build id
+    before they commit, and must read it as the build does ("", not a missing key taken for another build's)."""
+    reference = tmp_path / "reference.zarr"
+    build(images, reference, "--workers", "1")
+    out = tmp_path / "old-claim.zarr"
+    (out / ".build").mkdir(parents=True)
+    identity = json.loads((reference / "zarr.json").read_text())["attributes"]["identity"]
+    (out / ".build" / "build.json").write_text(json.dumps({"identity": identity, "source_hash": None}))
+    result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "3", "--chunk-size", "8", "--preview", "0",
+                     "--scheduler", cluster)
+    assert result.returncode == 0, result.stderr
     assert files(out) == files(reference)
 
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import zarr
 
-from augzarr.builder.sources import (CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, FASHION_MNIST_CLASSES,
-                                     KERAS_DATASETS, download_keras_dataset, open_source)
+from augzarr.sources import open_source
+from augzarr.sources.keras_datasets import (CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, FASHION_MNIST_CLASSES, KERAS_DATASETS,
+                                            download_keras_dataset)
 from augzarr.errors import OptionError, UserError
 from conftest import run_cli, smooth_image
 

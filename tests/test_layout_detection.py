@@ -12,8 +12,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from augzarr.builder.decode import read_image_file
-from augzarr.builder.sources import probe_size
+from augzarr.images import probe_size, read_image_file
 from conftest import run_cli, smooth_image, write_image_folder
 
 
@@ -271,15 +270,15 @@ def test_evaluate_on_a_split_folder_uses_its_held_out_part(tmp_path):
     root = split_layout(tmp_path / "d")
     store = tmp_path / "s.zarr"
     build(root, store, "--quiet").check_returncode()
-    from augzarr.trainer.evaluate import evaluate_on_folder
+    from augzarr.trainer.evaluate import evaluate_on_source
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # trained and judged in this process (Keras loads once): what evaluate --source runs
     train_run({"store": str(store), "model": "shallow", "epochs": 1, "batch_size": 8}, out=run_dir, verbose=0, say=lambda _: None)
-    on_test, _ = evaluate_on_folder(run_dir, root, 256)
+    on_test, _ = evaluate_on_source(run_dir, root, 256)
     assert on_test["count"] == 3 and on_test["data"].endswith("(test/ part)")
     shutil.rmtree(root / "test")
-    on_val, _ = evaluate_on_folder(run_dir, root, 256)
+    on_val, _ = evaluate_on_source(run_dir, root, 256)
     assert on_val["count"] == 3 and on_val["data"].endswith("(val/ part)")
 
 

@@ -132,7 +132,7 @@ def test_train_help_names_its_defaults():
 
 def test_help_lists_the_names_of_each_registry():
     from augzarr.builder.policies import PRESETS
-    from augzarr.builder.sources import KERAS_DATASETS
+    from augzarr.sources.keras_datasets import KERAS_DATASETS
 
     build = help_of("build-aug")
     assert all(name in build["--policy"] for name in PRESETS)

@@ -15,8 +15,9 @@ from augzarr.builder import worker
 from augzarr.builder.applier import image_applier
 from augzarr.errors import UserError
 from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
-from augzarr.builder.sources import open_source
+from augzarr.sources import open_source
 from augzarr.builder.policy_check import BadSample, check_draws, state_of
+from augzarr.builder.tasks import ChunkResult, ChunkTask, WorkerConfig
 from augzarr.builder.worker import WorkerState, compute_chunk
 from augzarr.store_format import marker_key
 from conftest import run_cli, smooth_image, write_image_folder
@@ -167,7 +168,7 @@ def worker_store(tmp_path, pipeline: A.BaseCompose, rows: int = 8):
     (store / ".build" / "chunks").mkdir(parents=True)
     rng = np.random.default_rng(0)
     np.save(store / ".build" / "source-train.npy", np.stack([smooth_image(rng, 16) for _ in range(rows)]))
-    return store, WorkerState(str(store), str(store / ".build"), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0)
+    return store, WorkerState(WorkerConfig(str(store), str(store / ".build"), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0))
 
 
 def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypatch):
@@ -175,7 +176,7 @@ def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypa
     # row check itself: without it, block[row] = image would store the floats cast to uint8.
     store, state = worker_store(tmp_path, A.Compose([A.Normalize(p=0.3)]))
     monkeypatch.setattr(worker, "_worker", state)
-    task = ("train", 0, 0, "train", np.arange(8), np.ones(8, np.int64))
+    task = ChunkTask("train", 0, 0, "train", np.arange(8), np.ones(8, np.int64))
     with pytest.raises(BadSample) as caught:
         compute_chunk(task)
     assert str(caught.value).startswith(
@@ -184,7 +185,7 @@ def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypa
     # the same rows with a policy that keeps the image: written and committed
     store, state = worker_store(tmp_path / "good", A.Compose([A.HorizontalFlip()]))
     monkeypatch.setattr(worker, "_worker", state)
-    assert compute_chunk(task) == ("train", 0, 8)
+    assert compute_chunk(task) == ChunkResult("train", 0, 8)
     assert (store / marker_key("train", 0)).exists()
 
 

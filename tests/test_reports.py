@@ -308,11 +308,11 @@ def test_evaluate_writes_the_same_reports_beside_its_json(described_run, provena
 
 
 def test_evaluate_on_an_image_folder_names_the_files_of_its_mistakes(described_run, tmp_path):
-    from augzarr.trainer.evaluate import evaluate_on_folder, write_reports
+    from augzarr.trainer.evaluate import evaluate_on_source, write_reports
 
     folder = write_image_folder(tmp_path / "photos", {"ant": 4, "bee": 4, "cow": 4}, size=8, seed=7)
     out = tmp_path / "folder.json"
-    metrics, mistake_images = evaluate_on_folder(described_run, folder, 256)  # evaluate --source --json, in this process
+    metrics, mistake_images = evaluate_on_source(described_run, folder, 256)  # evaluate --source --json, in this process
     write_reports(metrics, out, mistake_images)
     written = json.loads(out.read_text())
     assert written["confidently_wrong"]  # a model of one epoch errs on unseen images

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zarr
 
-from augzarr.builder.decode import resize_to, shown
-from augzarr.builder.sources import open_source
+from augzarr.images import resize_to, shown
+from augzarr.sources import open_source
 from augzarr.store_format import BUILD_DIR
 import campaign
 import misuse

@@ -200,7 +200,7 @@ def held_out_files(store: Path, folder: Path) -> list[Path]:
     import zarr
 
     group = zarr.open_group(str(store), mode="r")
-    from augzarr.builder.sources import scan_image_folder
+    from augzarr.sources.image_folder import scan_image_folder
 
     files = scan_image_folder(folder, None).train.files
     return [files[i] for i in sorted(set(range(len(files))) - set(group["train/source_index"][:].tolist()))]

@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from augzarr.errors import UserError
-from augzarr.builder.sources import open_source
+from augzarr.sources import open_source
 from conftest import run_cli, smooth_image, write_cifar_archive, write_image_folder
 
 
@@ -130,7 +130,7 @@ def test_missing_and_empty_sources(tmp_path):
 
 def test_every_mode_becomes_rgb(tmp_path):
     """Grayscale, grayscale+alpha, palette, RGBA and 16-bit PNGs all decode to the right RGB pixels."""
-    from augzarr.builder.decode import read_image_file
+    from augzarr.images import read_image_file
 
     rng = np.random.default_rng(0)
     rgb = smooth_image(rng, 8)
@@ -161,3 +161,20 @@ def test_a_relative_source_folder_builds_and_hashes_like_an_absolute_one(image_f
     assert absolute.returncode == 0
     read = lambda p: zarr.open_group(str(p), mode="r").attrs["source"]["content_hash"]
     assert read(image_folder.parent / "rel.zarr") == read(tmp_path / "abs.zarr")
+
+
+def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifar_archive):
+    """evaluate --source reads any source through the seam: decoded arrays (a CIFAR archive here, MNIST's grayscale
+    alike) are resized and given the model's channels, and said to hold no image files to look training images up by."""
+    from augzarr.trainer.evaluate import model_inputs, training_images
+
+    path, truth = cifar_archive
+    test = open_source(str(path)).test
+    images, resized, digests = model_inputs(test, 16, 20, 1)
+    assert images.shape == (len(test), 16, 20, 1) and resized == {"32x32": len(test)} and digests is None
+    same, resized, _ = model_inputs(test, 32, 32, 3)
+    assert np.array_equal(same, truth["test"]) and resized == {}
+    gray = type(test)(labels=test.labels, images=truth["test"][..., :1])
+    colour, _, _ = model_inputs(gray, 32, 32, 3)
+    assert np.array_equal(colour, np.repeat(truth["test"][..., :1], 3, axis=3))
+    assert training_images({"options": {"store": "s.zarr"}}, None)["unknown_because"] == "the source's images are arrays, not image files"

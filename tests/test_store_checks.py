@@ -271,7 +271,7 @@ def test_a_store_records_the_digests_of_exactly_its_training_files(tmp_path):
     import base64
     import hashlib
 
-    from augzarr.builder.sources import scan_image_folder
+    from augzarr.sources.image_folder import scan_image_folder
 
     photos = tmp_path / "photos"
     write_image_folder(photos / "train", {"cat": 6, "dog": 6, "emu": 6}, size=8)

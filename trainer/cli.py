@@ -52,12 +52,12 @@ def evaluate(options: EvaluateOptions) -> None:
 
     options.validate()
     import_keras_quietly()
-    from .evaluate import evaluate_on_folder, evaluate_on_store, format_metrics, resize_note, training_note, training_warning, write_reports
+    from .evaluate import evaluate_on_source, evaluate_on_store, format_metrics, resize_note, training_note, training_warning, write_reports
 
     if options.store is not None:
         metrics, mistake_images = evaluate_on_store(options.model, options.store, options.split, options.batch_size)
     else:
-        metrics, mistake_images = evaluate_on_folder(options.model, options.source, options.batch_size)
+        metrics, mistake_images = evaluate_on_source(options.model, options.source, options.batch_size)
     print(f"{metrics['model']} on {metrics['data']}, {count(metrics['count'], 'image')}")
     if resize_note(metrics):
         print(resize_note(metrics))

@@ -1,4 +1,4 @@
-"""evaluate's engine: a finished run's model on a store's split or on an image folder."""
+"""evaluate's engine: a finished run's model on a store's split, or on a source's images (augzarr.sources)."""
 
 from __future__ import annotations
 
@@ -67,63 +67,80 @@ def class_difference(names: list[str], model_names: list[str]) -> str:
     return sizes if at is None else f"{sizes}; class {at} is {names[at]!r}, the model's {model_names[at]!r}"
 
 
-def evaluate_on_folder(run_dir: Path, folder: Path, batch_size: int) -> tuple[dict, np.ndarray]:
-    """An image folder DIR/<class>/<image> (or its test/ part, else its val/ part), resized to the model's input:
-    the metrics (each confidently wrong image named by its file too), and those images.
+def evaluate_on_source(run_dir: Path, spec: Path | str, batch_size: int) -> tuple[dict, np.ndarray]:
+    """Images of any source build-aug reads (augzarr.sources: an image folder DIR/<class>/<image>, a folder saved by
+    Hugging Face datasets, a CIFAR-10 archive, a keras.datasets name), judged on its test split, else its val split,
+    else all its images, each resized to the model's input: the metrics (each confidently wrong image named by its
+    file too, where it has one), and those images.
 
     The result also says how many images were resized from which sizes ("resized"), and how many of
     them the model trained on ("training_images", by their content, from the digests the model's store
-    recorded; "training_source" when any, or, for a store without them, when the folder is its source
+    recorded; "training_source" when any, or, for a store without them, when the source is its source
     whole): then the figure is not a held-out score."""
-    # the builder's image reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
-    import cv2
-
-    from augzarr.builder.decode import read_image_file, resize_to
-    from augzarr.builder.sources import scan_image_folder
+    from augzarr.sources import open_source
 
     model, run = load_run_model(run_dir)
     # a dimension the model leaves None (it takes any size): the size of the store's images it was trained on
     height, width, channels = (size if size is not None else trained for size, trained in zip(model.input_shape[1:], run.image_shape))
-    source = scan_image_folder(folder, image_size=height)
-    # a split layout is judged on its held-out part, never on the images a model may have trained on
+    # a path that exists is read as one, even where its name is also a dataset's (evaluate --source ./cifar10)
+    source = open_source(str(Path(spec).absolute()) if Path(spec).exists() else str(spec))
+    # a source with splits of its own is judged on its held-out part, never on the images a model may have trained on
     part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
     unknown = sorted(set(source.class_names) - set(run.class_names))
     if unknown:
-        raise UserError(f"--source {folder}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
+        raise UserError(f"--source {spec}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
                         f"(it knows {count(len(run.class_names), 'class')}: {listed(run.class_names)})")
     to_model = np.array([run.class_names.index(name) for name in source.class_names])
-    images, resized, digests = [], {}, []
-    for file in split.files:
-        image, digest = read_image_file(file)
-        digests.append(digest)
-        if image.shape[:2] != (height, width):
-            size = f"{image.shape[1]}x{image.shape[0]}"
-            resized[size] = resized.get(size, 0) + 1
-        image = resize_to(image, height, width)
-        if channels == 1:  # a grayscale model (MNIST's): the images' luma, with the ITU-R 601 weights of PIL's convert("L")
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-        images.append(image)
-    labels = to_model[split.labels]
-    images = np.stack(images)
-    metrics = evaluate_arrays(model, images, labels, run.class_names, batch_size)
-    for mistake in metrics["confidently_wrong"]:
-        mistake["file"] = str(split.files[mistake["row"]])
+    images, resized, digests = model_inputs(split, height, width, channels)
+    metrics = evaluate_arrays(model, images, to_model[split.labels], run.class_names, batch_size)
+    if split.files is not None:
+        for mistake in metrics["confidently_wrong"]:
+            mistake["file"] = str(split.files[mistake["row"]])
     mistakes = images[[m["row"] for m in metrics["confidently_wrong"]]]
     overlap = training_images(run, digests)
     if overlap["count"] is not None:
         trained = overlap["count"] > 0
-    else:  # a store without the digests, or out of reach: the folder as a whole
-        trained = split is source.train and is_training_source(run, folder, source)
-    return {"model": str(run_dir), "data": f"{folder} ({part})", "evaluated_on": "folder", **metrics,
+    else:  # a store without the digests, or out of reach: the source as a whole
+        trained = split is source.train and is_training_source(run, source)
+    return {"model": str(run_dir), "data": f"{spec} ({part})", "evaluated_on": "folder", **metrics,
             "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
             "training_images": overlap, "training_source": trained}, mistakes
 
 
-def training_images(run: RunRecord, digests: list[str]) -> dict:
-    """How many of the evaluated files (their sha256 digests) the model's store has in train/: "count" None
-    when that cannot be told (the store is gone, has changed, or predates the record), with the reason."""
+def model_inputs(split, height: int, width: int, channels: int) -> tuple[np.ndarray, dict[str, int], list[str] | None]:
+    """A source split's images as the model takes them: (images, how many were resized from each size, the sha256 of
+    each image's encoded bytes, None for a source of decoded arrays)."""
+    # the images' reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
+    import cv2
+
+    from augzarr.images import read_image_file, resize_to
+
+    images, resized, digests = [], {}, []
+    for row in range(len(split)):
+        if split.images is not None:
+            image = split.images[row]
+        else:
+            image, digest = read_image_file(split.files[row])
+            digests.append(digest)
+        if image.shape[:2] != (height, width):
+            size = f"{image.shape[1]}x{image.shape[0]}"
+            resized[size] = resized.get(size, 0) + 1
+        image = resize_to(image, height, width).reshape(height, width, -1)  # OpenCV drops a single channel's axis
+        if channels == 1 and image.shape[2] == 3:  # a grayscale model (MNIST's): the luma, with the ITU-R 601 weights of PIL's convert("L")
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+        elif channels == 3 and image.shape[2] == 1:  # a colour model on grayscale arrays
+            image = np.repeat(image, 3, axis=2)
+        images.append(image)
+    return np.stack(images), resized, digests if split.images is None else None
+
+
+def training_images(run: RunRecord, digests: list[str] | None) -> dict:
+    """How many of the evaluated files (their sha256 digests; None for decoded arrays) the model's store has in
+    train/: "count" None when that cannot be told (arrays, or a store gone, changed, or predating the record), with the reason."""
     location = run.options.store if run.options is not None else None
-    result = {"count": None, "of": len(digests), "store": location, "unknown_because": None}
+    result = {"count": None, "of": len(digests) if digests is not None else None, "store": location, "unknown_because": None}
+    if digests is None:
+        return {**result, "unknown_because": "the source's images are arrays, not image files"}
     if not location:
         return {**result, "unknown_because": "the run does not name its store"}
     try:
@@ -165,16 +182,13 @@ def training_note(metrics: dict) -> str | None:
             "source folder is recognised")
 
 
-def is_training_source(run: RunRecord, folder: Path, source) -> bool:
-    """Whether `folder` is the image folder the run's store was built from: the same path as the
-    recorded location, or the same content hash (computed as build-aug computes it, so a copy
-    or a moved folder is recognised too)."""
-    from augzarr.builder.sources import hash_folder_files
-
+def is_training_source(run: RunRecord, source) -> bool:
+    """Whether `source` is the one the run's store was built from: the same kind at the recorded location, or
+    the same content hash (computed as build-aug computes it, so a copy or a moved folder is recognised too)."""
     recorded = run.source_for_evaluate
-    if recorded.location and recorded.kind == "image-folder" and Path(recorded.location).resolve() == folder.resolve():
+    if recorded.location and recorded.kind == source.kind and source.is_location(recorded.location):
         return True
-    return recorded.content_hash is not None and hash_folder_files(source) == recorded.content_hash
+    return recorded.content_hash is not None and source.hash_without_decoding() == recorded.content_hash
 
 
 RESIZE_EXAMPLES = 3  # sizes named in the note; every size and its count is in the JSON ("resized")

@@ -150,7 +150,8 @@ class EvaluateOptions:
 
     model: Path = option(REQUIRED, "A finished run folder (train --out).")
     store: str | None = option(None, "Evaluate on this store's test split (val when it has none): a folder or an object-store URL.")
-    source: Path | None = option(None, "Or on an image folder DIR/<class>/<image> with the model's classes.")
+    source: Path | None = option(None, "Or on a source's images: an image folder DIR/<class>/<image> with the model's classes, or any "
+                                 "--source of build-aug (its test split, else val, else all of it).")
     split: str | None = option(None, "With --store: one of {choices}.", choices=("test", "val"), default_text="test, else val")
     batch_size: int = batch_size_option(256, "Images per prediction step.")
     json_out: Path | None = option(
