@@ -335,9 +335,18 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-@functools.cache
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by thread count, this process's own
+# a forked child (a build's or a stream's worker) has none of its parent's threads: it starts pools of its own,
+# since a copied pool would queue work for threads that are not there and wait forever
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOLS.clear)
+
+
 def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="augzarr-codec")
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="augzarr-codec"))
+    return pool
 
 
 def _on_threads(work: Callable[[int, int], None], rows: int, threads: int | None) -> None:

@@ -298,3 +298,20 @@ def test_the_codec_refuses_chunks_of_several_images(tmp_path):
     with pytest.raises(ValueError, match="one image a chunk"):
         zarr.create_array(str(tmp_path / "x"), shape=(4, 8, 8, 3), chunks=(2, 8, 8, 3), dtype="uint8",
                           serializer=codecs.ImageCodec.from_spec(parse_spec("png")), compressors=None)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX")
+def test_a_forked_child_decodes_on_threads_of_its_own():
+    """A process forked after this one decoded on threads (a build's or a stream's workers) has none of its threads:
+    it must start its own, not queue work for threads that do not exist in it (a hang)."""
+    import multiprocessing
+
+    spec = parse_spec("png")
+    block = photos(6)
+    data = encode_shard(spec, block, 6)
+    for _ in range(20):  # the parent's threads exist now, and wait idle
+        decode_shard(spec, data, np.empty_like(block), threads=2)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(decode_shard, (spec, data, np.empty_like(block)), {"threads": 2})
+        assert np.array_equal(result.get(timeout=60), block)
