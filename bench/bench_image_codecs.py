@@ -142,6 +142,7 @@ def candidates(only: list[str] | None) -> tuple[list[Candidate], list[str]]:
 
     jpeg = cv2.IMWRITE_JPEG_QUALITY
     subsampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR
+    png = cv2.IMWRITE_PNG_COMPRESSION
     makers: list[tuple[str, str, Callable[[], tuple[Encode, DecodeInto]]]] = [
         ("raw", "lossless", lambda: (lambda image: image.tobytes(), raw_decode)),
         ("jpeg q75 4:2:0 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 75])),
@@ -153,12 +154,15 @@ def candidates(only: list[str] | None) -> tuple[list[Candidate], list[str]]:
         ("jpeg q95 4:4:4 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 95, subsampling, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])),
         ("jpeg q90 4:2:0 (pillow)", "lossy", lambda: pillow("JPEG", quality=90)),
         ("jpeg q90 4:2:0 (simplejpeg)", "lossy", lambda: simplejpeg_codec(90)),
+        ("jpeg q90 4:4:4 (simplejpeg)", "lossy", lambda: simplejpeg_codec(90, "444")),
         ("webp q90 (opencv)", "lossy", lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 90])),
-        ("png level 1 (opencv)", "lossless", lambda: opencv(".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])),
-        ("png level 6 (opencv)", "lossless", lambda: opencv(".png", [cv2.IMWRITE_PNG_COMPRESSION, 6])),
-        ("webp lossless (opencv)", "lossless", lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])),
-        ("webp lossless method 0 (pillow)", "lossless", lambda: pillow("WEBP", lossless=True, method=0, quality=0)),
-        ("webp lossless method 4 (pillow)", "lossless", lambda: pillow("WEBP", lossless=True, method=4)),
+        ("png level 1 (opencv)", "lossless", lambda: opencv(".png", [png, 1])),
+        ("png level 1 rle (opencv)", "lossless", lambda: opencv(".png", [png, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])),
+        ("png level 6 (opencv)", "lossless", lambda: opencv(".png", [png, 6])),
+        # libwebp's fastest lossless preset (method 0, quality 0), which OpenCV cannot ask for; OpenCV decodes it
+        ("webp lossless fastest (pillow; opencv decodes)", "lossless",
+         lambda: (pillow("WEBP", lossless=True, method=0, quality=0)[0], opencv(".webp", [])[1])),
+        ("webp lossless (opencv, its only effort)", "lossless", lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])),
         ("jxl lossless effort 1 (imagecodecs)", "lossless",
          lambda: imagecodecs_codec("jpegxl", {"numthreads": 1}, lossless=True, effort=1, numthreads=1)),
         ("jxl lossless effort 3 (imagecodecs)", "lossless",
