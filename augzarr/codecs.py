@@ -179,7 +179,7 @@ def _decode_jpeg(data, out: np.ndarray) -> None:
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
-        raise ValueError(f"not a decodable jpeg image ({_first_line(exc)})") from None
+        raise ValueError(f"is not a decodable jpeg image ({_first_line(exc)})") from None
     if (height, width) != out.shape[:2]:
         raise ValueError(f"decodes to a {[height, width, out.shape[2]]} image, not {list(out.shape)}")
     into = out if out.flags.c_contiguous else np.empty(out.shape, np.uint8)
@@ -188,7 +188,7 @@ def _decode_jpeg(data, out: np.ndarray) -> None:
         image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if out.shape[2] == 1 else "RGB", fastdct=False,
                                        fastupsample=False, buffer=into, strict=True)
     except ValueError as exc:
-        raise ValueError(f"not a decodable jpeg image ({_first_line(exc)})") from None
+        raise ValueError(f"is not a decodable jpeg image ({_first_line(exc)})") from None
     if image.shape != out.shape:
         raise ValueError(f"decodes to a {list(image.shape)} image, not {list(out.shape)}")
     if into is not out:
@@ -216,7 +216,7 @@ def _encode_webp_lossless(spec: CodecSpec, image: np.ndarray) -> bytes:
     out = io.BytesIO()
     # WebP has no grayscale: a 1-channel image is stored as RGB with equal channels, and read back exactly
     Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
-        out, "WEBP", lossless=True, method=settings["method"], quality=settings["effort"], exact=True)
+        out, "WEBP", lossless=True, method=settings["method"], quality=settings["effort"])
     return out.getvalue()
 
 
@@ -227,9 +227,9 @@ def _decode_with_opencv(data, out: np.ndarray, name: str) -> None:
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:  # OpenCV raises on some damage and returns None on the rest
-        raise ValueError(f"not a decodable {name} image ({_first_line(exc)})") from None
+        raise ValueError(f"is not a decodable {name} image ({_first_line(exc)})") from None
     if image is None:
-        raise ValueError(f"not a decodable {name} image")
+        raise ValueError(f"is not a decodable {name} image")
     if gray:
         image = image[:, :, None]
     elif flag == cv2.IMREAD_COLOR:  # OpenCV before 4.10 has no RGB flag
@@ -264,10 +264,11 @@ def encode_image(spec: CodecSpec, image: np.ndarray) -> bytes:
 
 
 def decode_image_into(spec: CodecSpec, data, out: np.ndarray) -> None:
-    """Decode one image's bytes into out (uint8 [H, W, C]); ValueError when they are not an image of that shape."""
+    """Decode one image's bytes into out (uint8 [H, W, C]); ValueError when they are not an image of that shape
+    (its message a predicate: "is not a decodable jpeg image (...)", "decodes to a [16, 16, 3] image, not ...")."""
     if spec.is_raw:
         if len(data) != out.nbytes:
-            raise ValueError(f"{len(data):,} bytes where a raw image has {out.nbytes:,}")
+            raise ValueError(f"has {len(data):,} bytes where a raw image has {out.nbytes:,}")
         out[...] = np.frombuffer(data, np.uint8).reshape(out.shape)
         return
     FORMATS[spec.name][1](data, out)
@@ -482,7 +483,7 @@ def decode_shard(spec: CodecSpec, data, out: np.ndarray, shard_rows: int | None 
             try:
                 decode_image_into(spec, view[slices[i][0]:slices[i][1]], out[i])
             except ValueError as exc:
-                raise DamagedShardError(f"chunk file {key} is damaged: row {i} of the shard is {exc}") from None
+                raise DamagedShardError(f"chunk file {key} is damaged: row {i} of the shard {exc}") from None
 
     _on_threads(work, len(out), threads)
     return out

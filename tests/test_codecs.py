@@ -321,3 +321,32 @@ def test_a_forked_child_decodes_on_threads_of_its_own():
     with context.Pool(1) as pool:
         result = pool.apply_async(decode_shard, (spec, data, np.empty_like(block)), {"threads": 2})
         assert np.array_equal(result.get(timeout=60), block)
+
+
+def shard_of(rows: list[bytes], shard_rows: int) -> bytes:
+    """A shard holding these bytes as its rows, its index right: how a writer with a bug would leave it."""
+    index, offset = [], 0
+    for data in rows:
+        index.append((offset, len(data)))
+        offset += len(data)
+    index += [(codecs.NO_CHUNK, codecs.NO_CHUNK)] * (shard_rows - len(rows))
+    packed = np.array(index, "<u8").tobytes()
+    return b"".join(rows) + packed + codecs._crc32c(packed)
+
+
+@pytest.mark.parametrize("text", ENCODED)
+def test_a_row_of_another_size_or_cut_short_is_refused(text):
+    """Damage the index cannot see: a row encoded at another size, a row cut short (libjpeg would fill the rest grey
+    and only warn: simplejpeg's strict mode makes that an error)."""
+    spec = parse_spec(text)
+    block = photos(3)
+    rows = [codecs.encode_image(spec, image) for image in block]
+    assert np.array_equal(decode_shard(spec, shard_of(rows, 4), np.empty_like(block), shard_rows=4)[0], decode_shard(
+        spec, encode_shard(spec, block, 4), np.empty_like(block), shard_rows=4)[0])
+    for size in ((16, 16), (32, 40)):
+        other = codecs.encode_image(spec, photos(1, size=size)[0])
+        with pytest.raises(DamagedShardError, match=rf"row 1 of the shard decodes to a \[{size[0]}, {size[1]}, 3\] image, not \[24, 32, 3\]"):
+            decode_shard(spec, shard_of([rows[0], other, rows[2]], 4), np.empty_like(block), shard_rows=4, key="k")
+    cut = rows[2][:len(rows[2]) * 2 // 3]
+    with pytest.raises(DamagedShardError, match="row 2 of the shard is not a decodable"):
+        decode_shard(spec, shard_of([rows[0], rows[1], cut], 4), np.empty_like(block), shard_rows=4, key="k")
