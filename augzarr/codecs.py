@@ -4,10 +4,10 @@ What --codec names (CODECS, parse_spec)
   raw               the pixels as they are: zarr's lone 'bytes' codec, one zarr chunk per augzarr chunk, no sharding
                     (format 1's layout, readable by any zarr v3 reader)
   jpeg, jpeg:Q      baseline JPEG, quality Q in 1-100 (default DEFAULT_JPEG_QUALITY), 4:2:0 chroma subsampling;
-                    libjpeg-turbo through simplejpeg, which decodes ~1.4-1.8x faster than OpenCV's imdecode (the same
+                    libjpeg-turbo through simplejpeg, which decodes 1.4-1.9x faster than OpenCV's imdecode (the same
                     pixels), straight into the batch, and refuses corrupt data that OpenCV decodes to garbage
   webp-lossless     lossless WebP at libwebp's fastest setting (method 0), written by Pillow (OpenCV cannot ask for
-                    it), read by OpenCV: about 2x smaller than raw on photos, ~20% smaller than PNG, as fast to decode
+                    it), read by OpenCV: 2x smaller than raw on photos, 18% smaller than PNG, encoding ~2x as fast
   The choice of these and of their settings is measured in bench/bench_image_codecs.py (BENCHMARKS.md, "Image codecs").
 
 The layout of an encoded images array [n, H, W, C] (zarr_array_layout)
@@ -94,7 +94,7 @@ class CodecSpec:
 
 @dataclass(frozen=True)
 class Codec:
-    """One entry of CODECS: how to read its --codec spelling and what its settings are."""
+    """One entry of CODECS: its help for --codec, how it reads its spelling and what its settings are."""
     help: str
     lossless: bool
     takes_quality: bool = False
@@ -131,7 +131,7 @@ def parse_spec(text: str) -> CodecSpec:
 
 def spec_from_zarr_config(config: dict) -> CodecSpec:
     """The spec an 'augzarr.image' codec's configuration records (zarr.json); ValueError for a format augzarr cannot
-    decode. The settings are kept as recorded: decoding needs only the format, encoding checks them (_encode_params)."""
+    decode. The settings are kept as recorded: decoding needs only the format, each encoder checks them."""
     name = config.get("format") if isinstance(config, dict) else None
     if name not in CODECS or name == "raw":
         raise ValueError(f"{ZARR_CODEC_NAME} configuration {config!r} names no image format this augzarr decodes "
@@ -292,12 +292,13 @@ class ImageCodec(ArrayBytesCodec):
     """zarr v3 array-to-bytes codec of one image a chunk: chunk shape (1, H, W, C) of uint8, C = 1 or 3.
 
     In zarr.json: {"name": "augzarr.image", "configuration": {"format": "jpeg", "quality": 90, "subsampling": "4:2:0"}}
-    (or {"format": "webp-lossless", "method": 0, "effort": 0}). zarr finds it through the "zarr.codecs" entry point of augzarr's package."""
+    (or {"format": "webp-lossless", "method": 0, "effort": 0}). zarr finds it through the "zarr.codecs" entry point
+    of augzarr's package."""
 
     is_fixed_size = False
     spec: CodecSpec
 
-    def __init__(self, **config) -> None:  # the configuration's keys (zarr.json): format, quality, subsampling, level
+    def __init__(self, **config) -> None:  # the configuration's keys (zarr.json): format, and its settings
         object.__setattr__(self, "spec", spec_from_zarr_config(config))
 
     @classmethod

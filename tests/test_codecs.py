@@ -199,9 +199,9 @@ def test_a_plain_zarr_process_decodes_through_the_entry_point(tmp_path):
     array = train.create_array("images", shape=images.shape, dtype="uint8", fill_value=0,
                                **codecs.zarr_array_layout(spec, 4, images.shape[1:]))
     for chunk, start in enumerate(range(0, 6, 4)):  # written by the fast path, as the builder will
-        (tmp_path / "s.zarr" / "train" / "images" / array.metadata.encode_chunk_key((chunk, 0, 0, 0))).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "s.zarr" / "train" / "images" / array.metadata.encode_chunk_key((chunk, 0, 0, 0))).write_bytes(
-            encode_shard(spec, images[start:start + 4], 4))
+        path = tmp_path / "s.zarr" / "train" / "images" / array.metadata.encode_chunk_key((chunk, 0, 0, 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_shard(spec, images[start:start + 4], 4))
     np.save(tmp_path / "expected.npy", images)
     script = f"""
 import sys, numpy as np, zarr
