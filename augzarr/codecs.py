@@ -43,7 +43,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -416,7 +416,9 @@ def _on_threads(work: Callable[[int, int], None], rows: int, threads: int | None
         work(0, rows)
         return
     edges = np.linspace(0, rows, threads + 1).astype(int)
-    for future in [_pool(threads).submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]:
+    futures = [_pool(threads).submit(work, a, b) for a, b in zip(edges[:-1], edges[1:])]
+    wait(futures)  # every share finished before anything is raised: no thread still writes into the caller's array
+    for future in futures:
         future.result()
 
 

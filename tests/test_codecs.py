@@ -350,3 +350,16 @@ def test_a_row_of_another_size_or_cut_short_is_refused(text):
     cut = rows[2][:len(rows[2]) * 2 // 3]
     with pytest.raises(DamagedShardError, match="row 2 of the shard is not a decodable"):
         decode_shard(spec, shard_of([rows[0], rows[1], cut], 4), np.empty_like(block), shard_rows=4, key="k")
+
+
+def test_when_a_shard_fails_no_thread_still_writes_into_the_batch():
+    """Row 0 is damaged: the error comes only once the other threads have finished their rows, so the caller may
+    reuse its array at once (a prefetching stream hands it to the next shard)."""
+    spec = parse_spec("jpeg:90")
+    block = photos(40, size=(64, 64))
+    rows = [codecs.encode_image(spec, image) for image in block]
+    expected = decode_shard(spec, shard_of(rows, 40), np.empty_like(block), threads=1)
+    out = np.zeros_like(block)
+    with pytest.raises(DamagedShardError, match="row 0"):
+        decode_shard(spec, shard_of([b"garbage", *rows[1:]], 40), out, threads=2)
+    assert np.array_equal(out[20:], expected[20:])
