@@ -467,7 +467,7 @@ class StoreLoader(torch_data.DataLoader):
             raise OptionError("StoreLoader: in_order=False would hand batches over in the order workers finish them, not the epoch's")
         kwargs.pop("batch_size", None)
         if num_workers and not dataset.source.fork_safe and kwargs.get("multiprocessing_context") is None:
-            kwargs["multiprocessing_context"] = "forkserver"
+            kwargs["multiprocessing_context"] = forkserver()
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
 
     def __iter__(self):
@@ -484,6 +484,18 @@ class StoreLoader(torch_data.DataLoader):
                 yield batch
         finally:
             dataset._end_pass()
+
+
+def forkserver():
+    """The forkserver context, its server importing this module first: each worker it forks starts with torch and
+    augzarr imported (a worker that imports them itself takes seconds, every epoch unless persistent_workers)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 class StoreRows(torch_data.Dataset):
