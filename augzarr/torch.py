@@ -22,11 +22,16 @@ have seen next (counted by the loader from dataset.loader(), or by the dataset i
 
 StoreRows (a map-style Dataset) gives single rows for a sampler of the user's own.
 
-Each worker opens the store itself (the datasets pickle its location, never an open store) and builds each
-batch in shared memory, so the DataLoader hands it to the training process without a copy or a pickle of
-its pixels. An object store's client does not survive a fork: its workers start with forkserver
-(dataset.loader() does so; a plain DataLoader is told in one line). Importing this module imports neither
-TensorFlow nor Keras.
+How a batch is made: a thread reads a window's chunks whole and puts its rows in the epoch's order and the
+asked layout (a gather that leaves the GIL free) while the previous window is served; a batch is a view of its
+window (two windows' parts joined when it straddles them). Without workers that is all: no copy in the training
+loop, the Keras stream's rate. In a DataLoader worker the windows are built in shared memory, so a batch
+crosses to the training process as a file descriptor, never pickled; each worker opens the store itself (the
+datasets pickle its location, never an open store). Workers pay for the pages of every window twice (written
+there, mapped here): on 2 shared cores they served a raw store at about half the rate of no workers
+(bench/bench_torch.py), so keep num_workers=0 unless per-row transforms need the processes. An object store's
+client does not survive a fork: its workers start with forkserver (dataset.loader() does so; a plain DataLoader
+is told in one line). Importing this module imports neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
@@ -108,13 +113,15 @@ def opened(store: Any) -> OpenStore:
 
 def check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
-        raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))
+        meanings = "; ".join(f"{name}: {meaning}" for name, meaning in LAYOUTS.items())
+        raise OptionError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}: {meanings}")
     return layout
 
 
 def check_transform(transform: Any) -> Callable | None:
     if transform is not None and not callable(transform):
-        raise OptionError(f"transform must be a callable (a torchvision v2 transform, or a function of one image), not {type(transform).__name__}")
+        raise OptionError("transform must be a callable (a torchvision v2 transform, or a function of one image), "
+                          f"not {type(transform).__name__}")
     return transform
 
 
@@ -213,9 +220,8 @@ class StoreDataset(torch_data.IterableDataset):
     rank, world_size: this process's share; by default torch.distributed's when initialised, else RANK and
         WORLD_SIZE from the environment, else the whole split.
 
-    len(dataset) is the batches each rank serves an epoch: the same for every rank. Batches are built in the
-    DataLoader's workers, in shared memory; without workers, a thread reads the next window while this one
-    is served.
+    len(dataset) is the batches each rank serves an epoch: the same for every rank. A batch is a view of a window
+    a thread has read and ordered (in shared memory in a DataLoader worker); no other batch shares its rows.
     """
 
     def __init__(self, store: Any, split: str = "train", batch_size: int = TrainOptions.batch_size, *, shuffle: bool | None = None,
@@ -293,7 +299,8 @@ class StoreDataset(torch_data.IterableDataset):
             raise UserError("load_state_dict: not a position saved by augzarr.torch's state_dict() (version "
                             f"{STATE_VERSION}): pass what state_dict() returned")
         mine = self.plan_fields()
-        differing = [f"{name} {state['plan'].get(name)!r} (now {value!r})" for name, value in mine.items() if state["plan"].get(name) != value]
+        saved = state["plan"]
+        differing = [f"{name} {saved.get(name)!r} (now {value!r})" for name, value in mine.items() if saved.get(name) != value]
         if differing:
             raise UserError(f"load_state_dict: the position was saved with {', '.join(differing)}: resume with the same store "
                             "split, batch size, seed, shuffle, buffer_chunks, drop_last and number of ranks")
@@ -349,26 +356,21 @@ class StoreDataset(torch_data.IterableDataset):
             self._end_pass()
 
     def _serve(self, epoch: int, batches: list[int], shared: bool):
-        reader = self._window_reader()
+        """The batches, each a view of a window the reader thread has put in order and layout (in shared memory in a
+        worker): no copy of a batch that lies in one window, one for a batch that straddles two."""
+        reader = self._window_reader(shared)
         spans = [self.plan.batch_span(self.rank, b) for b in batches]
         reader.expect(epoch, spans)
-        shape = self.source.image_shape
         for start, stop in spans:
-            transformed = self.transform is not None
-            images = empty_batch((stop - start, *shape), torch.uint8, shared and not transformed and self.layout == "HWC")
-            labels = empty_batch((stop - start,), torch.int64, shared)
-            reader.gather(epoch, start, stop, images.numpy(), labels.numpy())
-            if self.layout == "CHW":
-                chw = empty_batch((stop - start, shape[2], shape[0], shape[1]), torch.uint8, shared and not transformed)
-                images = chw.copy_(images.permute(0, 3, 1, 2))
-            if transformed:
+            images, labels = reader.rows(epoch, start, stop)
+            if self.transform is not None:
                 seeds = [sample_seed(self.seed, epoch, p) for p in range(start, stop)]
                 images = stack_transformed(images, self.transform, seeds, shared)
             yield images, labels
 
-    def _window_reader(self) -> _WindowReader:
+    def _window_reader(self, shared: bool) -> _WindowReader:
         if self._reader is None or self._reader.pid != os.getpid():
-            self._reader = _WindowReader(self.source, self.plan)
+            self._reader = _WindowReader(self.source, self.plan, self.layout, shared)
         return self._reader
 
     # -- loaders ------------------------------------------------------------------------------------
@@ -385,14 +387,16 @@ def check_epoch(epoch: Any) -> int:
 
 
 class _WindowReader:
-    """One process's reader of a dataset's windows: the store opened here, each window's chunks read whole, the
-    next window read by a thread while this one is served (a local file's read leaves the GIL to the rest)."""
+    """One process's reader of a dataset's windows: the store opened here; each window's chunks read whole, then its
+    rows put in the epoch's order and the asked layout, by a thread that does the next window while this one is
+    served (the reads and the gathers leave the GIL to the rest). In a DataLoader worker the windows are built in
+    shared memory, so a batch (a view of one) crosses to the training process as a file descriptor, not its bytes."""
 
     KEEP = 3  # windows held: the one served, the one read ahead, and one a batch may still straddle
 
-    def __init__(self, source: _SplitSource, plan: RankPlan):
+    def __init__(self, source: _SplitSource, plan: RankPlan, layout: str, shared: bool):
         self.pid = os.getpid()
-        self.source, self.plan = source, plan
+        self.source, self.plan, self.layout, self.shared = source, plan, layout, shared
         self.windows: OrderedDict[tuple[int, int], Future] = OrderedDict()
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augzarr-window")
         self.lock = threading.Lock()
@@ -400,7 +404,7 @@ class _WindowReader:
         self.cursor = 0  # the one asked for last
 
     def expect(self, epoch: int, spans: list[tuple[int, int]]) -> None:
-        """The windows these batches will need, in the order gather() will ask for them, to read ahead."""
+        """The windows these batches will need, in the order rows() will ask for them, to read ahead."""
         _, bounds = self.plan.windows(epoch)
         needed: list[tuple[int, int]] = []
         for start, stop in spans:
@@ -409,8 +413,8 @@ class _WindowReader:
                     needed.append((epoch, w))
         self.upcoming, self.cursor = needed, 0
 
-    def window(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(images as the chunks lie, their labels, the order of the window's rows); starts reading the next one."""
+    def window(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A window's (images, labels) in the epoch's order; starts reading the next one."""
         with self.lock:
             ahead = self.upcoming[self.cursor:self.cursor + 2]
             if key in ahead:
@@ -426,31 +430,45 @@ class _WindowReader:
             future = self.windows[key]
         return future.result()
 
-    def load(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        storage, images = self.source.storage_and_images()
+    def load(self, epoch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        storage, array = self.source.storage_and_images()
         chunks = self.plan.window_chunks(epoch, window)
         sizes = chunk_sizes(self.source.rows, self.source.chunk_rows, chunks)
         data = np.empty((int(sizes.sum()), *self.source.image_shape), np.uint8)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        read_chunks(storage, images, chunks.tolist(), [data[at:at + n] for at, n in zip(starts, sizes.tolist())])
-        chunk_rows = self.source.chunk_rows
-        labels = np.concatenate([self.source.labels[c * chunk_rows:c * chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
-        labels = labels.astype(np.int64)
-        return data, labels, self.plan.window_rows(epoch, window)
+        read_chunks(storage, array, chunks.tolist(), [data[at:at + n] for at, n in zip(starts, sizes.tolist())])
+        every, chunk_rows = self.source.labels, self.source.chunk_rows
+        labels = np.concatenate([every[c * chunk_rows:c * chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
+        order = self.plan.window_rows(epoch, window)
+        height, width, channels = self.source.image_shape
+        if self.layout == "HWC":
+            images = empty_batch(data.shape, torch.uint8, self.shared)
+            np.take(data, order, axis=0, out=images.numpy(), mode="clip")  # clip: no buffer, the rows are all in range
+        else:  # one strided gather straight into CHW
+            images = empty_batch((len(data), channels, height, width), torch.uint8, self.shared)
+            torch.index_select(torch.from_numpy(data).permute(0, 3, 1, 2), 0, torch.from_numpy(order), out=images)
+        ordered_labels = empty_batch((len(data),), torch.int64, self.shared)
+        ordered_labels.numpy()[:] = labels[order]
+        return images, ordered_labels
 
-    def gather(self, epoch: int, start: int, stop: int, images: np.ndarray, labels: np.ndarray) -> None:
-        """Rows [start, stop) of the epoch's sequence into images and labels."""
+    def rows(self, epoch: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [start, stop) of the epoch's sequence: views of one window, or the parts of two joined."""
         _, bounds = self.plan.windows(epoch)
-        w, at = int(np.searchsorted(bounds, start, "right")) - 1, 0
+        w = int(np.searchsorted(bounds, start, "right")) - 1
+        parts = []
         while start < stop:
-            data, window_labels, order = self.window((epoch, w))
+            images, labels = self.window((epoch, w))
             lo, hi = start - int(bounds[w]), min(stop, int(bounds[w + 1])) - int(bounds[w])
-            rows = order[lo:hi]
-            np.take(data, rows, axis=0, out=images[at:at + hi - lo])
-            np.take(window_labels, rows, out=labels[at:at + hi - lo])
-            at += hi - lo
+            parts.append((images[lo:hi], labels[lo:hi]))
             start = int(bounds[w]) + hi
             w += 1
+        if len(parts) == 1:
+            return parts[0]
+        joined = []
+        for tensors in zip(*parts):
+            out = empty_batch((sum(len(t) for t in tensors), *tensors[0].shape[1:]), tensors[0].dtype, self.shared)
+            joined.append(torch.cat(tensors, out=out))
+        return joined[0], joined[1]
 
 
 class StoreLoader(torch_data.DataLoader):
@@ -570,7 +588,8 @@ def read_row(path, offset: int, out: np.ndarray) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise UserError(f"chunk file {path} is missing: the store was damaged after it was opened; check it with inspect-aug --verify") from None
+        raise UserError(f"chunk file {path} is missing: the store was damaged after it was opened; "
+                        "check it with inspect-aug --verify") from None
     try:
         got = os.preadv(fd, [view], offset)
     finally:

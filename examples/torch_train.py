@@ -69,7 +69,8 @@ def main() -> None:
         torch.set_rng_state(state["rng"])
         train.load_state_dict(state["data"])  # the epoch under way, and the batches of it already trained on
         step = state["step"]
-        print(f"resumed from {args.checkpoint}: epoch {state['data']['epoch']}, {state['data']['batches']} batches into it, step {step}")
+        position = state["data"]
+        print(f"resumed from {args.checkpoint}: epoch {position['epoch']}, {position['batches']} batches into it, step {step}")
 
     # persistent workers keep their window reader between epochs; set_epoch reaches them through shared memory
     loader = train.loader(num_workers=args.workers, persistent_workers=args.workers > 0)
