@@ -213,9 +213,10 @@ class StoreDataset(torch_data.IterableDataset):
     epoch: the epoch served until set_epoch says otherwise.
     layout: "HWC" (as stored) or "CHW" (torchvision's, torch.nn.Conv2d's).
     transform: a callable applied to each image (a tensor in `layout`) in the worker that reads it; a torchvision v2
-        transform, or any function returning a tensor or an array. torch's generator is seeded for each row by
-        (seed, epoch, the row's place in the epoch), so random transforms are reproducible however the epoch is
-        split over ranks and workers; the batch stacks what it returns.
+        transform, or any function returning a tensor or an array (picklable where workers are not forked: macOS,
+        Windows, object stores). torch's generator is seeded for each row by (seed, epoch, the row's place in the
+        epoch), so random transforms are reproducible however the epoch is split over ranks and workers; the batch
+        stacks what it returns.
     drop_last: leave out each rank's partial last batch (every batch full).
     rank, world_size: this process's share; by default torch.distributed's when initialised, else RANK and
         WORLD_SIZE from the environment, else the whole split.
@@ -566,11 +567,13 @@ class StoreRows(torch_data.Dataset):
         out = np.empty((len(rows), *shape), np.uint8)
         root = storage.local_path()
         if root is not None:
-            row_bytes = int(np.prod(shape))
+            by_chunk: dict[int, list[int]] = {}
             for i, row in enumerate(rows):
-                chunk, offset = divmod(row, chunk_rows)
-                path = root / chunk_key(images, chunk)
-                read_row(path, offset * row_bytes, out[i])
+                by_chunk.setdefault(row // chunk_rows, []).append(i)
+            row_bytes = int(np.prod(shape))
+            for chunk, places in by_chunk.items():
+                read_rows_of_chunk(root / chunk_key(images, chunk), [(rows[i] % chunk_rows) * row_bytes for i in places],
+                                   [out[i] for i in places])
             return out
         chunks = sorted({row // chunk_rows for row in rows})
         sizes = chunk_sizes(self.source.rows, chunk_rows, np.array(chunks))
@@ -582,18 +585,16 @@ class StoreRows(torch_data.Dataset):
         return out
 
 
-def read_row(path, offset: int, out: np.ndarray) -> None:
-    """One row's bytes from a raw chunk file into out (the GIL released while it reads)."""
-    view = memoryview(out).cast("B")
+def read_rows_of_chunk(path, offsets: list[int], outs: list[np.ndarray]) -> None:
+    """Rows' bytes from a raw chunk file, each at its offset, into its out (the GIL released while it reads)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        file = open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise UserError(f"chunk file {path} is missing: the store was damaged after it was opened; "
                         "check it with inspect-aug --verify") from None
-    try:
-        got = os.preadv(fd, [view], offset)
-    finally:
-        os.close(fd)
-    if got != len(view):
-        raise UserError(f"chunk file {path} is shorter than its rows: the store was damaged after it was opened; "
-                        "check it with inspect-aug --verify")
+    with file:
+        for offset, out in zip(offsets, outs):
+            file.seek(offset)
+            if file.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise UserError(f"chunk file {path} is shorter than its rows: the store was damaged after it was opened; "
+                                "check it with inspect-aug --verify")
