@@ -5,9 +5,15 @@ BIN := $(VENV)/bin
 
 .PHONY: setup test run bench campaign docs serve-docs clean
 
+# PyTorch's CPU build first where pip's find-links hold it (CI's do): '.[dev]' needs torch, and a torch taken from
+# the index is the CUDA build (several GB, minutes to install). Elsewhere '.[dev]' takes torch from the index.
+TORCH_CPU := torch==2.13.0
+
 $(BIN)/build-aug: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-index --no-deps '$(TORCH_CPU)' 2>/dev/null \
+		|| echo "no local build of $(TORCH_CPU) in pip's find-links: '.[dev]' takes torch from the index"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

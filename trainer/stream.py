@@ -5,12 +5,10 @@ model.fit under TensorFlow, JAX or PyTorch. On TensorFlow, train gives fit
 fit_input() instead: the same batches, handed over a window at a time.
 
 Order of an epoch (a pure function of seed, epoch and batch index, so any batch
-can be recomputed and a resumed run sees the same batches):
-  1. the split's chunks in a seeded random order,
-  2. cut into windows of `buffer_chunks` consecutive chunks,
-  3. the rows of each window in a seeded random order.
-Rows were written in a shuffled order, so a window is already a fair sample of
-classes; shuffling within a window of several chunks mixes it further.
+can be recomputed and a resumed run sees the same batches): augzarr/plan.py's,
+which every consumer shares: the split's chunks in a seeded random order, cut
+into windows of `buffer_chunks` consecutive chunks, the rows of each window in a
+seeded random order; batches cut from the windows end to end.
 
 Only a window or two is in memory at once, whatever the store's size, and the
 next window is read by a background thread while the current one is served.
@@ -18,7 +16,6 @@ next window is read by a background thread while the current one is served.
 
 from __future__ import annotations
 
-import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -26,6 +23,7 @@ import keras
 import numpy as np
 
 from augzarr.errors import UserError
+from augzarr.plan import chunk_sizes, epoch_plan, shard_chunks, window_order
 from augzarr.store_format import OpenStore, read_chunks
 
 from .allocator import restore_malloc_thresholds
@@ -99,7 +97,7 @@ class StoreStream(keras.utils.PyDataset):
         read_chunks(self.storage, self.images, chunks.tolist(), [images[at:at + n] for at, n in zip(starts, sizes.tolist())])
         labels = np.concatenate([self.labels[c * self.chunk_rows:c * self.chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
         if self.shuffle:
-            rows = np.random.default_rng([self.seed, epoch, window]).permutation(len(images))
+            rows = window_order(self.seed, epoch, window, len(images))
             # np.take: a gather that leaves the GIL to the training loop (a scatter is twice as slow)
             images, labels = np.take(images, rows, axis=0), labels[rows]
         return images, labels
@@ -210,27 +208,3 @@ def padded_with_weights(x: np.ndarray, y: np.ndarray, multiple: int) -> tuple[np
         x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), x.dtype)])
         y = np.concatenate([y, np.zeros((missing, *y.shape[1:]), y.dtype)])
     return x, y, weights
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_plan(rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int,
-               shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
-    """Chunks in visiting order (stored order when seed is None), and the epoch positions where windows start, plus the end.
-    With a shard (index, count) of several processes, only that process's chunks, in their own seeded order."""
-    chunks = shard_chunks(-(-rows // chunk_rows), shard)
-    order = chunks if seed is None else chunks[np.random.default_rng([seed, epoch]).permutation(len(chunks))]
-    sizes = chunk_sizes(rows, chunk_rows, order)
-    window_sizes = np.add.reduceat(sizes, np.arange(0, len(order), buffer_chunks))
-    return order, np.concatenate([[0], np.cumsum(window_sizes)])
-
-
-def shard_chunks(n_chunks: int, shard: tuple[int, int]) -> np.ndarray:
-    """A process's fixed share of a split's chunks: every count-th from its index (all of them for (0, 1)),
-    so the processes together read each chunk exactly once an epoch, each the same share every epoch."""
-    index, count = shard
-    return np.arange(index, n_chunks, count)
-
-
-def chunk_sizes(rows: int, chunk_rows: int, chunks: np.ndarray) -> np.ndarray:
-    """Rows in each of these chunks (the split's last chunk may be partial)."""
-    return np.minimum(chunk_rows, rows - np.asarray(chunks) * chunk_rows)
