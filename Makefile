@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test run bench campaign docs serve-docs clean
+.PHONY: setup lint test run bench campaign docs serve-docs clean
 
 # PyTorch's CPU build first where pip's find-links hold it (CI's do): '.[dev]' needs torch, and a torch taken from
 # the index is the CUDA build (several GB, minutes to install). Elsewhere '.[dev]' takes torch from the index.
@@ -18,6 +18,11 @@ $(BIN)/build-aug: pyproject.toml
 	touch $@
 
 setup: $(BIN)/build-aug
+
+# style and lint (ruff, configured in pyproject.toml): what CI runs before the tests; `ruff format .` fixes the layout
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -27,14 +27,28 @@ from augzarr.store_format import open_store as _open_checked
 from augzarr.trainer.options import TrainOptions
 
 
-def build(source: str | os.PathLike = BuildOptions.source, out: str | os.PathLike = BuildOptions.out, *,
-          label_mode: str | None = BuildOptions.label_mode, copies: int = BuildOptions.copies,
-          include_original: bool = BuildOptions.include_original, policy: str = BuildOptions.policy,
-          val_fraction: float = BuildOptions.val_fraction, seed: int = BuildOptions.seed, chunk_size: int | None = BuildOptions.chunk_size,
-          image_size: int | None = BuildOptions.image_size, limit: int | None = BuildOptions.limit,
-          workers: int | None = BuildOptions.workers, overwrite: bool = BuildOptions.overwrite, skip_bad: bool = BuildOptions.skip_bad,
-          license: str | None = BuildOptions.license, provenance: str | None = BuildOptions.provenance,
-          scheduler: str | None = BuildOptions.scheduler, progress: bool = True, **unknown: Any) -> "Store":
+def build(
+    source: str | os.PathLike = BuildOptions.source,
+    out: str | os.PathLike = BuildOptions.out,
+    *,
+    label_mode: str | None = BuildOptions.label_mode,
+    copies: int = BuildOptions.copies,
+    include_original: bool = BuildOptions.include_original,
+    policy: str = BuildOptions.policy,
+    val_fraction: float = BuildOptions.val_fraction,
+    seed: int = BuildOptions.seed,
+    chunk_size: int | None = BuildOptions.chunk_size,
+    image_size: int | None = BuildOptions.image_size,
+    limit: int | None = BuildOptions.limit,
+    workers: int | None = BuildOptions.workers,
+    overwrite: bool = BuildOptions.overwrite,
+    skip_bad: bool = BuildOptions.skip_bad,
+    license: str | None = BuildOptions.license,
+    provenance: str | None = BuildOptions.provenance,
+    scheduler: str | None = BuildOptions.scheduler,
+    progress: bool = True,
+    **unknown: Any,
+) -> Store:
     """build-aug as a function: its options as keyword arguments, with its defaults and its checks (the
     reference: docs/reference/build-aug.md). Shows a progress bar unless progress=False; returns the finished store.
     A bad option or input raises augzarr.UserError with the command's one-line message. Previews are not
@@ -45,7 +59,9 @@ def build(source: str | os.PathLike = BuildOptions.source, out: str | os.PathLik
 
     known = [opt.name for opt in options_of(BuildOptions)]
     if unknown:
-        raise OptionError(f"augzarr.build: unknown option {sorted(unknown)[0]}; the options are {', '.join(sorted(known))}")
+        raise OptionError(
+            f"augzarr.build: unknown option {sorted(unknown)[0]}; the options are {', '.join(sorted(known))}"
+        )
     given = {**locals(), "source": fspath(source), "out": fspath(out)}
     options = BuildOptions(**{name: given[name] for name in known})
     if not isinstance(progress, bool):
@@ -60,7 +76,7 @@ def fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def open_store(location: str) -> "Store":
+def open_store(location: str) -> Store:
     """A complete store (a folder or an object-store URL), checked as train checks it; a store that is
     not complete or is damaged raises augzarr.UserError saying what to do."""
     return Store(_open_checked(str(location)))
@@ -100,9 +116,18 @@ class Store:
         seed and the package versions of the build, when it finished, and the license and provenance
         text given to build-aug (None when not given)."""
         attrs = self._store.attrs
-        return {"source": asdict(attrs.source), "policy": attrs.policy, "copies": attrs.copies,
-                "include_original": attrs.include_original, "val_fraction": attrs.val_fraction, "seed": attrs.seed,
-                "versions": attrs.versions, "built": attrs.built, "license": attrs.license, "provenance": attrs.provenance}
+        return {
+            "source": asdict(attrs.source),
+            "policy": attrs.policy,
+            "copies": attrs.copies,
+            "include_original": attrs.include_original,
+            "val_fraction": attrs.val_fraction,
+            "seed": attrs.seed,
+            "versions": attrs.versions,
+            "built": attrs.built,
+            "license": attrs.license,
+            "provenance": attrs.provenance,
+        }
 
     def rows(self, split: str) -> int:
         self._check_split(split)
@@ -119,8 +144,16 @@ class Store:
         self._check_split(split)
         return self._store.images(split)[:], self._store.labels(split)
 
-    def stream(self, split: str = "train", batch_size: int = TrainOptions.batch_size, *, shuffle: bool | None = None,
-               seed: int = TrainOptions.seed, online: str = TrainOptions.online, buffer_chunks: int = TrainOptions.buffer_chunks):
+    def stream(
+        self,
+        split: str = "train",
+        batch_size: int = TrainOptions.batch_size,
+        *,
+        shuffle: bool | None = None,
+        seed: int = TrainOptions.seed,
+        online: str = TrainOptions.online,
+        buffer_chunks: int = TrainOptions.buffer_chunks,
+    ):
         """A keras.utils.PyDataset of (images uint8, labels int32) batches for model.fit, evaluate or predict,
         on any Keras backend.
 
@@ -139,12 +172,23 @@ class Store:
             raise OptionError(f"shuffle must be True, False or None, not {shuffle!r}")
         online = "" if online is None else online  # None was the way to say none before
         buffer_chunks = TrainOptions.buffer_chunks if buffer_chunks is None else buffer_chunks
-        checked = check_arguments(TrainOptions, batch_size=batch_size, seed=seed, online=online, buffer_chunks=buffer_chunks)
+        checked = check_arguments(
+            TrainOptions, batch_size=batch_size, seed=seed, online=online, buffer_chunks=buffer_chunks
+        )
         shuffle = split == "train" if shuffle is None else shuffle
         if checked["online"] and not shuffle:
-            raise OptionError("online operations apply to a shuffled (training) stream: pass shuffle=True, or no online")
-        return StoreStream(self._store, split, checked["batch_size"], shuffle, seed=checked["seed"], online=parse_online(checked["online"]),
-                           buffer_chunks=checked["buffer_chunks"])
+            raise OptionError(
+                "online operations apply to a shuffled (training) stream: pass shuffle=True, or no online"
+            )
+        return StoreStream(
+            self._store,
+            split,
+            checked["batch_size"],
+            shuffle,
+            seed=checked["seed"],
+            online=parse_online(checked["online"]),
+            buffer_chunks=checked["buffer_chunks"],
+        )
 
     def contact_sheet(self, count: int = SheetOptions.count):
         """A PIL image: the first `count` training images, each original beside its copies, labelled with its

@@ -58,7 +58,7 @@ DEFAULT_JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:2:0"
 # libwebp's lossless preset 0 (WebPConfigLosslessPreset): method 0, and "quality", which for lossless is the effort, 0
 WEBP_LOSSLESS = {"method": 0, "effort": 0}
-NO_CHUNK = 2 ** 64 - 1  # an index entry of a row with no bytes
+NO_CHUNK = 2**64 - 1  # an index entry of a row with no bytes
 INDEX_ENTRY = struct.Struct("<QQ")
 
 
@@ -68,9 +68,11 @@ class DamagedShardError(UserError):
 
 # -- specs ------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CodecSpec:
     """One codec with its settings, as --codec spells it (text) and as zarr.json records it (zarr_config)."""
+
     name: str  # a key of CODECS
     quality: int | None = None  # jpeg only
     settings: dict = field(default_factory=dict, hash=False)  # fixed settings, recorded in zarr.json
@@ -95,6 +97,7 @@ class CodecSpec:
 @dataclass(frozen=True)
 class Codec:
     """One entry of CODECS: its help for --codec, how it reads its spelling and what its settings are."""
+
     help: str
     lossless: bool
     takes_quality: bool = False
@@ -103,8 +106,12 @@ class Codec:
 
 CODECS: dict[str, Codec] = {
     "raw": Codec("the pixels as they are (any zarr v3 reader opens the store)", lossless=True),
-    "jpeg": Codec(f"JPEG, jpeg:Q for quality Q in 1-100 (default {DEFAULT_JPEG_QUALITY}), {JPEG_SUBSAMPLING} chroma",
-                  lossless=False, takes_quality=True, settings={"subsampling": JPEG_SUBSAMPLING}),
+    "jpeg": Codec(
+        f"JPEG, jpeg:Q for quality Q in 1-100 (default {DEFAULT_JPEG_QUALITY}), {JPEG_SUBSAMPLING} chroma",
+        lossless=False,
+        takes_quality=True,
+        settings={"subsampling": JPEG_SUBSAMPLING},
+    ),
     "webp-lossless": Codec("lossless WebP, libwebp's fastest setting", lossless=True, settings=WEBP_LOSSLESS),
 }
 DEFAULT_LOSSY = f"jpeg:{DEFAULT_JPEG_QUALITY}"
@@ -125,7 +132,9 @@ def parse_spec(text: str) -> CodecSpec:
     if not codec.takes_quality:
         raise OptionError(f"{CODEC_OPTION} {text!r}: {name} takes no quality; the codecs are {SPEC_FORMS}")
     if not re.fullmatch(r"\d{1,3}", quality_text) or not 1 <= int(quality_text) <= 100:
-        raise OptionError(f"{CODEC_OPTION} {text!r}: the quality must be a whole number in 1-100, as in jpeg:{DEFAULT_JPEG_QUALITY}")
+        raise OptionError(
+            f"{CODEC_OPTION} {text!r}: the quality must be a whole number in 1-100, as in jpeg:{DEFAULT_JPEG_QUALITY}"
+        )
     return CodecSpec(name, int(quality_text), dict(codec.settings))
 
 
@@ -134,18 +143,24 @@ def spec_from_zarr_config(config: dict) -> CodecSpec:
     decode. The settings are kept as recorded: decoding needs only the format, each encoder checks them."""
     name = config.get("format") if isinstance(config, dict) else None
     if name not in CODECS or name == "raw":
-        raise ValueError(f"{ZARR_CODEC_NAME} configuration {config!r} names no image format this augzarr decodes "
-                         f"({', '.join(n for n in CODECS if n != 'raw')})")
+        raise ValueError(
+            f"{ZARR_CODEC_NAME} configuration {config!r} names no image format this augzarr decodes "
+            f"({', '.join(n for n in CODECS if n != 'raw')})"
+        )
     quality = config.get("quality")
     if CODECS[name].takes_quality and not (type(quality) is int and 1 <= quality <= 100):
         raise ValueError(f"{ZARR_CODEC_NAME} configuration {config!r}: {name} needs a quality, a whole number in 1-100")
-    return CodecSpec(name, quality if CODECS[name].takes_quality else None,
-                     {k: v for k, v in config.items() if k not in ("format", "quality")})
+    return CodecSpec(
+        name,
+        quality if CODECS[name].takes_quality else None,
+        {k: v for k, v in config.items() if k not in ("format", "quality")},
+    )
 
 
 # -- one image --------------------------------------------------------------------------------------
 # Each image format: encode(spec, image) -> bytes, decode(data, out) (ValueError when data is not an image of
 # out's shape), versions() -> the libraries that decide the encoded bytes. The libraries load on first use.
+
 
 @functools.cache
 def _simplejpeg():
@@ -169,9 +184,13 @@ def _encode_jpeg(spec: CodecSpec, image: np.ndarray) -> bytes:
         raise ValueError(f"augzarr cannot encode jpeg with the settings {spec.settings}")
     gray = image.shape[2] == 1
     # the accurate DCT (fastdct=False) on both sides: the pixels then match any libjpeg-turbo reader's, OpenCV's too
-    return _simplejpeg().encode_jpeg(np.ascontiguousarray(image), quality=spec.quality, colorspace="GRAY" if gray else "RGB",
-                                     colorsubsampling="Gray" if gray else SIMPLEJPEG_SUBSAMPLING[spec.settings["subsampling"]],
-                                     fastdct=False)
+    return _simplejpeg().encode_jpeg(
+        np.ascontiguousarray(image),
+        quality=spec.quality,
+        colorspace="GRAY" if gray else "RGB",
+        colorsubsampling="Gray" if gray else SIMPLEJPEG_SUBSAMPLING[spec.settings["subsampling"]],
+        fastdct=False,
+    )
 
 
 def _decode_jpeg(data, out: np.ndarray) -> None:
@@ -185,8 +204,14 @@ def _decode_jpeg(data, out: np.ndarray) -> None:
     into = out if out.flags.c_contiguous else np.empty(out.shape, np.uint8)
     try:
         # strict: libjpeg's warnings about corrupt data raise instead of decoding to wrong pixels
-        image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if out.shape[2] == 1 else "RGB", fastdct=False,
-                                       fastupsample=False, buffer=into, strict=True)
+        image = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if out.shape[2] == 1 else "RGB",
+            fastdct=False,
+            fastupsample=False,
+            buffer=into,
+            strict=True,
+        )
     except ValueError as exc:
         raise ValueError(f"is not a decodable jpeg image ({_first_line(exc)})") from None
     if image.shape != out.shape:
@@ -204,19 +229,26 @@ def _webp_pillow():
     from PIL import Image, features
 
     if not features.check("webp"):
-        raise UserError("this Pillow was built without WebP: install Pillow's wheel from PyPI (pip install --force-reinstall pillow)")
+        raise UserError(
+            "this Pillow was built without WebP: install Pillow's wheel from PyPI (pip install --force-reinstall pillow)"
+        )
     return Image, features
 
 
 def _encode_webp_lossless(spec: CodecSpec, image: np.ndarray) -> bytes:
     settings = spec.settings
-    if settings.keys() != {"method", "effort"} or settings["method"] not in range(7) or settings["effort"] not in range(101):
+    if (
+        settings.keys() != {"method", "effort"}
+        or settings["method"] not in range(7)
+        or settings["effort"] not in range(101)
+    ):
         raise ValueError(f"augzarr cannot encode webp-lossless with the settings {settings}")
     Image, _ = _webp_pillow()
     out = io.BytesIO()
     # WebP has no grayscale: a 1-channel image is stored as RGB with equal channels, and read back exactly
     Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
-        out, "WEBP", lossless=True, method=settings["method"], quality=settings["effort"])
+        out, "WEBP", lossless=True, method=settings["method"], quality=settings["effort"]
+    )
     return out.getvalue()
 
 
@@ -241,7 +273,10 @@ def _decode_with_opencv(data, out: np.ndarray, name: str) -> None:
 
 def _webp_versions() -> dict[str, str]:
     Image, features = _webp_pillow()
-    return {"pillow": Image.__version__, "libwebp": features.version("webp")}  # the encoder's; any decoder gives the pixels
+    return {
+        "pillow": Image.__version__,
+        "libwebp": features.version("webp"),
+    }  # the encoder's; any decoder gives the pixels
 
 
 FORMATS: dict[str, tuple[Callable, Callable, Callable]] = {
@@ -287,6 +322,7 @@ def crc32_hex(data) -> str:
 
 # -- the zarr codec ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ImageCodec(ArrayBytesCodec):
     """zarr v3 array-to-bytes codec of one image a chunk: chunk shape (1, H, W, C) of uint8, C = 1 or 3.
@@ -307,7 +343,11 @@ class ImageCodec(ArrayBytesCodec):
 
     @classmethod
     def from_dict(cls, data: dict) -> ImageCodec:
-        if not isinstance(data, dict) or data.get("name") != ZARR_CODEC_NAME or not isinstance(data.get("configuration"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("name") != ZARR_CODEC_NAME
+            or not isinstance(data.get("configuration"), dict)
+        ):
             raise ValueError(f"not an {ZARR_CODEC_NAME} codec: {data!r}")
         return cls(**data["configuration"])
 
@@ -319,8 +359,10 @@ class ImageCodec(ArrayBytesCodec):
         if dtype.to_native_dtype() != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3):
             raise ValueError(f"{ZARR_CODEC_NAME} encodes uint8 images [n, H, W, 1 or 3], not {dtype} {list(shape)}")
         if chunks is not None and chunks[0] != 1:
-            raise ValueError(f"{ZARR_CODEC_NAME} encodes one image a chunk: chunk shape (1, H, W, C), not {chunks} "
-                             "(put it inside sharding_indexed for chunks of many rows)")
+            raise ValueError(
+                f"{ZARR_CODEC_NAME} encodes one image a chunk: chunk shape (1, H, W, C), not {chunks} "
+                "(put it inside sharding_indexed for chunks of many rows)"
+            )
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec) -> int:
         raise NotImplementedError  # variable-size output
@@ -351,8 +393,12 @@ def zarr_array_layout(spec: CodecSpec, chunk_rows: int, image_shape: tuple[int, 
     if spec.is_raw:
         return {"chunks": chunks, "compressors": None}
     # the index's codecs and place written out, not left to zarr's defaults: encode_shard writes the same
-    sharding = ShardingCodec(chunk_shape=(1, *image_shape), codecs=[ImageCodec.from_spec(spec)],
-                             index_codecs=[BytesCodec(endian="little"), Crc32cCodec()], index_location="end")
+    sharding = ShardingCodec(
+        chunk_shape=(1, *image_shape),
+        codecs=[ImageCodec.from_spec(spec)],
+        index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
+        index_location="end",
+    )
     return {"chunks": chunks, "serializer": sharding, "compressors": None}
 
 
@@ -368,14 +414,22 @@ def array_spec(array) -> CodecSpec:
         shard = codecs[0]
         inner = shard.codecs
         index = [c.to_dict() for c in shard.index_codecs]
-        if (len(inner) == 1 and isinstance(inner[0], ImageCodec) and tuple(shard.chunk_shape) == (1, *array.shape[1:])
-                and shard.index_location.value == "end" and [c["name"] for c in index] == ["bytes", "crc32c"]):
+        if (
+            len(inner) == 1
+            and isinstance(inner[0], ImageCodec)
+            and tuple(shard.chunk_shape) == (1, *array.shape[1:])
+            and shard.index_location.value == "end"
+            and [c["name"] for c in index] == ["bytes", "crc32c"]
+        ):
             return inner[0].spec
-    raise ValueError(f"{array.path} is stored with codecs {[c.to_dict() for c in codecs]}, not raw nor one image a chunk "
-                     f"in sharding_indexed ({ZARR_CODEC_NAME})")
+    raise ValueError(
+        f"{array.path} is stored with codecs {[c.to_dict() for c in codecs]}, not raw nor one image a chunk "
+        f"in sharding_indexed ({ZARR_CODEC_NAME})"
+    )
 
 
 # -- whole shards (the fast path) -------------------------------------------------------------------
+
 
 def index_size(shard_rows: int) -> int:
     return shard_rows * INDEX_ENTRY.size + 4
@@ -451,9 +505,11 @@ def shard_slices(data, shard_rows: int, rows: int, key: str) -> list[tuple[int, 
     damaged = f"chunk file {key} is damaged"
     size = index_size(shard_rows)
     if len(data) < size:
-        raise DamagedShardError(f"{damaged}: {len(data):,} bytes, too short for the index of a {shard_rows}-row shard ({size:,} bytes)")
-    index = memoryview(data)[len(data) - size:len(data) - 4]
-    if _crc32c(index) != bytes(memoryview(data)[len(data) - 4:]):
+        raise DamagedShardError(
+            f"{damaged}: {len(data):,} bytes, too short for the index of a {shard_rows}-row shard ({size:,} bytes)"
+        )
+    index = memoryview(data)[len(data) - size : len(data) - 4]
+    if _crc32c(index) != bytes(memoryview(data)[len(data) - 4 :]):
         raise DamagedShardError(f"{damaged}: its index does not match its CRC-32C (a changed or truncated shard)")
     entries = np.frombuffer(index, "<u8").reshape(shard_rows, 2)
     body = len(data) - size
@@ -463,15 +519,23 @@ def shard_slices(data, shard_rows: int, rows: int, key: str) -> list[tuple[int, 
         if offset == NO_CHUNK:
             raise DamagedShardError(f"{damaged}: row {i} of the shard has no bytes")
         if offset != expected or offset + length > body:
-            raise DamagedShardError(f"{damaged}: row {i}'s bytes ({offset:,} + {length:,}) are not where the rows before "
-                                    f"them end ({expected:,}) inside the {body:,} bytes of images")
+            raise DamagedShardError(
+                f"{damaged}: row {i}'s bytes ({offset:,} + {length:,}) are not where the rows before "
+                f"them end ({expected:,}) inside the {body:,} bytes of images"
+            )
         slices.append((offset, offset + length))
         expected = offset + length
     return slices
 
 
-def decode_shard(spec: CodecSpec, data, out: np.ndarray, shard_rows: int | None = None, threads: int | None = None,
-                 key: str = "shard") -> np.ndarray:
+def decode_shard(
+    spec: CodecSpec,
+    data,
+    out: np.ndarray,
+    shard_rows: int | None = None,
+    threads: int | None = None,
+    key: str = "shard",
+) -> np.ndarray:
     """Decode one shard object's bytes into out ([rows, H, W, C]: the chunk's rows in the array, fewer in the last
     chunk than the shard's shard_rows, which default to len(out)) on `threads` threads (None: the cores);
     DamagedShardError naming key when they are damaged."""
@@ -484,10 +548,9 @@ def decode_shard(spec: CodecSpec, data, out: np.ndarray, shard_rows: int | None 
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):
             try:
-                decode_image_into(spec, view[slices[i][0]:slices[i][1]], out[i])
+                decode_image_into(spec, view[slices[i][0] : slices[i][1]], out[i])
             except ValueError as exc:
                 raise DamagedShardError(f"chunk file {key} is damaged: row {i} of the shard {exc}") from None
 
     _on_threads(work, len(out), threads)
     return out
-

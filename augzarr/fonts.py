@@ -28,7 +28,7 @@ def system_font_paths() -> tuple[str, ...]:
     return tuple(sorted(font_manager.findSystemFonts()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font_charmap(path: str) -> frozenset[int]:
     from matplotlib.ft2font import FT2Font
 

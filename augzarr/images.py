@@ -17,7 +17,8 @@ import hashlib
 import io
 import os
 import tempfile
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 # Refuse to decode more pixels than this, before allocating them (OpenCV reads the limit on
 # its first decode; its own default, 2**30, lets a 1.2 GB decompression bomb through).
@@ -60,7 +61,9 @@ def read_image_file(path: ImageItem) -> tuple[np.ndarray, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read image {shown(path)} ({exc.strerror or exc}): make it readable or remove it") from exc
+        raise UserError(
+            f"cannot read image {shown(path)} ({exc.strerror or exc}): make it readable or remove it"
+        ) from exc
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise UserError(f"image {shown(path)} is empty (0 bytes): remove it or replace it")
@@ -84,8 +87,10 @@ def undecodable_message(path: ImageItem, data: bytes) -> str:
     except Exception:
         width = height = 0
     if width * height > MAX_IMAGE_PIXELS:
-        return (f"image {shown(path)} declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed "
-                "(a decompression bomb, or a huge image): remove it or downscale it (the limit is CV_IO_MAX_IMAGE_PIXELS)")
+        return (
+            f"image {shown(path)} declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed "
+            "(a decompression bomb, or a huge image): remove it or downscale it (the limit is CV_IO_MAX_IMAGE_PIXELS)"
+        )
     return f"cannot decode image {shown(path)}: not a supported image or corrupt; remove it or replace it"
 
 
@@ -148,5 +153,6 @@ def resize_all(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
     # OpenCV returns a one-channel image without its channel axis: reshape keeps [n, H, W, C]
-    return np.stack([resize_to(image, size, size) for image in images]).reshape(len(images), size, size, images.shape[3])
-
+    return np.stack([resize_to(image, size, size) for image in images]).reshape(
+        len(images), size, size, images.shape[3]
+    )

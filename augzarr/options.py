@@ -59,7 +59,9 @@ class Spec:
     high_text: str | None = None  # how the upper limit reads in a message (2**63)
     limit_note: str | None = None  # said after the limits (4 per core on this machine)
     choices: Choices | None = None  # the names a value must be one of (the default, such as "" for none, passes too)
-    strict: bool = True  # False: choices are listed in the help, another value is checked elsewhere (a file, PATH.py:FUNCTION)
+    strict: bool = (
+        True  # False: choices are listed in the help, another value is checked elsewhere (a file, PATH.py:FUNCTION)
+    )
     check: Callable[[Any, str], Any] | None = None  # check(value, label) raises OptionError for what limits cannot say
     default_text: str | None = None  # the default as the help and docs show it, when the value does not say it (None)
     cli: bool = True  # False: a Python API argument only, named as in Python
@@ -190,9 +192,21 @@ def checked_type(opt: Option, value: Any) -> Any:
     if isinstance(value, bool):  # a bool is an int to Python, never a count or a fraction here
         refuse_type(opt, value)
     if kind is int:
-        return value if type(value) is int else int(value) if isinstance(value, numbers.Integral) else refuse_type(opt, value)
+        return (
+            value
+            if type(value) is int
+            else int(value)
+            if isinstance(value, numbers.Integral)
+            else refuse_type(opt, value)
+        )
     if kind is float:
-        return value if type(value) in (int, float) else float(value) if isinstance(value, numbers.Real) else refuse_type(opt, value)
+        return (
+            value
+            if type(value) in (int, float)
+            else float(value)
+            if isinstance(value, numbers.Real)
+            else refuse_type(opt, value)
+        )
     if kind is Path:
         return value if isinstance(value, (str, os.PathLike)) else refuse_type(opt, value)
     if isinstance(value, str) or (opt.also_path and isinstance(value, os.PathLike)):
@@ -218,8 +232,10 @@ def check_limits(opt: Option, value: float) -> None:
     if high is None:
         message = f"{opt.label} must be {'above' if spec.low_open else 'at least'} {low}"
     else:
-        message = (f"{opt.label} must be in {'(' if spec.low_open else '['}{low}, {spec.high_text or high}"
-                   f"{')' if spec.high_open else ']'}")
+        message = (
+            f"{opt.label} must be in {'(' if spec.low_open else '['}{low}, {spec.high_text or high}"
+            f"{')' if spec.high_open else ']'}"
+        )
     raise OptionError(message + (f" ({spec.limit_note})" if spec.limit_note else ""))
 
 
@@ -250,12 +266,18 @@ def command(app: Any, *classes: type, name: str | None = None) -> Callable[[Call
 
         def callback(ctx: typer.Context, **values: Any) -> Any:
             instances = [cls(**{opt.name: values[opt.name] for opt in options_of(cls)}) for cls in classes]
-            given = {opt.name for opt in opts if getattr(ctx.get_parameter_source(opt.name), "name", "") == "COMMANDLINE"}
+            given = {
+                opt.name for opt in opts if getattr(ctx.get_parameter_source(opt.name), "name", "") == "COMMANDLINE"
+            }
             return function(*instances, **({"given": given} if takes_given else {}))
 
         parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-        parameters += [inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=typer_option(opt), annotation=cli_type(opt))
-                       for opt in opts]
+        parameters += [
+            inspect.Parameter(
+                opt.name, inspect.Parameter.KEYWORD_ONLY, default=typer_option(opt), annotation=cli_type(opt)
+            )
+            for opt in opts
+        ]
         callback.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
         callback.__annotations__ = {p.name: p.annotation for p in parameters}
         callback.__doc__ = function.__doc__
@@ -274,8 +296,17 @@ def typer_option(opt: Option) -> Any:
     import typer
 
     default = ... if opt.required else opt.default
-    plain = opt.spec.default_text is None and opt.default not in (None, "")  # a value typer shows as it is: [default: 20]
-    show = False if opt.required or (opt.default is None and opt.spec.default_text is None) else True if plain else opt.default_text()  # else a description: [default: (all cores)]
+    plain = opt.spec.default_text is None and opt.default not in (
+        None,
+        "",
+    )  # a value typer shows as it is: [default: 20]
+    show = (
+        False
+        if opt.required or (opt.default is None and opt.spec.default_text is None)
+        else True
+        if plain
+        else opt.default_text()
+    )  # else a description: [default: (all cores)]
     return typer.Option(default, *opt.spec.flags, help=opt.spec.help, show_default=show)
 
 
@@ -295,7 +326,9 @@ def option_command_class(opts: list[Option]) -> type:
                     continue
                 if param.name in seen:
                     flag = by_name[param.name].label if param.name in by_name else param.opts[0]
-                    raise OptionError(f"{flag} is given more than once ({', '.join(uses_of(param, args))}): give it once")
+                    raise OptionError(
+                        f"{flag} is given more than once ({', '.join(uses_of(param, args))}): give it once"
+                    )
                 seen.add(param.name)
             return super().parse_args(ctx, args)
 

@@ -31,8 +31,9 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_plan(rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int,
-               shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    rows: int, chunk_rows: int, buffer_chunks: int, seed: int | None, epoch: int, shard: tuple[int, int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray]:
     """Chunks in visiting order (stored order when seed is None), and the epoch positions where windows start, plus the end.
     With a shard (index, count) of several processes, only that process's chunks, in their own seeded order."""
     chunks = shard_chunks(-(-rows // chunk_rows), shard)
@@ -78,7 +79,9 @@ class RankPlan:
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.chunk_rows < 1 or self.batch_size < 1 or self.buffer_chunks < 1 or self.ranks < 1:
-            raise ValueError(f"a plan needs rows, chunk rows, batch size, buffer chunks and ranks of at least 1: {self}")
+            raise ValueError(
+                f"a plan needs rows, chunk rows, batch size, buffer chunks and ranks of at least 1: {self}"
+            )
 
     @functools.cached_property
     def batches(self) -> int:
@@ -119,7 +122,7 @@ class RankPlan:
 
     def window_chunks(self, epoch: int, window: int) -> np.ndarray:
         order, _ = self.windows(epoch)
-        return order[window * self.buffer_chunks:(window + 1) * self.buffer_chunks]
+        return order[window * self.buffer_chunks : (window + 1) * self.buffer_chunks]
 
     def window_rows(self, epoch: int, window: int) -> np.ndarray:
         """The order of the window's rows, as its chunks' rows lie end to end (stored order without a seed)."""
@@ -168,4 +171,4 @@ def resumed_runs(batches: int, served: int, workers_before: int, workers_now: in
     for worker, _ in order[:served]:
         taken[worker] += 1
     due = order[served][0]
-    return [list(runs[(due + w) % workers_before][taken[(due + w) % workers_before]:]) for w in range(workers_now)]
+    return [list(runs[(due + w) % workers_before][taken[(due + w) % workers_before] :]) for w in range(workers_now)]

@@ -64,7 +64,10 @@ DIGEST_BYTES = 8
 @dataclass
 class SourceInfo:
     """Where the images came from."""
-    kind: str  # "keras-cifar10" (keras-cifar100, keras-mnist, keras-fashion_mnist), "cifar10-pickle", "image-folder", ...
+
+    kind: (
+        str  # "keras-cifar10" (keras-cifar100, keras-mnist, keras-fashion_mnist), "cifar10-pickle", "image-folder", ...
+    )
     location: str
     train_count: int
     test_count: int = 0
@@ -78,6 +81,7 @@ class SourceInfo:
 @dataclass
 class StoreAttrs:
     """The root group's attributes, written by the builder and read by every reader."""
+
     splits: list[str]
     class_names: list[str]
     image_shape: list[int]
@@ -110,8 +114,14 @@ class StoreAttrs:
         """The attributes of a format-1 group; fields a store of an older augzarr lacks take their
         defaults, a missing required field or a wrong type is refused naming the store."""
         source = attrs.get("source")
-        missing = [f.name for f in fields(cls) if f.name not in attrs and f.name != "class_names"  # judged with the class names
-                   and f.default is MISSING and f.default_factory is MISSING]
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in attrs
+            and f.name != "class_names"  # judged with the class names
+            and f.default is MISSING
+            and f.default_factory is MISSING
+        ]
         if isinstance(source, dict):
             missing += [f"source.{f.name}" for f in fields(SourceInfo) if f.name not in source and f.default is MISSING]
         damaged = f"store {where} is damaged: its attributes ({where}/{ROOT_METADATA})"
@@ -123,7 +133,9 @@ class StoreAttrs:
             values["source"] = SourceInfo(**{f.name: source[f.name] for f in fields(SourceInfo) if f.name in source})
             return cls(**values)
         except TypeError:
-            raise UserError(f"{damaged} are garbled: 'source' is not an object; rebuild it with build-aug --overwrite") from None
+            raise UserError(
+                f"{damaged} are garbled: 'source' is not an object; rebuild it with build-aug --overwrite"
+            ) from None
 
     @property
     def n_classes(self) -> int:
@@ -173,8 +185,12 @@ def is_raw_layout(array: zarr.Array) -> bool:
     """Whether a chunk is the chunk's uint8 pixels in C order, nothing else (zarr v3's lone
     'bytes' codec, as IMAGE_CODEC stores images): such chunks are written and read directly."""
     meta = array.metadata
-    return (len(meta.codecs) == 1 and type(meta.codecs[0]).__name__ == "BytesCodec"
-            and array.dtype == np.uint8 and meta.fill_value == 0)
+    return (
+        len(meta.codecs) == 1
+        and type(meta.codecs[0]).__name__ == "BytesCodec"
+        and array.dtype == np.uint8
+        and meta.fill_value == 0
+    )
 
 
 def open_group(storage: Storage, mode: str = "r") -> zarr.Group:
@@ -183,8 +199,16 @@ def open_group(storage: Storage, mode: str = "r") -> zarr.Group:
 
 # -- writing (the builder) --------------------------------------------------------------------------
 
-def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...], n_classes: int, chunk_rows: int,
-                    attrs: StoreAttrs, train_file_digests: str | None = None) -> None:
+
+def create_skeleton(
+    storage: Storage,
+    splits: dict,
+    image_shape: tuple[int, ...],
+    n_classes: int,
+    chunk_rows: int,
+    attrs: StoreAttrs,
+    train_file_digests: str | None = None,
+) -> None:
     """Step 2: the group, every array, and the small per-row arrays. Images come later, chunk by chunk."""
     root = open_group(storage, mode="a")
     root.attrs.put({**attrs.to_json(), "complete": False})
@@ -197,21 +221,29 @@ def create_skeleton(storage: Storage, splits: dict, image_shape: tuple[int, ...]
         n = len(rows)
         # per-row arrays are tiny: few big chunks (one object each) rather than one per image chunk
         common = {"chunks": (max(1, min(n, SMALL_ARRAY_CHUNK)),), "overwrite": True, "config": config}
-        group.create_array(IMAGES, shape=(n, *image_shape), chunks=(split_chunk_rows(chunk_rows, n), *image_shape),
-                           dtype="uint8", compressors=None, fill_value=0, overwrite=True, config=config)  # IMAGE_CODEC
+        group.create_array(
+            IMAGES,
+            shape=(n, *image_shape),
+            chunks=(split_chunk_rows(chunk_rows, n), *image_shape),
+            dtype="uint8",
+            compressors=None,
+            fill_value=0,
+            overwrite=True,
+            config=config,
+        )  # IMAGE_CODEC
         for array in ROW_ARRAYS:
             group.create_array(array, shape=(n,), dtype=row_dtype(array, n_classes), **common)[:] = getattr(rows, array)
 
 
 def digest_set(hex_digests) -> str:
     """The TRAIN_FILE_DIGESTS form of these sha256 hex digests (each file's, as build-aug computes it)."""
-    keys = sorted({bytes.fromhex(d[:2 * DIGEST_BYTES]) for d in hex_digests})
+    keys = sorted({bytes.fromhex(d[: 2 * DIGEST_BYTES]) for d in hex_digests})
     return base64.b64encode(b"".join(keys)).decode("ascii")
 
 
 def digest_keys(hex_digests) -> list[bytes]:
     """What digest_set keeps of each digest, in order: to look files up in a recorded set."""
-    return [bytes.fromhex(d[:2 * DIGEST_BYTES]) for d in hex_digests]
+    return [bytes.fromhex(d[: 2 * DIGEST_BYTES]) for d in hex_digests]
 
 
 def train_file_digests(storage: Storage) -> set[bytes] | None:
@@ -224,7 +256,7 @@ def train_file_digests(storage: Storage) -> set[bytes] | None:
         return None
     if raw is None or len(raw) % DIGEST_BYTES:
         return None
-    return {raw[i:i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)}
+    return {raw[i : i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)}
 
 
 def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
@@ -242,7 +274,7 @@ def committed_chunks(storage: Storage, build_id: str) -> dict[tuple[str, int], s
     """(split, chunk) -> marker key of every chunk the unfinished build has committed, from one listing."""
     done, prefix = {}, marker_prefix(build_id)
     for key in storage.list(prefix):
-        split, _, chunk = key[len(prefix):].rpartition(".")
+        split, _, chunk = key[len(prefix) :].rpartition(".")
         if split in SPLITS and chunk.isdigit():  # (a legacy listing also meets other builds' folders: not these)
             done[(split, int(chunk))] = key
     return done
@@ -253,7 +285,9 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
     chunk_crc32 = {}
     for split in splits:
         images = group[f"{split}/{IMAGES}"]
-        chunk_crc32[split] = [storage.read(marker_key(split, c, build_id)).decode() for c in range(images.cdata_shape[0])]
+        chunk_crc32[split] = [
+            storage.read(marker_key(split, c, build_id)).decode() for c in range(images.cdata_shape[0])
+        ]
     array_crc32 = {f"{s}/{name}": crc32_hex(group[f"{s}/{name}"][:]) for s in splits for name in ROW_ARRAYS}
     group.attrs.update({"complete": True, "chunk_crc32": chunk_crc32, "array_crc32": array_crc32, "built": built})
     storage.remove(BUILD_DIR)
@@ -262,9 +296,11 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
 
 # -- reading (every reader) -------------------------------------------------------------------------
 
+
 @dataclass
 class OpenStore:
     """A complete, checked store: its storage, its zarr group and its typed attributes."""
+
     storage: Storage
     group: zarr.Group
     attrs: StoreAttrs
@@ -316,8 +352,10 @@ def is_build_in_progress(storage: Storage) -> bool:
 
 
 def unfinished_message(where: str) -> str:
-    return (f"store {where} is incomplete, an unfinished build (it stopped or is still running): rerun the same build-aug "
-            "command to finish it, or start over with build-aug --overwrite")
+    return (
+        f"store {where} is incomplete, an unfinished build (it stopped or is still running): rerun the same build-aug "
+        "command to finish it, or start over with build-aug --overwrite"
+    )
 
 
 def open_store(location, require_complete: bool = True, check_chunks: bool = True) -> OpenStore:
@@ -328,15 +366,21 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     if not storage.exists():
         raise UserError(f"store {where} does not exist: build one with build-aug --out {where}")
     if storage.local_path() is not None and storage.local_path().is_file():
-        raise UserError(f"{where} is a file, not an augzarr store (a store is a folder): give the store's folder, as build-aug --out made it")
+        raise UserError(
+            f"{where} is a file, not an augzarr store (a store is a folder): give the store's folder, as build-aug --out made it"
+        )
     raw = read_raw_attrs(storage)
     if raw is None or raw.get("format") != FORMAT_NAME:
         if storage.has(BUILD_JSON):  # a build that stopped before it wrote the group
             raise UserError(unfinished_message(where))
-        raise UserError(f"{where} is not an augzarr store (no augzarr group metadata in {storage.where(ROOT_METADATA)})")
+        raise UserError(
+            f"{where} is not an augzarr store (no augzarr group metadata in {storage.where(ROOT_METADATA)})"
+        )
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"store {where} has format version {version}, newer than this augzarr reads ({FORMAT_VERSION}): upgrade augzarr")
+        raise UserError(
+            f"store {where} has format version {version}, newer than this augzarr reads ({FORMAT_VERSION}): upgrade augzarr"
+        )
     if require_complete and (not raw.get("complete") or is_build_in_progress(storage)):
         raise UserError(unfinished_message(where))
     attrs = StoreAttrs.from_json(raw, where)
@@ -359,7 +403,9 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
         problems += row_array_problems(store)  # read whole: a few bytes a row, cheap for a big store too
         if problems:
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-            raise UserError(f"store {where} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite")
+            raise UserError(
+                f"store {where} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite"
+            )
     return store
 
 
@@ -372,10 +418,14 @@ def shape_problems(store: OpenStore) -> list[str]:
         if tuple(images.shape[1:]) != shape:
             problems.append(f"{split}/images holds {tuple(images.shape[1:])} images but the attributes say {shape}")
         if not is_raw_layout(images):
-            problems.append(f"{split}/images is not stored raw (uint8, zarr's lone bytes codec) as format {FORMAT_VERSION} stores images")
+            problems.append(
+                f"{split}/images is not stored raw (uint8, zarr's lone bytes codec) as format {FORMAT_VERSION} stores images"
+            )
         for name in ROW_ARRAYS:
             if store.group[f"{split}/{name}"].shape[0] != images.shape[0]:
-                problems.append(f"{split}/{name} has {store.group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}")
+                problems.append(
+                    f"{split}/{name} has {store.group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}"
+                )
     return problems
 
 
@@ -397,7 +447,7 @@ def class_name_problems(attrs: StoreAttrs) -> list[str]:
 
 def short_json(value, limit: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def row_array_problems(store: OpenStore) -> list[str]:
@@ -424,11 +474,15 @@ def row_array_problems(store: OpenStore) -> list[str]:
             elif name == "labels" and len(data) and int(data.min()) < 0:
                 problems.append(f"{key} hold label {int(data.min())}, below 0")
             elif name == "labels" and len(data) and int(data.max()) >= n_classes:
-                problems.append(f"{key} go up to {int(data.max())}, but the attributes name {count(n_classes, 'class')}")
+                problems.append(
+                    f"{key} go up to {int(data.max())}, but the attributes name {count(n_classes, 'class')}"
+                )
     return problems
 
 
-def read_row_array(storage: Storage, array: zarr.Array, present: dict[str, int]) -> tuple[np.ndarray | None, str | None]:
+def read_row_array(
+    storage: Storage, array: zarr.Array, present: dict[str, int]
+) -> tuple[np.ndarray | None, str | None]:
     """(the array's data, None), or (None, what is wrong with the first bad chunk)."""
     rows, parts = array.chunks[0], []
     for c in range(array.cdata_shape[0]):
@@ -436,7 +490,7 @@ def read_row_array(storage: Storage, array: zarr.Array, present: dict[str, int])
         if key not in present:  # zarr would read it as zeros
             return None, f"chunk file {storage.where(key)} is missing"
         try:
-            parts.append(array[c * rows:(c + 1) * rows])
+            parts.append(array[c * rows : (c + 1) * rows])
         except Exception as exc:  # whatever the codec raises on damaged bytes (zstd: RuntimeError)
             return None, f"chunk file {storage.where(key)} cannot be decoded ({first_line(exc)})"
     return (np.concatenate(parts) if parts else np.empty(0, array.dtype)), None
@@ -460,7 +514,9 @@ def chunk_problems(store: OpenStore) -> list[tuple[str, str]]:
             if size is None:
                 problems.append((key, f"chunk file {store.storage.where(key)} is missing"))
             elif size != expected:
-                problems.append((key, f"chunk file {store.storage.where(key)} has {count(size, 'byte')}, not {expected:,}"))
+                problems.append(
+                    (key, f"chunk file {store.storage.where(key)} has {count(size, 'byte')}, not {expected:,}")
+                )
     return problems
 
 
@@ -473,12 +529,16 @@ def read_chunks(storage: Storage, array: zarr.Array, chunks: list[int], outs: li
     try:
         sizes = storage.read_many_into(keys, [memoryview(out).cast("B") for out in outs])
     except KeyError as exc:
-        raise UserError(f"chunk file {storage.where(exc.args[0])} is missing: the store was damaged after it was opened; "
-                        "check it with inspect-aug --verify") from None
+        raise UserError(
+            f"chunk file {storage.where(exc.args[0])} is missing: the store was damaged after it was opened; "
+            "check it with inspect-aug --verify"
+        ) from None
     for key, size in zip(keys, sizes):
         if size != expected:
-            raise UserError(f"chunk file {storage.where(key)} has {count(size, 'byte')} where {expected:,} were expected: the store "
-                            "was damaged after it was opened; check it with inspect-aug --verify")
+            raise UserError(
+                f"chunk file {storage.where(key)} has {count(size, 'byte')} where {expected:,} were expected: the store "
+                "was damaged after it was opened; check it with inspect-aug --verify"
+            )
 
 
 def crc32_hex(data: np.ndarray) -> str:

@@ -39,9 +39,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,7 @@ try:
     import torch
     import torch.utils.data as torch_data
 except ImportError:
+
     class MissingExtra(UserError, ModuleNotFoundError):
         """The torch extra is not installed."""
 
@@ -62,7 +64,10 @@ from augzarr.storage import open_storage
 from augzarr.store_format import IMAGES, OpenStore, chunk_key, open_group, open_store, read_chunks
 from augzarr.trainer.options import DEFAULT_BUFFER_CHUNKS, TrainOptions
 
-LAYOUTS = {"HWC": "images [b, H, W, C], as stored", "CHW": "images [b, C, H, W], as torchvision and torch.nn.Conv2d take them"}
+LAYOUTS = {
+    "HWC": "images [b, H, W, C], as stored",
+    "CHW": "images [b, C, H, W], as torchvision and torch.nn.Conv2d take them",
+}
 # the dataset's slots in shared memory, read by DataLoader workers (persistent ones too) when an epoch's pass starts
 EPOCH, START, START_WORKERS, COUNTED, UNCOUNTED = range(5)
 STATE_VERSION = 1
@@ -84,7 +89,9 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
         if not isinstance(value, int) or isinstance(value, bool):
             raise OptionError(f"{name} must be a whole number, not {value!r}")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise OptionError(f"rank {rank} of world_size {world_size}: a rank must be in [0, world_size) and world_size at least 1")
+        raise OptionError(
+            f"rank {rank} of world_size {world_size}: a rank must be in [0, world_size) and world_size at least 1"
+        )
     return rank, world_size
 
 
@@ -95,8 +102,10 @@ def environment_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise OptionError(f"environment variable {name}={text!r} is not a whole number: set it as torchrun does, or pass "
-                          f"{name.lower()} to the dataset") from None
+        raise OptionError(
+            f"environment variable {name}={text!r} is not a whole number: set it as torchrun does, or pass "
+            f"{name.lower()} to the dataset"
+        ) from None
 
 
 def opened(store: Any) -> OpenStore:
@@ -108,7 +117,9 @@ def opened(store: Any) -> OpenStore:
         return inner
     if isinstance(store, (str, os.PathLike)):
         return open_store(os.fspath(store))
-    raise OptionError(f"store must be a store's folder or URL, an augzarr.Store or an opened store, not {type(store).__name__}")
+    raise OptionError(
+        f"store must be a store's folder or URL, an augzarr.Store or an opened store, not {type(store).__name__}"
+    )
 
 
 def check_layout(layout: str) -> str:
@@ -120,15 +131,19 @@ def check_layout(layout: str) -> str:
 
 def check_transform(transform: Any) -> Callable | None:
     if transform is not None and not callable(transform):
-        raise OptionError("transform must be a callable (a torchvision v2 transform, or a function of one image), "
-                          f"not {type(transform).__name__}")
+        raise OptionError(
+            "transform must be a callable (a torchvision v2 transform, or a function of one image), "
+            f"not {type(transform).__name__}"
+        )
     return transform
 
 
 def check_split(store: OpenStore, split: str) -> None:
     if not store.has(split):
         having = [s for s in store.attrs.splits if store.has(s)]
-        raise OptionError(f"store {store.location} has no {split} rows: choose one of {', '.join(having) or 'no split'}")
+        raise OptionError(
+            f"store {store.location} has no {split} rows: choose one of {', '.join(having) or 'no split'}"
+        )
 
 
 def empty_batch(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
@@ -188,9 +203,11 @@ class _SplitSource:
         pid = os.getpid()
         if self._opened is None or self._opened[0] != pid:
             if pid != self._created_in and not self._unpickled and not self.fork_safe:
-                raise UserError(f"{self.location}: a DataLoader worker was forked from a process that has used this object store, "
-                                "whose client does not survive a fork: make the loader with dataset.loader(...), or pass "
-                                "multiprocessing_context='forkserver' to the DataLoader")
+                raise UserError(
+                    f"{self.location}: a DataLoader worker was forked from a process that has used this object store, "
+                    "whose client does not survive a fork: make the loader with dataset.loader(...), or pass "
+                    "multiprocessing_context='forkserver' to the DataLoader"
+                )
             storage = open_storage(self.location)
             self._opened = (pid, storage, open_group(storage)[f"{self.split}/{IMAGES}"])
         return self._opened[1], self._opened[2]
@@ -199,6 +216,7 @@ class _SplitSource:
 @dataclass(frozen=True)
 class Position:
     """Where a rank is in its epochs: `batches` of epoch `epoch` served, in the order a DataLoader of `workers` workers gives them."""
+
     epoch: int
     batches: int
     workers: int
@@ -225,10 +243,22 @@ class StoreDataset(torch_data.IterableDataset):
     a thread has read and ordered (in shared memory in a DataLoader worker); no other batch shares its rows.
     """
 
-    def __init__(self, store: Any, split: str = "train", batch_size: int = TrainOptions.batch_size, *, shuffle: bool | None = None,
-                 seed: int = TrainOptions.seed, epoch: int = 0, layout: str = "HWC", transform: Callable | None = None,
-                 buffer_chunks: int = DEFAULT_BUFFER_CHUNKS, drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        store: Any,
+        split: str = "train",
+        batch_size: int = TrainOptions.batch_size,
+        *,
+        shuffle: bool | None = None,
+        seed: int = TrainOptions.seed,
+        epoch: int = 0,
+        layout: str = "HWC",
+        transform: Callable | None = None,
+        buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         checked = check_arguments(TrainOptions, batch_size=batch_size, seed=seed, buffer_chunks=buffer_chunks)
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last)):
             if value is not None and not isinstance(value, bool):
@@ -240,14 +270,25 @@ class StoreDataset(torch_data.IterableDataset):
         self.layout = check_layout(layout)
         self.transform = check_transform(transform)
         self.rank, self.world_size = rank_and_world(rank, world_size)
-        self.plan = RankPlan(self.source.rows, self.source.chunk_rows, self.batch_size, checked["buffer_chunks"],
-                             self.seed if self.shuffle else None, self.world_size, drop_last)
+        self.plan = RankPlan(
+            self.source.rows,
+            self.source.chunk_rows,
+            self.batch_size,
+            checked["buffer_chunks"],
+            self.seed if self.shuffle else None,
+            self.world_size,
+            drop_last,
+        )
         if self.plan.batches == 0:
-            raise OptionError(f"split {split} of {self.source.location} has {self.source.rows} rows: too few for a batch on each of "
-                              f"{self.world_size} ranks" + (f" with drop_last (batches of {self.batch_size})" if drop_last else ""))
+            raise OptionError(
+                f"split {split} of {self.source.location} has {self.source.rows} rows: too few for a batch on each of "
+                f"{self.world_size} ranks" + (f" with drop_last (batches of {self.batch_size})" if drop_last else "")
+            )
         self._shared = torch.zeros(5, dtype=torch.int64).share_memory_()
         self._pending: Position | None = None  # a position loaded, for the next pass over its epoch
-        self._pass: list[int] | None = None  # [epoch, batches served, workers whose order it follows] of the pass under way
+        self._pass: list[int] | None = (
+            None  # [epoch, batches served, workers whose order it follows] of the pass under way
+        )
         self.set_epoch(check_epoch(epoch))
         self._reader: _WindowReader | None = None
 
@@ -280,8 +321,10 @@ class StoreDataset(torch_data.IterableDataset):
         """This rank's position: the epoch under way and the batches of it served (the next epoch and none when it
         was served to the end), with what the position depends on. The same on every rank at the same step."""
         if self._shared[UNCOUNTED]:
-            raise UserError("the dataset was read by a DataLoader's workers that augzarr cannot count: make the DataLoader with "
-                            "dataset.loader(...) (augzarr.torch.StoreLoader), which counts the batches it hands over")
+            raise UserError(
+                "the dataset was read by a DataLoader's workers that augzarr cannot count: make the DataLoader with "
+                "dataset.loader(...) (augzarr.torch.StoreLoader), which counts the batches it hands over"
+            )
         if self._pending is not None:
             position = self._pending
         elif self._pass is not None and self._pass[0] == self.epoch:
@@ -290,32 +333,57 @@ class StoreDataset(torch_data.IterableDataset):
             position = Position(self.epoch, 0, 1)
         if position.batches >= self.plan.batches:
             position = Position(position.epoch + 1, 0, 1)
-        return {"version": STATE_VERSION, "epoch": position.epoch, "batches": position.batches, "workers": position.workers,
-                "plan": self.plan_fields()}
+        return {
+            "version": STATE_VERSION,
+            "epoch": position.epoch,
+            "batches": position.batches,
+            "workers": position.workers,
+            "plan": self.plan_fields(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a position state_dict() gave: the next pass over its epoch serves exactly the batches the
         uninterrupted loop would have seen next (with any number of workers), then epochs go on as set_epoch says."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("plan"), dict):
-            raise UserError("load_state_dict: not a position saved by augzarr.torch's state_dict() (version "
-                            f"{STATE_VERSION}): pass what state_dict() returned")
+        if (
+            not isinstance(state, dict)
+            or state.get("version") != STATE_VERSION
+            or not isinstance(state.get("plan"), dict)
+        ):
+            raise UserError(
+                "load_state_dict: not a position saved by augzarr.torch's state_dict() (version "
+                f"{STATE_VERSION}): pass what state_dict() returned"
+            )
         mine = self.plan_fields()
         saved = state["plan"]
-        differing = [f"{name} {saved.get(name)!r} (now {value!r})" for name, value in mine.items() if saved.get(name) != value]
+        differing = [
+            f"{name} {saved.get(name)!r} (now {value!r})" for name, value in mine.items() if saved.get(name) != value
+        ]
         if differing:
-            raise UserError(f"load_state_dict: the position was saved with {', '.join(differing)}: resume with the same store "
-                            "split, batch size, seed, shuffle, buffer_chunks, drop_last and number of ranks")
+            raise UserError(
+                f"load_state_dict: the position was saved with {', '.join(differing)}: resume with the same store "
+                "split, batch size, seed, shuffle, buffer_chunks, drop_last and number of ranks"
+            )
         position = Position(check_epoch(state["epoch"]), int(state["batches"]), max(1, int(state["workers"])))
         if not 0 <= position.batches <= self.plan.batches:
-            raise UserError(f"load_state_dict: {position.batches} batches served is outside an epoch of {self.plan.batches}")
+            raise UserError(
+                f"load_state_dict: {position.batches} batches served is outside an epoch of {self.plan.batches}"
+            )
         self._pending, self._pass = position, None
         self.set_epoch(position.epoch)
 
     def plan_fields(self) -> dict:
         plan = self.plan
-        return {"split": self.source.split, "rows": plan.rows, "chunk_rows": plan.chunk_rows, "batch_size": plan.batch_size,
-                "seed": self.seed, "shuffle": self.shuffle, "buffer_chunks": plan.buffer_chunks, "drop_last": plan.drop_last,
-                "world_size": plan.ranks}
+        return {
+            "split": self.source.split,
+            "rows": plan.rows,
+            "chunk_rows": plan.chunk_rows,
+            "batch_size": plan.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "buffer_chunks": plan.buffer_chunks,
+            "drop_last": plan.drop_last,
+            "world_size": plan.ranks,
+        }
 
     def _publish(self, epoch: int, start: int, start_workers: int, counted: bool) -> None:
         shared = self._shared
@@ -325,7 +393,9 @@ class StoreDataset(torch_data.IterableDataset):
         """In the training process, as a pass over the epoch starts: where it starts (a loaded position of this
         epoch, once), told to the workers through shared memory before they start; counting starts there."""
         pending, self._pending = self._pending, None
-        start = pending if pending is not None and pending.epoch == self.epoch else Position(self.epoch, 0, max(1, workers))
+        start = (
+            pending if pending is not None and pending.epoch == self.epoch else Position(self.epoch, 0, max(1, workers))
+        )
         self._publish(start.epoch, start.batches, start.workers, counted=True)
         self._shared[UNCOUNTED] = 0
         self._pass = [start.epoch, start.batches, start.workers if start.batches else max(1, workers)]
@@ -409,7 +479,9 @@ class _WindowReader:
         _, bounds = self.plan.windows(epoch)
         needed: list[tuple[int, int]] = []
         for start, stop in spans:
-            for w in range(int(np.searchsorted(bounds, start, "right")) - 1, int(np.searchsorted(bounds, stop - 1, "right"))):
+            for w in range(
+                int(np.searchsorted(bounds, start, "right")) - 1, int(np.searchsorted(bounds, stop - 1, "right"))
+            ):
                 if not needed or needed[-1] != (epoch, w):
                     needed.append((epoch, w))
         self.upcoming, self.cursor = needed, 0
@@ -417,10 +489,12 @@ class _WindowReader:
     def window(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A window's (images, labels) in the epoch's order; starts reading the next one."""
         with self.lock:
-            ahead = self.upcoming[self.cursor:self.cursor + 2]
+            ahead = self.upcoming[self.cursor : self.cursor + 2]
             if key in ahead:
                 self.cursor += ahead.index(key)
-            following = self.upcoming[self.cursor + 1] if key in ahead and self.cursor + 1 < len(self.upcoming) else None
+            following = (
+                self.upcoming[self.cursor + 1] if key in ahead and self.cursor + 1 < len(self.upcoming) else None
+            )
             for wanted in (key, following):
                 if wanted is not None:
                     if wanted not in self.windows:
@@ -437,9 +511,11 @@ class _WindowReader:
         sizes = chunk_sizes(self.source.rows, self.source.chunk_rows, chunks)
         data = np.empty((int(sizes.sum()), *self.source.image_shape), np.uint8)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        read_chunks(storage, array, chunks.tolist(), [data[at:at + n] for at, n in zip(starts, sizes.tolist())])
+        read_chunks(storage, array, chunks.tolist(), [data[at : at + n] for at, n in zip(starts, sizes.tolist())])
         every, chunk_rows = self.source.labels, self.source.chunk_rows
-        labels = np.concatenate([every[c * chunk_rows:c * chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
+        labels = np.concatenate(
+            [every[c * chunk_rows : c * chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())]
+        )
         order = self.plan.window_rows(epoch, window)
         height, width, channels = self.source.image_shape
         if self.layout == "HWC":
@@ -480,10 +556,18 @@ class StoreLoader(torch_data.DataLoader):
     def __init__(self, dataset: StoreDataset, num_workers: int = 0, **kwargs):
         if not isinstance(dataset, StoreDataset):
             raise OptionError(f"StoreLoader takes a StoreDataset, not {type(dataset).__name__}")
-        if kwargs.get("batch_size") is not None or kwargs.get("sampler") is not None or kwargs.get("batch_sampler") is not None:
-            raise OptionError("StoreLoader: the dataset yields whole batches: give batch_size to the StoreDataset, not the loader")
+        if (
+            kwargs.get("batch_size") is not None
+            or kwargs.get("sampler") is not None
+            or kwargs.get("batch_sampler") is not None
+        ):
+            raise OptionError(
+                "StoreLoader: the dataset yields whole batches: give batch_size to the StoreDataset, not the loader"
+            )
         if kwargs.get("in_order") is False:
-            raise OptionError("StoreLoader: in_order=False would hand batches over in the order workers finish them, not the epoch's")
+            raise OptionError(
+                "StoreLoader: in_order=False would hand batches over in the order workers finish them, not the epoch's"
+            )
         kwargs.pop("batch_size", None)
         if num_workers and not dataset.source.fork_safe and kwargs.get("multiprocessing_context") is None:
             kwargs["multiprocessing_context"] = forkserver()
@@ -572,8 +656,11 @@ class StoreRows(torch_data.Dataset):
                 by_chunk.setdefault(row // chunk_rows, []).append(i)
             row_bytes = int(np.prod(shape))
             for chunk, places in by_chunk.items():
-                read_rows_of_chunk(root / chunk_key(images, chunk), [(rows[i] % chunk_rows) * row_bytes for i in places],
-                                   [out[i] for i in places])
+                read_rows_of_chunk(
+                    root / chunk_key(images, chunk),
+                    [(rows[i] % chunk_rows) * row_bytes for i in places],
+                    [out[i] for i in places],
+                )
             return out
         chunks = sorted({row // chunk_rows for row in rows})
         sizes = chunk_sizes(self.source.rows, chunk_rows, np.array(chunks))
@@ -590,11 +677,15 @@ def read_rows_of_chunk(path, offsets: list[int], outs: list[np.ndarray]) -> None
     try:
         file = open(path, "rb", buffering=0)
     except FileNotFoundError:
-        raise UserError(f"chunk file {path} is missing: the store was damaged after it was opened; "
-                        "check it with inspect-aug --verify") from None
+        raise UserError(
+            f"chunk file {path} is missing: the store was damaged after it was opened; "
+            "check it with inspect-aug --verify"
+        ) from None
     with file:
         for offset, out in zip(offsets, outs):
             file.seek(offset)
             if file.readinto(memoryview(out).cast("B")) != out.nbytes:
-                raise UserError(f"chunk file {path} is shorter than its rows: the store was damaged after it was opened; "
-                                "check it with inspect-aug --verify")
+                raise UserError(
+                    f"chunk file {path} is shorter than its rows: the store was damaged after it was opened; "
+                    "check it with inspect-aug --verify"
+                )

@@ -22,8 +22,12 @@ def user_text(value: str | None, option: str) -> str | None:
     if not text:
         raise OptionError(f"{option} is empty: give the text, or leave the option out")
     if len(text) > MAX_TEXT_CHARS:
-        raise OptionError(f"{option} has {len(text):,} characters; keep it to {MAX_TEXT_CHARS:,} (a summary, with a link to the full text)")
+        raise OptionError(
+            f"{option} has {len(text):,} characters; keep it to {MAX_TEXT_CHARS:,} (a summary, with a link to the full text)"
+        )
     bad = next((ch for ch in text if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROLS), None)
     if bad is not None:
-        raise OptionError(f"{option} holds the control character {bad!r}: write it as plain text (line breaks and tabs are kept)")
+        raise OptionError(
+            f"{option} holds the control character {bad!r}: write it as plain text (line breaks and tabs are kept)"
+        )
     return text

@@ -27,8 +27,26 @@ import numpy as np
 
 def timed_build(images: str, out: Path, copies: int, limit: int, workers: int) -> float:
     bin_dir = Path(sys.executable).parent
-    args = [str(bin_dir / "build-aug"), "--source", images, "--out", str(out / "aug.zarr"), "--copies", str(copies),
-            "--policy", "notebook", "--val-fraction", "0", "--workers", str(workers), "--limit", str(limit), "--preview-dir", str(out / "preview"), "--quiet"]
+    args = [
+        str(bin_dir / "build-aug"),
+        "--source",
+        images,
+        "--out",
+        str(out / "aug.zarr"),
+        "--copies",
+        str(copies),
+        "--policy",
+        "notebook",
+        "--val-fraction",
+        "0",
+        "--workers",
+        str(workers),
+        "--limit",
+        str(limit),
+        "--preview-dir",
+        str(out / "preview"),
+        "--quiet",
+    ]
     start = time.perf_counter()
     subprocess.run(args, check=True)
     return time.perf_counter() - start
@@ -54,8 +72,14 @@ def idg_flow(decoded: np.ndarray, copies: int) -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    generator = ImageDataGenerator(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
-                                   zoom_range=0.2, horizontal_flip=True, fill_mode="nearest")
+    generator = ImageDataGenerator(
+        rotation_range=40,
+        width_shift_range=0.2,
+        height_shift_range=0.2,
+        zoom_range=0.2,
+        horizontal_flip=True,
+        fill_mode="nearest",
+    )
     start = time.perf_counter()
     produced = []
     for batch in generator.flow(decoded, batch_size=len(decoded), shuffle=False):
@@ -70,10 +94,12 @@ def main() -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--limit", type=int, default=50000)
     parser.add_argument("--copies", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="each round measures every method once; medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="each round measures every method once; medians are reported"
+    )
     args = parser.parse_args()
-    from augzarr.sources import open_source
     from augzarr.images import read_image_file
+    from augzarr.sources import open_source
 
     source = open_source(args.images, limit=args.limit)
     decoded = np.stack([read_image_file(f)[0] for f in source.train.files])
@@ -81,8 +107,12 @@ def main() -> None:
     print(f"{len(decoded):,} images x {args.copies} copies = {n:,} augmented images, {args.rounds} rounds", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
-    names = {"idg": "(a) ImageDataGenerator.flow, in memory", "floor": "(b) albumentations full call, 1 process (floor)",
-             "fast": "(b') the same through build-aug's applier, 1 process", "build": "build-aug --workers 2, end to end"}
+    names = {
+        "idg": "(a) ImageDataGenerator.flow, in memory",
+        "floor": "(b) albumentations full call, 1 process (floor)",
+        "fast": "(b') the same through build-aug's applier, 1 process",
+        "build": "build-aug --workers 2, end to end",
+    }
     times: dict[str, list[float]] = {key: [] for key in names}
     for round_number in range(args.rounds):
         times["build"].append(timed_build(args.images, tmp / "b2", args.copies, args.limit, 2))
@@ -97,8 +127,12 @@ def main() -> None:
     for key, name in names.items():
         print(f"{name:<56} {median[key]:>9.1f} {n / median[key]:>9,.0f}")
     print(f"build-aug speed-up over (a), per round: {fmt(ratio(times['idg'], times['build']))} (target >= 4)")
-    print(f"build-aug / ((b) / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['floor']]))} (target <= 1.25)")
-    print(f"build-aug / ((b') / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['fast']]))} (the parallel overhead)")
+    print(
+        f"build-aug / ((b) / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['floor']]))} (target <= 1.25)"
+    )
+    print(
+        f"build-aug / ((b') / 2), per round: {fmt(ratio(times['build'], [t / 2 for t in times['fast']]))} (the parallel overhead)"
+    )
     shutil.rmtree(tmp)
 
 

@@ -66,15 +66,21 @@ def main() -> None:
         moto.make_bucket("augzarr-bench")
         os.environ.update(moto.env)
         local, remote = open_storage(Path(folder) / "s.zarr"), open_storage("s3://augzarr-bench/s.zarr")
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             times = {"staged in a local store": [], "staged in S3 (moto)": [], "scattered from the client": []}
             for round_ in range(args.rounds):  # a build id per round: every round fetches afresh
                 times["staged in a local store"].append(staged(local, array, client, f"local-{round_}"))
                 times["staged in S3 (moto)"].append(staged(remote, array, client, f"s3-{round_}"))
                 times["scattered from the client"].append(scattered(array, client))
-    print(f"{args.images:,} images of 32x32x3 ({array.nbytes / 2**20:,.0f} MiB) to {args.workers} worker processes, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"{args.images:,} images of 32x32x3 ({array.nbytes / 2**20:,.0f} MiB) to {args.workers} worker processes, "
+        f"median of {args.rounds} rounds"
+    )
     print("| hand-over | seconds (median) | all rounds |\n| --- | ---: | --- |")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")

@@ -39,8 +39,12 @@ CANDIDATES = {
 def measure(data, codec, chunk_rows: int) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         array = zarr.create_array(
-            tmp, shape=data.shape, chunks=(chunk_rows, *data.shape[1:]), dtype="uint8",
-            compressors=codec if codec is not None else None, fill_value=0,
+            tmp,
+            shape=data.shape,
+            chunks=(chunk_rows, *data.shape[1:]),
+            dtype="uint8",
+            compressors=codec if codec is not None else None,
+            fill_value=0,
         )
         t0 = time.perf_counter()
         for start in range(0, len(data), chunk_rows):
@@ -64,20 +68,24 @@ def main() -> None:
     data = images[: args.chunks * chunk_rows]
     raw = data.nbytes
     results = {}
-    for repeat in range(args.repeats):
+    for _repeat in range(args.repeats):
         for name, codec in CANDIDATES.items():  # interleaved, so machine noise hits all alike
             results.setdefault(name, []).append(measure(data, codec, chunk_rows))
     base_write = statistics.median(r[0] for r in results["none"])
     base_read = statistics.median(r[1] for r in results["none"])
-    print(f"{len(data):,} images ({raw / 2**20:.0f} MiB raw) from {args.store}, {chunk_rows} rows per chunk, "
-          f"median of {args.repeats}")
+    print(
+        f"{len(data):,} images ({raw / 2**20:.0f} MiB raw) from {args.store}, {chunk_rows} rows per chunk, "
+        f"median of {args.repeats}"
+    )
     print(f"{'codec':<24} {'ratio':>6} {'write MB/s':>10} {'read MB/s':>10} {'write x none':>12} {'read x none':>11}")
     for name, runs in results.items():
         write = statistics.median(r[0] for r in runs)
         read = statistics.median(r[1] for r in runs)
         size = runs[0][2]
-        print(f"{name:<24} {raw / size:>6.3f} {raw / write / 1e6:>10.0f} {raw / read / 1e6:>10.0f} "
-              f"{write / base_write:>12.2f} {read / base_read:>11.2f}")
+        print(
+            f"{name:<24} {raw / size:>6.3f} {raw / write / 1e6:>10.0f} {raw / read / 1e6:>10.0f} "
+            f"{write / base_write:>12.2f} {read / base_read:>11.2f}"
+        )
 
 
 if __name__ == "__main__":

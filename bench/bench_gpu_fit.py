@@ -36,8 +36,12 @@ REPO = Path(__file__).resolve().parent.parent
 def gpu_sampler(stop: threading.Event, samples: list, names: set) -> None:
     while not stop.is_set():
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,name", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=5).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,name", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
             util, name = out.strip().splitlines()[0].split(", ", 1)
             samples.append(float(util))
             names.add(name)
@@ -56,10 +60,9 @@ def child(case: dict) -> dict:
     import jax
     import keras
     import numpy as np
-    import zarr
 
-    from augzarr.trainer.models import build_model
     from augzarr.store_format import open_store
+    from augzarr.trainer.models import build_model
     from augzarr.trainer.stream import StoreStream
 
     opened = open_store(case["store"])
@@ -90,7 +93,10 @@ def child(case: dict) -> dict:
     if case["input"] == "memory":
         images, labels = group["train/images"][:], group["train/labels"][:].astype(np.int32)
         repeat = -(-steps * batch // len(images))
-        images, labels = np.concatenate([images] * repeat)[:steps * batch], np.concatenate([labels] * repeat)[:steps * batch]
+        images, labels = (
+            np.concatenate([images] * repeat)[: steps * batch],
+            np.concatenate([labels] * repeat)[: steps * batch],
+        )
         model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[Probe()])
     else:
         stream = StoreStream(opened, "train", batch, shuffle=True)
@@ -98,9 +104,15 @@ def child(case: dict) -> dict:
         stream.close()
     stop.set()
     rates = [window * batch / (b - a) for a, b in zip(marks, marks[1:])]
-    return {"images_per_second": statistics.median(rates), "window_rates": rates, "timed_steps": timed,
-            "gpu_utilization_samples": samples, "gpu_names": sorted(names),
-            "devices": [str(d) for d in jax.devices()], "versions": {"jax": jax.__version__, "keras": keras.__version__}}
+    return {
+        "images_per_second": statistics.median(rates),
+        "window_rates": rates,
+        "timed_steps": timed,
+        "gpu_utilization_samples": samples,
+        "gpu_names": sorted(names),
+        "devices": [str(d) for d in jax.devices()],
+        "versions": {"jax": jax.__version__, "keras": keras.__version__},
+    }
 
 
 def main() -> None:
@@ -120,30 +132,49 @@ def main() -> None:
     if not args.store:
         parser.error("--store is required")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    common = {"store": str(Path(args.store).resolve()), "warmup": args.warmup, "timed_images": args.timed_images, "windows": args.windows}
+    common = {
+        "store": str(Path(args.store).resolve()),
+        "warmup": args.warmup,
+        "timed_images": args.timed_images,
+        "windows": args.windows,
+    }
     cases = [{"batch": int(b), "input": i} for b in args.batches.split(",") for i in ("memory", "stream")]
     results: dict[str, list[dict]] = {}
     for round_ in range(args.rounds):
         for case in cases:
-            run = subprocess.run([sys.executable, __file__, "--child", json.dumps({**common, **case})], capture_output=True, text=True, env=env)
+            run = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps({**common, **case})],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if run.returncode:
                 raise SystemExit(f"case {case} failed:\n{run.stderr[-3000:]}")
             out = json.loads(run.stdout.strip().splitlines()[-1])
             results.setdefault(json.dumps(case), []).append(out)
             util = statistics.median(out["gpu_utilization_samples"]) if out["gpu_utilization_samples"] else float("nan")
-            print(f"round {round_ + 1}: batch {case['batch']} {case['input']:6}: {out['images_per_second']:,.0f} images/s, "
-                  f"GPU utilisation median {util:.0f}% ({len(out['gpu_utilization_samples'])} samples) on {out['gpu_names'] or out['devices']}", flush=True)
+            print(
+                f"round {round_ + 1}: batch {case['batch']} {case['input']:6}: {out['images_per_second']:,.0f} images/s, "
+                f"GPU utilisation median {util:.0f}% ({len(out['gpu_utilization_samples'])} samples) on {out['gpu_names'] or out['devices']}",
+                flush=True,
+            )
 
     summary = []
-    print("\n| batch | input | images/s (median of rounds) | / memory | GPU utilisation (median of samples) |\n| ---: | --- | ---: | ---: | ---: |")
+    print(
+        "\n| batch | input | images/s (median of rounds) | / memory | GPU utilisation (median of samples) |\n| ---: | --- | ---: | ---: | ---: |"
+    )
     for case in cases:
         runs = results[json.dumps(case)]
         rate = statistics.median(r["images_per_second"] for r in runs)
         memory = statistics.median(r["images_per_second"] for r in results[json.dumps({**case, "input": "memory"})])
         samples = [s for r in runs for s in r["gpu_utilization_samples"]]
         util = statistics.median(samples) if samples else None
-        summary.append({**case, "images_per_second": rate, "ratio_to_memory": rate / memory, "gpu_utilization_median": util})
-        print(f"| {case['batch']} | {case['input']} | {rate:,.0f} | {rate / memory:.3f} | {'n/a' if util is None else f'{util:.0f}%'} |")
+        summary.append(
+            {**case, "images_per_second": rate, "ratio_to_memory": rate / memory, "gpu_utilization_median": util}
+        )
+        print(
+            f"| {case['batch']} | {case['input']} | {rate:,.0f} | {rate / memory:.3f} | {'n/a' if util is None else f'{util:.0f}%'} |"
+        )
     first = next(iter(results.values()))[0]
     print(f"card: {first['gpu_names'] or 'unknown (no nvidia-smi)'}; devices: {first['devices']}")
     Path(args.out).write_text(json.dumps({"summary": summary, "cases": results, "args": vars(args)}, indent=2))

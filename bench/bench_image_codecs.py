@@ -70,7 +70,7 @@ def cut(image: np.ndarray, size: int) -> np.ndarray:
     image = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_AREA)
     h, w = image.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def load_photos(folders: list[Path], size: int, limit: int) -> np.ndarray:
@@ -83,6 +83,7 @@ def load_photos(folders: list[Path], size: int, limit: int) -> np.ndarray:
 
 
 # -- candidates -------------------------------------------------------------------------------------
+
 
 def opencv(ext: str, params: list[int]) -> tuple[Encode, DecodeInto]:
     def encode(image: np.ndarray) -> bytes:
@@ -137,6 +138,7 @@ def imagecodecs_codec(name: str, decode_params: dict | None = None, **params) ->
 
 def candidates(only: list[str] | None) -> tuple[list[Candidate], list[str]]:
     """Every candidate whose library is here, and a note for each one skipped."""
+
     def raw_decode(data: bytes, out: np.ndarray) -> None:
         out[...] = np.frombuffer(data, np.uint8).reshape(out.shape)
 
@@ -148,25 +150,54 @@ def candidates(only: list[str] | None) -> tuple[list[Candidate], list[str]]:
         ("jpeg q75 4:2:0 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 75])),
         ("jpeg q85 4:2:0 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 85])),
         ("jpeg q90 4:2:0 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 90])),
-        ("jpeg q90 4:2:0 optimized (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 90, cv2.IMWRITE_JPEG_OPTIMIZE, 1])),
-        ("jpeg q90 4:4:4 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 90, subsampling, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])),
+        (
+            "jpeg q90 4:2:0 optimized (opencv)",
+            "lossy",
+            lambda: opencv(".jpg", [jpeg, 90, cv2.IMWRITE_JPEG_OPTIMIZE, 1]),
+        ),
+        (
+            "jpeg q90 4:4:4 (opencv)",
+            "lossy",
+            lambda: opencv(".jpg", [jpeg, 90, subsampling, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]),
+        ),
         ("jpeg q95 4:2:0 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 95])),
-        ("jpeg q95 4:4:4 (opencv)", "lossy", lambda: opencv(".jpg", [jpeg, 95, subsampling, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])),
+        (
+            "jpeg q95 4:4:4 (opencv)",
+            "lossy",
+            lambda: opencv(".jpg", [jpeg, 95, subsampling, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]),
+        ),
         ("jpeg q90 4:2:0 (pillow)", "lossy", lambda: pillow("JPEG", quality=90)),
         ("jpeg q90 4:2:0 (simplejpeg)", "lossy", lambda: simplejpeg_codec(90)),
         ("jpeg q90 4:4:4 (simplejpeg)", "lossy", lambda: simplejpeg_codec(90, "444")),
         ("webp q90 (opencv)", "lossy", lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 90])),
         ("png level 1 (opencv)", "lossless", lambda: opencv(".png", [png, 1])),
-        ("png level 1 rle (opencv)", "lossless", lambda: opencv(".png", [png, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])),
+        (
+            "png level 1 rle (opencv)",
+            "lossless",
+            lambda: opencv(".png", [png, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]),
+        ),
         ("png level 6 (opencv)", "lossless", lambda: opencv(".png", [png, 6])),
         # libwebp's fastest lossless preset (method 0, quality 0), which OpenCV cannot ask for; OpenCV decodes it
-        ("webp lossless fastest (pillow; opencv decodes)", "lossless",
-         lambda: (pillow("WEBP", lossless=True, method=0, quality=0)[0], opencv(".webp", [])[1])),
-        ("webp lossless (opencv, its only effort)", "lossless", lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])),
-        ("jxl lossless effort 1 (imagecodecs)", "lossless",
-         lambda: imagecodecs_codec("jpegxl", {"numthreads": 1}, lossless=True, effort=1, numthreads=1)),
-        ("jxl lossless effort 3 (imagecodecs)", "lossless",
-         lambda: imagecodecs_codec("jpegxl", {"numthreads": 1}, lossless=True, effort=3, numthreads=1)),
+        (
+            "webp lossless fastest (pillow; opencv decodes)",
+            "lossless",
+            lambda: (pillow("WEBP", lossless=True, method=0, quality=0)[0], opencv(".webp", [])[1]),
+        ),
+        (
+            "webp lossless (opencv, its only effort)",
+            "lossless",
+            lambda: opencv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+        ),
+        (
+            "jxl lossless effort 1 (imagecodecs)",
+            "lossless",
+            lambda: imagecodecs_codec("jpegxl", {"numthreads": 1}, lossless=True, effort=1, numthreads=1),
+        ),
+        (
+            "jxl lossless effort 3 (imagecodecs)",
+            "lossless",
+            lambda: imagecodecs_codec("jpegxl", {"numthreads": 1}, lossless=True, effort=3, numthreads=1),
+        ),
         ("qoi (imagecodecs)", "lossless", lambda: imagecodecs_codec("qoi")),
     ]
     found, skipped = [], []
@@ -182,9 +213,10 @@ def candidates(only: list[str] | None) -> tuple[list[Candidate], list[str]]:
 
 # -- measuring --------------------------------------------------------------------------------------
 
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
 def encode_rate(images: np.ndarray, encode: Encode) -> float:
@@ -194,9 +226,11 @@ def encode_rate(images: np.ndarray, encode: Encode) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def decode_rate(encoded: list[bytes], out: np.ndarray, decode_into: DecodeInto, pool: ThreadPoolExecutor | None,
-                threads: int) -> float:
+def decode_rate(
+    encoded: list[bytes], out: np.ndarray, decode_into: DecodeInto, pool: ThreadPoolExecutor | None, threads: int
+) -> float:
     """Images/s decoding every row into out, on `threads` threads each with a contiguous share (1: this thread)."""
+
     def share(bounds: tuple[int, int]) -> None:
         for i in range(*bounds):
             decode_into(encoded[i], out[i])
@@ -220,9 +254,16 @@ def measure(images: np.ndarray, found: list[Candidate], threads: list[int], repe
             c.decode_into(data, decoded[i])
         quality = psnr(images, decoded)
         if c.kind == "lossless" and quality != float("inf"):
-            sys.exit(f"{c.name} is listed as lossless but does not give back the pixels it encoded (PSNR {quality:.1f} dB)")
-        results[c.name] = {"kind": c.kind, "bytes": float(np.mean([len(d) for d in encoded[c.name]])), "psnr": quality,
-                           "encode": [], "decode": {n: [] for n in [1, *threads]}}
+            sys.exit(
+                f"{c.name} is listed as lossless but does not give back the pixels it encoded (PSNR {quality:.1f} dB)"
+            )
+        results[c.name] = {
+            "kind": c.kind,
+            "bytes": float(np.mean([len(d) for d in encoded[c.name]])),
+            "psnr": quality,
+            "encode": [],
+            "decode": {n: [] for n in [1, *threads]},
+        }
     out = np.empty_like(images)
     with ThreadPoolExecutor(max(threads, default=1)) as pool:
         for _ in range(repeats):
@@ -248,9 +289,10 @@ def shard_section(images: np.ndarray, shard_rows: int, threads: list[int], repea
     images = images[:rows]
     shape = images.shape[1:]
     with tempfile.TemporaryDirectory() as tmp:
-        array = zarr.create_array(tmp, shape=images.shape, dtype="uint8", fill_value=0,
-                                  **codecs.zarr_array_layout(spec, shard_rows, shape))
-        blobs = [codecs.encode_shard(spec, images[s:s + shard_rows], shard_rows) for s in range(0, rows, shard_rows)]
+        array = zarr.create_array(
+            tmp, shape=images.shape, dtype="uint8", fill_value=0, **codecs.zarr_array_layout(spec, shard_rows, shape)
+        )
+        blobs = [codecs.encode_shard(spec, images[s : s + shard_rows], shard_rows) for s in range(0, rows, shard_rows)]
         for i, blob in enumerate(blobs):  # what the builder will do: the shard's bytes, written whole
             path = Path(tmp, array.metadata.encode_chunk_key((i, 0, 0, 0)))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,13 +302,13 @@ def shard_section(images: np.ndarray, shard_rows: int, threads: list[int], repea
         def via_zarr() -> float:
             start = time.perf_counter()
             for s in range(0, rows, shard_rows):
-                out[s:s + shard_rows] = array[s:s + shard_rows]
+                out[s : s + shard_rows] = array[s : s + shard_rows]
             return rows / (time.perf_counter() - start)
 
         def fast(n: int) -> float:
             start = time.perf_counter()
             for i, blob in enumerate(blobs):
-                codecs.decode_shard(spec, blob, out[i * shard_rows:(i + 1) * shard_rows], threads=n, key=f"shard {i}")
+                codecs.decode_shard(spec, blob, out[i * shard_rows : (i + 1) * shard_rows], threads=n, key=f"shard {i}")
             return rows / (time.perf_counter() - start)
 
         zarr_rates, fast_rates = [], {n: [] for n in [1, *threads]}
@@ -275,11 +317,18 @@ def shard_section(images: np.ndarray, shard_rows: int, threads: list[int], repea
             for n in fast_rates:
                 fast_rates[n].append(fast(n))
     base = statistics.median(zarr_rates)
-    lines = [f"Whole shards of {shard_rows} rows, {spec.text}, {rows} rows, from memory (median of {repeats}):", "",
-             "| read | images/s | x zarr's pipeline |", "| --- | ---: | ---: |", f"| zarr `array[a:b]` | {base:,.0f} | 1.00 |"]
+    lines = [
+        f"Whole shards of {shard_rows} rows, {spec.text}, {rows} rows, from memory (median of {repeats}):",
+        "",
+        "| read | images/s | x zarr's pipeline |",
+        "| --- | ---: | ---: |",
+        f"| zarr `array[a:b]` | {base:,.0f} | 1.00 |",
+    ]
     for n, rates in fast_rates.items():
         rate = statistics.median(rates)
-        lines.append(f"| augzarr.codecs.decode_shard, {n} thread{'s' if n > 1 else ''} | {rate:,.0f} | {rate / base:.2f} |")
+        lines.append(
+            f"| augzarr.codecs.decode_shard, {n} thread{'s' if n > 1 else ''} | {rate:,.0f} | {rate / base:.2f} |"
+        )
     return lines
 
 
@@ -300,20 +349,35 @@ def versions() -> str:
             found.append(f"{name} {__import__(name).__version__}")
         except ImportError:
             pass
-    jpeg = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("JPEG:")]
+    jpeg = [
+        line.split(":", 1)[1].strip()
+        for line in cv2.getBuildInformation().splitlines()
+        if line.strip().startswith("JPEG:")
+    ]
     return ", ".join(found) + (f" (opencv's JPEG: {jpeg[0]})" if jpeg else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, nargs="+", required=True, help="folders of photos (searched recursively)")
+    parser.add_argument(
+        "--photos", type=Path, nargs="+", required=True, help="folders of photos (searched recursively)"
+    )
     parser.add_argument("--size", type=int, default=224, help="stored image side (default 224)")
-    parser.add_argument("--limit", type=int, default=300, help="photos used, spread evenly over the sorted files (default 300)")
+    parser.add_argument(
+        "--limit", type=int, default=300, help="photos used, spread evenly over the sorted files (default 300)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="passes; each figure is the median (default 5)")
-    parser.add_argument("--threads", type=int, nargs="*", default=[os.cpu_count() or 1],
-                        help="thread counts for the decode scaling (default: this machine's cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="*",
+        default=[os.cpu_count() or 1],
+        help="thread counts for the decode scaling (default: this machine's cores)",
+    )
     parser.add_argument("--only", nargs="*", help="only candidates whose name holds one of these words")
-    parser.add_argument("--shard-rows", type=int, default=0, help="also compare whole-shard reads with this many rows a shard")
+    parser.add_argument(
+        "--shard-rows", type=int, default=0, help="also compare whole-shard reads with this many rows a shard"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # one core per decode: OpenCV's own pool would blur the per-core rates
@@ -326,9 +390,11 @@ def main() -> None:
     load_after = os.getloadavg()
 
     raw = images[0].nbytes
-    print(f"{len(images)} photos from {', '.join(map(str, args.photos))} at {args.size}x{args.size} ({raw:,} bytes raw a row); "
-          f"{cpu_name()}, {os.cpu_count()} cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-          f"median of {args.repeats}; {versions()}")
+    print(
+        f"{len(images)} photos from {', '.join(map(str, args.photos))} at {args.size}x{args.size} ({raw:,} bytes raw a row); "
+        f"{cpu_name()}, {os.cpu_count()} cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"median of {args.repeats}; {versions()}"
+    )
     for note in skipped:
         print(f"skipped {note}")
     scaling = "".join(f" x{n} decode/s | scaling x{n} |" for n in threads)
@@ -337,13 +403,28 @@ def main() -> None:
     for name, r in results.items():
         quality = "exact" if r["psnr"] == float("inf") else f"{r['psnr']:.1f}"
         cells = "".join(f" {r['decode'][n]:,.0f} | {r['decode'][n] / (n * r['decode'][1]):.2f} |" for n in threads)
-        print(f"| {name} | {r['bytes'] / 1000:.1f} | {raw / r['bytes']:.2f} | {r['encode']:,.0f} | {r['decode'][1]:,.0f} | {quality} |{cells}")
+        print(
+            f"| {name} | {r['bytes'] / 1000:.1f} | {raw / r['bytes']:.2f} | {r['encode']:,.0f} | {r['decode'][1]:,.0f} | {quality} |{cells}"
+        )
     if shard_lines:
         print("\n" + "\n".join(shard_lines))
     if args.json:
-        args.json.write_text(json.dumps({"photos": [str(p) for p in args.photos], "size": args.size, "rows": len(images),
-                                         "cpu": cpu_name(), "cores": os.cpu_count(), "load": [load_before, load_after],
-                                         "versions": versions(), "results": results}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "photos": [str(p) for p in args.photos],
+                    "size": args.size,
+                    "rows": len(images),
+                    "cpu": cpu_name(),
+                    "cores": os.cpu_count(),
+                    "load": [load_before, load_after],
+                    "versions": versions(),
+                    "results": results,
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

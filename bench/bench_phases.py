@@ -1,6 +1,6 @@
 """Where a build's time goes: seconds at which each phase of build_store starts and ends.
 
-    python bench/bench_phases.py --images /tmp/cifar [--copies 5] [--out /tmp/phases.zarr]
+python bench/bench_phases.py --images /tmp/cifar [--copies 5] [--out /tmp/phases.zarr]
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     print(f"{'imports':<24} {0:6.2f} s -> {IMPORTED - START:6.2f} s")
-    build_store(BuildOptions(source=args.images, out=args.out, copies=args.copies, policy="notebook", val_fraction=0, workers=2), PhaseClock())
+    build_store(
+        BuildOptions(
+            source=args.images, out=args.out, copies=args.copies, policy="notebook", val_fraction=0, workers=2
+        ),
+        PhaseClock(),
+    )
     print(f"{'total (no previews)':<24} {0:6.2f} s -> {time.perf_counter() - START:6.2f} s")
     shutil.rmtree(args.out, ignore_errors=True)
 

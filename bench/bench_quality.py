@@ -24,7 +24,11 @@ RUNS = {  # name: (policy, copies, extra train options); the first five ran befo
     "a": ("identity", 1, ["--lr-schedule", "constant"]),
     "b-crop-flip": ("crop-flip", 5, ["--lr-schedule", "constant"]),
     "b-notebook": ("notebook", 5, ["--lr-schedule", "constant"]),
-    "b-crop-flip-lr1e-4": ("crop-flip", 5, ["--lr-schedule", "constant", "--learning-rate", "1e-4"]),  # the classic Keras example's RMSprop rate
+    "b-crop-flip-lr1e-4": (
+        "crop-flip",
+        5,
+        ["--lr-schedule", "constant", "--learning-rate", "1e-4"],
+    ),  # the classic Keras example's RMSprop rate
     "a-lr1e-4": ("identity", 1, ["--lr-schedule", "constant", "--learning-rate", "1e-4"]),
     "b-crop-flip-cosine": ("crop-flip", 5, ["--lr-schedule", "cosine"]),  # RMSprop 1e-3 decayed to 0 over the run
     "a-cosine": ("identity", 1, ["--lr-schedule", "cosine"]),
@@ -40,8 +44,26 @@ def build(images: str, work: Path, policy: str, copies: int) -> Path:
         policy_file = work / "identity.json"
         A.save(A.Compose([]), str(policy_file))
         policy = str(policy_file)
-    subprocess.run([str(BIN / "build-aug"), "--source", images, "--out", str(store), "--copies", str(copies), "--no-include-original",
-                    "--policy", policy, "--preview", "4", "--preview-dir", str(store.with_suffix(".preview")), "--quiet"], check=True)
+    subprocess.run(
+        [
+            str(BIN / "build-aug"),
+            "--source",
+            images,
+            "--out",
+            str(store),
+            "--copies",
+            str(copies),
+            "--no-include-original",
+            "--policy",
+            policy,
+            "--preview",
+            "4",
+            "--preview-dir",
+            str(store.with_suffix(".preview")),
+            "--quiet",
+        ],
+        check=True,
+    )
     return store
 
 
@@ -76,7 +98,12 @@ def main() -> None:
         rows = zarr.open_group(str(store), mode="r")["train/images"].shape[0]
         epochs = -(-args.budget // rows)
         print(f"{name}: {rows:,} rows x {epochs} epochs = {rows * epochs:,} image-steps", flush=True)
-        history = train(store, args.work / f"run-{name}" if args.budget == 2_000_000 else args.work / f"run-{name}-{args.budget}", epochs, extra)
+        history = train(
+            store,
+            args.work / f"run-{name}" if args.budget == 2_000_000 else args.work / f"run-{name}-{args.budget}",
+            epochs,
+            extra,
+        )
         results[name] = {"rows": rows, "history": history}
         (args.work / f"results-{args.budget}.json").write_text(json.dumps(results, indent=1))
 
@@ -86,14 +113,16 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    print(f"| run | policy | rows/epoch | epochs | image-steps | final val acc | best val acc | final val loss |")
+    print("| run | policy | rows/epoch | epochs | image-steps | final val acc | best val acc | final val loss |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, result in results.items():
         history, rows = result["history"], result["rows"]
         steps = [row["epoch"] * rows for row in history]
         accuracy = [row["val_accuracy"] for row in history]
         axis.plot(steps, accuracy, marker="." if len(steps) > 20 else "o", label=f"{name} ({RUNS[name][0]})")
-        print(f"| {name} | {RUNS[name][0]} | {rows:,} | {len(history)} | {steps[-1]:,} | {accuracy[-1]:.4f} | {max(accuracy):.4f} | {history[-1]['val_loss']:.4f} |")
+        print(
+            f"| {name} | {RUNS[name][0]} | {rows:,} | {len(history)} | {steps[-1]:,} | {accuracy[-1]:.4f} | {max(accuracy):.4f} | {history[-1]['val_loss']:.4f} |"
+        )
     axis.set_xlabel("image-steps")
     axis.set_ylabel("validation accuracy")
     axis.grid(alpha=0.3)

@@ -33,8 +33,10 @@ def main() -> None:
     with multiprocessing.get_context("fork").Pool(2) as pool:
         pool.map(augment, [n, n])
     both = time.perf_counter() - start
-    print(f"1 process: {n / one:,.0f} images/s; 2 processes at once: {2 * n / both:,.0f} images/s in total; "
-          f"scaling {2 * one / both:.2f}x (2.00 would be perfect)")
+    print(
+        f"1 process: {n / one:,.0f} images/s; 2 processes at once: {2 * n / both:,.0f} images/s in total; "
+        f"scaling {2 * one / both:.2f}x (2.00 would be perfect)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ BUCKET = "augzarr-bench"
 
 # -- children: each measurement in a process of its own -----------------------------------------------
 
+
 def child_stream(api: str, store: str, epochs: int) -> dict:
     """images/s of StoreStream over whole epochs (epoch e reads in epoch e's order)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -154,13 +155,13 @@ def child_read(client: str, store: str, epochs: int, gather: bool = True) -> dic
     def load(epoch: int, chunks: list[int]):
         buf = np.empty((len(chunks) * rows, *images.shape[1:]), np.uint8)
         flat = memoryview(buf).cast("B")
-        fetch([keys[c] for c in chunks], [flat[i * chunk_bytes:(i + 1) * chunk_bytes] for i in range(len(chunks))])
+        fetch([keys[c] for c in chunks], [flat[i * chunk_bytes : (i + 1) * chunk_bytes] for i in range(len(chunks))])
         return np.take(buf, np.random.default_rng([epoch, chunks[0]]).permutation(len(buf)), axis=0) if gather else buf
 
     rates = []
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(len(keys)).tolist()
-        windows = [order[i:i + WINDOW] for i in range(0, len(order), WINDOW)]
+        windows = [order[i : i + WINDOW] for i in range(0, len(order), WINDOW)]
         n = 0
         start = time.perf_counter()
         with ThreadPoolExecutor(1) as reader:
@@ -169,12 +170,13 @@ def child_read(client: str, store: str, epochs: int, gather: bool = True) -> dic
                 batch_rows = upcoming.result()
                 if w + 1 < len(windows):
                     upcoming = reader.submit(load, epoch, windows[w + 1])
-                n += sum(len(batch_rows[b:b + BATCH]) for b in range(0, len(batch_rows), BATCH))
+                n += sum(len(batch_rows[b : b + BATCH]) for b in range(0, len(batch_rows), BATCH))
         rates.append(n / (time.perf_counter() - start))
     return {"rates": rates}
 
 
 # -- the parent --------------------------------------------------------------------------------------
+
 
 def run_child(python: Path, env: dict, *args) -> dict:
     done = subprocess.run([str(python), __file__, "--child", *map(str, args)], env=env, capture_output=True, text=True)
@@ -184,8 +186,21 @@ def run_child(python: Path, env: dict, *args) -> dict:
 
 
 def timed_build(bin_dir: Path, env: dict, images: str, out: str, limit: int, copies: int) -> dict:
-    command = [str(bin_dir / "build-aug"), "--source", images, "--out", out, "--limit", str(limit), "--copies", str(copies),
-               "--preview", "0", "--seed", "0"]
+    command = [
+        str(bin_dir / "build-aug"),
+        "--source",
+        images,
+        "--out",
+        out,
+        "--limit",
+        str(limit),
+        "--copies",
+        str(copies),
+        "--preview",
+        "0",
+        "--seed",
+        "0",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -234,8 +249,14 @@ def main() -> None:
     before = args.before / ".venv" / "bin" if args.before else None
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-storage-"))
     work.mkdir(parents=True, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                if line.startswith("Model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        "?",
+    )
     print(f"CPU {cpu}, {os.cpu_count()} cores; {args.rounds} rounds", flush=True)
 
     with MotoServer() as moto:
@@ -246,37 +267,69 @@ def main() -> None:
             remove(out, s3env)
             timed_build(here, s3env, args.images, out, args.stream_limit, args.stream_copies)
         info = run_child(here / "python", s3env, "info", local_store)
-        print(f"streamed store: {info['rows']:,} training rows in {info['chunks']} chunks of {info['chunk_bytes'] / 2**20:.0f} MiB",
-              end="", flush=True)
+        print(
+            f"streamed store: {info['rows']:,} training rows in {info['chunks']} chunks of {info['chunk_bytes'] / 2**20:.0f} MiB",
+            end="",
+            flush=True,
+        )
 
         cases = {
-            "build local (today)": lambda r: timed_build(here, s3env, args.images, str(work / f"b{r}.zarr"), args.build_limit, args.build_copies),
-            "build s3 obstore (today)": lambda r: timed_build(here, s3env, args.images, f"s3://{BUCKET}/b{r}/aug.zarr", args.build_limit, args.build_copies),
-            "stream local (today)": lambda r: run_child(here / "python", s3env, "stream", "after", local_store, args.epochs),
-            "stream s3 obstore (today)": lambda r: run_child(here / "python", s3env, "stream", "after", s3_store, args.epochs),
-            "write local (augzarr)": lambda r: run_child(here / "python", s3env, "write", "augzarr", local_store, str(work / f"w{r}")),
-            "write s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "write", "augzarr", local_store, f"s3://{BUCKET}/wo{r}"),
-            "write s3 s3fs": lambda r: run_child(here / "python", s3env, "write", "s3fs", local_store, f"s3://{BUCKET}/ws{r}"),
-            "window local (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", local_store, args.epochs),
-            "window s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", s3_store, args.epochs),
+            "build local (today)": lambda r: timed_build(
+                here, s3env, args.images, str(work / f"b{r}.zarr"), args.build_limit, args.build_copies
+            ),
+            "build s3 obstore (today)": lambda r: timed_build(
+                here, s3env, args.images, f"s3://{BUCKET}/b{r}/aug.zarr", args.build_limit, args.build_copies
+            ),
+            "stream local (today)": lambda r: run_child(
+                here / "python", s3env, "stream", "after", local_store, args.epochs
+            ),
+            "stream s3 obstore (today)": lambda r: run_child(
+                here / "python", s3env, "stream", "after", s3_store, args.epochs
+            ),
+            "write local (augzarr)": lambda r: run_child(
+                here / "python", s3env, "write", "augzarr", local_store, str(work / f"w{r}")
+            ),
+            "write s3 obstore (augzarr)": lambda r: run_child(
+                here / "python", s3env, "write", "augzarr", local_store, f"s3://{BUCKET}/wo{r}"
+            ),
+            "write s3 s3fs": lambda r: run_child(
+                here / "python", s3env, "write", "s3fs", local_store, f"s3://{BUCKET}/ws{r}"
+            ),
+            "window local (augzarr)": lambda r: run_child(
+                here / "python", s3env, "read", "augzarr", local_store, args.epochs
+            ),
+            "window s3 obstore (augzarr)": lambda r: run_child(
+                here / "python", s3env, "read", "augzarr", s3_store, args.epochs
+            ),
             "window s3 s3fs": lambda r: run_child(here / "python", s3env, "read", "s3fs", s3_store, args.epochs),
-            "fetch only s3 obstore (augzarr)": lambda r: run_child(here / "python", s3env, "read", "augzarr", s3_store, args.epochs, "fetch"),
+            "fetch only s3 obstore (augzarr)": lambda r: run_child(
+                here / "python", s3env, "read", "augzarr", s3_store, args.epochs, "fetch"
+            ),
             "deep CNN training": lambda r: run_child(here / "python", s3env, "deep", args.deep_steps),
         }
         if before:
-            cases["build local (before)"] = lambda r: timed_build(before, s3env, args.images, str(work / f"p{r}.zarr"), args.build_limit, args.build_copies)
-            cases["stream local (before)"] = lambda r: run_child(before / "python", s3env, "stream", "before", local_store, args.epochs)
+            cases["build local (before)"] = lambda r: timed_build(
+                before, s3env, args.images, str(work / f"p{r}.zarr"), args.build_limit, args.build_copies
+            )
+            cases["stream local (before)"] = lambda r: run_child(
+                before / "python", s3env, "stream", "before", local_store, args.epochs
+            )
         if importlib.util.find_spec("s3fs") is None:
             print("s3fs is not installed: no s3fs rows (pip install s3fs)", flush=True)
             del cases["write s3 s3fs"], cases["window s3 s3fs"]
-        cleanup = {"build local (today)": lambda r: str(work / f"b{r}.zarr"), "build local (before)": lambda r: str(work / f"p{r}.zarr"),
-                   "build s3 obstore (today)": lambda r: f"s3://{BUCKET}/b{r}/aug.zarr", "write local (augzarr)": lambda r: str(work / f"w{r}"),
-                   "write s3 obstore (augzarr)": lambda r: f"s3://{BUCKET}/wo{r}", "write s3 s3fs": lambda r: f"s3://{BUCKET}/ws{r}"}
+        cleanup = {
+            "build local (today)": lambda r: str(work / f"b{r}.zarr"),
+            "build local (before)": lambda r: str(work / f"p{r}.zarr"),
+            "build s3 obstore (today)": lambda r: f"s3://{BUCKET}/b{r}/aug.zarr",
+            "write local (augzarr)": lambda r: str(work / f"w{r}"),
+            "write s3 obstore (augzarr)": lambda r: f"s3://{BUCKET}/wo{r}",
+            "write s3 s3fs": lambda r: f"s3://{BUCKET}/ws{r}",
+        }
         names = list(cases)
         results: dict[str, list[dict]] = {name: [] for name in names}
         for r in range(args.rounds):
             start = time.perf_counter()
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 results[name].append(cases[name](r))
                 if name in cleanup:
                     remove(cleanup[name](r), s3env)
@@ -285,7 +338,12 @@ def main() -> None:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu, "info": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"cpu": cpu, "info": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                indent=1,
+            )
+        )
     report(results, info, args, cpu)
 
 
@@ -313,22 +371,36 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
 
     has = results.__contains__
     n = args.rounds
-    print(f"\nCPU: {cpu}, {os.cpu_count()} cores. Medians of {n} rounds (min-max); ratios are per round, then the median.")
-    print(f"Streamed store: --limit {args.stream_limit} --copies {args.stream_copies}: {info['rows']:,} training rows, "
-          f"{info['chunks']} chunks of {info['chunk_bytes'] / 2**20:.0f} MiB; {args.epochs} epochs per process.")
+    print(
+        f"\nCPU: {cpu}, {os.cpu_count()} cores. Medians of {n} rounds (min-max); ratios are per round, then the median."
+    )
+    print(
+        f"Streamed store: --limit {args.stream_limit} --copies {args.stream_copies}: {info['rows']:,} training rows, "
+        f"{info['chunks']} chunks of {info['chunk_bytes'] / 2**20:.0f} MiB; {args.epochs} epochs per process."
+    )
     build_rows = results["build local (today)"][0]["rows"]
     print(f"Builds: --limit {args.build_limit} --copies {args.build_copies}: {build_rows:,} rows computed.\n")
     print("| case | images/s (whole command) | images/s (summary's seconds) | whole command s |")
     print("| --- | ---: | ---: | ---: |")
     for name in ("build local (before)", "build local (today)", "build s3 obstore (today)"):
         if has(name):
-            print(f"| {name} | {spread(per_round(name))} | {spread(summary_rate(name))} | "
-                  f"{spread([x['wall'] for x in results[name]], '.2f')} |")
+            print(
+                f"| {name} | {spread(per_round(name))} | {spread(summary_rate(name))} | "
+                f"{spread([x['wall'] for x in results[name]], '.2f')} |"
+            )
     print("\n| case | images/s | x deep CNN |")
     print("| --- | ---: | ---: |")
     deep = statistics.median(per_round("deep CNN training"))
-    for name in ("stream local (before)", "stream local (today)", "stream s3 obstore (today)", "window local (augzarr)",
-                 "window s3 obstore (augzarr)", "window s3 s3fs", "fetch only s3 obstore (augzarr)", "deep CNN training"):
+    for name in (
+        "stream local (before)",
+        "stream local (today)",
+        "stream s3 obstore (today)",
+        "window local (augzarr)",
+        "window s3 obstore (augzarr)",
+        "window s3 s3fs",
+        "fetch only s3 obstore (augzarr)",
+        "deep CNN training",
+    ):
         if has(name):
             print(f"| {name} | {spread(per_round(name))} | {statistics.median(per_round(name)) / deep:,.0f} |")
     print("\n| case | MiB/s | images/s |")
@@ -342,18 +414,26 @@ def report(results: dict, info: dict, args, cpu: str) -> None:
     print("\nSame-round ratios, median (min-max):")
     lines = []
     if has("build local (before)"):
-        lines += [("build today / before, whole command", ratio("build local (today)", "build local (before)")),
-                  ("build today / before, summary seconds", ratio("build local (today)", "build local (before)", summary_rate)),
-                  ("stream today / before", ratio("stream local (today)", "stream local (before)"))]
-    lines += [("build s3 / local (today), whole command", ratio("build s3 obstore (today)", "build local (today)")),
-              ("stream s3 / local (today)", ratio("stream s3 obstore (today)", "stream local (today)")),
-              ("stream s3 / fetch only s3 (obstore)", ratio("stream s3 obstore (today)", "fetch only s3 obstore (augzarr)")),
-              ("fetch only s3 / stream local (today)", ratio("fetch only s3 obstore (augzarr)", "stream local (today)")),
-              ("stream s3 / deep CNN", ratio("stream s3 obstore (today)", "deep CNN training")),
+        lines += [
+            ("build today / before, whole command", ratio("build local (today)", "build local (before)")),
+            (
+                "build today / before, summary seconds",
+                ratio("build local (today)", "build local (before)", summary_rate),
+            ),
+            ("stream today / before", ratio("stream local (today)", "stream local (before)")),
+        ]
+    lines += [
+        ("build s3 / local (today), whole command", ratio("build s3 obstore (today)", "build local (today)")),
+        ("stream s3 / local (today)", ratio("stream s3 obstore (today)", "stream local (today)")),
+        ("stream s3 / fetch only s3 (obstore)", ratio("stream s3 obstore (today)", "fetch only s3 obstore (augzarr)")),
+        ("fetch only s3 / stream local (today)", ratio("fetch only s3 obstore (augzarr)", "stream local (today)")),
+        ("stream s3 / deep CNN", ratio("stream s3 obstore (today)", "deep CNN training")),
     ]
     if has("window s3 s3fs"):
-        lines += [("window pattern obstore / s3fs", ratio("window s3 obstore (augzarr)", "window s3 s3fs")),
-                  ("write pattern obstore / s3fs", ratio("write s3 obstore (augzarr)", "write s3 s3fs"))]
+        lines += [
+            ("window pattern obstore / s3fs", ratio("window s3 obstore (augzarr)", "window s3 s3fs")),
+            ("write pattern obstore / s3fs", ratio("write s3 obstore (augzarr)", "write s3 s3fs")),
+        ]
     for label, values in lines:
         print(f"- {label}: {spread(values, '.2f')}")
 
@@ -372,8 +452,12 @@ def child_main(argv: list[str]) -> None:
         from augzarr.store_format import open_store
 
         images = open_store(rest[0]).images("train")
-        result = {"rows": images.shape[0], "chunk_rows": images.chunks[0], "chunks": -(-images.shape[0] // images.chunks[0]),
-                  "chunk_bytes": images.nbytes // images.shape[0] * images.chunks[0]}
+        result = {
+            "rows": images.shape[0],
+            "chunk_rows": images.chunks[0],
+            "chunks": -(-images.shape[0] // images.chunks[0]),
+            "chunk_bytes": images.nbytes // images.shape[0] * images.chunks[0],
+        }
     print(json.dumps(result))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,13 +25,11 @@ BIN = Path(sys.executable).parent
 
 
 def stream_rate(store: str, repeats: int) -> float:
-    import zarr
 
     from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
 
     opened = open_store(store)
-    group = opened.group
     rates = []
     for epoch in range(repeats):
         stream = StoreStream(opened, "train", batch_size=128, shuffle=True, start_epoch=epoch)
@@ -46,10 +43,9 @@ def stream_rate(store: str, repeats: int) -> float:
 
 def training_rate(store: str, steps: int) -> float:
     import keras
-    import zarr
 
-    from augzarr.trainer.models import build_model
     from augzarr.store_format import open_store
+    from augzarr.trainer.models import build_model
     from augzarr.trainer.stream import StoreStream
 
     opened = open_store(store)
@@ -86,8 +82,23 @@ def peak_rss_of_training(store: Path, run_dir: Path) -> float:
 
 def build(images: str, out: Path, copies: int, limit: int) -> Path:
     if not (out / "zarr.json").exists():
-        subprocess.run([str(BIN / "build-aug"), "--source", images, "--out", str(out), "--copies", str(copies), "--limit", str(limit),
-                        "--preview", "0", "--quiet"], check=True)
+        subprocess.run(
+            [
+                str(BIN / "build-aug"),
+                "--source",
+                images,
+                "--out",
+                str(out),
+                "--copies",
+                str(copies),
+                "--limit",
+                str(limit),
+                "--preview",
+                "0",
+                "--quiet",
+            ],
+            check=True,
+        )
     return out
 
 
@@ -103,7 +114,7 @@ def main() -> None:
 
     stream = stream_rate(args.store, args.repeats)
     train = training_rate(args.store, args.steps)
-    print(f"| measure | images/s |\n| --- | ---: |")
+    print("| measure | images/s |\n| --- | ---: |")
     print(f"| stream alone, shuffled uint8 batches of 128 (median of {args.repeats} epochs) | {stream:,.0f} |")
     print(f"| deep CNN training from the stream (median of 3 x {args.steps} steps) | {train:,.0f} |")
     print(f"stream / training = {stream / train:.0f}x (target >= 50x); stream >= 150,000 images/s: {stream >= 150_000}")

@@ -33,8 +33,24 @@ BIN = Path(sys.executable).parent
 
 def build(source: Path, out: Path, *extra: str) -> Path:
     if not out.exists():
-        subprocess.run([str(BIN / "build-aug"), "--source", str(source), "--out", str(out), "--copies", "1", "--val-fraction", "0",
-                        "--preview", "0", "--quiet", *extra], check=True)
+        subprocess.run(
+            [
+                str(BIN / "build-aug"),
+                "--source",
+                str(source),
+                "--out",
+                str(out),
+                "--copies",
+                "1",
+                "--val-fraction",
+                "0",
+                "--preview",
+                "0",
+                "--quiet",
+                *extra,
+            ],
+            check=True,
+        )
     return out
 
 
@@ -89,6 +105,7 @@ def stream_batches(store: str, batch: int):
 
     def epoch(e: int):
         return (stream[e * stream.batches_per_epoch + i] for i in range(stream.batches_per_epoch))
+
     return epoch
 
 
@@ -101,6 +118,7 @@ def torch_batches(store: str, batch: int, workers: int, private: bool = False):
     def epoch(e: int):
         data.set_epoch(e)
         return iter(loader)
+
     return epoch
 
 
@@ -110,8 +128,14 @@ def rows_batches(store: str, batch: int, workers: int):
 
     from augzarr.torch import StoreRows
 
-    loader = DataLoader(StoreRows(store, "train"), batch_size=batch, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        StoreRows(store, "train"),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     return lambda e: iter(loader)
 
 
@@ -129,11 +153,13 @@ def make_private_batches():
 
     class PrivateBatches(StoreDataset):
         """Windows in the worker's own memory, each batch a copy: torch copies it into shared memory to hand it over."""
+
         def _window_reader(self, shared):
             return super()._window_reader(False)
 
         def _serve(self, epoch, batches, shared):
             return ((images.clone(), labels.clone()) for images, labels in super()._serve(epoch, batches, shared))
+
     return PrivateBatches
 
 
@@ -141,8 +167,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("bench/out/torch"))
     parser.add_argument("--cifar", type=Path, default=Path("../shared/data/cifar10-train-jpg.tar.gz"))
-    parser.add_argument("--cifar-limit", type=int, default=10_000,
-                        help="source images of the CIFAR store (1 copy each, and the original)")
+    parser.add_argument(
+        "--cifar-limit",
+        type=int,
+        default=10_000,
+        help="source images of the CIFAR store (1 copy each, and the original)",
+    )
     parser.add_argument("--photos", type=Path, default=Path("/work/data/imagen"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
@@ -151,27 +181,39 @@ def main() -> None:
     import torch
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
-    print(f"{machine}, torch {torch.__version__}; "
-          f"median images/s of {args.repeats} epochs after a warm-up one, each batch read once by the consumer", flush=True)
-    stores = [("raw CIFAR-sized 32x32", str(cifar_store(args.work, args.cifar, args.cifar_limit)), 128),
-              ("raw 224-px photos", str(photo_store(args.work, args.photos)), 64)]
+    print(
+        f"{machine}, torch {torch.__version__}; "
+        f"median images/s of {args.repeats} epochs after a warm-up one, each batch read once by the consumer",
+        flush=True,
+    )
+    stores = [
+        ("raw CIFAR-sized 32x32", str(cifar_store(args.work, args.cifar, args.cifar_limit)), 128),
+        ("raw 224-px photos", str(photo_store(args.work, args.photos)), 64),
+    ]
     w = args.workers
     for name, store, batch in stores:
         from augzarr.store_format import open_store
 
         rows = open_store(store).rows("train")
         print(f"\n{name}: {rows:,} rows, batch {batch}", flush=True)
-        cases = {"StoreStream (Keras PyDataset, in process)": stream_batches(store, batch),
-                 "torch StoreDataset, 0 workers": torch_batches(store, batch, 0),
-                 f"torch StoreDataset, {w} workers, shared-memory windows": torch_batches(store, batch, w),
-                 f"torch StoreDataset, {w} workers, batches copied to hand over": torch_batches(store, batch, w, private=True),
-                 f"torch StoreRows (map-style), {w} workers": rows_batches(store, batch, w)}
+        cases = {
+            "StoreStream (Keras PyDataset, in process)": stream_batches(store, batch),
+            "torch StoreDataset, 0 workers": torch_batches(store, batch, 0),
+            f"torch StoreDataset, {w} workers, shared-memory windows": torch_batches(store, batch, w),
+            f"torch StoreDataset, {w} workers, batches copied to hand over": torch_batches(
+                store, batch, w, private=True
+            ),
+            f"torch StoreRows (map-style), {w} workers": rows_batches(store, batch, w),
+        }
         rates = interleaved_rates(cases, args.repeats)
         reference = statistics.median(rates[next(iter(cases))])
         for label, measured in rates.items():
             rate = statistics.median(measured)
             epochs = [round(r) for r in measured]
-            print(f"  {label:58s} {rate:10,.0f} images/s  {rate / reference:5.2f}x StoreStream  (epochs {epochs})", flush=True)
+            print(
+                f"  {label:58s} {rate:10,.0f} images/s  {rate / reference:5.2f}x StoreStream  (epochs {epochs})",
+                flush=True,
+            )
         for workers in (0, w):
             seconds = first_batch_seconds(store, batch, workers)
             print(f"  first batch from a new DataLoader, {workers} workers: {seconds:.2f} s", flush=True)

@@ -74,11 +74,32 @@ class Recipe:
 # A recipe's name says what it runs: originals or POLICY-xN (build-aug --policy POLICY --copies N), then any
 # of +online, +flip-shift, +mixup, +cutmix (train options); or keras-AUGMENT (originals, train --keras-augment AUGMENT).
 # +flip-shift is the online half of crop-flip: fresh per-epoch randomness without the cutout that +online adds.
-MODIFIERS = {"online": ("--online", "flip,shift,erase"), "flip-shift": ("--online", "flip,shift"), "mixup": ("--mix", "mixup"),
-             "cutmix": ("--mix", "cutmix")}
-EXAMPLES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "crop-flip-x5+flip-shift", "crop-flip-cutout-x5", "randaugment-x5", "randaugment-x5+online",
-            "crop-flip-x5+cutmix", "keras-crop-flip", "keras-randaugment")
-DEFAULT_RECIPES = ("originals", "crop-flip-x5", "crop-flip-x5+online", "randaugment-x5", "keras-crop-flip", "keras-randaugment")
+MODIFIERS = {
+    "online": ("--online", "flip,shift,erase"),
+    "flip-shift": ("--online", "flip,shift"),
+    "mixup": ("--mix", "mixup"),
+    "cutmix": ("--mix", "cutmix"),
+}
+EXAMPLES = (
+    "originals",
+    "crop-flip-x5",
+    "crop-flip-x5+online",
+    "crop-flip-x5+flip-shift",
+    "crop-flip-cutout-x5",
+    "randaugment-x5",
+    "randaugment-x5+online",
+    "crop-flip-x5+cutmix",
+    "keras-crop-flip",
+    "keras-randaugment",
+)
+DEFAULT_RECIPES = (
+    "originals",
+    "crop-flip-x5",
+    "crop-flip-x5+online",
+    "randaugment-x5",
+    "keras-crop-flip",
+    "keras-randaugment",
+)
 
 
 def parse_recipe(name: str) -> Recipe:
@@ -95,14 +116,19 @@ def parse_recipe(name: str) -> Recipe:
     for m in modifiers:
         flag = MODIFIERS[m][0]
         if flag in setting:
-            raise ValueError(f"{name}: +{m} is given twice: give it once" if setting[flag] == m else
-                             f"{name}: +{setting[flag]} and +{m} both set train {flag}: keep one")
+            raise ValueError(
+                f"{name}: +{m} is given twice: give it once"
+                if setting[flag] == m
+                else f"{name}: +{setting[flag]} and +{m} both set train {flag}: keep one"
+            )
         setting[flag] = m
     train = tuple(part for m in MODIFIERS if m in modifiers for part in MODIFIERS[m])
     if base.startswith("keras-"):
-        if base[len("keras-"):] not in KERAS_AUGMENTS or modifiers:
-            raise ValueError(f"{name}: the Keras-layer anchors are {', '.join('keras-' + a for a in KERAS_AUGMENTS)}, without modifiers")
-        return Recipe(0, train=("--keras-augment", base[len("keras-"):]))
+        if base[len("keras-") :] not in KERAS_AUGMENTS or modifiers:
+            raise ValueError(
+                f"{name}: the Keras-layer anchors are {', '.join('keras-' + a for a in KERAS_AUGMENTS)}, without modifiers"
+            )
+        return Recipe(0, train=("--keras-augment", base[len("keras-") :]))
     if base == "originals":
         return Recipe(0, train=train)
     policy, _, copies = base.rpartition("-x")
@@ -123,8 +149,11 @@ def parse_recipes(text: str) -> list[Recipe]:
             raise ValueError(f"--recipes {exc}") from None
         if recipe.name in given:
             first = given[recipe.name]
-            raise ValueError(f"--recipes: {name} is given twice: give it once" if first == name else
-                             f"--recipes: {first} and {name} are the same recipe ({recipe.name}): give it once")
+            raise ValueError(
+                f"--recipes: {name} is given twice: give it once"
+                if first == name
+                else f"--recipes: {first} and {name} are the same recipe ({recipe.name}): give it once"
+            )
         given[recipe.name] = name
         recipes.append(recipe)
     if not recipes:
@@ -182,21 +211,41 @@ def build(recipe: Recipe, args, stores: dict) -> BuiltStore:
     if out in stores:
         return stores[out]
     existed = read_json(out / "zarr.json").get("attributes", {}).get("complete")
-    command = ["build-aug", "--source", args.source, "--out", str(out), "--copies", str(recipe.copies), "--policy", recipe.policy,
-               "--val-fraction", str(args.val_fraction), "--seed", "0", "--preview", "0", "--quiet"]
+    command = [
+        "build-aug",
+        "--source",
+        args.source,
+        "--out",
+        str(out),
+        "--copies",
+        str(recipe.copies),
+        "--policy",
+        recipe.policy,
+        "--val-fraction",
+        str(args.val_fraction),
+        "--seed",
+        "0",
+        "--preview",
+        "0",
+        "--quiet",
+    ]
     command += ["--limit", str(args.limit)] if args.limit else []
     wall, error = run(command)
     if error:
         # build-aug's error names what differs, then its advice (--overwrite), which is not this command's
         refused = f"build-aug: error: {out} "
-        if existed and error.startswith(refused) and ": " in error[len(refused):]:
-            sys.exit(f"compare_recipes: --work holds {out}, which {error[len(refused):].rpartition(': ')[0]}: "
-                     f"give another --work, or remove {out} to build it again")
+        if existed and error.startswith(refused) and ": " in error[len(refused) :]:
+            sys.exit(
+                f"compare_recipes: --work holds {out}, which {error[len(refused) :].rpartition(': ')[0]}: "
+                f"give another --work, or remove {out} to build it again"
+            )
         failed(command, error)
     opened = open_store(str(out), check_chunks=False)
     attrs, rows = opened.attrs, opened.rows("train")
     if not rows:
-        sys.exit(f"compare_recipes: {out} has no training images: give more images (or a larger --limit, a smaller --val-fraction)")
+        sys.exit(
+            f"compare_recipes: {out} has no training images: give more images (or a larger --limit, a smaller --val-fraction)"
+        )
     stores[out] = BuiltStore(out, (attrs.built or {}).get("seconds", wall), StoreFingerprint.of(attrs).to_json(), rows)
     return stores[out]
 
@@ -206,8 +255,11 @@ def keras_backend() -> str:
     ~/.keras, else tensorflow) without importing Keras, which takes seconds."""
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
-    home = os.environ["KERAS_HOME"] if "KERAS_HOME" in os.environ else \
-        os.path.join(os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp", ".keras")
+    home = (
+        os.environ["KERAS_HOME"]
+        if "KERAS_HOME" in os.environ
+        else os.path.join(os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp", ".keras")
+    )
     backend = read_json(Path(home).expanduser() / "keras.json").get("backend")
     return backend if isinstance(backend, str) and backend else "tensorflow"
 
@@ -223,9 +275,12 @@ def model_file_sha256(spec: str) -> str | None:
 def run_settings(run: RunRecord) -> dict:
     """What shaped a train run, from its run.json: every train option (as it ran: RunRecord reads the options of any
     augzarr), its store by content, the --model file, the backend."""
-    return {"options": asdict(run.options) if run.options is not None else {},
-            "store": run.store_fingerprint.to_json() if run.store_fingerprint else None,
-            "model_sha256": run.model.sha256 if run.model else None, "backend": run.backend}
+    return {
+        "options": asdict(run.options) if run.options is not None else {},
+        "store": run.store_fingerprint.to_json() if run.store_fingerprint else None,
+        "model_sha256": run.model.sha256 if run.model else None,
+        "backend": run.backend,
+    }
 
 
 def shown(value) -> str:
@@ -262,15 +317,22 @@ def final_and_best(run_dir: Path) -> dict:
     with open(run_dir / "history.csv") as file:
         history = list(csv.DictReader(file))
     last = history[-1]
-    return {"final_val_accuracy": float(last["val_accuracy"]), "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),
-            "final_val_loss": float(last["val_loss"]), "final_train_accuracy": float(last["accuracy"]),
-            # training steps only (no validation, no start-up): what online augmentation slows and stored copies do not
-            "train_images_per_second": median_training_rate(history)}
+    return {
+        "final_val_accuracy": float(last["val_accuracy"]),
+        "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),
+        "final_val_loss": float(last["val_loss"]),
+        "final_train_accuracy": float(last["accuracy"]),
+        # training steps only (no validation, no start-up): what online augmentation slows and stored copies do not
+        "train_images_per_second": median_training_rate(history),
+    }
 
 
 def config_of(args) -> dict:
     """The settings a results file is written under; each of its runs records in full what made it ("settings")."""
-    return {key: str(getattr(args, key)) for key in ("source", "limit", "image_steps", "val_fraction", "model", "batch_size")}
+    return {
+        key: str(getattr(args, key))
+        for key in ("source", "limit", "image_steps", "val_fraction", "model", "batch_size")
+    }
 
 
 def load_results(args) -> dict:
@@ -279,13 +341,20 @@ def load_results(args) -> dict:
     if not args.json or not args.json.exists():
         return {}
     saved = read_json(args.json)
-    if not isinstance(saved.get("runs"), list) or not all(isinstance(r, dict) and {"recipe", "seed"} <= set(r) for r in saved["runs"]):
+    if not isinstance(saved.get("runs"), list) or not all(
+        isinstance(r, dict) and {"recipe", "seed"} <= set(r) for r in saved["runs"]
+    ):
         sys.exit(f"compare_recipes: --json {args.json} is not a results file of compare_recipes: give another --json")
     config = saved.get("config") or {}
-    found = [f"--{key.replace('_', '-')} {config.get(key, '(not recorded)')} -> {value}" for key, value in config_of(args).items()
-             if config.get(key) != value]
+    found = [
+        f"--{key.replace('_', '-')} {config.get(key, '(not recorded)')} -> {value}"
+        for key, value in config_of(args).items()
+        if config.get(key) != value
+    ]
     if found:
-        sys.exit(f"compare_recipes: {args.json} holds runs made under other settings ({'; '.join(found)}): give another --json")
+        sys.exit(
+            f"compare_recipes: {args.json} holds runs made under other settings ({'; '.join(found)}): give another --json"
+        )
     return {(r["recipe"], r["seed"]): r for r in saved["runs"]}
 
 
@@ -304,11 +373,21 @@ def plan(recipe: Recipe, seed: int, store: BuiltStore, saved: dict, args) -> Pla
     """Where this recipe and seed's result comes from: the run folder in --work, the --json file, or a run of train
     (which continues an interrupted run of the same command). Whatever either holds for it must have been made under
     this comparison's settings, or the comparison stops before training anything, naming what differs."""
-    given = {"store": str(store.path), "epochs": max(1, round(args.image_steps / store.train_rows)), "seed": seed, "model": args.model,
-             "batch_size": args.batch_size, **recipe.train_options}
+    given = {
+        "store": str(store.path),
+        "epochs": max(1, round(args.image_steps / store.train_rows)),
+        "seed": seed,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        **recipe.train_options,
+    }
     command = ["train", *(part for key, value in given.items() for part in (f"--{key.replace('_', '-')}", str(value)))]
-    wanted = {"options": asdict(TrainOptions(**given).normalised()), "store": store.fingerprint, "model_sha256": args.model_sha256,
-              "backend": args.backend}
+    wanted = {
+        "options": asdict(TrainOptions(**given).normalised()),
+        "store": store.fingerprint,
+        "model_sha256": args.model_sha256,
+        "backend": args.backend,
+    }
     run_dir = args.work / "runs" / f"{recipe.name}-seed{seed}"
     planned = PlannedRun(recipe, seed, store, run_dir, [*command, "--out", str(run_dir), "--quiet"])
     run = RunRecord.read(run_dir)
@@ -316,18 +395,24 @@ def plan(recipe: Recipe, seed: int, store: BuiltStore, saved: dict, args) -> Pla
         planned.finished = run.is_complete
         found = differences(run_settings(run), wanted, args, same_store_path=not planned.finished)
         if found:
-            sys.exit(f"compare_recipes: {run_dir} holds a run made under other settings ({'; '.join(found)}): "
-                     "give another --work, or remove that folder to train it again")
+            sys.exit(
+                f"compare_recipes: {run_dir} holds a run made under other settings ({'; '.join(found)}): "
+                "give another --work, or remove that folder to train it again"
+            )
         return planned
     entry = saved.get((recipe.name, seed))
     if entry is not None:
         if not isinstance(entry.get("settings"), dict):
-            sys.exit(f"compare_recipes: {args.json} does not record the settings of its run of {recipe.name} seed {seed} (written before "
-                     "compare_recipes recorded them): rerun with the --work that made it, or give another --json")
+            sys.exit(
+                f"compare_recipes: {args.json} does not record the settings of its run of {recipe.name} seed {seed} (written before "
+                "compare_recipes recorded them): rerun with the --work that made it, or give another --json"
+            )
         found = differences(entry["settings"], wanted, args, same_store_path=False)
         if found:
-            sys.exit(f"compare_recipes: {args.json} holds a run of {recipe.name} seed {seed} made under other settings "
-                     f"({'; '.join(found)}): give another --json")
+            sys.exit(
+                f"compare_recipes: {args.json} holds a run of {recipe.name} seed {seed} made under other settings "
+                f"({'; '.join(found)}): give another --json"
+            )
         planned.saved = entry
     return planned
 
@@ -337,16 +422,26 @@ def result_of(planned: PlannedRun) -> dict:
     run = RunRecord.read(planned.run_dir)
     epochs = run.options.epochs
     wall = read_json(planned.run_dir / "compare.json").get("train_seconds")  # None: stopped before it was written
-    return {"recipe": planned.recipe.name, "copies": planned.recipe.copies, "seed": planned.seed,
-            "image_steps": epochs * planned.store.train_rows, "epochs": epochs, "train_seconds": wall, "build_seconds": planned.store.seconds, **final_and_best(planned.run_dir),
-            "settings": run_settings(run)}
+    return {
+        "recipe": planned.recipe.name,
+        "copies": planned.recipe.copies,
+        "seed": planned.seed,
+        "image_steps": epochs * planned.store.train_rows,
+        "epochs": epochs,
+        "train_seconds": wall,
+        "build_seconds": planned.store.seconds,
+        **final_and_best(planned.run_dir),
+        "settings": run_settings(run),
+    }
 
 
 def compare(args) -> list[dict]:
     saved = load_results(args)
     stores: dict[Path, BuiltStore] = {}
     # every check before any training: a refusal never comes after hours of it
-    plans = [plan(recipe, seed, build(recipe, args, stores), saved, args) for recipe in args.recipes for seed in args.seeds]
+    plans = [
+        plan(recipe, seed, build(recipe, args, stores), saved, args) for recipe in args.recipes for seed in args.seeds
+    ]
     results: dict[tuple[str, int], dict] = {}
     for planned in plans:
         key = (planned.recipe.name, planned.seed)
@@ -360,8 +455,12 @@ def compare(args) -> list[dict]:
             write_atomic(planned.run_dir / "compare.json", json.dumps({"train_seconds": wall}))
         results[key] = result_of(planned)
         wall = results[key]["train_seconds"]
-        print(f"{key[0]} seed {key[1]}: {results[key]['final_val_accuracy']:.4f} val accuracy, "
-              f"{'?' if wall is None else f'{wall:,.0f}'} s", file=sys.stderr, flush=True)
+        print(
+            f"{key[0]} seed {key[1]}: {results[key]['final_val_accuracy']:.4f} val accuracy, "
+            f"{'?' if wall is None else f'{wall:,.0f}'} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.json:  # after every run, so a long study stopped midway keeps what it finished
             runs = [*results.values(), *(r for k, r in saved.items() if k not in results)]
             write_atomic(args.json, json.dumps({"config": config_of(args), "runs": runs}, indent=1))
@@ -391,17 +490,26 @@ def plot(results: list[dict], path: Path) -> None:
     for name, runs in by_recipe.items():  # the originals join every line with the same train options
         base, _, extras = name.partition("+")
         if base == "originals":
-            for (policy, line_extras), points in lines.items():
+            for (_policy, line_extras), points in lines.items():
                 if line_extras == extras:
                     points[0] = runs
     all_copies = sorted({n for points in lines.values() for n in points})
-    position = {n: i for i, n in enumerate(all_copies)}  # evenly spaced: 0, 1, 2, 5, 10, 20 read better than on a linear axis
+    position = {
+        n: i for i, n in enumerate(all_copies)
+    }  # evenly spaced: 0, 1, 2, 5, 10, 20 read better than on a linear axis
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for (policy, extras), points in sorted(lines.items()):
         copies = sorted(points)
         means, sds = zip(*(stats(points[n]) for n in copies))
         x = [position[n] for n in copies]
-        axes.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=policy + (f" + {extras.replace('+', ' + ')}" if extras else ""))
+        axes.errorbar(
+            x,
+            means,
+            yerr=sds,
+            marker="o",
+            capsize=3,
+            label=policy + (f" + {extras.replace('+', ' + ')}" if extras else ""),
+        )
     for shade, (name, runs) in zip(("0.25", "0.55"), ((n, r) for n, r in by_recipe.items() if n.startswith("keras-"))):
         mean, sd = stats(runs)
         axes.axhline(mean, linestyle="--", color=shade, label=f"{name} (online Keras layers, originals)")
@@ -410,7 +518,9 @@ def plot(results: list[dict], path: Path) -> None:
     axes.set_xlabel("stored copies per image (--copies N)")
     axes.set_ylabel("final validation accuracy")
     steps = statistics.mode(r["image_steps"] for r in results)  # whole epochs: a few N land a little off it
-    axes.set_title(f"{len(results) // max(1, len(by_recipe))} seeds per point, about {steps:,} image-steps per run", fontsize=10)
+    axes.set_title(
+        f"{len(results) // max(1, len(by_recipe))} seeds per point, about {steps:,} image-steps per run", fontsize=10
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -435,13 +545,20 @@ def mean_seconds(runs: list[dict]) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| recipe | runs | final val acc | best val acc | final val loss | final train acc | image-steps | train s | train images/s | build s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| recipe | runs | final val acc | best val acc | final val loss | final train acc | image-steps | train s | train images/s | build s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in dict.fromkeys(r["recipe"] for r in results):
         runs = [r for r in results if r["recipe"] == name]
-        cells = [spread([r[key] for r in runs]) for key in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "final_train_accuracy")]
-        lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} | {runs[0]['image_steps']:,} | "
-                     f"{mean_seconds(runs)} | {rate(runs)} | {runs[0]['build_seconds']:,.0f} |")
+        cells = [
+            spread([r[key] for r in runs])
+            for key in ("final_val_accuracy", "best_val_accuracy", "final_val_loss", "final_train_accuracy")
+        ]
+        lines.append(
+            f"| {name} | {len(runs)} | {' | '.join(cells)} | {runs[0]['image_steps']:,} | "
+            f"{mean_seconds(runs)} | {rate(runs)} | {runs[0]['build_seconds']:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -450,21 +567,32 @@ def main() -> None:
     parser.add_argument("--source", help="what build-aug --source takes: an image folder, a CIFAR-10 archive, cifar10")
     parser.add_argument("--work", type=Path, help="stores and run folders go here (finished runs are kept and reused)")
     parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help="comma-separated recipe names; see --list")
-    parser.add_argument("--image-steps", type=int, default=500_000, help="images trained on per run (whole epochs, the closest count)")
+    parser.add_argument(
+        "--image-steps", type=int, default=500_000, help="images trained on per run (whole epochs, the closest count)"
+    )
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: mean and spread over them")
     parser.add_argument("--limit", type=int, help="build-aug --limit: the first N training images")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--model", default="deep")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--json", type=Path, help="write every run's figures here after each run; finished runs in it are reused")
-    parser.add_argument("--plot", type=Path, help="also draw final validation accuracy against --copies N into this PNG")
+    parser.add_argument(
+        "--json", type=Path, help="write every run's figures here after each run; finished runs in it are reused"
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="also draw final validation accuracy against --copies N into this PNG"
+    )
     parser.add_argument("--list", action="store_true", help="say how recipes are named, with examples, and exit")
     args = parser.parse_args()
     if args.list:
-        print("originals | POLICY-xN | keras-AUGMENT, then any of " + ", ".join(f"+{m} (train {' '.join(o)})" for m, o in MODIFIERS.items()))
+        print(
+            "originals | POLICY-xN | keras-AUGMENT, then any of "
+            + ", ".join(f"+{m} (train {' '.join(o)})" for m, o in MODIFIERS.items())
+        )
         for name in EXAMPLES:
             recipe = parse_recipe(name)
-            print(f"{name}: build-aug --copies {recipe.copies} --policy {recipe.policy}; train {' '.join(recipe.train) or '(defaults)'}")
+            print(
+                f"{name}: build-aug --copies {recipe.copies} --policy {recipe.policy}; train {' '.join(recipe.train) or '(defaults)'}"
+            )
         return
     if not args.source or not args.work:
         parser.error("--source and --work are needed (or --list)")

@@ -11,7 +11,7 @@ or transform these steps do not know takes the full call.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import albumentations as A
 import cv2
@@ -50,12 +50,15 @@ def image_applier(pipeline: A.BaseCompose) -> Step:
 
 def transform_step(transform) -> Step:
     """The cheapest exact image-only step for one transform of a plain Compose."""
-    standard = (A.__version__ in FOLLOWED_RELEASES
-                and isinstance(transform, BasicTransform)
-                and type(transform).__call__ is BasicTransform.__call__
-                and type(transform).apply_with_params is BasicTransform.apply_with_params
-                and not transform.replay_mode and not transform.deterministic
-                and set(transform.targets_as_params) <= {"image"})
+    standard = (
+        A.__version__ in FOLLOWED_RELEASES
+        and isinstance(transform, BasicTransform)
+        and type(transform).__call__ is BasicTransform.__call__
+        and type(transform).apply_with_params is BasicTransform.apply_with_params
+        and not transform.replay_mode
+        and not transform.deterministic
+        and set(transform.targets_as_params) <= {"image"}
+    )
     if not standard:
         return lambda image: transform(image=image)["image"]
     if type(transform) is A.Affine and not transform.fit_output:
@@ -95,11 +98,19 @@ def affine_step(affine: A.Affine) -> Step:
         shear = affine._get_shear_params()
         scale = affine._get_scale(affine.scale, affine.keep_ratio, affine.balanced_scale, affine.py_random)
         rotate = affine.py_random.uniform(*affine.rotate)
-        matrix = fgeometric.create_affine_transformation_matrix(translate, shear, scale, rotate, fgeometric.center(shape))
+        matrix = fgeometric.create_affine_transformation_matrix(
+            translate, shear, scale, rotate, fgeometric.center(shape)
+        )
         if is_identity(matrix):
             return image
-        return cv2.warpAffine(np.ascontiguousarray(image), matrix[:2, :], (shape[1], shape[0]), flags=affine.interpolation,
-                              borderMode=affine.border_mode, borderValue=fgeometric.extend_value(affine.fill, image.shape[2]))
+        return cv2.warpAffine(
+            np.ascontiguousarray(image),
+            matrix[:2, :],
+            (shape[1], shape[0]),
+            flags=affine.interpolation,
+            borderMode=affine.border_mode,
+            borderValue=fgeometric.extend_value(affine.fill, image.shape[2]),
+        )
 
     return step
 

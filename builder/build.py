@@ -17,10 +17,10 @@ import multiprocessing
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -29,8 +29,21 @@ from augzarr.errors import OptionError, UserError
 from augzarr.sources import Source, open_source
 from augzarr.storage import Storage, open_storage
 from augzarr.store_format import (
-    BUILD_DIR, BUILD_JSON, FORMAT_NAME, IMAGES, KEEP_WHEN_CLAIMING, ROW_ARRAYS, SKELETON_DONE, SourceInfo, StoreAttrs,
-    committed_chunks, create_skeleton, default_chunk_rows, mark_complete, open_group, read_raw_attrs,
+    BUILD_DIR,
+    BUILD_JSON,
+    FORMAT_NAME,
+    IMAGES,
+    KEEP_WHEN_CLAIMING,
+    ROW_ARRAYS,
+    SKELETON_DONE,
+    SourceInfo,
+    StoreAttrs,
+    committed_chunks,
+    create_skeleton,
+    default_chunk_rows,
+    mark_complete,
+    open_group,
+    read_raw_attrs,
 )
 from augzarr.user_text import user_text
 from augzarr.wording import SHOWN_LINES, count, shown
@@ -70,14 +83,20 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: 
     (object storage has no free space to ask about)."""
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
-        raise OptionError(f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
-                        f"{count(MAX_CHUNK_BYTES // row_bytes, 'row')} of {'x'.join(map(str, source.image_shape))} images")
-    rows = len(source.train) * (options.copies + 1) + sum(len(s) for name, s in source.splits().items() if name != "train")
+        raise OptionError(
+            f"--chunk-size {chunk_rows} makes {chunk_rows * row_bytes / 2**20:,.0f} MiB chunks; use at most "
+            f"{count(MAX_CHUNK_BYTES // row_bytes, 'row')} of {'x'.join(map(str, source.image_shape))} images"
+        )
+    rows = len(source.train) * (options.copies + 1) + sum(
+        len(s) for name, s in source.splits().items() if name != "train"
+    )
     needed = rows * row_bytes
     free = storage.free_bytes() if storage.checks_free_space else None
     if free is not None and needed > free:
-        raise UserError(f"the store needs about {needed / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB are free for --out {storage.location}: "
-                        "free some space, choose another --out, or use fewer --copies")
+        raise UserError(
+            f"the store needs about {needed / 2**30:,.1f} GiB but {free / 2**30:,.1f} GiB are free for --out {storage.location}: "
+            "free some space, choose another --out, or use fewer --copies"
+        )
 
 
 def check_trainable(options: BuildOptions, source: Source, usable: np.ndarray | None = None) -> None:
@@ -90,23 +109,31 @@ def check_trainable(options: BuildOptions, source: Source, usable: np.ndarray | 
         if usable is not None:
             what += " after --skip-bad left out its bad images"
         names = ", ".join(source.class_names[c] for c in classes) or "none"
-        raise UserError(f"{what} has training images of {count(len(classes), 'class')} ({names}); a classifier needs at least 2 classes: "
-                        "give a source with images of 2 or more classes")
+        raise UserError(
+            f"{what} has training images of {count(len(classes), 'class')} ({names}); a classifier needs at least 2 classes: "
+            "give a source with images of 2 or more classes"
+        )
     has_test = source.test is not None and len(source.test) > 0
     if options.val_fraction > 0 and not has_test:
         _, val = hold_out_validation(source.train.labels, options.val_fraction, options.seed, usable)
         if not len(val):
-            raise UserError(f"--val-fraction {options.val_fraction:g} holds out no image: every class of --source {source.location} "
-                            "has a single training image, which it keeps for training, and the source has no test split, so "
-                            "train would have nothing to judge a model on: add images to the classes")
+            raise UserError(
+                f"--val-fraction {options.val_fraction:g} holds out no image: every class of --source {source.location} "
+                "has a single training image, which it keeps for training, and the source has no test split, so "
+                "train would have nothing to judge a model on: add images to the classes"
+            )
 
 
 def no_validation_warning(options: BuildOptions, has_test: bool) -> str:
-    why = f"--val-fraction {options.val_fraction:g}" + ("" if options.val_fraction == 0 else " held out no image (every class has one training image)")
+    why = f"--val-fraction {options.val_fraction:g}" + (
+        "" if options.val_fraction == 0 else " held out no image (every class has one training image)"
+    )
     if has_test:
         return f"{why}: the store has no validation split; train will not validate during training and will judge the model on the test split"
-    return (f"{why}: the store has no validation split and the source no test split, so train will refuse it "
-            "(nothing to judge a model on); build with --val-fraction above 0 to train on it")
+    return (
+        f"{why}: the store has no validation split and the source no test split, so train will refuse it "
+        "(nothing to judge a model on); build with --val-fraction above 0 to train on it"
+    )
 
 
 @dataclass
@@ -141,7 +168,9 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
             with staging_area(storage) as scratch:
                 return run_build(build, scratch, still_held)
         except BaseException:
-            remove_empty_folders(made)  # stopped before the claim (a cluster refused): no folder left that the lock made
+            remove_empty_folders(
+                made
+            )  # stopped before the claim (a cluster refused): no folder left that the lock made
             raise
 
 
@@ -152,18 +181,24 @@ def open_build_source(options: BuildOptions, storage: Storage, reporter: Reporte
     excluded = {local_out: "the store this build writes (--out), not images"} if local_out is not None else {}
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
-    source = open_source(options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode)
+    source = open_source(
+        options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode
+    )
     for note in source.ignored[:SHOWN_LINES]:  # all of them in the store's attrs, and counted at the end
         reporter.warning(f"not used: {note}")
     if source.val is not None and options.val_fraction != BuildOptions.val_fraction:
-        reporter.warning(f"--val-fraction {options.val_fraction} is not used: the source's own validation folder is the val split ({source.layout})")
+        reporter.warning(
+            f"--val-fraction {options.val_fraction} is not used: the source's own validation folder is the val split ({source.layout})"
+        )
     return source
 
 
 def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: Reporter, started: float) -> Build:
     """The policy, the chunk size and the identity; every check that needs no decoded image, before the lock."""
     policy = load_policy(options.policy, source.image_shape)
-    chunk_rows = options.chunk_size or default_chunk_rows(source.image_shape, max_rows=len(source.train) * (options.copies + 1))
+    chunk_rows = options.chunk_size or default_chunk_rows(
+        source.image_shape, max_rows=len(source.train) * (options.copies + 1)
+    )
     identity = build_identity(options, source, policy, chunk_rows)
     check_trainable(options, source)
     check_fits(options, source, chunk_rows, storage)
@@ -191,8 +226,13 @@ def run_build(build: Build, scratch: Path, still_held: Callable[[], None]) -> Bu
         staging = connect(build, workers, scratch)
         record = claim(build, state)
         scratch.mkdir(parents=True, exist_ok=True)
-        workers.config = WorkerConfig(worker_location(build.storage), str(scratch.absolute()), build.policy.to_attrs(), build.options.seed,
-                                      record.build_id)
+        workers.config = WorkerConfig(
+            worker_location(build.storage),
+            str(scratch.absolute()),
+            build.policy.to_attrs(),
+            build.options.seed,
+            record.build_id,
+        )
         staged = stage(build, staging, record)
         splits = plan(build, staged)
         lay_out_skeleton(build, splits, staged, record.build_id)
@@ -214,7 +254,9 @@ class Workers:
     def pool(self):
         if self._pool is None:
             context = pool_context(self.storage)
-            self._pool = self.held.enter_context(context.Pool(self.count, initializer=init_worker, initargs=(self.config,)))
+            self._pool = self.held.enter_context(
+                context.Pool(self.count, initializer=init_worker, initargs=(self.config,))
+            )
         return self._pool
 
     def compute(self, tasks: list[ChunkTask]) -> Iterator[ChunkResult]:
@@ -226,7 +268,9 @@ class Workers:
 def already_complete(build: Build) -> BuildResult:
     attrs = read_raw_attrs(build.storage)
     root = open_group(build.storage)
-    return BuildResult(out=build.out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]})
+    return BuildResult(
+        out=build.out, status="already complete", rows={s: root[f"{s}/{IMAGES}"].shape[0] for s in attrs["splits"]}
+    )
 
 
 def connect(build: Build, workers: Workers, scratch: Path) -> Staging:
@@ -235,7 +279,9 @@ def connect(build: Build, workers: Workers, scratch: Path) -> Staging:
     here = LocalStaging(scratch, workers.pool)
     if not build.options.scheduler:
         return here
-    workers.client = workers.held.enter_context(cluster_client(build.options.scheduler, workers.count, build.reporter.message))
+    workers.client = workers.held.enter_context(
+        cluster_client(build.options.scheduler, workers.count, build.reporter.message)
+    )
     return check_cluster(workers.client, build, here)
 
 
@@ -244,7 +290,9 @@ def claim(build: Build, state: str) -> BuildRecord:
     if state in ("fresh", "restart"):
         claim_fresh(build.storage, build.identity)
     if state == "restart":
-        build.reporter.message(f"restarting the unfinished build in {build.out} with these arguments: no chunk had been committed")
+        build.reporter.message(
+            f"restarting the unfinished build in {build.out} with these arguments: no chunk had been committed"
+        )
     return BuildRecord.read(build.storage)
 
 
@@ -254,15 +302,21 @@ def stage(build: Build, staging: Staging, record: BuildRecord) -> Staged:
     options, source = build.options, build.source
     content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, build.reporter)
     if record.source_hash not in (None, content_hash):
-        raise UserError(f"the source changed since the unfinished build in {build.out} started: "
-                        "pass --overwrite to start over, or restore the source to resume")
+        raise UserError(
+            f"the source changed since the unfinished build in {build.out} started: "
+            "pass --overwrite to start over, or restore the source to resume"
+        )
     record.source_hash = content_hash
     record.write(build.storage)
     if bad.get("train"):
         usable = np.ones(len(source.train), bool)
         usable[[row for row, _ in bad["train"]]] = False
         check_trainable(options, source, usable)
-    skipped = [{"file": shown(source.splits()[name].files[row]), "reason": message} for name, entries in bad.items() for row, message in entries]
+    skipped = [
+        {"file": shown(source.splits()[name].files[row]), "reason": message}
+        for name, entries in bad.items()
+        for row, message in entries
+    ]
     return Staged(content_hash, bad, skipped)
 
 
@@ -272,7 +326,10 @@ def plan(build: Build, staged: Staged) -> dict[str, SplitRows]:
     return plan_rows(
         source.train.labels,
         source.test.labels if source.test is not None else None,
-        options.copies, options.include_original, options.val_fraction, options.seed,
+        options.copies,
+        options.include_original,
+        options.val_fraction,
+        options.seed,
         skipped={name: [row for row, _ in entries] for name, entries in staged.bad.items()},
         val_labels=source.val.labels if source.val is not None else None,
     )
@@ -283,17 +340,28 @@ def lay_out_skeleton(build: Build, splits: dict[str, SplitRows], staged: Staged,
     storage = build.storage
     if storage.has(SKELETON_DONE) and not skeleton_matches(storage, splits):
         if committed_chunks(storage, build_id):
-            raise UserError(f"the unfinished build in {build.out} laid out its rows otherwise (an older augzarr started it): "
-                            "pass --overwrite to start over, or finish it with the version that started it")
+            raise UserError(
+                f"the unfinished build in {build.out} laid out its rows otherwise (an older augzarr started it): "
+                "pass --overwrite to start over, or finish it with the version that started it"
+            )
         storage.remove(SKELETON_DONE)  # nothing computed yet: lay it out again
     if not storage.has(SKELETON_DONE):
         source = build.source
-        create_skeleton(storage, splits, source.image_shape, len(source.class_names), build.chunk_rows,
-                        store_attrs(build, staged, splits), train_file_digests=trained_file_digests(source, splits))
+        create_skeleton(
+            storage,
+            splits,
+            source.image_shape,
+            len(source.class_names),
+            build.chunk_rows,
+            store_attrs(build, staged, splits),
+            train_file_digests=trained_file_digests(source, splits),
+        )
         storage.write(SKELETON_DONE, b"done")
 
 
-def compute(build: Build, workers: Workers, splits: dict[str, SplitRows], build_id: str, still_held: Callable[[], None]) -> int:
+def compute(
+    build: Build, workers: Workers, splits: dict[str, SplitRows], build_id: str, still_held: Callable[[], None]
+) -> int:
     """Phase compute: every chunk without a commit marker computed and committed by the workers. Returns the rows computed."""
     skeleton = open_group(build.storage)
     # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
@@ -312,10 +380,15 @@ def compute(build: Build, workers: Workers, splits: dict[str, SplitRows], build_
     return total_rows - done_rows
 
 
-def finish(build: Build, state: str, splits: dict[str, SplitRows], staged: Staged, computed: int, build_id: str) -> BuildResult:
+def finish(
+    build: Build, state: str, splits: dict[str, SplitRows], staged: Staged, computed: int, build_id: str
+) -> BuildResult:
     """Phase finish: the store marked complete (its checksums, then .build/ removed), and what was built."""
     storage, source = build.storage, build.source
-    built = {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - build.started, 1)}
+    built = {
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - build.started, 1),
+    }
     mark_complete(storage, open_group(storage, mode="r+"), list(splits), built, build_id)
     root = open_group(storage)
     return BuildResult(
@@ -371,7 +444,9 @@ def check_cluster(client, build: Build, here: LocalStaging) -> ClusterStaging:
     check_store_shared(client, build.storage, location)
     resize = build.options.image_size is not None
     first = next(iter(decode_tasks(build.source, resize, build.options.skip_bad)), None)
-    staging = ClusterStaging(client, build.storage, location, here, first, build.source.image_shape, build.reporter.message)
+    staging = ClusterStaging(
+        client, build.storage, location, here, first, build.source.image_shape, build.reporter.message
+    )
     task = canary_task(build.source, build.chunk_rows, build.options.copies)
     config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed)
     check_canary(client, config, task, canary_rows(build.source, task, resize))
@@ -474,7 +549,9 @@ def output_state(storage: Storage, identity: BuildIdentity, source: Source, over
                 "pass --overwrite to replace it, or choose another --out"
             )
         if source.hash_without_decoding() != attrs["source"]["content_hash"]:
-            raise UserError(f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out")
+            raise UserError(
+                f"{out} was built from other source images: pass --overwrite to rebuild it, or choose another --out"
+            )
         return "already complete"
     return "fresh"
 
@@ -496,11 +573,16 @@ def skeleton_matches(storage: Storage, splits: dict) -> bool:
     if list(attrs.get("splits", [])) != list(splits):
         return False
     root = open_group(storage)
-    return all(np.array_equal(root[f"{name}/{array}"][:], getattr(rows, array))
-               for name, rows in splits.items() for array in ROW_ARRAYS)
+    return all(
+        np.array_equal(root[f"{name}/{array}"][:], getattr(rows, array))
+        for name, rows in splits.items()
+        for array in ROW_ARRAYS
+    )
 
 
-def stage_source(source: Source, staging: Staging, resize: bool, skip_bad: bool, reporter: Reporter) -> tuple[str, dict]:
+def stage_source(
+    source: Source, staging: Staging, resize: bool, skip_bad: bool, reporter: Reporter
+) -> tuple[str, dict]:
     """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging).
 
     Returns the content hash and, by source split, the (row, message) of each image left out under --skip-bad.
@@ -523,7 +605,9 @@ def stage_source(source: Source, staging: Staging, resize: bool, skip_bad: bool,
     for entries in bad.values():
         entries.sort()
     if len(bad.get("train", [])) == len(source.train):
-        raise UserError(f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)")
+        raise UserError(
+            f"--source {source.location}: none of its {len(source.train)} training images could be used (--skip-bad skipped them all)"
+        )
     source.content_hash = source.hash_digests(digests)
     source.file_digests = digests
     return source.content_hash, bad
@@ -531,11 +615,17 @@ def stage_source(source: Source, staging: Staging, resize: bool, skip_bad: bool,
 
 def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[DecodeTask]:
     """The decode tasks of a source of encoded images, STAGE_ROWS images each."""
-    return [DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad)
-            for name, split in source.splits().items() if split.files is not None for start in range(0, len(split), STAGE_ROWS)]
+    return [
+        DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad)
+        for name, split in source.splits().items()
+        if split.files is not None
+        for start in range(0, len(split), STAGE_ROWS)
+    ]
 
 
-def pending_chunks(splits: dict[str, SplitRows], rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]) -> tuple[list[ChunkTask], int]:
+def pending_chunks(
+    splits: dict[str, SplitRows], rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]
+) -> tuple[list[ChunkTask], int]:
     """The chunk tasks without a commit marker, and the rows of those with one."""
     tasks, done_rows = [], 0
     for name, rows in splits.items():
@@ -545,7 +635,11 @@ def pending_chunks(splits: dict[str, SplitRows], rows_per_chunk: dict[str, int],
             if (name, chunk) in committed:
                 done_rows += stop - start
             else:
-                tasks.append(ChunkTask(name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]))
+                tasks.append(
+                    ChunkTask(
+                        name, chunk, start, rows.from_split, rows.source_index[start:stop], rows.copy_index[start:stop]
+                    )
+                )
     return tasks, done_rows
 
 

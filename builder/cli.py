@@ -12,8 +12,8 @@ import typer
 from augzarr.cli_support import run_app
 from augzarr.errors import UserError
 from augzarr.options import check_fields, command
-from augzarr.wording import SHOWN_LINES, count
 from augzarr.store_format import open_store
+from augzarr.wording import SHOWN_LINES, count
 
 from .options import BUILD_AUG, INSPECT_AUG, BuildAugOptions, BuildOptions, InspectOptions
 from .progress import ConsoleReporter, Reporter
@@ -40,11 +40,17 @@ def build_aug(options: BuildOptions, shown: BuildAugOptions) -> None:
     result = build_store(options, reporter)
     if result.status == "already complete":
         group = open_store(out).group
-        if preview and missing_previews(group, preview, preview_dir):  # deleted since, or a build stopped before writing them
+        if preview and missing_previews(
+            group, preview, preview_dir
+        ):  # deleted since, or a build stopped before writing them
             written = write_previews(group, preview, preview_dir)
-            reporter.message(f"{result.out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/")
+            reporter.message(
+                f"{result.out} is already complete with these arguments; its previews were missing: wrote {len(written)} in {preview_dir}/"
+            )
         else:
-            reporter.message(f"{result.out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)")
+            reporter.message(
+                f"{result.out} is already complete with these arguments; nothing to do (--overwrite rebuilds it)"
+            )
         return
     written = write_previews(open_store(out).group, preview, preview_dir)
     rows = ", ".join(f"{n:,} {split}" for split, n in result.rows.items())
@@ -56,14 +62,22 @@ def build_aug(options: BuildOptions, shown: BuildAugOptions) -> None:
         + (f"; source layout {result.layout}" if result.layout else "")
     )
     if result.ignored:
-        shown = "listed above and" if len(result.ignored) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
-        reporter.message(f"{count(len(result.ignored), 'file or folder', 'files or folders')} of the source "
-                         f"{'was' if len(result.ignored) == 1 else 'were'} not used ({shown} in the store's attrs 'source.ignored')")
+        shown = (
+            "listed above and" if len(result.ignored) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
+        )
+        reporter.message(
+            f"{count(len(result.ignored), 'file or folder', 'files or folders')} of the source "
+            f"{'was' if len(result.ignored) == 1 else 'were'} not used ({shown} in the store's attrs 'source.ignored')"
+        )
     if result.skipped:
         for entry in result.skipped[:SHOWN_LINES]:
             reporter.warning(f"skipped: {entry['reason']}")
-        shown = "listed above and" if len(result.skipped) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
-        reporter.message(f"{count(len(result.skipped), 'bad image')} skipped (--skip-bad; {shown} in the store's attrs 'skipped')")
+        shown = (
+            "listed above and" if len(result.skipped) <= SHOWN_LINES else f"the first {SHOWN_LINES} listed above, all"
+        )
+        reporter.message(
+            f"{count(len(result.skipped), 'bad image')} skipped (--skip-bad; {shown} in the store's attrs 'skipped')"
+        )
     for warning in result.warnings:
         reporter.warning(warning)
 
@@ -84,8 +98,10 @@ def check_writable(preview_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=preview_dir, prefix=".augzarr-probe-"):
             pass
     except OSError as exc:
-        raise UserError(f"--preview-dir {preview_dir} cannot be written ({exc.strerror or exc}): "
-                        "choose a writable folder for the previews, or pass --preview 0") from None
+        raise UserError(
+            f"--preview-dir {preview_dir} cannot be written ({exc.strerror or exc}): "
+            "choose a writable folder for the previews, or pass --preview 0"
+        ) from None
 
 
 @command(inspect_app, *INSPECT_AUG)
@@ -103,10 +119,16 @@ def inspect_aug(options: InspectOptions) -> None:
             print(f"damaged: {problem}", file=sys.stderr)
         if problems:
             shown = " above" if len(problems) <= SHOWN_LINES else f", the first {SHOWN_LINES} above"
-            raise UserError(f"store {store} failed verification ({count(len(problems), 'problem')}{shown}); "
-                            "rebuild it with build-aug --overwrite")
-        rows_note = "" if opened.attrs.array_crc32 is not None else " (no per-row array checksums recorded in this store)"
-        print(f"verified {opened.location}: all {count(checked, 'image chunk')} and the per-row arrays match the checksums recorded at build time{rows_note}")
+            raise UserError(
+                f"store {store} failed verification ({count(len(problems), 'problem')}{shown}); "
+                "rebuild it with build-aug --overwrite"
+            )
+        rows_note = (
+            "" if opened.attrs.array_crc32 is not None else " (no per-row array checksums recorded in this store)"
+        )
+        print(
+            f"verified {opened.location}: all {count(checked, 'image chunk')} and the per-row arrays match the checksums recorded at build time{rows_note}"
+        )
         return
     opened = open_store(store)
     summary = summarize(opened)

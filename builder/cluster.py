@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from augzarr.errors import OptionError, UserError
 from augzarr.wording import count, shown
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
 
     from .staging import LocalStaging
 
-SCHEDULER_VARIABLES = ("AUGZARR_SCHEDULER", "DASK_SCHEDULER_ADDRESS")  # read in this order when --scheduler is not given
+SCHEDULER_VARIABLES = (
+    "AUGZARR_SCHEDULER",
+    "DASK_SCHEDULER_ADDRESS",
+)  # read in this order when --scheduler is not given
 LOCAL = "local"  # --scheduler local: a LocalCluster on this machine
 CONNECT_SECONDS = 10
 
@@ -61,11 +65,15 @@ def cluster_client(address: str, workers: int, say) -> Iterator:
         try:
             client = Client(address, timeout=CONNECT_SECONDS)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise UserError(f"{scheduler_named(address)}: cannot reach the Dask scheduler ({first_line(exc)}): check the address "
-                            "(tcp://HOST:8786), or start one with `dask scheduler` and `dask worker`") from None
+            raise UserError(
+                f"{scheduler_named(address)}: cannot reach the Dask scheduler ({first_line(exc)}): check the address "
+                "(tcp://HOST:8786), or start one with `dask scheduler` and `dask worker`"
+            ) from None
         if not client.scheduler_info().get("workers"):
             client.close()
-            raise UserError(f"{scheduler_named(address)}: the scheduler has no workers: start some with `dask worker {address}`")
+            raise UserError(
+                f"{scheduler_named(address)}: the scheduler has no workers: start some with `dask worker {address}`"
+            )
     try:
         yield client
     finally:
@@ -83,18 +91,24 @@ def check_versions(client) -> None:
     try:
         client.get_versions(check=True)
     except ValueError as exc:  # Dask's mismatch table: its first lines name the packages
-        raise UserError(f"the Dask cluster's workers run other versions than this client: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(
+            f"the Dask cluster's workers run other versions than this client: {' '.join(str(exc).split())[:300]}"
+        ) from None
     expected = deciding_versions()
     for worker, found in client.run(deciding_versions).items():
         for package, version in found.items():
             if version != expected[package]:
-                raise UserError(f"Dask worker {worker} has {package} {version}, this client {expected[package]}: the store's "
-                                "bytes depend on it; install the same versions on every worker")
+                raise UserError(
+                    f"Dask worker {worker} has {package} {version}, this client {expected[package]}: the store's "
+                    "bytes depend on it; install the same versions on every worker"
+                )
     limit = image_pixel_limit()
     for worker, found in client.run(image_pixel_limit).items():
         if found != limit:
-            raise UserError(f"Dask worker {worker} decodes images of at most {found:,} pixels, this client {limit:,}: set the same "
-                            "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker")
+            raise UserError(
+                f"Dask worker {worker} decodes images of at most {found:,} pixels, this client {limit:,}: set the same "
+                "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker"
+            )
 
 
 def check_store_shared(client, storage, location: str) -> None:
@@ -112,20 +126,31 @@ def check_store_shared(client, storage, location: str) -> None:
     try:
         answers = client.run(answer_probe, location, folder)
         # a reply this client cannot find: the worker wrote into a store of its own
-        unseen = [worker for worker, (reply, error) in answers.items() if not error and not (reply and storage.has(reply))]
+        unseen = [
+            worker for worker, (reply, error) in answers.items() if not error and not (reply and storage.has(reply))
+        ]
     finally:
-        storage.remove(BUILD_DIR if made else folder)  # under the writer lock: a .build/ the probe made holds nothing else
+        storage.remove(
+            BUILD_DIR if made else folder
+        )  # under the writer lock: a .build/ the probe made holds nothing else
     failed = {worker: error for worker, (_, error) in answers.items() if error}
     if unseen:
         if local is not None:
-            raise UserError(f"{some_workers(unseen)} cannot see --out {location}: use a path on storage the workers share "
-                            "(mounted at the same path), or object storage")
+            raise UserError(
+                f"{some_workers(unseen)} cannot see --out {location}: use a path on storage the workers share "
+                "(mounted at the same path), or object storage"
+            )
         failed = {worker: "it finds no object this client wrote" for worker in unseen}
     if failed:
         error = next(iter(failed.values()))
-        raise UserError(f"{some_workers(list(failed))} cannot {'reach' if local is None else 'write in'} --out {location} ({error}): "
-                        + ("give every worker the store's credentials and endpoint in its own environment" if local is None else
-                           "use a path on storage the workers share and may write, or object storage"))
+        raise UserError(
+            f"{some_workers(list(failed))} cannot {'reach' if local is None else 'write in'} --out {location} ({error}): "
+            + (
+                "give every worker the store's credentials and endpoint in its own environment"
+                if local is None
+                else "use a path on storage the workers share and may write, or object storage"
+            )
+        )
 
 
 def some_workers(workers: list[str]) -> str:
@@ -144,8 +169,10 @@ def check_canary(client, config: WorkerConfig, task: ChunkTask, source_rows) -> 
     expected = crc32_hex(compute_canary(config, task, source_rows))
     for worker, found in client.run(canary_on_cluster, config, task, source_rows).items():
         if found != expected:
-            raise UserError(f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found}, "
-                            f"expected {expected}): its machine differs in a way that changes the store; leave it out of the cluster")
+            raise UserError(
+                f"Dask worker {worker} computes other bytes for a chunk than this client (CRC-32 {found}, "
+                f"expected {expected}): its machine differs in a way that changes the store; leave it out of the cluster"
+            )
 
 
 class ClusterStaging:
@@ -155,7 +182,16 @@ class ClusterStaging:
     Made before the store is claimed: it checks that the workers decode the first task's files to this
     client's pixels. location: the store as the workers name it (worker_location)."""
 
-    def __init__(self, client, storage, location: str, here: LocalStaging, first_task: DecodeTask | None, image_shape: tuple[int, ...], say):
+    def __init__(
+        self,
+        client,
+        storage,
+        location: str,
+        here: LocalStaging,
+        first_task: DecodeTask | None,
+        image_shape: tuple[int, ...],
+        say,
+    ):
         from .worker import sees
 
         self.client, self.storage, self.location, self.here = client, storage, location, here
@@ -164,8 +200,10 @@ class ClusterStaging:
         blind = [w for w, found in client.run(sees, probe).items() if not found] if probe is not None else []
         self.workers_decode = probe is not None and not blind
         if blind:
-            say(f"{some_workers(blind)} cannot read {shown(probe)}: decoding "
-                "the source here and staging it in the store (mount it at the same path on every worker to decode it there)")
+            say(
+                f"{some_workers(blind)} cannot read {shown(probe)}: decoding "
+                "the source here and staging it in the store (mount it at the same path on every worker to decode it there)"
+            )
         if self.workers_decode:
             check_decoder(client, image_shape, first_task)
 
@@ -194,13 +232,25 @@ class ClusterStaging:
         from .worker import decode_on_cluster
 
         build = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(decode_on_cluster, self.location, self.shapes[t.split][1:], t, pure=False,
-                                      key=f"augzarr-decode-{build}-{t.split}-{t.start}") for t in tasks]
+        futures = [
+            self.client.submit(
+                decode_on_cluster,
+                self.location,
+                self.shapes[t.split][1:],
+                t,
+                pure=False,
+                key=f"augzarr-decode-{build}-{t.split}-{t.start}",
+            )
+            for t in tasks
+        ]
         items = {(t.split, t.start + i): item for t in tasks for i, item in enumerate(t.items)}
         try:
             for future in as_completed(futures):
                 result = future.result()
-                for row, message in result.bad:  # --skip-bad: an image a worker cannot read must be one this client cannot read either
+                for (
+                    row,
+                    message,
+                ) in result.bad:  # --skip-bad: an image a worker cannot read must be one this client cannot read either
                     if readable(items[(result.split, row)]):
                         raise partial_view("a Dask worker", items[(result.split, row)], message)
                 yield result
@@ -219,14 +269,18 @@ def check_decoder(client, shape: tuple[int, ...], task: DecodeTask) -> None:
             row, message = unusable[0]
             raise partial_view(f"Dask worker {worker}", task.items[row - task.start], message)
         if found != expected:
-            raise UserError(f"Dask worker {worker} decodes {shown(task.items[0])} and the files after it to other pixels than this client "
-                            f"(CRC-32 {found}, expected {expected}): install the same OpenCV build on every worker, or leave it out")
+            raise UserError(
+                f"Dask worker {worker} decodes {shown(task.items[0])} and the files after it to other pixels than this client "
+                f"(CRC-32 {found}, expected {expected}): install the same OpenCV build on every worker, or leave it out"
+            )
 
 
 def partial_view(who: str, file: ImageItem, message: str) -> UserError:
     """A source file this client reads and a worker cannot: a cluster fault, never a bad image to skip."""
-    return UserError(f"{who} cannot use {shown(file)} ({message}) but this client can: "
-                     "mount the source at the same path, with the same files, on every worker")
+    return UserError(
+        f"{who} cannot use {shown(file)} ({message}) but this client can: "
+        "mount the source at the same path, with the same files, on every worker"
+    )
 
 
 def readable(file: ImageItem) -> bool:
@@ -247,8 +301,10 @@ def run_chunks(client, config: WorkerConfig, tasks: list[ChunkTask]) -> Iterator
     from .worker import compute_chunk_on_cluster, release_build
 
     build = uuid.uuid4().hex[:8]  # keys unique to this run: a rerun never meets an old run's results
-    futures = [client.submit(compute_chunk_on_cluster, config, task, key=f"augzarr-{build}-{task.key}", pure=False)
-               for task in tasks]
+    futures = [
+        client.submit(compute_chunk_on_cluster, config, task, key=f"augzarr-{build}-{task.key}", pure=False)
+        for task in tasks
+    ]
     try:
         for future in as_completed(futures):
             try:

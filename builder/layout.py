@@ -29,7 +29,9 @@ class SplitRows:
         return len(self.source_index)
 
 
-def hold_out_validation(labels: np.ndarray, val_fraction: float, seed: int, usable: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def hold_out_validation(
+    labels: np.ndarray, val_fraction: float, seed: int, usable: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of the usable source rows into (train, val), each sorted."""
     usable = np.ones(len(labels), bool) if usable is None else usable
     rng = np.random.default_rng([seed, SPLIT_STREAM])
@@ -98,8 +100,11 @@ def plan_rows(
         "train": SplitRows(sources.astype(np.int32), copy_of_row.astype(np.int16), train_labels[sources], "train"),
     }
     if len(val_sources):
-        splits["val"] = (originals_only(val_sources, train_labels, "train") if val_labels is None
-                         else originals_only(val_sources, val_labels, "val"))
+        splits["val"] = (
+            originals_only(val_sources, train_labels, "train")
+            if val_labels is None
+            else originals_only(val_sources, val_labels, "val")
+        )
     if test_labels is not None and len(test_labels):
         test_sources = np.setdiff1d(np.arange(len(test_labels)), skipped.get("test", []))
         splits["test"] = originals_only(test_sources, test_labels, "test")

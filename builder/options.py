@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from augzarr.errors import OptionError
 from augzarr.options import DEFAULT_STORE, check_fields, internal, lazy, option
 from augzarr.user_text import user_text
-from augzarr.errors import OptionError
 
 MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
@@ -31,40 +31,90 @@ class BuildOptions:
     """What a store is built from and how: build-aug's options, and augzarr.build's keywords."""
 
     source: str = option(
-        "cifar10", "A dataset of keras.datasets ({choices}; read from Keras' cache), the official cifar-10-python.tar.gz or its "
+        "cifar10",
+        "A dataset of keras.datasets ({choices}; read from Keras' cache), the official cifar-10-python.tar.gz or its "
         "extracted folder, an image folder DIR/<class>/<image> or DIR/train/<class>/... (optional DIR/test/, DIR/val/ or DIR/valid/), "
         "or a folder saved by Hugging Face datasets (save_to_disk; pip install 'augzarr[hf]').",
-        choices=lazy("augzarr.sources.keras_datasets", "KERAS_DATASETS"), strict=False)
+        choices=lazy("augzarr.sources.keras_datasets", "KERAS_DATASETS"),
+        strict=False,
+    )
     out: str | Path = option(
-        DEFAULT_STORE, "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; docs/guides/object-storage.md).")
+        DEFAULT_STORE,
+        "The zarr store to write: a folder, or an object-store URL (s3://BUCKET/PREFIX/aug.zarr, gs://, az://; docs/guides/object-storage.md).",
+    )
     label_mode: str | None = option(
-        None, "--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses).", default_text="fine")
-    copies: int = option(5, "Augmented copies of each training image (0: the originals only, a baseline).", low=0, high=MAX_COPIES)
-    include_original: bool = option(True, "Store each original as copy 0.", flags=("--include-original/--no-include-original",))
+        None, "--source cifar100 only: 'fine' (100 classes) or 'coarse' (20 superclasses).", default_text="fine"
+    )
+    copies: int = option(
+        5, "Augmented copies of each training image (0: the originals only, a baseline).", low=0, high=MAX_COPIES
+    )
+    include_original: bool = option(
+        True, "Store each original as copy 0.", flags=("--include-original/--no-include-original",)
+    )
     policy: str = option(  # not the notebook's policy: it trains worse than no augmentation (BENCHMARKS.md)
-        "crop-flip", "A preset, one of {choices} (docs/reference/build-aug.md says what each does), or a .json/.yaml file saved with "
-        "albumentations.save().", choices=lazy("augzarr.builder.policies", "PRESETS"), strict=False)
+        "crop-flip",
+        "A preset, one of {choices} (docs/reference/build-aug.md says what each does), or a .json/.yaml file saved with "
+        "albumentations.save().",
+        choices=lazy("augzarr.builder.policies", "PRESETS"),
+        strict=False,
+    )
     val_fraction: float = option(
-        0.2, "Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder "
-        "has its own val/ or valid/.", low=0, high=1, high_open=True)
-    seed: int = option(0, "Seed for the split, the row order and every augmentation.", low=0, high=2**63, high_open=True, high_text="2**63")
+        0.2,
+        "Fraction of training images held out (stratified) for validation, before augmenting; unused when the image folder "
+        "has its own val/ or valid/.",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    seed: int = option(
+        0,
+        "Seed for the split, the row order and every augmentation.",
+        low=0,
+        high=2**63,
+        high_open=True,
+        high_text="2**63",
+    )
     chunk_size: int | None = option(None, "Rows per chunk.", low=1, default_text="~4 MiB of pixels, 1024 at 32x32")
-    image_size: int | None = option(None, "Resize every image to NxN (needed when image sizes differ).", low=1, high=MAX_IMAGE_SIZE)
-    limit: int | None = option(None, "Use only the first N training images (for quick trials).", low=1, default_text="all")
-    workers: int | None = option(None, "Worker processes; the store's bytes do not depend on it.", low=1, high=max_workers,
-                                 limit_note=f"{WORKERS_PER_CORE} per core on this machine", default_text="all cores")
+    image_size: int | None = option(
+        None, "Resize every image to NxN (needed when image sizes differ).", low=1, high=MAX_IMAGE_SIZE
+    )
+    limit: int | None = option(
+        None, "Use only the first N training images (for quick trials).", low=1, default_text="all"
+    )
+    workers: int | None = option(
+        None,
+        "Worker processes; the store's bytes do not depend on it.",
+        low=1,
+        high=max_workers,
+        limit_note=f"{WORKERS_PER_CORE} per core on this machine",
+        default_text="all cores",
+    )
     overwrite: bool = option(False, "Replace a complete store, or restart an unfinished build with other arguments.")
-    skip_bad: bool = option(False, "Leave out images that cannot be read or decoded (listed at the end and in the store's attrs) instead of stopping.")
+    skip_bad: bool = option(
+        False,
+        "Leave out images that cannot be read or decoded (listed at the end and in the store's attrs) instead of stopping.",
+    )
     license: str | None = option(
-        None, "The terms the source images are under (a license name, a link), recorded in the store and repeated in every model "
-        "card trained from it.", flags=("--license",), check=user_text)
+        None,
+        "The terms the source images are under (a license name, a link), recorded in the store and repeated in every model "
+        "card trained from it.",
+        flags=("--license",),
+        check=user_text,
+    )
     provenance: str | None = option(
-        None, "Where the images came from and whether the people in them consented, recorded in the store and repeated in every "
-        "model card trained from it.", check=user_text)
-    preview_dir: Path | None = internal(None)  # where the CLI writes previews: never read as images when inside --source
+        None,
+        "Where the images came from and whether the people in them consented, recorded in the store and repeated in every "
+        "model card trained from it.",
+        check=user_text,
+    )
+    preview_dir: Path | None = internal(
+        None
+    )  # where the CLI writes previews: never read as images when inside --source
     scheduler: str | None = option(  # cluster.py; None: this machine's processes
-        None, "Compute the chunks on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' to start one here.",
-        default_text="$AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes")
+        None,
+        "Compute the chunks on a Dask cluster: its scheduler's address (tcp://HOST:8786), or 'local' to start one here.",
+        default_text="$AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes",
+    )
 
     def validate(self) -> None:
         check_fields(self)
@@ -107,7 +157,9 @@ class InspectOptions:
 class SheetOptions:
     """Store.contact_sheet's arguments (Python only)."""
 
-    count: int = option(8, "Training images on the sheet, each original beside its copies.", low=1, high=MAX_PREVIEW, cli=False)
+    count: int = option(
+        8, "Training images on the sheet, each original beside its copies.", low=1, high=MAX_PREVIEW, cli=False
+    )
 
 
 # each command's options, in the order --help and the reference table show them

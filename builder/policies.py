@@ -34,38 +34,48 @@ def notebook_policy(height: int, width: int) -> A.Compose:
     the whole pixels within 20% instead (-6..6 at 32 px).
     """
     max_dx, max_dy = int(0.2 * width), int(0.2 * height)
-    return A.Compose([
-        A.Affine(
-            rotate=(-40, 40),
-            translate_px={"x": (-max_dx, max_dx), "y": (-max_dy, max_dy)},
-            scale=(0.8, 1.2),
-            keep_ratio=False,
-            interpolation=cv2.INTER_LINEAR,
-            border_mode=cv2.BORDER_REPLICATE,
-            p=1.0,
-        ),
-        A.HorizontalFlip(p=0.5),
-    ])
+    return A.Compose(
+        [
+            A.Affine(
+                rotate=(-40, 40),
+                translate_px={"x": (-max_dx, max_dx), "y": (-max_dy, max_dy)},
+                scale=(0.8, 1.2),
+                keep_ratio=False,
+                interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_REPLICATE,
+                p=1.0,
+            ),
+            A.HorizontalFlip(p=0.5),
+        ]
+    )
 
 
 def crop_flip_policy(height: int, width: int) -> A.Compose:
     """The standard CIFAR recipe: zero-pad by 1/8 of the side (4 px at 32), random crop back, flip."""
     pad = max(1, round(min(height, width) / 8))
-    return A.Compose([
-        A.PadIfNeeded(min_height=height + 2 * pad, min_width=width + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
-        A.RandomCrop(height=height, width=width),
-        A.HorizontalFlip(p=0.5),
-    ])
+    return A.Compose(
+        [
+            A.PadIfNeeded(
+                min_height=height + 2 * pad, min_width=width + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0
+            ),
+            A.RandomCrop(height=height, width=width),
+            A.HorizontalFlip(p=0.5),
+        ]
+    )
 
 
 def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
     """crop-flip, then cutout (DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at
     32x32): one hole half the side (16 px at 32), always, filled with mid-grey (128, about the data's mean,
     as the paper's zero after normalising is), wherever it falls (cut off at the edges)."""
-    return A.Compose([
-        *crop_flip_policy(height, width).transforms,
-        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.5, 0.5), hole_width_range=(0.5, 0.5), fill=128, p=1.0),
-    ])
+    return A.Compose(
+        [
+            *crop_flip_policy(height, width).transforms,
+            A.CoarseDropout(
+                num_holes_range=(1, 1), hole_height_range=(0.5, 0.5), hole_width_range=(0.5, 0.5), fill=128, p=1.0
+            ),
+        ]
+    )
 
 
 def randaugment_policy(height: int, width: int) -> A.Compose:
@@ -76,18 +86,18 @@ def randaugment_policy(height: int, width: int) -> A.Compose:
     shift_y, shift_x = max(1, round(height / 8)), max(1, round(width / 8))
     geometry = {"border_mode": cv2.BORDER_CONSTANT, "fill": 128, "p": 1.0}
     operations = [
-        A.NoOp(p=1.0),                                                           # identity
-        A.AutoContrast(p=1.0),                                                   # stretch each channel to 0..255
-        A.Equalize(p=1.0),                                                       # histogram equalisation
-        A.Affine(rotate=(-15, 15), **geometry),                                  # rotate up to 15 degrees
-        A.Solarize(threshold_range=(0.5, 1.0), p=1.0),                           # invert above a threshold of 50-100%
-        A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=1.0),   # colour: saturation x0.5-1.5
-        A.Posterize(num_bits=(4, 6), p=1.0),                                     # keep 4-6 bits a channel
-        A.ColorJitter(brightness=0, contrast=(0.5, 1.5), saturation=0, hue=0, p=1.0),   # contrast x0.5-1.5
-        A.ColorJitter(brightness=(0.5, 1.5), contrast=0, saturation=0, hue=0, p=1.0),   # brightness x0.5-1.5
-        A.Sharpen(alpha=(0.2, 0.5), p=1.0),                                      # sharpness
-        A.Affine(shear={"x": (-15, 15), "y": (0, 0)}, **geometry),               # shear x up to 15 degrees
-        A.Affine(shear={"x": (0, 0), "y": (-15, 15)}, **geometry),               # shear y
+        A.NoOp(p=1.0),  # identity
+        A.AutoContrast(p=1.0),  # stretch each channel to 0..255
+        A.Equalize(p=1.0),  # histogram equalisation
+        A.Affine(rotate=(-15, 15), **geometry),  # rotate up to 15 degrees
+        A.Solarize(threshold_range=(0.5, 1.0), p=1.0),  # invert above a threshold of 50-100%
+        A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=1.0),  # colour: saturation x0.5-1.5
+        A.Posterize(num_bits=(4, 6), p=1.0),  # keep 4-6 bits a channel
+        A.ColorJitter(brightness=0, contrast=(0.5, 1.5), saturation=0, hue=0, p=1.0),  # contrast x0.5-1.5
+        A.ColorJitter(brightness=(0.5, 1.5), contrast=0, saturation=0, hue=0, p=1.0),  # brightness x0.5-1.5
+        A.Sharpen(alpha=(0.2, 0.5), p=1.0),  # sharpness
+        A.Affine(shear={"x": (-15, 15), "y": (0, 0)}, **geometry),  # shear x up to 15 degrees
+        A.Affine(shear={"x": (0, 0), "y": (-15, 15)}, **geometry),  # shear y
         A.Affine(translate_px={"x": (-shift_x, shift_x), "y": (0, 0)}, **geometry),  # translate x by 1/8 of the side
         A.Affine(translate_px={"x": (0, 0), "y": (-shift_y, shift_y)}, **geometry),  # translate y
     ]
@@ -111,7 +121,7 @@ class Policy:
         return {"name": self.name, "albumentations": A.to_dict(self.pipeline)}
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> "Policy":
+    def from_attrs(cls, attrs: dict) -> Policy:
         with derived_fields_unwarned():
             return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
 
@@ -136,8 +146,10 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
         check_policy(spec, policy.pipeline, image_shape)
         return policy
     path = Path(spec).expanduser()
-    if not path.suffix.lower() in (".json", ".yaml", ".yml"):
-        raise OptionError(f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()")
+    if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+        raise OptionError(
+            f"--policy {spec}: unknown policy; use one of {', '.join(PRESETS)} or a .json/.yaml file saved with albumentations.save()"
+        )
     if path.is_dir():
         raise UserError(f"--policy {spec} is a folder; give the .json/.yaml file saved with albumentations.save()")
     if not path.is_file():
@@ -147,7 +159,11 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
         with derived_fields_unwarned():
             pipeline = A.load(str(path), data_format=data_format)
     except Exception as exc:
-        raise UserError(f"--policy {spec}: not a valid albumentations {data_format} pipeline ({type(exc).__name__}: {exc})".replace("\n", " ")) from exc
+        raise UserError(
+            f"--policy {spec}: not a valid albumentations {data_format} pipeline ({type(exc).__name__}: {exc})".replace(
+                "\n", " "
+            )
+        ) from exc
     if not isinstance(pipeline, A.BaseCompose):
         pipeline = A.Compose([pipeline])
     check_policy(spec, pipeline, image_shape)

@@ -20,8 +20,8 @@ import copy
 import inspect
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import albumentations as A
 import numpy as np
@@ -97,6 +97,7 @@ def compose_kind(node) -> str | None:
 @dataclass(frozen=True)
 class Change:
     """The transform that took an image out of the image's state, and how."""
+
     transform: object
     before: State
     after: State
@@ -175,10 +176,14 @@ class ShapeFlow:
             afters, error = self.probe(node, state)
             if error is not None:
                 if change is None:
-                    raise PolicyProblem(f"{transform_name(node)} fails on {article(shown_state(state))} image ({error})")
+                    raise PolicyProblem(
+                        f"{transform_name(node)} fails on {article(shown_state(state))} image ({error})"
+                    )
                 out.setdefault(("error",), change)  # it fails on what an earlier transform made
                 continue
-            when = " on some draws" if state in afters else " on the draws where it applies" if skip or not certain else ""
+            when = (
+                " on some draws" if state in afters else " on the draws where it applies" if skip or not certain else ""
+            )
             for after in sorted(afters, key=repr):
                 if after == self.good:
                     out.setdefault(after, None)
@@ -221,12 +226,20 @@ def merge(into: dict, states: dict) -> None:
 def selections(m: int, n: int, replace: bool, any_order: bool) -> list[tuple[int, ...]] | None:
     """The index sequences SomeOf (sorted) or RandomOrder (any order) can pick; None when too many to list."""
     n = n if replace else min(n, m)
-    count = {(False, False): math.comb(m, n), (True, False): math.comb(m + n - 1, n),
-             (False, True): math.perm(m, n), (True, True): m ** n}[(replace, any_order)]
+    count = {
+        (False, False): math.comb(m, n),
+        (True, False): math.comb(m + n - 1, n),
+        (False, True): math.perm(m, n),
+        (True, True): m**n,
+    }[(replace, any_order)]
     if count > MAX_ORDERS:
         return None
-    pick = {(False, False): itertools.combinations, (True, False): itertools.combinations_with_replacement,
-            (False, True): itertools.permutations, (True, True): lambda r, k: itertools.product(r, repeat=k)}
+    pick = {
+        (False, False): itertools.combinations,
+        (True, False): itertools.combinations_with_replacement,
+        (False, True): itertools.permutations,
+        (True, True): lambda r, k: itertools.product(r, repeat=k),
+    }
     return list(pick[(replace, any_order)](range(m), n))
 
 
@@ -336,7 +349,9 @@ def install_recorders(node, trace: list) -> None:
             node.transforms[i] = Recorder(child, trace)
 
 
-def explain_sample(make_pipeline: Callable[[], BaseCompose], seed: int, image: np.ndarray, source_index: int, copy_index: int) -> str:
+def explain_sample(
+    make_pipeline: Callable[[], BaseCompose], seed: int, image: np.ndarray, source_index: int, copy_index: int
+) -> str:
     """Replay draw (source_index, copy_index) transform by transform; name what broke the image.
 
     The replay is albumentations' full call on a fresh pipeline under the same seed: the same
@@ -381,8 +396,10 @@ class BadSample(UserError):
         self.policy, self.problem, self.split, self.index, self.copy_index = policy, problem, split, index, copy_index
 
     def message(self, sample: str) -> str:
-        return (f"--policy {self.policy}: {self.problem} on {sample}, copy {self.copy_index}; {RULE}: "
-                "fix the policy, then run build-aug again (the store is left unfinished, no chunk with a bad row was written)")
+        return (
+            f"--policy {self.policy}: {self.problem} on {sample}, copy {self.copy_index}; {RULE}: "
+            "fix the policy, then run build-aug again (the store is left unfinished, no chunk with a bad row was written)"
+        )
 
     def __str__(self) -> str:
         return self.message(f"source {self.split} image {self.index}")

@@ -42,7 +42,9 @@ def preview_name(source: int, copy: int) -> str:
 
 def missing_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     """The preview files write_previews would write that are not in out_dir."""
-    expected = [out_dir / preview_name(source, int(copy)) for source, copies, _ in preview_rows(group, count) for copy in copies]
+    expected = [
+        out_dir / preview_name(source, int(copy)) for source, copies, _ in preview_rows(group, count) for copy in copies
+    ]
     return [path for path in [*expected, out_dir / SHEET_NAME] if not path.is_file()]
 
 
@@ -67,12 +69,16 @@ def write_previews(group: zarr.Group, count: int, out_dir: Path) -> list[Path]:
     return written
 
 
-def sheet_rows(group: zarr.Group, chosen: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def sheet_rows(
+    group: zarr.Group, chosen: list[tuple[int, np.ndarray, np.ndarray]]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(label, copy numbers, pictures) of the sources preview_rows chose: the contact sheet's rows."""
     class_names = group.attrs["class_names"]
     images, labels = group["train/images"], group["train/labels"]
-    return [(f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, images.get_orthogonal_selection((rows,)))
-            for source, copy_numbers, rows in chosen]
+    return [
+        (f"{class_names[int(labels[rows[0]])]}\n#{source}", copy_numbers, images.get_orthogonal_selection((rows,)))
+        for source, copy_numbers, rows in chosen
+    ]
 
 
 def as_image(picture: np.ndarray) -> Image.Image:
@@ -100,8 +106,13 @@ def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Image.Image
     draw = ImageDraw.Draw(sheet)
     header_font = label_font("original copy 0123456789")
     for c, copy in enumerate(rows[0][1]):
-        draw.text((label_width + c * cell_w + 4, 4), "original" if copy == 0 else f"copy {copy}", fill="black", font=header_font)
-    for r, ((font, text), box, (_, copy_numbers, pictures)) in enumerate(zip(labels, boxes, rows)):
+        draw.text(
+            (label_width + c * cell_w + 4, 4),
+            "original" if copy == 0 else f"copy {copy}",
+            fill="black",
+            font=header_font,
+        )
+    for r, ((font, text), box, (_, _copy_numbers, pictures)) in enumerate(zip(labels, boxes, rows)):
         top = HEADER_HEIGHT + r * row_h
         draw.multiline_text((6, top + max(2, (row_h - box[3]) // 2)), text, fill="black", font=font)
         for c, picture in enumerate(pictures):
@@ -131,6 +142,6 @@ def label_font(text: str) -> ImageFont.FreeTypeFont:
     return truetype(font_with_glyphs(text) or dejavu_path())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def truetype(path: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, FONT_SIZE)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from augzarr.errors import one_line
 
@@ -16,7 +24,7 @@ class Reporter:
     """Tells the user what long work is doing. The base class is silent (--quiet)."""
 
     @contextmanager
-    def task(self, description: str, total: int, unit: str = "images") -> Iterator["callable"]:
+    def task(self, description: str, total: int, unit: str = "images") -> Iterator[callable]:
         yield lambda n=1: None
 
     def message(self, text: str) -> None:

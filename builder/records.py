@@ -83,7 +83,9 @@ class BuildRecord:
         return cls(found["identity"], found.get("source_hash"), found.get("build_id", ""))
 
     def write(self, storage: Storage) -> None:
-        storage.write_json(BUILD_JSON, {"identity": self.identity, "source_hash": self.source_hash, "build_id": self.build_id})
+        storage.write_json(
+            BUILD_JSON, {"identity": self.identity, "source_hash": self.source_hash, "build_id": self.build_id}
+        )
 
 
 def current_build_id(storage: Storage) -> str:
@@ -91,7 +93,11 @@ def current_build_id(storage: Storage) -> str:
     return BuildRecord.read(storage).build_id
 
 
-IDENTITY_DEFAULTS = {"skip_bad": False, "license": None, "provenance": None}  # keys an identity leaves out at their default
+IDENTITY_DEFAULTS = {
+    "skip_bad": False,
+    "license": None,
+    "provenance": None,
+}  # keys an identity leaves out at their default
 MAX_DIFFERENCES = 4
 
 
@@ -112,11 +118,23 @@ def differences(old, new, path: list[str]) -> list[tuple[str, object, object]]:
     """(path, old, new) of every leaf that differs; a key one side lacks is MISSING there."""
     if old == new:
         return []
-    if isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name"):  # another name says it all
-        return [found for key in sorted(set(old) | set(new), key=str)
-                for found in differences(old.get(key, MISSING), new.get(key, MISSING), [*path, str(key)])]
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(isinstance(x, dict) for x in old + new):
-        return [found for i, (a, b) in enumerate(zip(old, new)) for found in differences(a, b, [*path, item_name(a, b, i)])]
+    if (
+        isinstance(old, dict) and isinstance(new, dict) and old.get("name") == new.get("name")
+    ):  # another name says it all
+        return [
+            found
+            for key in sorted(set(old) | set(new), key=str)
+            for found in differences(old.get(key, MISSING), new.get(key, MISSING), [*path, str(key)])
+        ]
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(isinstance(x, dict) for x in old + new)
+    ):
+        return [
+            found for i, (a, b) in enumerate(zip(old, new)) for found in differences(a, b, [*path, item_name(a, b, i)])
+        ]
     # a policy's path reads policy.PadIfNeeded.min_height, not policy.albumentations.transform.transforms.0.min_height
     shown = [p for p in path if p not in ("albumentations", "transform", "transforms")]
     return [(".".join(shown), old, new)]
@@ -135,4 +153,3 @@ def short(value) -> str:
         value = [x["__class_fullname__"] for x in value]  # a list of transforms, by class
     text = json.dumps(value.get("name") if isinstance(value, dict) and "name" in value else value)
     return text if len(text) <= 40 else text[:37] + "..."
-

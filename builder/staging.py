@@ -21,9 +21,10 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -218,6 +219,8 @@ def assemble(storage, split: str, target_path: Path) -> None:
     del target
     if filled != shape[0]:
         partial.unlink()
-        raise UserError(f"{storage.location}: the staged source of split {split} has {filled} of its {shape[0]} rows: "
-                        "run the same build-aug command again to stage it afresh")
+        raise UserError(
+            f"{storage.location}: the staged source of split {split} has {filled} of its {shape[0]} rows: "
+            "run the same build-aug command again to stage it afresh"
+        )
     os.replace(partial, target_path)

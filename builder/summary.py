@@ -12,8 +12,11 @@ from augzarr.wording import count
 
 def summarize(store: OpenStore) -> dict:
     attrs = store.attrs
-    counts = {split: np.bincount(store.labels(split), minlength=attrs.n_classes).tolist()
-              for split in SPLITS if split in attrs.splits}
+    counts = {
+        split: np.bincount(store.labels(split), minlength=attrs.n_classes).tolist()
+        for split in SPLITS
+        if split in attrs.splits
+    }
     disk = store.size()
     raw = store.raw_image_bytes()
     return {
@@ -30,7 +33,9 @@ def summarize(store: OpenStore) -> dict:
         "chunk_rows": attrs.chunk_rows,  # as requested; a split smaller than that is one chunk of its size
         "split_chunk_rows": {split: store.images(split).chunks[0] for split in counts},
         "policy": attrs.policy["name"],
-        "policy_transforms": [t["__class_fullname__"] for t in attrs.policy["albumentations"]["transform"]["transforms"]],
+        "policy_transforms": [
+            t["__class_fullname__"] for t in attrs.policy["albumentations"]["transform"]["transforms"]
+        ],
         "source": asdict(attrs.source),
         "layout": attrs.source.layout,  # an image folder's: "flat" or "split (train, ...)"
         "bytes_on_disk": disk,
@@ -52,10 +57,13 @@ def format_summary(s: dict) -> str:
         + "".join(f", {split} {rows}" for split, rows in s["split_chunk_rows"].items() if rows != s["chunk_rows"]),
         f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
         + (f", {src['val_count']} val" if src.get("val_count") else "")
-        + (f", limit {src['limit']}" if src.get("limit") else "") + f") {src['content_hash'][:23]}...",
+        + (f", limit {src['limit']}" if src.get("limit") else "")
+        + f") {src['content_hash'][:23]}...",
         f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}",
         f"copies       {s['copies']} per image, originals {'included' if s['include_original'] else 'not included'}, seed {s['seed']}, "
-        + (f"val fraction {s['val_fraction']}" if s["val_fraction"] is not None else "val from the source's own folder"),
+        + (
+            f"val fraction {s['val_fraction']}" if s["val_fraction"] is not None else "val from the source's own folder"
+        ),
         f"on disk      {human_bytes(s['bytes_on_disk'])} for {human_bytes(s['raw_image_bytes'])} of pixels (ratio {s['compression_ratio']:.2f})",
     ]
     for name in ("license", "provenance"):  # the user's words, every line kept, aligned under the first
@@ -64,10 +72,15 @@ def format_summary(s: dict) -> str:
     if src.get("layout"):
         lines.insert(3, f"layout       {src['layout']}")
     if src.get("ignored"):
-        lines.append(f"not used     {count(len(src['ignored']), 'file or folder', 'files or folders')} of the source (see the store's attrs)")
+        lines.append(
+            f"not used     {count(len(src['ignored']), 'file or folder', 'files or folders')} of the source (see the store's attrs)"
+        )
     if s["skipped"]:
-        lines.append(f"skipped      {count(len(s['skipped']), 'bad image')} (--skip-bad): " + "; ".join(e["file"] for e in s["skipped"][:3])
-                     + (" ..." if len(s["skipped"]) > 3 else ""))
+        lines.append(
+            f"skipped      {count(len(s['skipped']), 'bad image')} (--skip-bad): "
+            + "; ".join(e["file"] for e in s["skipped"][:3])
+            + (" ..." if len(s["skipped"]) > 3 else "")
+        )
     splits = list(s["counts"])
     width = max(len(c) for c in s["class_names"] + ["class", "total"])
     lines.append("")

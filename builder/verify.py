@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from augzarr.store_format import OpenStore, chunk_key, chunk_problems, crc32_hex, read_chunks, row_array_problems, shape_problems
+from augzarr.store_format import (
+    OpenStore,
+    chunk_key,
+    chunk_problems,
+    crc32_hex,
+    read_chunks,
+    row_array_problems,
+    shape_problems,
+)
 from augzarr.wording import count
 
 WINDOW = 8  # chunks fetched together (concurrently from an object store)
@@ -24,15 +32,19 @@ def verify_store(store: OpenStore) -> tuple[int, list[str]]:
         rows, chunk_rows = images.shape[0], images.chunks[0]
         crcs = recorded.get(split, [])
         if len(crcs) != images.cdata_shape[0]:
-            problems.append(f"{split}: {count(len(crcs), 'chunk checksum')} recorded for {count(images.cdata_shape[0], 'chunk')}")
+            problems.append(
+                f"{split}: {count(len(crcs), 'chunk checksum')} recorded for {count(images.cdata_shape[0], 'chunk')}"
+            )
             continue
         intact = [c for c in range(len(crcs)) if chunk_key(images, c) not in damaged_keys]
         for at in range(0, len(intact), WINDOW):
-            chunks = intact[at:at + WINDOW]
+            chunks = intact[at : at + WINDOW]
             blocks = [np.empty((min(chunk_rows, rows - c * chunk_rows), *images.shape[1:]), np.uint8) for c in chunks]
             read_chunks(store.storage, images, chunks, blocks)
             for c, block in zip(chunks, blocks):
                 checked += 1
                 if crc32_hex(block) != crcs[c]:
-                    problems.append(f"{split} chunk {c} ({store.storage.where(chunk_key(images, c))}) does not match its checksum from the build")
+                    problems.append(
+                        f"{split} chunk {c} ({store.storage.where(chunk_key(images, c))}) does not match its checksum from the build"
+                    )
     return checked, problems

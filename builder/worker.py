@@ -21,19 +21,27 @@ import numpy as np
 import zarr
 
 from augzarr.errors import UserError
+from augzarr.images import (
+    MAX_IMAGE_PIXELS,
+    SKIP_HINT,
+    ImageItem,
+    file_digest,
+    native_stderr_silenced,
+    read_image_file,
+    resize_to,
+    shown,
+)
 from augzarr.storage import open_storage
 from augzarr.store_format import IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
-from augzarr.images import MAX_IMAGE_PIXELS, SKIP_HINT, ImageItem, file_digest, native_stderr_silenced, read_image_file, resize_to, shown
-
 from .policies import Policy, SampleSeeder
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .records import current_build_id
 from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 
-_worker: "WorkerState | None" = None
+_worker: WorkerState | None = None
 
 
 class WorkerState:
@@ -58,8 +66,13 @@ class WorkerState:
 
     def bad_sample(self, split: str, index: int, copy_index: int) -> BadSample:
         """The row of (index, copy_index) broke the rule: replay it to name the transform."""
-        problem = explain_sample(lambda: Policy.from_attrs(self.policy_attrs).pipeline, self.seed,
-                                 np.array(self.source(split)[index]), index, copy_index)
+        problem = explain_sample(
+            lambda: Policy.from_attrs(self.policy_attrs).pipeline,
+            self.seed,
+            np.array(self.source(split)[index]),
+            index,
+            copy_index,
+        )
         return BadSample(self.policy_attrs["name"], problem, split, index, copy_index)
 
     def array(self, split: str) -> zarr.Array:
@@ -80,7 +93,7 @@ class SourceRows:
         return self.rows[index]
 
 
-_states: dict[tuple[int, str], "WorkerState"] = {}
+_states: dict[tuple[int, str], WorkerState] = {}
 _states_lock = threading.Lock()
 
 
@@ -103,7 +116,9 @@ def release_build(location: str, build_id: str) -> None:
     """Run on every worker when a cluster build's tasks are done: drop its states (and their mappings of
     the fetched source), then the machine's copy of the source if no other process uses it."""
     with _states_lock:
-        for key in [k for k, state in _states.items() if (state.storage.location, state.build_id) == (location, build_id)]:
+        for key in [
+            k for k, state in _states.items() if (state.storage.location, state.build_id) == (location, build_id)
+        ]:
             del _states[key]
     release_staged_source(location, build_id)
 
@@ -113,14 +128,14 @@ def compute_chunk_on_cluster(config: WorkerConfig, task: ChunkTask) -> ChunkResu
     return compute_chunk_with(state_for(config), task)
 
 
-def compute_canary(config: WorkerConfig, task: ChunkTask, source_rows: "SourceRows") -> np.ndarray:
+def compute_canary(config: WorkerConfig, task: ChunkTask, source_rows: SourceRows) -> np.ndarray:
     """One chunk computed from the source rows given, nothing read from the store or written."""
     state = WorkerState(config)
     state.sources[task.from_split] = source_rows
     return compute_block(state, task)
 
 
-def canary_on_cluster(config: WorkerConfig, task: ChunkTask, source_rows: "SourceRows") -> str:
+def canary_on_cluster(config: WorkerConfig, task: ChunkTask, source_rows: SourceRows) -> str:
     """The CRC-32 of what a cluster worker computes for one chunk from the client's source rows."""
     return crc32_hex(compute_canary(config, task, source_rows))
 
@@ -170,7 +185,9 @@ def init_worker(config: WorkerConfig) -> None:
     _worker = WorkerState(config)
 
 
-def decode_block(files: list[ImageItem], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
+def decode_block(
+    files: list[ImageItem], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool
+) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
     """Decode images (files, or rows of files) into rows [start, start + len(files)) of a source split of image shape `shape`.
 
     Returns (block, digests, bad): with skip_bad, an image that cannot be used leaves its row black and
@@ -252,7 +269,9 @@ def compute_chunk_with(state: WorkerState, task: ChunkTask) -> ChunkResult:
     split, chunk = task.split, task.chunk
     block = compute_block(state, task)
     if state.check_build and current_build_id(state.storage) != state.build_id:
-        raise StaleBuild(f"{state.storage.location} is now another build's: chunk {split} {chunk} of build {state.build_id} not written")
+        raise StaleBuild(
+            f"{state.storage.location} is now another build's: chunk {split} {chunk} of build {state.build_id} not written"
+        )
     write_chunk(state.storage, state.array(split), chunk, block, state.build_id)
     return ChunkResult(split, chunk, len(block))
 
@@ -285,4 +304,3 @@ def compute_block(state: WorkerState, task: ChunkTask) -> np.ndarray:
                 raise state.bad_sample(from_split, s, k)
             block[row] = out
     return block
-

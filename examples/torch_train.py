@@ -28,17 +28,33 @@ from augzarr.torch import StoreDataset
 def small_cnn(channels: int, classes: int) -> nn.Module:
     """Two convolutions and a linear layer: any image size (the pooling at the end is adaptive)."""
     return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
+        nn.Conv2d(channels, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, classes),
+    )
 
 
 def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, data: StoreDataset, step: int) -> None:
     """Written whole or not at all: a kill while saving leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                "data": data.state_dict(), "step": step}, partial)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "data": data.state_dict(),
+            "step": step,
+        },
+        partial,
+    )
     os.replace(partial, path)
 
 
@@ -50,11 +66,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0, help="the model's initial weights and the data's order")
-    parser.add_argument("--checkpoint", type=Path, default=Path("runs/torch_cnn.pt"), help="saved every --checkpoint-every steps and "
-                        "at the end of each epoch; resumed from when it exists")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("runs/torch_cnn.pt"),
+        help="saved every --checkpoint-every steps and at the end of each epoch; resumed from when it exists",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
-    parser.add_argument("--stop-after", type=int, default=0, help="stop after this many steps in all (a checkpoint first): "
-                        "an interruption, to try the resume")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop after this many steps in all (a checkpoint first): an interruption, to try the resume",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -70,7 +94,9 @@ def main() -> None:
         train.load_state_dict(state["data"])  # the epoch under way, and the batches of it already trained on
         step = state["step"]
         position = state["data"]
-        print(f"resumed from {args.checkpoint}: epoch {position['epoch']}, {position['batches']} batches into it, step {step}")
+        print(
+            f"resumed from {args.checkpoint}: epoch {position['epoch']}, {position['batches']} batches into it, step {step}"
+        )
 
     # persistent workers keep their window reader between epochs; set_epoch reaches them through shared memory
     loader = train.loader(num_workers=args.workers, persistent_workers=args.workers > 0)

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import misuse  # noqa: E402
 from conftest import BIN, assert_same_store, write_image_folder  # noqa: E402
 from corpus import CASES, make_case  # noqa: E402
-import misuse  # noqa: E402
 
 BUILD_ARGS = ["--copies", "5", "--chunk-size", "8", "--preview", "2", "--workers", "2", "--quiet"]
 TRAIN_EPOCHS = 6
@@ -41,7 +41,11 @@ TRAIN_ARGS = ["--epochs", str(TRAIN_EPOCHS), "--batch-size", "8", "--model", "sh
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
     """A console script; as root, without the power to read unreadable files (see corpus' no-read-permission)."""
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 and shutil.which("setpriv") else []
+    prefix = (
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        if os.geteuid() == 0 and shutil.which("setpriv")
+        else []
+    )
     return subprocess.run([*prefix, str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
 
 
@@ -51,12 +55,34 @@ def corpus_campaign(work: Path) -> list[dict]:
     for case, kind in CASES.items():
         folder = write_image_folder(work / f"corpus-{case}", {"a": 4, "b": 4}, size=16)
         make_case(folder / "a", case)
-        args = ["build-aug", "--source", str(folder), "--copies", "1", "--image-size", "16", "--val-fraction", "0", "--preview", "0", "--quiet"]
+        args = [
+            "build-aug",
+            "--source",
+            str(folder),
+            "--copies",
+            "1",
+            "--image-size",
+            "16",
+            "--val-fraction",
+            "0",
+            "--preview",
+            "0",
+            "--quiet",
+        ]
         plain = run([*args, "--out", str(work / f"corpus-{case}.zarr")])
         skipping = run([*args, "--skip-bad", "--out", str(work / f"corpus-{case}-skip.zarr")])
-        trials.append({"case": case, "expected": kind, "exit": plain.returncode, "stderr_lines": len(plain.stderr.strip().splitlines()),
-                       "message": plain.stderr.strip().replace(str(folder), "DIR"), "traceback": "Traceback" in plain.stderr + skipping.stderr,
-                       "skip_bad_exit": skipping.returncode, "skip_bad_reported": "skipped:" in skipping.stderr})
+        trials.append(
+            {
+                "case": case,
+                "expected": kind,
+                "exit": plain.returncode,
+                "stderr_lines": len(plain.stderr.strip().splitlines()),
+                "message": plain.stderr.strip().replace(str(folder), "DIR"),
+                "traceback": "Traceback" in plain.stderr + skipping.stderr,
+                "skip_bad_exit": skipping.returncode,
+                "skip_bad_reported": "skipped:" in skipping.stderr,
+            }
+        )
     return trials
 
 
@@ -70,8 +96,9 @@ def timed(args: list[str]) -> float:
 
 def kill_after(args: list[str], delay: float) -> str:
     """Start a command in its own process group and SIGKILL the group after delay seconds."""
-    process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         process.wait(timeout=delay)
         return "finished before the kill"
@@ -116,9 +143,18 @@ def build_campaign(work: Path, kills: int, rng: random.Random) -> list[dict]:
                 identical = True
             except AssertionError:
                 pass
-        trials.append({"trial": trial, "attempt": attempts, "delay_s": round(delay, 2), "outcome": outcome, "state_at_kill": phase,
-                       "resume_exit": resumed.returncode, "resume_error": resumed.stderr.strip()[-300:],
-                       "byte_identical": identical})
+        trials.append(
+            {
+                "trial": trial,
+                "attempt": attempts,
+                "delay_s": round(delay, 2),
+                "outcome": outcome,
+                "state_at_kill": phase,
+                "resume_exit": resumed.returncode,
+                "resume_error": resumed.stderr.strip()[-300:],
+                "byte_identical": identical,
+            }
+        )
         shutil.rmtree(out, ignore_errors=True)
     return trials
 
@@ -131,10 +167,26 @@ def run_is_complete(run_dir: Path) -> tuple[bool, str]:
     except (OSError, ValueError) as exc:
         return False, str(exc)
     epochs = [int(row.split(",")[0]) for row in history]
-    missing = [name for name in ("model.keras", "model.json", "model.weights.h5", "curves.png", "confusion.png", "reliability.png",
-                                 "mistakes.png", "model_card.md")
-               if not (run_dir / name).is_file() or not (run_dir / name).stat().st_size]
-    if run_json.get("status") != "complete" or epochs != list(range(1, TRAIN_EPOCHS + 1)) or missing or "accuracy" not in metrics:
+    missing = [
+        name
+        for name in (
+            "model.keras",
+            "model.json",
+            "model.weights.h5",
+            "curves.png",
+            "confusion.png",
+            "reliability.png",
+            "mistakes.png",
+            "model_card.md",
+        )
+        if not (run_dir / name).is_file() or not (run_dir / name).stat().st_size
+    ]
+    if (
+        run_json.get("status") != "complete"
+        or epochs != list(range(1, TRAIN_EPOCHS + 1))
+        or missing
+        or "accuracy" not in metrics
+    ):
         return False, f"status {run_json.get('status')}, epochs {epochs}, missing {missing}"
     return True, ""
 
@@ -142,7 +194,22 @@ def run_is_complete(run_dir: Path) -> tuple[bool, str]:
 def train_campaign(work: Path, kills: int, rng: random.Random) -> list[dict]:
     folder = write_image_folder(work / "train-images", {"a": 60, "b": 60, "c": 60}, size=16)
     store = work / "train.zarr"
-    if run(["build-aug", "--source", str(folder), "--copies", "2", "--chunk-size", "16", "--preview", "0", "--quiet", "--out", str(store)]).returncode:
+    if run(
+        [
+            "build-aug",
+            "--source",
+            str(folder),
+            "--copies",
+            "2",
+            "--chunk-size",
+            "16",
+            "--preview",
+            "0",
+            "--quiet",
+            "--out",
+            str(store),
+        ]
+    ).returncode:
         raise RuntimeError("could not build the training store")
     args = ["train", "--store", str(store), *TRAIN_ARGS]
     duration = timed([*args, "--out", str(work / "run-reference")])
@@ -165,9 +232,20 @@ def train_campaign(work: Path, kills: int, rng: random.Random) -> list[dict]:
             resumed = run([*args, "--out", str(run_dir)])
             how = "the same command"
         complete, why = run_is_complete(run_dir)
-        trials.append({"trial": len(trials), "attempt": attempts, "delay_s": round(delay, 2), "outcome": outcome, "epochs_done_at_kill": done,
-                       "resumed_with": how, "resume_exit": resumed.returncode, "resume_error": resumed.stderr.strip()[-300:],
-                       "complete": complete, "why_not": why})
+        trials.append(
+            {
+                "trial": len(trials),
+                "attempt": attempts,
+                "delay_s": round(delay, 2),
+                "outcome": outcome,
+                "epochs_done_at_kill": done,
+                "resumed_with": how,
+                "resume_exit": resumed.returncode,
+                "resume_error": resumed.stderr.strip()[-300:],
+                "complete": complete,
+                "why_not": why,
+            }
+        )
     return trials
 
 
@@ -175,8 +253,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-kills", type=int, default=20)
     parser.add_argument("--train-kills", type=int, default=5)
-    parser.add_argument("--corpus", action=argparse.BooleanOptionalAction, default=True, help="run the bad-image corpus too")
-    parser.add_argument("--misuse", action=argparse.BooleanOptionalAction, default=True, help="run the misuse cases too")
+    parser.add_argument(
+        "--corpus", action=argparse.BooleanOptionalAction, default=True, help="run the bad-image corpus too"
+    )
+    parser.add_argument(
+        "--misuse", action=argparse.BooleanOptionalAction, default=True, help="run the misuse cases too"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder [default: a temporary one, removed]")
     parser.add_argument("--json", type=Path, default=None, help="also write the trials here")
@@ -185,35 +267,51 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     try:
-        figures = {"corpus": corpus_campaign(work) if args.corpus else [],
-                   "misuse": misuse.run_cases(work) if args.misuse else [],
-                   "build": build_campaign(work, args.build_kills, rng) if args.build_kills else [],
-                   "train": train_campaign(work, args.train_kills, rng) if args.train_kills else []}
+        figures = {
+            "corpus": corpus_campaign(work) if args.corpus else [],
+            "misuse": misuse.run_cases(work) if args.misuse else [],
+            "build": build_campaign(work, args.build_kills, rng) if args.build_kills else [],
+            "train": train_campaign(work, args.train_kills, rng) if args.train_kills else [],
+        }
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     for trial in figures["corpus"]:
         ended = "used" if trial["exit"] == 0 else f"exit {trial['exit']}: {trial['message']}"
-        print(f"corpus {trial['case']:20} ({trial['expected']}): {ended}; with --skip-bad: exit {trial['skip_bad_exit']}"
-              f"{', reported' if trial['skip_bad_reported'] else ''}")
+        print(
+            f"corpus {trial['case']:20} ({trial['expected']}): {ended}; with --skip-bad: exit {trial['skip_bad_exit']}"
+            f"{', reported' if trial['skip_bad_reported'] else ''}"
+        )
     for trial in figures["misuse"]:
-        print(f"misuse {trial['category']:16} {trial['case']:48} {trial['outcome']:8} {'as expected' if trial['ok'] else 'NOT AS EXPECTED'}: "
-              f"{trial['detail'].replace(str(work), 'WORK')[:160]}")
+        print(
+            f"misuse {trial['category']:16} {trial['case']:48} {trial['outcome']:8} {'as expected' if trial['ok'] else 'NOT AS EXPECTED'}: "
+            f"{trial['detail'].replace(str(work), 'WORK')[:160]}"
+        )
     for category, row in misuse.counts(figures["misuse"]).items():
-        print(f"misuse {category}: {row['as expected']}/{row['tried']} as expected "
-              f"({row['store']} correct stores, {row['refusal']} one-line refusals, {row['warning']} documented warnings)")
+        print(
+            f"misuse {category}: {row['as expected']}/{row['tried']} as expected "
+            f"({row['store']} correct stores, {row['refusal']} one-line refusals, {row['warning']} documented warnings)"
+        )
     for trial in figures["build"]:
-        print(f"build trial {trial['trial']:2}: kill at {trial['delay_s']:5.2f} s ({trial['outcome']}; {trial['state_at_kill']}) "
-              f"-> resume exit {trial['resume_exit']}, byte-identical: {trial['byte_identical']}")
+        print(
+            f"build trial {trial['trial']:2}: kill at {trial['delay_s']:5.2f} s ({trial['outcome']}; {trial['state_at_kill']}) "
+            f"-> resume exit {trial['resume_exit']}, byte-identical: {trial['byte_identical']}"
+        )
     for trial in figures["train"]:
-        print(f"train trial {trial['trial']:2}: kill at {trial['delay_s']:5.2f} s ({trial['outcome']}; {trial['epochs_done_at_kill']} epochs done) "
-              f"-> {trial['resumed_with']} exit {trial['resume_exit']}, complete: {trial['complete']} {trial['why_not']}")
+        print(
+            f"train trial {trial['trial']:2}: kill at {trial['delay_s']:5.2f} s ({trial['outcome']}; {trial['epochs_done_at_kill']} epochs done) "
+            f"-> {trial['resumed_with']} exit {trial['resume_exit']}, complete: {trial['complete']} {trial['why_not']}"
+        )
     identical = sum(t["byte_identical"] for t in figures["build"])
     complete = sum(t["complete"] for t in figures["train"])
-    redrawn = {kind: (figures[kind][-1]["attempt"] - len(figures[kind])) if figures[kind] else 0 for kind in ("build", "train")}
-    print(f"build-aug: {identical}/{len(figures['build'])} kills resumed to a byte-identical store; "
-          f"train: {complete}/{len(figures['train'])} kills resumed to a complete run "
-          f"(kill times redrawn because the work had already finished: build {redrawn['build']}, train {redrawn['train']})")
+    redrawn = {
+        kind: (figures[kind][-1]["attempt"] - len(figures[kind])) if figures[kind] else 0 for kind in ("build", "train")
+    }
+    print(
+        f"build-aug: {identical}/{len(figures['build'])} kills resumed to a byte-identical store; "
+        f"train: {complete}/{len(figures['train'])} kills resumed to a complete run "
+        f"(kill times redrawn because the work had already finished: build {redrawn['build']}, train {redrawn['train']})"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return figures
@@ -224,12 +322,17 @@ def corpus_ok(trial: dict) -> bool:
         return False
     if trial["expected"] == "valid":
         return trial["exit"] == 0 and trial["skip_bad_exit"] == 0
-    return trial["exit"] == 1 and trial["stderr_lines"] == 1 and trial["skip_bad_exit"] == 0 and trial["skip_bad_reported"]
+    return (
+        trial["exit"] == 1 and trial["stderr_lines"] == 1 and trial["skip_bad_exit"] == 0 and trial["skip_bad_reported"]
+    )
 
 
 if __name__ == "__main__":
     results = main()
-    ok = (all(corpus_ok(t) for t in results["corpus"]) and all(t["ok"] for t in results["misuse"])
-          and all(t["byte_identical"] for t in results["build"])
-          and all(t["complete"] for t in results["train"]))
+    ok = (
+        all(corpus_ok(t) for t in results["corpus"])
+        and all(t["ok"] for t in results["misuse"])
+        and all(t["byte_identical"] for t in results["build"])
+        and all(t["complete"] for t in results["train"])
+    )
     sys.exit(0 if ok else 1)

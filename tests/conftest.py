@@ -21,10 +21,14 @@ BIN = Path(sys.executable).parent
 # End-to-end tests that start servers, clusters or kernels, or run the campaigns and the recipe comparison: marked
 # `slow`, which `make test` runs like every other; `pytest -m "not slow"` leaves them out of a quick loop.
 SLOW_FILES = {"test_notebook.py", "test_cluster_build.py", "test_object_storage.py", "test_stream_s3_order.py"}
-SLOW_TESTS = {"test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread",
-              "test_a_rerun_reuses_the_finished_runs_of_its_results_file_and_only_under_the_same_settings",
-              "test_crash_campaign_fast_form", "test_misuse_campaign_fast_form", "test_mnist_end_to_end_build_inspect_train_evaluate",
-              "test_stream_steps_fault_no_more_than_array_steps"}
+SLOW_TESTS = {
+    "test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread",
+    "test_a_rerun_reuses_the_finished_runs_of_its_results_file_and_only_under_the_same_settings",
+    "test_crash_campaign_fast_form",
+    "test_misuse_campaign_fast_form",
+    "test_mnist_end_to_end_build_inspect_train_evaluate",
+    "test_stream_steps_fault_no_more_than_array_steps",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -98,9 +102,18 @@ def write_cifar_archive(path: Path, n_batches: int = 2, per_batch: int = 20, n_t
     train_labels = rng.integers(0, 10, len(train))
     test = np.stack([smooth_image(rng, 32) for _ in range(n_test)])
     test_labels = rng.integers(0, 10, n_test)
-    members = {f"data_batch_{b + 1}": cifar_batch(train[b * per_batch:(b + 1) * per_batch], train_labels[b * per_batch:(b + 1) * per_batch], f"training batch {b + 1}") for b in range(n_batches)}
+    members = {
+        f"data_batch_{b + 1}": cifar_batch(
+            train[b * per_batch : (b + 1) * per_batch],
+            train_labels[b * per_batch : (b + 1) * per_batch],
+            f"training batch {b + 1}",
+        )
+        for b in range(n_batches)
+    }
     members["test_batch"] = cifar_batch(test, test_labels, "testing batch 1")
-    members["batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in names], b"num_vis": 3072, b"num_cases_per_batch": per_batch}, protocol=4)
+    members["batches.meta"] = pickle.dumps(
+        {b"label_names": [n.encode() for n in names], b"num_vis": 3072, b"num_cases_per_batch": per_batch}, protocol=4
+    )
     with tarfile.open(path, "w:gz") as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -136,8 +149,12 @@ def store_arrays(path: Path) -> dict[str, np.ndarray]:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    return {f"{split}/{name}": group[f"{split}/{name}"][:] for split in ("train", "val", "test") if split in group
-            for name in ("images", "labels", "source_index", "copy_index")}
+    return {
+        f"{split}/{name}": group[f"{split}/{name}"][:]
+        for split in ("train", "val", "test")
+        if split in group
+        for name in ("images", "labels", "source_index", "copy_index")
+    }
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -154,7 +171,19 @@ def resumable_case(tmp_path_factory):
     Read them, never change them: each test builds into a folder of its own."""
     root = tmp_path_factory.mktemp("resumable")
     folder = write_image_folder(root / "imgs", {"a": 200, "b": 200, "c": 200}, size=16)
-    args = ["--source", str(folder), "--copies", "5", "--chunk-size", "8", "--preview", "0", "--workers", "2", "--quiet"]
+    args = [
+        "--source",
+        str(folder),
+        "--copies",
+        "5",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     reference = root / "reference.zarr"
     run_cli("build-aug", *args, "--out", str(reference), check=True)
     return args, reference
@@ -166,8 +195,20 @@ def small_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small-store")
     images = write_image_folder(root / "images", {"ant": 12, "bee": 10, "cow": 9}, size=16)
     out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "2", "--chunk-size", "8", "--preview", "0",
-            check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "2",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        check=True,
+    )
     return out
 
 
@@ -178,6 +219,22 @@ def straddling_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("straddling-store")
     write_image_folder(root / "images", {"ant": 10, "bee": 9, "cow": 8}, size=8)
     out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(root / "images"), "--out", str(out), "--copies", "2", "--chunk-size", "8",
-            "--val-fraction", "0.2", "--preview", "0", "--workers", "1", check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(root / "images"),
+        "--out",
+        str(out),
+        "--copies",
+        "2",
+        "--chunk-size",
+        "8",
+        "--val-fraction",
+        "0.2",
+        "--preview",
+        "0",
+        "--workers",
+        "1",
+        check=True,
+    )
     return out

@@ -14,9 +14,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import smooth_image
+from PIL import Image
 
 # case -> "valid" (used, converted to RGB) or "bad" (named in the error; skipped with --skip-bad)
 CASES = {
@@ -67,7 +66,7 @@ def make_case(folder: Path, name: str, size: int = 16, seed: int = 0) -> Path:
     elif name == "png-bad-crc":
         data = bytearray(encoded(rgb, "PNG"))
         idat = data.index(b"IDAT")
-        length = struct.unpack(">I", data[idat - 4:idat])[0]
+        length = struct.unpack(">I", data[idat - 4 : idat])[0]
         data[idat + 4 + length] ^= 0xFF  # the IDAT chunk's CRC
         path.write_bytes(bytes(data))
     elif name == "text-as-jpg":
@@ -77,7 +76,9 @@ def make_case(folder: Path, name: str, size: int = 16, seed: int = 0) -> Path:
         # a real PNG header declaring 20000 x 20000 RGB pixels (1.2 GB decoded) with a little data
         header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
         body = zlib.compress(b"\0" * 60001 * 10)
-        path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
+        path.write_bytes(
+            b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
+        )
     elif name == "symlink-loop":
         path = folder / f"{name}.jpg"
         os.symlink(path.name, path)  # points at itself
@@ -89,7 +90,7 @@ def make_case(folder: Path, name: str, size: int = 16, seed: int = 0) -> Path:
         path = folder / f"{name}.jpg"
         path.write_bytes(encoded(rgb.convert("CMYK"), "JPEG", quality=95))
     elif name == "png-16-bit":
-        wide = (np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+        wide = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
         Image.fromarray(wide).save(path)  # mode I;16
     elif name == "palette-transparent":
         palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)

@@ -12,27 +12,27 @@ and never in a traceback or a silently wrong store. campaign.py runs them all an
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import albumentations as A
 import numpy as np
 import zarr
-from PIL import Image
-
 from conftest import BIN, smooth_image, write_cifar_archive, write_image_folder
+from PIL import Image
 
 Check = Callable[[Path], tuple[str, bool, str]]  # work folder -> (outcome, as expected, detail)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
 
 
 def refused(result: subprocess.CompletedProcess, words: str) -> tuple[str, bool, str]:
@@ -41,8 +41,12 @@ def refused(result: subprocess.CompletedProcess, words: str) -> tuple[str, bool,
     return "refusal", ok, lines[0] if len(lines) == 1 else result.stderr.strip()[-300:]
 
 
-def built(result: subprocess.CompletedProcess, store: Path, check: Callable[[dict], bool] = lambda attrs: True,
-          warning: str | None = None) -> tuple[str, bool, str]:
+def built(
+    result: subprocess.CompletedProcess,
+    store: Path,
+    check: Callable[[dict], bool] = lambda attrs: True,
+    warning: str | None = None,
+) -> tuple[str, bool, str]:
     if result.returncode != 0 or "Traceback" in result.stderr:
         return "store", False, result.stderr.strip()[-300:]
     verified = cli("inspect-aug", "--store", str(store), "--verify")
@@ -54,7 +58,11 @@ def built(result: subprocess.CompletedProcess, store: Path, check: Callable[[dic
     return "store", ok, verified.stdout.strip()[-200:] or verified.stderr.strip()[-200:]
 
 
-BUILD_DEFAULTS = {"--copies": "1", "--preview": "0", "--workers": "1"}  # unless a case gives its own: an option is given once
+BUILD_DEFAULTS = {
+    "--copies": "1",
+    "--preview": "0",
+    "--workers": "1",
+}  # unless a case gives its own: an option is given once
 
 
 def build(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -64,18 +72,22 @@ def build(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 # -- layouts --------------------------------------------------------------------------------------------
 
+
 def split_folder(root: Path, **parts: dict[str, int]) -> Path:
     for part, classes in parts.items():
         write_image_folder(root / part, classes, seed=len(part))
     return root
 
 
-def layout_case(make: Callable[[Path], Path], expect: str, words: str = "", check: Callable[[dict], bool] = lambda a: True) -> Check:
+def layout_case(
+    make: Callable[[Path], Path], expect: str, words: str = "", check: Callable[[dict], bool] = lambda a: True
+) -> Check:
     def run(work: Path):
         source = make(work / "src")
         out = work / "s.zarr"
         result = build(source, out)
         return refused(result, words) if expect == "refusal" else built(result, out, check)
+
     return run
 
 
@@ -107,19 +119,39 @@ def portrait_photos(work: Path):
 
 
 LAYOUTS: dict[str, Check] = {
-    "flat": layout_case(lambda r: write_image_folder(r, {"a": 4, "b": 4}), "store",
-                        check=lambda a: a["class_names"] == ["a", "b"] and a["source"]["layout"] == "flat"),
-    "train/test": layout_case(lambda r: split_folder(r, train={"a": 4, "b": 4}, test={"a": 2, "b": 2}), "store",
-                              check=lambda a: "test" in a["splits"] and a["class_names"] == ["a", "b"]),
-    "train/valid/test": layout_case(lambda r: split_folder(r, train={"a": 4, "b": 4}, valid={"a": 2, "b": 1}, test={"a": 2, "b": 2}),
-                                    "store", check=lambda a: a["source"]["val_count"] == 3 and a["val_fraction"] is None),
-    "train/test + another folder": layout_case(lambda r: split_folder(r, train={"a": 4, "b": 4}, test={"a": 2, "b": 2}, extra={"x": 2}),
-                                               "refusal", "cannot tell its layout"),
-    "val/ and valid/": layout_case(lambda r: split_folder(r, train={"a": 4, "b": 4}, val={"a": 1, "b": 1}, valid={"a": 1, "b": 1}),
-                                   "refusal", "both val/ and valid/"),
-    "test/ without train/": layout_case(lambda r: split_folder(r, test={"a": 2, "b": 2}), "refusal", "test/ without train/"),
-    "valid/ class train/ lacks": layout_case(lambda r: split_folder(r, train={"a": 4, "b": 4}, valid={"z": 1}),
-                                             "refusal", "valid/ has classes that train/ lacks: z"),
+    "flat": layout_case(
+        lambda r: write_image_folder(r, {"a": 4, "b": 4}),
+        "store",
+        check=lambda a: a["class_names"] == ["a", "b"] and a["source"]["layout"] == "flat",
+    ),
+    "train/test": layout_case(
+        lambda r: split_folder(r, train={"a": 4, "b": 4}, test={"a": 2, "b": 2}),
+        "store",
+        check=lambda a: "test" in a["splits"] and a["class_names"] == ["a", "b"],
+    ),
+    "train/valid/test": layout_case(
+        lambda r: split_folder(r, train={"a": 4, "b": 4}, valid={"a": 2, "b": 1}, test={"a": 2, "b": 2}),
+        "store",
+        check=lambda a: a["source"]["val_count"] == 3 and a["val_fraction"] is None,
+    ),
+    "train/test + another folder": layout_case(
+        lambda r: split_folder(r, train={"a": 4, "b": 4}, test={"a": 2, "b": 2}, extra={"x": 2}),
+        "refusal",
+        "cannot tell its layout",
+    ),
+    "val/ and valid/": layout_case(
+        lambda r: split_folder(r, train={"a": 4, "b": 4}, val={"a": 1, "b": 1}, valid={"a": 1, "b": 1}),
+        "refusal",
+        "both val/ and valid/",
+    ),
+    "test/ without train/": layout_case(
+        lambda r: split_folder(r, test={"a": 2, "b": 2}), "refusal", "test/ without train/"
+    ),
+    "valid/ class train/ lacks": layout_case(
+        lambda r: split_folder(r, train={"a": 4, "b": 4}, valid={"z": 1}),
+        "refusal",
+        "valid/ has classes that train/ lacks: z",
+    ),
     "--out inside --source": out_inside_source,
     "--preview-dir inside --source": previews_inside_source,
     "EXIF portrait photos": portrait_photos,
@@ -127,6 +159,7 @@ LAYOUTS: dict[str, Check] = {
 
 
 # -- policies -------------------------------------------------------------------------------------------
+
 
 def policy_case(pipeline: Callable[[], A.BaseCompose] | str, expect: str, words: str = "") -> Check:
     def run(work: Path):
@@ -139,20 +172,34 @@ def policy_case(pipeline: Callable[[], A.BaseCompose] | str, expect: str, words:
         out = work / "s.zarr"
         result = build(source, out, "--policy", spec, "--copies", "10", "--chunk-size", "16")
         return refused(result, words) if expect == "refusal" else built(result, out)
+
     return run
 
 
 POLICIES: dict[str, Check] = {
-    "Normalize(p=0.1)": policy_case(lambda: A.Compose([A.Normalize(p=0.1)]), "refusal", "Normalize(p=0.1) changes a 32x32x3 uint8 image"),
-    "Resize(16, 16, p=0.1)": policy_case(lambda: A.Compose([A.Resize(16, 16, p=0.1)]), "refusal", "Resize(height=16, width=16, p=0.1)"),
+    "Normalize(p=0.1)": policy_case(
+        lambda: A.Compose([A.Normalize(p=0.1)]), "refusal", "Normalize(p=0.1) changes a 32x32x3 uint8 image"
+    ),
+    "Resize(16, 16, p=0.1)": policy_case(
+        lambda: A.Compose([A.Resize(16, 16, p=0.1)]), "refusal", "Resize(height=16, width=16, p=0.1)"
+    ),
     "OneOf([RandomCrop(28, 28), HorizontalFlip()])": policy_case(
-        lambda: A.Compose([A.OneOf([A.RandomCrop(28, 28), A.HorizontalFlip()])]), "refusal", "RandomCrop(height=28, width=28)"),
+        lambda: A.Compose([A.OneOf([A.RandomCrop(28, 28), A.HorizontalFlip()])]),
+        "refusal",
+        "RandomCrop(height=28, width=28)",
+    ),
     "ToFloat()": policy_case(lambda: A.Compose([A.ToFloat()]), "refusal", "ToFloat"),
-    "RandomCrop(40, 40)": policy_case(lambda: A.Compose([A.RandomCrop(40, 40)]), "refusal", "RandomCrop(height=40, width=40)"),
+    "RandomCrop(40, 40)": policy_case(
+        lambda: A.Compose([A.RandomCrop(40, 40)]), "refusal", "RandomCrop(height=40, width=40)"
+    ),
     "RandomScale, rarely 33 px (caught at its row)": policy_case(
-        lambda: A.Compose([A.HorizontalFlip(), A.RandomScale(scale_limit=(0, 0.0313), p=1)]), "refusal", "into 33x33x3 uint8 on source image"),
+        lambda: A.Compose([A.HorizontalFlip(), A.RandomScale(scale_limit=(0, 0.0313), p=1)]),
+        "refusal",
+        "into 33x33x3 uint8 on source image",
+    ),
     "flip and brightness with p < 1": policy_case(
-        lambda: A.Compose([A.HorizontalFlip(p=0.3), A.RandomBrightnessContrast(p=0.5)]), "store"),
+        lambda: A.Compose([A.HorizontalFlip(p=0.3), A.RandomBrightnessContrast(p=0.5)]), "store"
+    ),
     "pad, then crop back": policy_case(lambda: A.Compose([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)]), "store"),
     "preset crop-flip": policy_case("crop-flip", "store"),
     "preset notebook": policy_case("notebook", "store"),
@@ -161,21 +208,33 @@ POLICIES: dict[str, Check] = {
 
 # -- build inputs ---------------------------------------------------------------------------------------
 
+
 def one_class(work: Path):
-    return refused(build(write_image_folder(work / "src", {"a": 6}), work / "s.zarr"), "a classifier needs at least 2 classes")
+    return refused(
+        build(write_image_folder(work / "src", {"a": 6}), work / "s.zarr"), "a classifier needs at least 2 classes"
+    )
 
 
 def tiny_classes(work: Path):
     source = write_image_folder(work / "src", {f"c{i:03d}": 2 for i in range(300)}, size=8)
     out = work / "s.zarr"
-    return built(build(source, out, "--val-fraction", "0.2"), out, lambda a: zarr.open_group(str(out), mode="r")["val/labels"].shape[0] == 120)
+    return built(
+        build(source, out, "--val-fraction", "0.2"),
+        out,
+        lambda a: zarr.open_group(str(out), mode="r")["val/labels"].shape[0] == 120,
+    )
 
 
 def no_validation(work: Path):
     archive = work / "cifar-10-python.tar.gz"
     write_cifar_archive(archive, n_batches=1, per_batch=20, n_test=10)
     out = work / "s.zarr"
-    return built(build(archive, out, "--val-fraction", "0"), out, lambda a: "val" not in a["splits"], warning="no validation split")
+    return built(
+        build(archive, out, "--val-fraction", "0"),
+        out,
+        lambda a: "val" not in a["splits"],
+        warning="no validation split",
+    )
 
 
 def mixed_sizes_then_image_size(work: Path):
@@ -201,8 +260,10 @@ def bad_image_then_skip_bad(work: Path):
 def preview_dir_under_a_file(work: Path):
     source = write_image_folder(work / "src", {"a": 4, "b": 4})
     (work / "file").write_text("not a folder")
-    return refused(build(source, work / "s.zarr", "--preview", "2", "--preview-dir", str(work / "file" / "preview")),
-                   "--preview-dir")
+    return refused(
+        build(source, work / "s.zarr", "--preview", "2", "--preview-dir", str(work / "file" / "preview")),
+        "--preview-dir",
+    )
 
 
 def newline_in_a_bad_file_name(work: Path):
@@ -223,6 +284,7 @@ BUILD_INPUTS: dict[str, Check] = {
 
 
 # -- corrupted arrays -----------------------------------------------------------------------------------
+
 
 def reference_store(work: Path) -> Path:
     """A store with train, val and test splits, several image chunks each; built once per campaign."""
@@ -261,26 +323,35 @@ def corrupted_case(split: str, array: str, how: str) -> Check:
         if array == "images" and how == "flip":  # same size: only the checksums of --verify can see it
             verify = cli("inspect-aug", "--store", str(store), "--verify")
             named = [line for line in verify.stderr.splitlines() if line.startswith("damaged:") and str(victim) in line]
-            ok = verify.returncode == 1 and bool(named) and "failed verification" in verify.stderr and "Traceback" not in verify.stderr
+            ok = (
+                verify.returncode == 1
+                and bool(named)
+                and "failed verification" in verify.stderr
+                and "Traceback" not in verify.stderr
+            )
             return "refusal", ok, (named or [verify.stderr.strip()[-300:]])[0]
         return refused(cli("inspect-aug", "--store", str(store)), "is damaged")
+
     return run
 
 
 CORRUPTED: dict[str, Check] = {
     f"{split}/{array} chunk: {how}": corrupted_case(split, array, how)
-    for split in ("train", "val", "test") for array in ("images", "labels", "source_index", "copy_index")
+    for split in ("train", "val", "test")
+    for array in ("images", "labels", "source_index", "copy_index")
     for how in ("delete", "truncate", "flip")
 }
 
 
 # -- concurrent writers ---------------------------------------------------------------------------------
 
+
 def started(args: list[str], ready: Callable[[], bool], pause: bool = False, timeout: float = 120) -> subprocess.Popen:
     """Start a command in its own process group and wait until ready(); with pause, then stop the group
     (SIGSTOP): it stays alive and holds its locks however fast this machine would have finished it."""
-    process = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
     while not ready() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -298,8 +369,22 @@ def stop(process: subprocess.Popen) -> None:
 def long_build(work: Path) -> tuple[list[str], Path]:
     source = write_image_folder(work / "src", {"a": 300, "b": 300}, size=16)
     out = work / "s.zarr"
-    return ["build-aug", "--source", str(source), "--out", str(out), "--copies", "20", "--chunk-size", "8", "--preview", "0",
-            "--workers", "1", "--quiet"], out
+    return [
+        "build-aug",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--copies",
+        "20",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--workers",
+        "1",
+        "--quiet",
+    ], out
 
 
 def second_build(work: Path):
@@ -328,8 +413,20 @@ def live_run(work: Path) -> tuple[list[str], Path]:
     if build(source, store).returncode:
         raise RuntimeError("could not build the training store")
     run_dir = work / "run"
-    return ["train", "--store", str(store), "--epochs", "100000", "--batch-size", "8", "--model", "shallow", "--quiet",
-            "--out", str(run_dir)], run_dir
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "8",
+        "--model",
+        "shallow",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    ], run_dir
 
 
 def second_train(extra: list[str]) -> Check:
@@ -341,6 +438,7 @@ def second_train(extra: list[str]) -> Check:
             return refused(second, "another train is writing")
         finally:
             stop(first)
+
     return run
 
 

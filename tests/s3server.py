@@ -36,8 +36,14 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         extra = {"INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_REQUESTS_WITH_AUTH)} if self.auth else {}
-        self.process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", "0"], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, **extra})
+        self.process = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **extra},
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = self.process.stderr.readline()
@@ -74,8 +80,12 @@ class MotoServer:
         iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1", **lower(TEST_KEYS))
         iam.create_user(UserName="augzarr")
         key = iam.create_access_key(UserName="augzarr")["AccessKey"]
-        iam.put_user_policy(UserName="augzarr", PolicyName="all", PolicyDocument='{"Version": "2012-10-17", "Statement": '
-                            '[{"Effect": "Allow", "Action": "*", "Resource": "*"}]}')
+        iam.put_user_policy(
+            UserName="augzarr",
+            PolicyName="all",
+            PolicyDocument='{"Version": "2012-10-17", "Statement": '
+            '[{"Effect": "Allow", "Action": "*", "Resource": "*"}]}',
+        )
         return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 

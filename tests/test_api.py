@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, write_image_folder
 
 import augzarr
-from conftest import run_cli, write_image_folder
 
 ARGS = {"copies": 2, "chunk_size": 8, "seed": 3}
 
@@ -26,7 +26,9 @@ def images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(images, tmp_path_factory) -> augzarr.Store:
-    return augzarr.build(str(images), out=str(tmp_path_factory.mktemp("api-store") / "aug.zarr"), progress=False, **ARGS)
+    return augzarr.build(
+        str(images), out=str(tmp_path_factory.mktemp("api-store") / "aug.zarr"), progress=False, **ARGS
+    )
 
 
 def stored_files(root: Path) -> dict[str, bytes]:
@@ -38,15 +40,34 @@ def stored_files(root: Path) -> dict[str, bytes]:
 
 def test_build_makes_the_store_build_aug_makes_and_says_what_is_in_it(store, images, tmp_path):
     cli = tmp_path / "cli.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(cli), "--copies", "2", "--chunk-size", "8", "--seed", "3",
-            "--preview", "0", check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(cli),
+        "--copies",
+        "2",
+        "--chunk-size",
+        "8",
+        "--seed",
+        "3",
+        "--preview",
+        "0",
+        check=True,
+    )
     assert stored_files(Path(store.location)) == stored_files(cli)
     assert store.class_names == ["ant", "bee", "cow"] and store.image_shape == (16, 16, 3)
     assert store.splits == ["train", "val"]
     assert repr(store).startswith(f"<augzarr.Store {store.location}: ") and "3 classes" in repr(store)
     assert "ant" in store.summary() and "crop-flip" in store.summary()
     made = store.provenance
-    assert (made["source"]["kind"], made["policy"]["name"], made["copies"], made["seed"]) == ("image-folder", "crop-flip", 2, 3)
+    assert (made["source"]["kind"], made["policy"]["name"], made["copies"], made["seed"]) == (
+        "image-folder",
+        "crop-flip",
+        2,
+        3,
+    )
     assert made["source"]["train_count"] == 31 and len(made["source"]["content_hash"]) > 20
 
 
@@ -75,15 +96,18 @@ def test_bad_options_raise_the_commands_one_line(images, tmp_path):
     assert not (tmp_path / "b.zarr").exists()
 
 
-@pytest.mark.parametrize("options, message", [  # issue #21 point 8: each was a raw exception, or accepted
-    ({"copies": 2.7}, "--copies must be a whole number, not 2.7 (a float)"),
-    ({"copies": "2"}, "--copies must be a whole number, not '2' (a str)"),
-    ({"val_fraction": "0.3"}, "--val-fraction must be a number, not '0.3' (a str)"),
-    ({"policy": {"transform": {"__class_fullname__": "HorizontalFlip"}}}, "--policy must be a string, not a dict"),
-    ({"copies": True}, "--copies must be a whole number, not True (a bool)"),
-    ({"limit": 0}, "--limit must be at least 1"),
-    ({"progress": "no"}, "progress must be True or False, not 'no'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [  # issue #21 point 8: each was a raw exception, or accepted
+        ({"copies": 2.7}, "--copies must be a whole number, not 2.7 (a float)"),
+        ({"copies": "2"}, "--copies must be a whole number, not '2' (a str)"),
+        ({"val_fraction": "0.3"}, "--val-fraction must be a number, not '0.3' (a str)"),
+        ({"policy": {"transform": {"__class_fullname__": "HorizontalFlip"}}}, "--policy must be a string, not a dict"),
+        ({"copies": True}, "--copies must be a whole number, not True (a bool)"),
+        ({"limit": 0}, "--limit must be at least 1"),
+        ({"progress": "no"}, "progress must be True or False, not 'no'"),
+    ],
+)
 def test_build_refuses_a_wrong_type_in_one_line_naming_the_argument(options, message, images, tmp_path):
     with pytest.raises(augzarr.UserError) as raised:
         augzarr.build(str(images), out=str(tmp_path / "a.zarr"), **{"progress": False, **options})
@@ -92,27 +116,45 @@ def test_build_refuses_a_wrong_type_in_one_line_naming_the_argument(options, mes
 
 
 def test_build_takes_paths_and_numpy_numbers(images, tmp_path):
-    built = augzarr.build(images, out=tmp_path / "a.zarr", progress=False, copies=np.int64(1), chunk_size=np.int32(8), seed=3)
+    built = augzarr.build(
+        images, out=tmp_path / "a.zarr", progress=False, copies=np.int64(1), chunk_size=np.int32(8), seed=3
+    )
     assert built.provenance["copies"] == 1 and built.location == str(tmp_path / "a.zarr")
 
 
 def test_the_arguments_of_build_are_named_in_its_signature_for_an_editor():
     parameters = inspect.signature(augzarr.build).parameters
-    assert {"copies", "policy", "val_fraction", "seed", "workers", "overwrite", "skip_bad", "license", "scheduler"} <= set(parameters)
+    assert {
+        "copies",
+        "policy",
+        "val_fraction",
+        "seed",
+        "workers",
+        "overwrite",
+        "skip_bad",
+        "license",
+        "scheduler",
+    } <= set(parameters)
     assert parameters["copies"].default == 5 and parameters["policy"].default == "crop-flip"
 
 
-@pytest.mark.parametrize("call, message", [  # issue #21 point 8: the stream and the sheet check as train and inspect-aug do
-    (lambda s: s.stream(online="bogus"), "--online: unknown online operation bogus: choose from flip, shift, erase"),
-    (lambda s: s.stream(buffer_chunks=0), "--buffer-chunks must be at least 1"),
-    (lambda s: s.stream(batch_size=0), "--batch-size must be in [1, 65536]"),
-    (lambda s: s.stream(batch_size="8"), "--batch-size must be a whole number, not '8' (a str)"),
-    (lambda s: s.stream(seed=-1), "--seed must be in [0, 2**32)"),
-    (lambda s: s.stream(shuffle="yes"), "shuffle must be True, False or None, not 'yes'"),
-    (lambda s: s.contact_sheet(count=0), "count must be in [1, 256]"),
-    (lambda s: s.contact_sheet(count=-1), "count must be in [1, 256]"),
-    (lambda s: s.contact_sheet(count=2.5), "count must be a whole number, not 2.5 (a float)"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [  # issue #21 point 8: the stream and the sheet check as train and inspect-aug do
+        (
+            lambda s: s.stream(online="bogus"),
+            "--online: unknown online operation bogus: choose from flip, shift, erase",
+        ),
+        (lambda s: s.stream(buffer_chunks=0), "--buffer-chunks must be at least 1"),
+        (lambda s: s.stream(batch_size=0), "--batch-size must be in [1, 65536]"),
+        (lambda s: s.stream(batch_size="8"), "--batch-size must be a whole number, not '8' (a str)"),
+        (lambda s: s.stream(seed=-1), "--seed must be in [0, 2**32)"),
+        (lambda s: s.stream(shuffle="yes"), "shuffle must be True, False or None, not 'yes'"),
+        (lambda s: s.contact_sheet(count=0), "count must be in [1, 256]"),
+        (lambda s: s.contact_sheet(count=-1), "count must be in [1, 256]"),
+        (lambda s: s.contact_sheet(count=2.5), "count must be a whole number, not 2.5 (a float)"),
+    ],
+)
 def test_stream_and_contact_sheet_refuse_bad_arguments_in_one_line(store, call, message):
     with pytest.raises(augzarr.UserError) as raised:
         call(store)
@@ -150,8 +192,12 @@ print(keras.backend.backend(), len(history.history["val_accuracy"]), model.evalu
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_a_users_own_model_fits_from_the_stream_on_either_backend(store, backend):
-    result = subprocess.run([sys.executable, "-c", FIT, store.location], capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": backend})
+    result = subprocess.run(
+        [sys.executable, "-c", FIT, store.location],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": backend},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [backend, "2", "True"]
 
@@ -171,4 +217,4 @@ def test_import_augzarr_is_cheap_and_its_names_are_the_api():
     assert set(augzarr.__all__) == {"Store", "UserError", "__version__", "build", "open_store"}
     assert all(getattr(augzarr, name) is not None for name in augzarr.__all__)
     with pytest.raises(AttributeError):
-        augzarr.build_store  # internals stay in their modules
+        augzarr.build_store  # noqa: B018  internals stay in their modules

@@ -13,12 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import (
+    BIN,
+    assert_same_store,
+    restore_ctrl_c,
+    run_cli,
+    store_arrays,
+    write_image_folder,
+)
 from PIL import Image
 
 from augzarr.builder.build import BuildOptions, build_store
 from augzarr.errors import UserError
 from augzarr.store_format import BUILD_DIR, open_store
-from conftest import BIN, assert_same_store, restore_ctrl_c, run_cli, store_arrays, write_cifar_archive, write_image_folder
 
 
 def build(source, out, **kwargs):
@@ -44,7 +51,11 @@ def test_store_layout_follows_format_v1(cifar_archive, tmp_path):
     train = root["train"]
     assert train["images"].shape == (n_train_sources * 4, 32, 32, 3) and train["images"].dtype == np.uint8
     assert train["images"].chunks == (16, 32, 32, 3)
-    assert train["labels"].dtype == np.uint8 and train["source_index"].dtype == np.int32 and train["copy_index"].dtype == np.int16
+    assert (
+        train["labels"].dtype == np.uint8
+        and train["source_index"].dtype == np.int32
+        and train["copy_index"].dtype == np.int16
+    )
     # every train source appears once per copy 0..3, and copy 0 is the original pixels
     sources, copies = train["source_index"][:], train["copy_index"][:]
     for k in range(4):
@@ -105,7 +116,9 @@ def test_no_include_original_stores_copies_only(image_folder, tmp_path):
 def test_image_size_resizes_mixed_sizes_and_is_required_for_them(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=16)
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "b" / "big.png")
-    with pytest.raises(UserError, match=r"images differ in size: .*big.png is 24x20, the first is 16x16; pass --image-size"):
+    with pytest.raises(
+        UserError, match=r"images differ in size: .*big.png is 24x20, the first is 16x16; pass --image-size"
+    ):
         build(folder, tmp_path / "s.zarr", copies=1, workers=1)
     out = tmp_path / "t.zarr"
     build(folder, out, copies=1, workers=1, image_size=12)
@@ -114,8 +127,22 @@ def test_image_size_resizes_mixed_sizes_and_is_required_for_them(tmp_path):
 
 def test_cli_build_previews_and_summary(image_folder, tmp_path):
     out, previews = tmp_path / "s.zarr", tmp_path / "prev"
-    result = run_cli("build-aug", "--source", str(image_folder), "--out", str(out), "--copies", "2", "--preview", "3",
-                     "--preview-dir", str(previews), "--val-fraction", "0.2", check=True)
+    result = run_cli(
+        "build-aug",
+        "--source",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--copies",
+        "2",
+        "--preview",
+        "3",
+        "--preview-dir",
+        str(previews),
+        "--val-fraction",
+        "0.2",
+        check=True,
+    )
     assert result.stdout.strip().splitlines()[-1].startswith(f"built {out}: 72 train, 6 val rows (78 computed) in ")
     assert "building" in result.stderr and "images/s" in result.stderr  # the progress bar
     names = sorted(p.name for p in previews.glob("cifar_*.jpeg"))
@@ -130,11 +157,26 @@ def test_cli_build_previews_and_summary(image_folder, tmp_path):
     shown = np.asarray(Image.open(previews / f"cifar_{first[0]}_1.jpeg"))
     assert np.abs(shown.astype(int) - stored.astype(int)).mean() < 6
 
-    quiet = run_cli("build-aug", "--source", str(image_folder), "--out", str(tmp_path / "q.zarr"), "--copies", "1",
-                    "--preview", "0", "--preview-dir", str(tmp_path / "none"), "--quiet", check=True)
+    quiet = run_cli(
+        "build-aug",
+        "--source",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "q.zarr"),
+        "--copies",
+        "1",
+        "--preview",
+        "0",
+        "--preview-dir",
+        str(tmp_path / "none"),
+        "--quiet",
+        check=True,
+    )
     assert quiet.stdout == "" and not (tmp_path / "none").exists()
 
-    inspected = run_cli("inspect-aug", "--store", str(out), "--preview", "2", "--preview-dir", str(tmp_path / "again"), check=True)
+    inspected = run_cli(
+        "inspect-aug", "--store", str(out), "--preview", "2", "--preview-dir", str(tmp_path / "again"), check=True
+    )
     assert "complete" in inspected.stdout and "crop-flip" in inspected.stdout
     lines = {line.split()[0]: line.split()[1:] for line in inspected.stdout.splitlines() if line.split()}
     assert lines["cat"] == ["24", "2"] and lines["total"] == ["72", "6"]
@@ -178,8 +220,14 @@ def test_out_that_is_not_a_store_is_never_touched(image_folder, tmp_path):
 
 
 def start_build(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "build-aug"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=restore_ctrl_c, **kwargs)
+    return subprocess.Popen(
+        [str(BIN / "build-aug"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=restore_ctrl_c,
+        **kwargs,
+    )
 
 
 def wait_for_chunks(out: Path, at_least: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -200,7 +248,9 @@ def test_resume_after_kill_9_is_byte_identical(resumable_case, tmp_path):
     wait_for_chunks(out, 20, process)
     os.killpg(process.pid, signal.SIGKILL)  # the build and its workers, as an OOM killer or a power cut would
     process.wait()
-    done_before = len(list((out / BUILD_DIR / "chunks").rglob("[a-z]*.[0-9]*")))  # markers, not the .tmp of one cut short
+    done_before = len(
+        list((out / BUILD_DIR / "chunks").rglob("[a-z]*.[0-9]*"))
+    )  # markers, not the .tmp of one cut short
     inspect = run_cli("inspect-aug", "--store", str(out))
     assert inspect.returncode == 1 and "incomplete" in inspect.stderr and "Traceback" not in inspect.stderr
     resumed = run_cli("build-aug", *[a for a in args if a != "--quiet"], "--out", str(out), check=True)
@@ -219,7 +269,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(resumable_case, tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert stderr.strip().splitlines()[-1] == "build-aug: error: interrupted: run the same command again to resume where it stopped"
+    assert (
+        stderr.strip().splitlines()[-1]
+        == "build-aug: error: interrupted: run the same command again to resume where it stopped"
+    )
     assert "Traceback" not in stderr
     run_cli("build-aug", *args, "--out", str(out), check=True)
     assert_same_store(out, reference)
@@ -242,6 +295,7 @@ def set_file_size_limit(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -252,7 +306,10 @@ def test_full_disk_stops_with_a_message_and_resumes(tmp_path):
     # the decoded source (40 x 768 B) fits under 40 KB, an image chunk (64 x 768 B) does not
     full = run_cli("build-aug", *args, "--out", str(out), preexec_fn=set_file_size_limit(40_000))
     assert full.returncode == 1, full.stderr
-    assert full.stderr.startswith("build-aug: error: no space left writing") and "run the same command again to resume" in full.stderr
+    assert (
+        full.stderr.startswith("build-aug: error: no space left writing")
+        and "run the same command again to resume" in full.stderr
+    )
     assert len(full.stderr.strip().splitlines()) == 1
     run_cli("build-aug", *args, "--out", str(out), check=True)
     run_cli("build-aug", *args, "--out", str(tmp_path / "reference.zarr"), check=True)
@@ -268,7 +325,10 @@ def test_corrupt_image_is_named_and_the_build_resumes_once_fixed(tmp_path):
     args = ["build-aug", "--source", str(folder), "--out", str(out), "--copies", "2", "--preview", "0"]
     failed = run_cli(*args)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1] == f"build-aug: error: image {victim} is a truncated JPEG: remove it or replace it, or pass --skip-bad to leave it out"
+    assert (
+        failed.stderr.strip().splitlines()[-1]
+        == f"build-aug: error: image {victim} is a truncated JPEG: remove it or replace it, or pass --skip-bad to leave it out"
+    )
     victim.write_bytes(b"GIF89a not really")
     failed = run_cli(*args)
     assert f"cannot decode image {victim}" in failed.stderr
@@ -301,9 +361,13 @@ def test_chunk_files_are_byte_for_byte_what_zarr_writes(image_folder, tmp_path):
     for split in ("train", "val"):
         images = ours[f"{split}/images"]
         theirs = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="a", zarr_format=3).create_array(
-            split, shape=images.shape, chunks=images.chunks, dtype="uint8", compressors=None, fill_value=0)
+            split, shape=images.shape, chunks=images.chunks, dtype="uint8", compressors=None, fill_value=0
+        )
         theirs[:] = images[:]
         for c in range(images.cdata_shape[0]):
             key = images.metadata.encode_chunk_key((c, 0, 0, 0))
-            assert (out / split / "images" / key).read_bytes() == (tmp_path / "zarr.zarr" / split / key).read_bytes(), (split, c)
+            assert (out / split / "images" / key).read_bytes() == (tmp_path / "zarr.zarr" / split / key).read_bytes(), (
+                split,
+                c,
+            )
     assert not list(out.rglob("*.tmp"))

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_image_folder
 
 
@@ -28,8 +27,22 @@ def images(tmp_path_factory) -> Path:
 
 
 def build(images: Path, out: Path, *extra: str, env: dict | None = None):
-    return run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "3", "--chunk-size", "8", "--preview", "0",
-                   *extra, env=env, check=True)
+    return run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "3",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        *extra,
+        env=env,
+        check=True,
+    )
 
 
 def files(store: Path) -> dict[str, bytes]:
@@ -96,14 +109,27 @@ def test_an_unreachable_scheduler_is_one_line_naming_where_its_address_came_from
     from conftest import BIN
 
     unreachable = "tcp://127.0.0.1:9"
-    cases = {"--scheduler": (["--scheduler", unreachable], {}), "AUGZARR_SCHEDULER": ([], {"AUGZARR_SCHEDULER": unreachable})}
+    cases = {
+        "--scheduler": (["--scheduler", unreachable], {}),
+        "AUGZARR_SCHEDULER": ([], {"AUGZARR_SCHEDULER": unreachable}),
+    }
     clean = {k: v for k, v in os.environ.items() if k not in ("AUGZARR_SCHEDULER", "DASK_SCHEDULER_ADDRESS")}
     processes = {}
     for named, (option, variables) in cases.items():
-        command = [str(BIN / "build-aug"), "--source", str(images), "--out", str(tmp_path / named.strip("-") / "s.zarr"), "--preview", "0",
-                   "--quiet", *option]
-        processes[named] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                            env={**clean, **variables})
+        command = [
+            str(BIN / "build-aug"),
+            "--source",
+            str(images),
+            "--out",
+            str(tmp_path / named.strip("-") / "s.zarr"),
+            "--preview",
+            "0",
+            "--quiet",
+            *option,
+        ]
+        processes[named] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean, **variables}
+        )
     for named, process in processes.items():
         _, stderr = process.communicate(timeout=120)
         line = stderr.strip()
@@ -118,17 +144,30 @@ def test_a_scheduler_without_workers_is_one_line_naming_its_variable_and_leaves_
 
     out = tmp_path / "stores" / "s.zarr"
     with LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=":0") as empty:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--preview", "0", "--quiet",
-                         env={"DASK_SCHEDULER_ADDRESS": empty.scheduler_address, "AUGZARR_SCHEDULER": ""})
+        result = run_cli(
+            "build-aug",
+            "--source",
+            str(images),
+            "--out",
+            str(out),
+            "--preview",
+            "0",
+            "--quiet",
+            env={"DASK_SCHEDULER_ADDRESS": empty.scheduler_address, "AUGZARR_SCHEDULER": ""},
+        )
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
-    assert line == (f"build-aug: error: DASK_SCHEDULER_ADDRESS={empty.scheduler_address}: the scheduler has no workers: "
-                    f"start some with `dask worker {empty.scheduler_address}`")
+    assert line == (
+        f"build-aug: error: DASK_SCHEDULER_ADDRESS={empty.scheduler_address}: the scheduler has no workers: "
+        f"start some with `dask worker {empty.scheduler_address}`"
+    )
     assert not (tmp_path / "stores").exists()
 
 
 @contextmanager
-def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tuple[str, ...] = (), worker_cwd: Path | None = None):
+def dask_pair(
+    tmp_path: Path, worker_env: dict | None = None, worker_prefix: tuple[str, ...] = (), worker_cwd: Path | None = None
+):
     """A real `dask scheduler` and one `dask worker` in their own processes; yields the scheduler's address.
     worker_prefix runs the worker under another command (unshare: its own view of the file system);
     worker_cwd is the worker's working folder (the test's own when None)."""
@@ -143,15 +182,39 @@ def dask_pair(tmp_path: Path, worker_env: dict | None = None, worker_prefix: tup
     bin_dir = Path(sys.executable).parent
     scheduler_file = tmp_path / "scheduler.json"
     common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--scheduler-file", str(scheduler_file)], **common)
+    scheduler = subprocess.Popen(
+        [
+            str(bin_dir / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        **common,
+    )
     worker = None
     try:
         while not scheduler_file.is_file():
             assert scheduler.poll() is None and time.sleep(0.1) is None
-        worker = subprocess.Popen([*worker_prefix, str(bin_dir / "dask"), "worker", "--scheduler-file", str(scheduler_file),
-                                   "--nthreads", "1", "--no-dashboard"], env={**os.environ, **(worker_env or {})}, cwd=worker_cwd,
-                                  **common)
+        worker = subprocess.Popen(
+            [
+                *worker_prefix,
+                str(bin_dir / "dask"),
+                "worker",
+                "--scheduler-file",
+                str(scheduler_file),
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+            ],
+            env={**os.environ, **(worker_env or {})},
+            cwd=worker_cwd,
+            **common,
+        )
         with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
             yield client.scheduler.address
@@ -169,8 +232,9 @@ def test_a_worker_with_other_package_versions_is_refused_naming_it(images, tmp_p
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: zarr\nVersion: 2.0.0\n")
     out = tmp_path / "stores" / "s.zarr"
     with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(fake.parent)}) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--preview", "0", "--quiet",
-                         "--scheduler", address)
+        result = run_cli(
+            "build-aug", "--source", str(images), "--out", str(out), "--preview", "0", "--quiet", "--scheduler", address
+        )
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert "has zarr 2.0.0, this client 3." in line and "install the same versions on every worker" in line
@@ -209,7 +273,10 @@ def test_a_worker_computing_other_bytes_is_refused_by_the_canary_before_the_clai
         result = run_cli("build-aug", *args, "--overwrite", "--scheduler", address)
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
-    assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:") and "computes other bytes for a chunk than this client" in line
+    assert (
+        line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:")
+        and "computes other bytes for a chunk than this client" in line
+    )
     assert files(out) == complete
 
 
@@ -242,7 +309,10 @@ def test_a_worker_that_cannot_read_the_source_gets_it_decoded_by_the_client(imag
     with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(images)) as address:
         out = tmp_path / "decoded-here.zarr"
         built = build(images, out, "--scheduler", address)
-    assert f"cannot read {images}/" in built.stdout and "decoding the source here and staging it in the store" in built.stdout
+    assert (
+        f"cannot read {images}/" in built.stdout
+        and "decoding the source here and staging it in the store" in built.stdout
+    )
     reference = tmp_path / "reference.zarr"
     build(images, reference, "--workers", "2")
     assert files(out) == files(reference)
@@ -252,8 +322,21 @@ def test_a_worker_that_sees_only_part_of_the_source_is_refused_naming_a_file(ima
     """Even under --skip-bad: a file the client reads and a worker cannot is a cluster fault, not a bad image."""
     out = tmp_path / "stores" / "s.zarr"
     with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(images / "cow")) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0",
-                         "--quiet", "--skip-bad", "--scheduler", address)
+        result = run_cli(
+            "build-aug",
+            "--source",
+            str(images),
+            "--out",
+            str(out),
+            "--copies",
+            "1",
+            "--preview",
+            "0",
+            "--quiet",
+            "--skip-bad",
+            "--scheduler",
+            address,
+        )
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert f"cannot use {images}/cow/" in line and "but this client can: mount the source at the same path" in line
@@ -283,32 +366,73 @@ def test_a_worker_that_cannot_see_the_store_is_refused_before_the_claim(images, 
     stores.mkdir()
     out = stores / "s.zarr"
     with dask_pair(tmp_path, worker_prefix=hidden_from_the_worker(stores)) as address:
-        result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet",
-                         "--scheduler", address)
+        result = run_cli(
+            "build-aug",
+            "--source",
+            str(images),
+            "--out",
+            str(out),
+            "--copies",
+            "1",
+            "--preview",
+            "0",
+            "--quiet",
+            "--scheduler",
+            address,
+        )
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
-    assert line.endswith(f"cannot see --out {out}: use a path on storage the workers share (mounted at the same path), or object storage")
+    assert line.endswith(
+        f"cannot see --out {out}: use a path on storage the workers share (mounted at the same path), or object storage"
+    )
     assert not list(stores.iterdir())
 
 
 def test_a_worker_with_another_image_pixel_limit_is_refused_naming_the_variable(cluster, images, tmp_path):
     """CV_IO_MAX_IMAGE_PIXELS, set for build-aug, means nothing to workers started without it: an image this client
     decodes, a worker would refuse."""
-    result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", "--quiet",
-                     "--scheduler", cluster, env={"CV_IO_MAX_IMAGE_PIXELS": str(1 << 30)})
+    result = run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--preview",
+        "0",
+        "--quiet",
+        "--scheduler",
+        cluster,
+        env={"CV_IO_MAX_IMAGE_PIXELS": str(1 << 30)},
+    )
     line = result.stderr.strip()
     assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
     assert line.startswith("build-aug: error: Dask worker tcp://127.0.0.1:"), line
-    assert line.endswith(f"decodes images of at most {1 << 27:,} pixels, this client {1 << 30:,}: set the same "
-                         "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker")
+    assert line.endswith(
+        f"decodes images of at most {1 << 27:,} pixels, this client {1 << 30:,}: set the same "
+        "CV_IO_MAX_IMAGE_PIXELS for build-aug and every worker"
+    )
     assert not (tmp_path / "s.zarr").exists()
 
 
 def long_build(images: Path, out: Path, scheduler: str) -> list[str]:
     """A build of one-row chunks: hundreds of tasks, still running when the test steps in."""
-    return ["build-aug", "--source", str(images), "--out", str(out), "--copies", "6", "--chunk-size", "1", "--preview", "0",
-            "--quiet", "--scheduler", scheduler]
+    return [
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "6",
+        "--chunk-size",
+        "1",
+        "--preview",
+        "0",
+        "--quiet",
+        "--scheduler",
+        scheduler,
+    ]
 
 
 def start(command: list[str]):
@@ -317,8 +441,14 @@ def start(command: list[str]):
 
     from conftest import BIN
 
-    return subprocess.Popen([str(BIN / command[0]), *command[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / command[0]), *command[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        start_new_session=True,
+    )
 
 
 def wait_for_markers(out: Path, process, count: int) -> None:
@@ -349,7 +479,9 @@ def test_a_worker_killed_mid_build_has_its_tasks_rerun_and_the_store_is_the_same
     assert files(out) == files(reference)
 
 
-def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_task_cannot_write(cluster, images, tmp_path):
+def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_task_cannot_write(
+    cluster, images, tmp_path
+):
     import os
     import signal
     import time
@@ -372,12 +504,23 @@ def test_the_client_killed_then_the_same_command_resumes_and_a_stopped_builds_ta
     # a task of a build that is no longer the store's (as after --overwrite) refuses to write
     pending = next(c for c in range(1000) if c not in written)
     rows = open_group(open_storage(out))["train"]
-    task = ChunkTask("train", pending, pending, "train", rows["source_index"][pending:pending + 1], rows["copy_index"][pending:pending + 1])
-    config = WorkerConfig(str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build")
+    task = ChunkTask(
+        "train",
+        pending,
+        pending,
+        "train",
+        rows["source_index"][pending : pending + 1],
+        rows["copy_index"][pending : pending + 1],
+    )
+    config = WorkerConfig(
+        str(out), "", json.loads((out / "zarr.json").read_text())["attributes"]["policy"], 0, "an-old-build"
+    )
     with Client(cluster) as client:
         with pytest.raises(StaleBuild, match="is now another build's"):
             client.submit(compute_chunk_on_cluster, config, task, pure=False).result(timeout=60)
-    assert not (out / "train" / "images" / "c" / str(pending)).exists() and not list(out.rglob(f".build/chunks/**/train.{pending}"))
+    assert not (out / "train" / "images" / "c" / str(pending)).exists() and not list(
+        out.rglob(f".build/chunks/**/train.{pending}")
+    )
     resumed = run_cli(*command, check=True)  # the same command: only the chunks without a marker
     assert resumed.returncode == 0
     reference = tmp_path / "reference.zarr"
@@ -394,8 +537,21 @@ def test_an_unfinished_build_claimed_before_build_ids_existed_resumes_on_the_clu
     (out / ".build").mkdir(parents=True)
     identity = json.loads((reference / "zarr.json").read_text())["attributes"]["identity"]
     (out / ".build" / "build.json").write_text(json.dumps({"identity": identity, "source_hash": None}))
-    result = run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "3", "--chunk-size", "8", "--preview", "0",
-                     "--scheduler", cluster)
+    result = run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "3",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--scheduler",
+        cluster,
+    )
     assert result.returncode == 0, result.stderr
     assert files(out) == files(reference)
 
@@ -436,8 +592,21 @@ def test_a_worker_without_the_object_stores_credentials_is_refused_before_the_cl
         url = "s3://augzarr-cluster/aug.zarr"
         without = {name: "" for name in moto.env}
         with dask_pair(tmp_path, worker_env=without) as address:
-            result = run_cli("build-aug", "--source", str(images), "--out", url, "--copies", "1", "--preview", "0", "--quiet",
-                             "--scheduler", address, env=moto.env)
+            result = run_cli(
+                "build-aug",
+                "--source",
+                str(images),
+                "--out",
+                url,
+                "--copies",
+                "1",
+                "--preview",
+                "0",
+                "--quiet",
+                "--scheduler",
+                address,
+                env=moto.env,
+            )
         with pytest.MonkeyPatch.context() as patch:
             for key, value in moto.env.items():
                 patch.setenv(key, value)

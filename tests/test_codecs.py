@@ -34,13 +34,19 @@ def photos(n: int, size: tuple[int, int] = (24, 32), channels: int = 3, seed: in
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
 def zarr_images(path, spec, images: np.ndarray, shard_rows: int) -> zarr.Array:
     """An images array written by zarr itself, laid out as augzarr lays out its images arrays."""
-    array = zarr.create_array(str(path), shape=images.shape, dtype="uint8", fill_value=0, config={"write_empty_chunks": True},
-                              **codecs.zarr_array_layout(spec, shard_rows, images.shape[1:]))
+    array = zarr.create_array(
+        str(path),
+        shape=images.shape,
+        dtype="uint8",
+        fill_value=0,
+        config={"write_empty_chunks": True},
+        **codecs.zarr_array_layout(spec, shard_rows, images.shape[1:]),
+    )
     array[:] = images
     return array
 
@@ -51,18 +57,45 @@ def stored(array: zarr.Array, chunk: int, root) -> bytes:
 
 # -- specs ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, name, quality", [("raw", "raw", None), ("jpeg", "jpeg", codecs.DEFAULT_JPEG_QUALITY),
-                                                  ("jpeg:75", "jpeg", 75), ("JPEG:1", "jpeg", 1), ("jpeg:100", "jpeg", 100),
-                                                  ("webp-lossless", "webp-lossless", None), (" WebP-Lossless", "webp-lossless", None)])
+
+@pytest.mark.parametrize(
+    "text, name, quality",
+    [
+        ("raw", "raw", None),
+        ("jpeg", "jpeg", codecs.DEFAULT_JPEG_QUALITY),
+        ("jpeg:75", "jpeg", 75),
+        ("JPEG:1", "jpeg", 1),
+        ("jpeg:100", "jpeg", 100),
+        ("webp-lossless", "webp-lossless", None),
+        (" WebP-Lossless", "webp-lossless", None),
+    ],
+)
 def test_specs_as_the_cli_spells_them(text, name, quality):
     spec = parse_spec(text)
     assert (spec.name, spec.quality) == (name, quality)
     assert parse_spec(spec.text) == spec  # the recorded spelling reads back as the same codec
 
 
-@pytest.mark.parametrize("text", ["gif", "png", "webp", "", "jpeg:0", "jpeg:101", "jpeg:", "jpeg:9.5", "jpeg:-5", "jpeg:high",
-                                  "webp-lossless:6", "raw:1",
-                                  "jpeg:90:1", None, 90])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "gif",
+        "png",
+        "webp",
+        "",
+        "jpeg:0",
+        "jpeg:101",
+        "jpeg:",
+        "jpeg:9.5",
+        "jpeg:-5",
+        "jpeg:high",
+        "webp-lossless:6",
+        "raw:1",
+        "jpeg:90:1",
+        None,
+        90,
+    ],
+)
 def test_bad_specs_refused_in_one_line_naming_the_option_and_the_choices(text):
     with pytest.raises(OptionError) as caught:
         parse_spec(text)
@@ -79,15 +112,18 @@ def test_zarr_configuration_round_trip_and_refusals():
     for config in ({"format": "gif"}, {"format": "raw"}, {"format": "jpeg"}, {"format": "jpeg", "quality": 0}, {}):
         with pytest.raises(ValueError, match="augzarr.image"):
             codecs.ImageCodec.from_dict({"name": "augzarr.image", "configuration": config})
-    assert not codecs.ImageCodec.from_dict({"name": "augzarr.image", "configuration": {"format": "webp-lossless", "method": 0,
-                                                                                      "effort": 0}}).spec.quality
+    assert not codecs.ImageCodec.from_dict(
+        {"name": "augzarr.image", "configuration": {"format": "webp-lossless", "method": 0, "effort": 0}}
+    ).spec.quality
 
 
 def test_settings_augzarr_does_not_write_still_decode_but_are_not_encoded(tmp_path):
     """A store from another augzarr (other settings) decodes: decoding needs only the format."""
     image = photos(1)[0]
-    for config, text in (({"format": "webp-lossless", "method": 9, "effort": 0}, "webp-lossless"),
-                         ({"format": "jpeg", "quality": 90, "subsampling": "3:1:1"}, "jpeg")):
+    for config, text in (
+        ({"format": "webp-lossless", "method": 9, "effort": 0}, "webp-lossless"),
+        ({"format": "jpeg", "quality": 90, "subsampling": "3:1:1"}, "jpeg"),
+    ):
         other = codecs.spec_from_zarr_config(config)
         out = np.empty_like(image)
         codecs.decode_image_into(other, codecs.encode_image(parse_spec(text), image), out)
@@ -96,6 +132,7 @@ def test_settings_augzarr_does_not_write_still_decode_but_are_not_encoded(tmp_pa
 
 
 # -- one image --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("text", ["raw", "webp-lossless"])
@@ -157,6 +194,7 @@ def test_encoder_versions_name_the_library():
 
 # -- shards -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("text", ENCODED)
 def test_shard_bytes_are_those_zarr_writes_and_zarr_reads_them(tmp_path, text, channels):
@@ -167,12 +205,12 @@ def test_shard_bytes_are_those_zarr_writes_and_zarr_reads_them(tmp_path, text, c
     array = zarr_images(tmp_path / "a.zarr", spec, images, shard_rows=4)
     assert codecs.array_spec(zarr.open_array(str(tmp_path / "a.zarr"))) == spec
     for chunk, start in enumerate(range(0, 10, 4)):
-        block = images[start:start + 4]
+        block = images[start : start + 4]
         data = encode_shard(spec, block, 4)
         assert data == stored(array, chunk, tmp_path / "a.zarr")
         out = np.empty_like(block)
         decode_shard(spec, data, out, shard_rows=4, key="k")
-        assert np.array_equal(out, array[start:start + 4])
+        assert np.array_equal(out, array[start : start + 4])
     if spec.lossless:
         assert np.array_equal(array[:], images)
     else:
@@ -196,18 +234,19 @@ def test_a_plain_zarr_process_decodes_through_the_entry_point(tmp_path):
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
     train = group.require_group("train")
     spec = parse_spec("webp-lossless")
-    array = train.create_array("images", shape=images.shape, dtype="uint8", fill_value=0,
-                               **codecs.zarr_array_layout(spec, 4, images.shape[1:]))
+    array = train.create_array(
+        "images", shape=images.shape, dtype="uint8", fill_value=0, **codecs.zarr_array_layout(spec, 4, images.shape[1:])
+    )
     for chunk, start in enumerate(range(0, 6, 4)):  # written by the fast path, as the builder will
         path = tmp_path / "s.zarr" / "train" / "images" / array.metadata.encode_chunk_key((chunk, 0, 0, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_shard(spec, images[start:start + 4], 4))
+        path.write_bytes(encode_shard(spec, images[start : start + 4], 4))
     np.save(tmp_path / "expected.npy", images)
     script = f"""
 import sys, numpy as np, zarr
-group = zarr.open_group({str(tmp_path / 's.zarr')!r}, mode="r")
+group = zarr.open_group({str(tmp_path / "s.zarr")!r}, mode="r")
 assert not any(m.startswith("augzarr") for m in sys.modules), "augzarr imported before the read"
-expected = np.load({str(tmp_path / 'expected.npy')!r})
+expected = np.load({str(tmp_path / "expected.npy")!r})
 assert np.array_equal(group["train/images"][5], expected[5])
 assert np.array_equal(group["train/images"][:], expected)
 assert "augzarr.codecs" in sys.modules  # loaded by zarr, through the entry point
@@ -239,7 +278,7 @@ def test_a_damaged_shard_is_refused_naming_its_key():
             decode_shard(spec, damaged, np.empty((rows, *block.shape[1:]), np.uint8), shard_rows=8, threads=2, key=key)
         assert key in str(caught.value) and "\n" not in str(caught.value)
 
-    refused(data[:size - 1], "too short")
+    refused(data[: size - 1], "too short")
     refused(data[:-1], "CRC-32C")  # truncated by a byte: the index's checksum no longer matches
     flipped = bytearray(data)
     flipped[-size + 3] ^= 0x10  # inside the index
@@ -247,14 +286,17 @@ def test_a_damaged_shard_is_refused_naming_its_key():
 
     def swap(entries):
         entries[[1, 2]] = entries[[2, 1]]
+
     refused(rewrite_index(data, 8, swap), "row 1")
 
     def drop(entries):
         entries[3] = codecs.NO_CHUNK
+
     refused(rewrite_index(data, 8, drop), "row 3 of the shard has no bytes")
 
     def past_the_end(entries):
-        entries[4, 1] += 10 ** 6
+        entries[4, 1] += 10**6
+
     refused(rewrite_index(data, 8, past_the_end), "row 4")
     # a flipped byte that leaves a JPEG undecodable: the start-of-image marker of row 2
     start = int(np.frombuffer(data[-size:-4], "<u8").reshape(8, 2)[2, 0])
@@ -270,12 +312,12 @@ def test_a_flipped_byte_inside_a_compressed_image_is_caught_by_the_crc_and_by_de
     spec = parse_spec(text)
     block = photos(3)
     data = encode_shard(spec, block, 4)
-    entries = np.frombuffer(data[-codecs.index_size(4):-4], "<u8").reshape(4, 2)
+    entries = np.frombuffer(data[-codecs.index_size(4) : -4], "<u8").reshape(4, 2)
     offset, length = (int(v) for v in entries[1])
-    row = data[offset:offset + length]
+    row = data[offset : offset + length]
     # the compressed pixels: past JPEG's tables (after the start-of-scan header), past WebP's RIFF and VP8L headers
     sos = row.find(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(row[sos + 2:sos + 4], "big") if spec.name == "jpeg" else 25
+    start = sos + 2 + int.from_bytes(row[sos + 2 : sos + 4], "big") if spec.name == "jpeg" else 25
     flipped = bytearray(data)
     flipped[offset + (start + length) // 2] ^= 0x01
     assert codecs.crc32_hex(bytes(flipped)) != codecs.crc32_hex(data) == f"{zlib.crc32(data):08x}"
@@ -302,8 +344,14 @@ def test_array_spec_reads_the_layout_back(tmp_path):
 
 def test_the_codec_refuses_chunks_of_several_images(tmp_path):
     with pytest.raises(ValueError, match="one image a chunk"):
-        zarr.create_array(str(tmp_path / "x"), shape=(4, 8, 8, 3), chunks=(2, 8, 8, 3), dtype="uint8",
-                          serializer=codecs.ImageCodec.from_spec(parse_spec("webp-lossless")), compressors=None)
+        zarr.create_array(
+            str(tmp_path / "x"),
+            shape=(4, 8, 8, 3),
+            chunks=(2, 8, 8, 3),
+            dtype="uint8",
+            serializer=codecs.ImageCodec.from_spec(parse_spec("webp-lossless")),
+            compressors=None,
+        )
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX")
@@ -341,13 +389,18 @@ def test_a_row_of_another_size_or_cut_short_is_refused(text):
     spec = parse_spec(text)
     block = photos(3)
     rows = [codecs.encode_image(spec, image) for image in block]
-    assert np.array_equal(decode_shard(spec, shard_of(rows, 4), np.empty_like(block), shard_rows=4)[0], decode_shard(
-        spec, encode_shard(spec, block, 4), np.empty_like(block), shard_rows=4)[0])
+    assert np.array_equal(
+        decode_shard(spec, shard_of(rows, 4), np.empty_like(block), shard_rows=4)[0],
+        decode_shard(spec, encode_shard(spec, block, 4), np.empty_like(block), shard_rows=4)[0],
+    )
     for size in ((16, 16), (32, 40)):
         other = codecs.encode_image(spec, photos(1, size=size)[0])
-        with pytest.raises(DamagedShardError, match=rf"row 1 of the shard decodes to a \[{size[0]}, {size[1]}, 3\] image, not \[24, 32, 3\]"):
+        with pytest.raises(
+            DamagedShardError,
+            match=rf"row 1 of the shard decodes to a \[{size[0]}, {size[1]}, 3\] image, not \[24, 32, 3\]",
+        ):
             decode_shard(spec, shard_of([rows[0], other, rows[2]], 4), np.empty_like(block), shard_rows=4, key="k")
-    cut = rows[2][:len(rows[2]) * 2 // 3]
+    cut = rows[2][: len(rows[2]) * 2 // 3]
     with pytest.raises(DamagedShardError, match="row 2 of the shard is not a decodable"):
         decode_shard(spec, shard_of([rows[0], rows[1], cut], 4), np.empty_like(block), shard_rows=4, key="k")
 

@@ -12,20 +12,44 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import REPO, write_image_folder
+from PIL import Image
 
 
 def test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread(tmp_path):
     images = write_image_folder(tmp_path / "images", {"ant": 8, "bee": 8, "cow": 8}, size=16)
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "compare_recipes.py"), "--source", str(images), "--work",
-                             str(tmp_path / "work"), "--recipes", "originals,crop-flip-x5+online,keras-crop-flip", "--image-steps",
-                             "200", "--seeds", "0,1", "--model", "shallow", "--batch-size", "16", "--json", str(tmp_path / "r.json"),
-                             "--plot", str(tmp_path / "copies.png")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "compare_recipes.py"),
+            "--source",
+            str(images),
+            "--work",
+            str(tmp_path / "work"),
+            "--recipes",
+            "originals,crop-flip-x5+online,keras-crop-flip",
+            "--image-steps",
+            "200",
+            "--seeds",
+            "0,1",
+            "--model",
+            "shallow",
+            "--batch-size",
+            "16",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "copies.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| recipe", "| ---"))]
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith(("| recipe", "| ---"))
+    ]
     assert [row.split(" | ")[0][2:] for row in rows] == ["originals", "crop-flip-x5+online", "keras-crop-flip"]
     runs = json.loads((tmp_path / "r.json").read_text())["runs"]
     assert len(runs) == 6 and {r["seed"] for r in runs} == {0, 1}
@@ -55,13 +79,28 @@ def finished(tmp_path_factory):
     arguments that made it: the tests below rerun it with one setting changed and must not alter it."""
     root = tmp_path_factory.mktemp("finished")
     images = write_image_folder(root / "images", {"ant": 6, "bee": 6}, size=16)
-    args = {"--source": str(images), "--work": str(root / "work"), "--json": str(root / "r.json"), "--recipes": "originals",
-            "--seeds": "0", "--image-steps": "40", "--model": "shallow", "--batch-size": "8"}
+    args = {
+        "--source": str(images),
+        "--work": str(root / "work"),
+        "--json": str(root / "r.json"),
+        "--recipes": "originals",
+        "--seeds": "0",
+        "--image-steps": "40",
+        "--model": "shallow",
+        "--batch-size": "8",
+    }
     result = compare(*(part for pair in args.items() for part in pair))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = root / "work" / "runs" / "originals-seed0"
-    return {"args": args, "stdout": result.stdout, "root": root, "images": images, "run_dir": run_dir,
-            "run_json": (run_dir / "run.json").read_bytes(), "results": (root / "r.json").read_bytes()}
+    return {
+        "args": args,
+        "stdout": result.stdout,
+        "root": root,
+        "images": images,
+        "run_dir": run_dir,
+        "run_json": (run_dir / "run.json").read_bytes(),
+        "results": (root / "r.json").read_bytes(),
+    }
 
 
 def rerun(finished, **changed: str) -> subprocess.CompletedProcess:
@@ -80,13 +119,18 @@ def test_a_run_folder_is_reused_only_under_the_settings_that_made_it(finished):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout == finished["stdout"]  # the same row, from the same run: nothing trained
     # issue #21 point 2: 400 image-steps reused the 40-step run and reported 400; another model or batch size reused it too
-    for changed, named in (({"image_steps": "400"}, "--epochs 4 -> 40 (from --image-steps 400)"),
-                           ({"batch_size": "4"}, "--batch-size 8 -> 4"),
-                           ({"model": "deep"}, "--model shallow -> deep")):
+    for changed, named in (
+        ({"image_steps": "400"}, "--epochs 4 -> 40 (from --image-steps 400)"),
+        ({"batch_size": "4"}, "--batch-size 8 -> 4"),
+        ({"model": "deep"}, "--model shallow -> deep"),
+    ):
         result = rerun(finished, json=None, **changed)
         assert result.returncode != 0 and "| originals |" not in result.stdout, changed
         assert result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
-        assert f"{finished['run_dir']} holds a run made under other settings" in result.stderr and "give another --work" in result.stderr
+        assert (
+            f"{finished['run_dir']} holds a run made under other settings" in result.stderr
+            and "give another --work" in result.stderr
+        )
     assert_untouched(finished)
 
 
@@ -96,15 +140,21 @@ def test_a_store_in_work_built_from_other_data_is_refused_in_one_line(finished):
         result = rerun(finished, json=None, **changed)
         assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
         store = Path(finished["args"]["--work"]) / "originals.zarr"
-        assert named in result.stderr and f"{store}" in result.stderr and "give another --work" in result.stderr, result.stderr
-        assert "--overwrite" not in result.stderr and "['" not in result.stderr  # build-aug's advice is not this command's
+        assert named in result.stderr and f"{store}" in result.stderr and "give another --work" in result.stderr, (
+            result.stderr
+        )
+        assert (
+            "--overwrite" not in result.stderr and "['" not in result.stderr
+        )  # build-aug's advice is not this command's
     assert_untouched(finished)
 
 
 def test_a_results_file_is_reused_only_for_runs_made_under_the_same_settings(finished, tmp_path):
     again = rerun(finished, work=str(tmp_path / "b"))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert not (tmp_path / "b" / "runs").exists() and again.stdout == finished["stdout"]  # nothing trained: the saved run was reused
+    assert (
+        not (tmp_path / "b" / "runs").exists() and again.stdout == finished["stdout"]
+    )  # nothing trained: the saved run was reused
     # other settings: refused, and the file keeps its runs (it was overwritten with the new runs before)
     other = rerun(finished, work=str(tmp_path / "c"), image_steps="80")
     assert other.returncode != 0 and other.stderr.count("\n") == 1, other.stderr
@@ -120,7 +170,9 @@ def test_a_results_file_is_reused_only_for_runs_made_under_the_same_settings(fin
     finally:
         image.write_bytes(original)
     assert changed.returncode != 0 and changed.stderr.count("\n") == 1, changed.stderr
-    assert "holds a run of originals seed 0 made under other settings (the source images" in changed.stderr, changed.stderr
+    assert "holds a run of originals seed 0 made under other settings (the source images" in changed.stderr, (
+        changed.stderr
+    )
     assert not (tmp_path / "d" / "runs").exists()
     # a results file that does not record what made its runs (written before it did) cannot vouch for them
     legacy = json.loads(finished["results"])
@@ -128,7 +180,9 @@ def test_a_results_file_is_reused_only_for_runs_made_under_the_same_settings(fin
         del run["settings"]
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
     unknown = rerun(finished, work=str(tmp_path / "e"), json=str(tmp_path / "legacy.json"))
-    assert unknown.returncode != 0 and "does not record the settings of its run of originals seed 0" in unknown.stderr, unknown.stderr
+    assert (
+        unknown.returncode != 0 and "does not record the settings of its run of originals seed 0" in unknown.stderr
+    ), unknown.stderr
     assert_untouched(finished)
 
 
@@ -140,25 +194,64 @@ def test_a_finished_run_moved_with_its_work_folder_is_reused_without_its_wall_ti
     moved = rerun(finished, work=str(tmp_path / "moved"), json=None)
     assert moved.returncode == 0, moved.stderr[-3000:]
     row = next(line for line in moved.stdout.splitlines() if line.startswith("| originals |"))
-    assert row.split(" | ")[7] == "-" and row.split(" | ")[2] == finished["stdout"].split("| originals | ")[1].split(" | ")[1]
+    assert (
+        row.split(" | ")[7] == "-"
+        and row.split(" | ")[2] == finished["stdout"].split("| originals | ")[1].split(" | ")[1]
+    )
 
 
-@pytest.mark.parametrize("recipes, seeds, refusal", [
-    ("crop-flip-x2+mixup+cutmix", "0", "--recipes crop-flip-x2+mixup+cutmix: +mixup and +cutmix both set train --mix: keep one"),
-    ("crop-flip-x1+cutmix+cutmix", "0", "--recipes crop-flip-x1+cutmix+cutmix: +cutmix is given twice: give it once"),
-    ("originals+online+flip-shift", "0", "--recipes originals+online+flip-shift: +online and +flip-shift both set train --online: keep one"),
-    ("originals,originals", "0", "--recipes: originals is given twice: give it once"),
-    ("originals,crop-flip-x0", "0", "--recipes: originals and crop-flip-x0 are the same recipe (originals): give it once"),
-    ("crop-flip-x5+cutmix+online,crop-flip-x5+online+cutmix", "0",
-     "--recipes: crop-flip-x5+cutmix+online and crop-flip-x5+online+cutmix are the same recipe (crop-flip-x5+online+cutmix): give it once"),
-    ("originals", "0,1,0", "--seeds 0,1,0: seed 0 is given twice: give it once"),
-    ("originals", "0,a", "--seeds 0,a: give whole numbers separated by commas"),
-])
+@pytest.mark.parametrize(
+    "recipes, seeds, refusal",
+    [
+        (
+            "crop-flip-x2+mixup+cutmix",
+            "0",
+            "--recipes crop-flip-x2+mixup+cutmix: +mixup and +cutmix both set train --mix: keep one",
+        ),
+        (
+            "crop-flip-x1+cutmix+cutmix",
+            "0",
+            "--recipes crop-flip-x1+cutmix+cutmix: +cutmix is given twice: give it once",
+        ),
+        (
+            "originals+online+flip-shift",
+            "0",
+            "--recipes originals+online+flip-shift: +online and +flip-shift both set train --online: keep one",
+        ),
+        ("originals,originals", "0", "--recipes: originals is given twice: give it once"),
+        (
+            "originals,crop-flip-x0",
+            "0",
+            "--recipes: originals and crop-flip-x0 are the same recipe (originals): give it once",
+        ),
+        (
+            "crop-flip-x5+cutmix+online,crop-flip-x5+online+cutmix",
+            "0",
+            "--recipes: crop-flip-x5+cutmix+online and crop-flip-x5+online+cutmix are the same recipe (crop-flip-x5+online+cutmix): give it once",
+        ),
+        ("originals", "0,1,0", "--seeds 0,1,0: seed 0 is given twice: give it once"),
+        ("originals", "0,a", "--seeds 0,a: give whole numbers separated by commas"),
+    ],
+)
 def test_a_recipe_or_seed_that_would_run_or_count_twice_is_refused_in_one_line(tmp_path, recipes, seeds, refusal):
     """Issue #21 point 3: two mixes ran as the last one under the name of both; a recipe given twice (or under another
     name) trained once and was counted twice ("runs 2 ± 0.0000")."""
-    result = compare("--source", str(tmp_path / "none"), "--work", str(tmp_path / "work"), "--recipes", recipes, "--seeds", seeds,
-                     "--image-steps", "10", "--model", "shallow", "--batch-size", "8")
+    result = compare(
+        "--source",
+        str(tmp_path / "none"),
+        "--work",
+        str(tmp_path / "work"),
+        "--recipes",
+        recipes,
+        "--seeds",
+        seeds,
+        "--image-steps",
+        "10",
+        "--model",
+        "shallow",
+        "--batch-size",
+        "8",
+    )
     assert result.returncode != 0 and result.stderr == f"compare_recipes: {refusal}\n"
     assert not (tmp_path / "work").exists()
 
@@ -168,13 +261,19 @@ def test_recipe_names_say_what_they_run():
     from compare_recipes import parse_recipe
 
     recipe = parse_recipe("randaugment-x20+online+cutmix")
-    assert (recipe.copies, recipe.policy, recipe.train) == (20, "randaugment", ("--online", "flip,shift,erase", "--mix", "cutmix"))
+    assert (recipe.copies, recipe.policy, recipe.train) == (
+        20,
+        "randaugment",
+        ("--online", "flip,shift,erase", "--mix", "cutmix"),
+    )
     assert parse_recipe("originals+online").copies == 0
     assert parse_recipe("crop-flip-x5+flip-shift").train == ("--online", "flip,shift")
     assert parse_recipe("keras-randaugment").train == ("--keras-augment", "randaugment")
     # one recipe, one name: the one its runs are filed and shown under
     assert parse_recipe("randaugment-x0") == parse_recipe("crop-flip-x0") == parse_recipe("originals")
-    assert parse_recipe("randaugment-x0").name == "originals" and parse_recipe("keras-crop-flip").name == "keras-crop-flip"
+    assert (
+        parse_recipe("randaugment-x0").name == "originals" and parse_recipe("keras-crop-flip").name == "keras-crop-flip"
+    )
     assert parse_recipe("crop-flip-x05+cutmix+online").name == "crop-flip-x5+online+cutmix"
     for bad in ("crop-flip-x", "sepia-x5", "crop-flip-x5+sharpen", "keras-sepia", "keras-crop-flip+online"):
         with pytest.raises(ValueError, match=re.escape(bad)):

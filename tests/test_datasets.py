@@ -17,12 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from augzarr.sources import open_source
-from augzarr.sources.keras_datasets import (CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, FASHION_MNIST_CLASSES, KERAS_DATASETS,
-                                            download_keras_dataset)
-from augzarr.errors import OptionError, UserError
 from conftest import run_cli, smooth_image
+
+from augzarr.errors import OptionError, UserError
+from augzarr.sources import open_source
+from augzarr.sources.keras_datasets import (
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_CLASSES,
+    FASHION_MNIST_CLASSES,
+    KERAS_DATASETS,
+    download_keras_dataset,
+)
 
 
 def digits(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -33,8 +38,12 @@ def digits(rng: np.random.Generator, n: int) -> np.ndarray:
 def write_mnist(keras_home: Path, n_train: int = 40, n_test: int = 10, seed: int = 0) -> dict:
     """mnist.npz, as Keras downloads it: x_train [n, 28, 28] uint8, y_train [n] uint8, x_test, y_test."""
     rng = np.random.default_rng(seed)
-    arrays = {"x_train": digits(rng, n_train), "y_train": (np.arange(n_train) % 10).astype(np.uint8),
-              "x_test": digits(rng, n_test), "y_test": (np.arange(n_test) % 10).astype(np.uint8)}
+    arrays = {
+        "x_train": digits(rng, n_train),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": digits(rng, n_test),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
     (keras_home / "datasets").mkdir(parents=True, exist_ok=True)
     np.savez_compressed(keras_home / "datasets" / "mnist.npz", **arrays)
     return arrays
@@ -49,12 +58,20 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_fashion_mnist(keras_home: Path, n_train: int = 40, n_test: int = 10, seed: int = 1) -> dict:
     """The four gzipped IDX files, in datasets/fashion-mnist/ as Keras caches them."""
     rng = np.random.default_rng(seed)
-    arrays = {"x_train": digits(rng, n_train), "y_train": (np.arange(n_train) % 10).astype(np.uint8),
-              "x_test": digits(rng, n_test), "y_test": (np.arange(n_test) % 10).astype(np.uint8)}
+    arrays = {
+        "x_train": digits(rng, n_train),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": digits(rng, n_test),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
     folder = keras_home / "datasets" / "fashion-mnist"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, key in (("train-labels-idx1-ubyte.gz", "y_train"), ("train-images-idx3-ubyte.gz", "x_train"),
-                      ("t10k-labels-idx1-ubyte.gz", "y_test"), ("t10k-images-idx3-ubyte.gz", "x_test")):
+    for name, key in (
+        ("train-labels-idx1-ubyte.gz", "y_train"),
+        ("train-images-idx3-ubyte.gz", "x_train"),
+        ("t10k-labels-idx1-ubyte.gz", "y_test"),
+        ("t10k-images-idx3-ubyte.gz", "x_test"),
+    ):
         (folder / name).write_bytes(gzip.compress(idx_bytes(arrays[key]), mtime=0))
     return arrays
 
@@ -70,13 +87,23 @@ def write_cifar100(keras_home: Path, n_train: int = 40, n_test: int = 10, seed: 
         fine = rng.integers(0, 100, n)
         coarse = rng.integers(0, 20, n)
         arrays[split] = (images, fine, coarse)
-        members[split] = pickle.dumps({
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)], b"batch_label": f"{split} batch".encode(),
-            b"fine_labels": [int(v) for v in fine], b"coarse_labels": [int(v) for v in coarse],
-            b"data": images.transpose(0, 3, 1, 2).reshape(n, -1),
-        }, protocol=4)
-    members["meta"] = pickle.dumps({b"fine_label_names": [n.encode() for n in CIFAR100_FINE_CLASSES],
-                                    b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES]}, protocol=4)
+        members[split] = pickle.dumps(
+            {
+                b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+                b"batch_label": f"{split} batch".encode(),
+                b"fine_labels": [int(v) for v in fine],
+                b"coarse_labels": [int(v) for v in coarse],
+                b"data": images.transpose(0, 3, 1, 2).reshape(n, -1),
+            },
+            protocol=4,
+        )
+    members["meta"] = pickle.dumps(
+        {
+            b"fine_label_names": [n.encode() for n in CIFAR100_FINE_CLASSES],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES],
+        },
+        protocol=4,
+    )
     (keras_home / "datasets").mkdir(parents=True, exist_ok=True)
     with tarfile.open(keras_home / "datasets" / "cifar-100-python-target_archive", "w:gz") as archive:
         for name, data in members.items():
@@ -110,26 +137,42 @@ def keras_home(tmp_path, monkeypatch) -> Path:
 
     home = tmp_path / "keras"
     monkeypatch.setenv("KERAS_HOME", str(home))
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))  # Keras reads KERAS_HOME once, when another test first imported it
+    monkeypatch.setattr(
+        keras_config, "_KERAS_DIR", str(home)
+    )  # Keras reads KERAS_HOME once, when another test first imported it
     return home
 
 
 # --- reading each dataset from Keras' cache -----------------------------------
 
+
 def test_every_keras_dataset_reads_from_keras_cache(keras_home):
-    mnist, fashion, cifar100, cifar10 = write_mnist(keras_home), write_fashion_mnist(keras_home), write_cifar100(keras_home), write_cifar10(keras_home)
+    mnist, fashion, cifar100, cifar10 = (
+        write_mnist(keras_home),
+        write_fashion_mnist(keras_home),
+        write_cifar100(keras_home),
+        write_cifar10(keras_home),
+    )
     assert set(KERAS_DATASETS) == {"cifar10", "cifar100", "mnist", "fashion_mnist"}
-    for name, truth, names in (("mnist", mnist, [str(d) for d in range(10)]), ("fashion_mnist", fashion, FASHION_MNIST_CLASSES)):
+    for name, truth, names in (
+        ("mnist", mnist, [str(d) for d in range(10)]),
+        ("fashion_mnist", fashion, FASHION_MNIST_CLASSES),
+    ):
         source = open_source(name)
         assert source.kind == f"keras-{name}" and source.location == f"keras.datasets.{name}"
         assert source.image_shape == (28, 28, 1) and source.class_names == names
         assert np.array_equal(source.train.images, truth["x_train"][..., None])
         assert np.array_equal(source.test.images, truth["x_test"][..., None])
-        assert source.train.labels.tolist() == truth["y_train"].tolist() and source.test.labels.tolist() == truth["y_test"].tolist()
+        assert (
+            source.train.labels.tolist() == truth["y_train"].tolist()
+            and source.test.labels.tolist() == truth["y_test"].tolist()
+        )
     fine, coarse = open_source("cifar100"), open_source("cifar100", label_mode="coarse")
     assert fine.class_names == CIFAR100_FINE_CLASSES and len(fine.class_names) == 100
     assert coarse.class_names == CIFAR100_COARSE_CLASSES and len(coarse.class_names) == 20
-    assert fine.location == "keras.datasets.cifar100 (label_mode=fine)" and coarse.location.endswith("(label_mode=coarse)")
+    assert fine.location == "keras.datasets.cifar100 (label_mode=fine)" and coarse.location.endswith(
+        "(label_mode=coarse)"
+    )
     images, fine_labels, coarse_labels = cifar100["train"]
     assert fine.image_shape == (32, 32, 3) and np.array_equal(fine.train.images, images)
     assert np.array_equal(coarse.train.images, images)
@@ -177,21 +220,35 @@ def test_label_mode_is_cifar100s_only(keras_home, tmp_path):
         open_source("mnist", label_mode="fine")
     with pytest.raises(OptionError, match="--label-mode must be fine or coarse"):
         open_source("cifar100", label_mode="medium")
-    result = run_cli("build-aug", "--source", "mnist", "--label-mode", "coarse", "--out", str(tmp_path / "s.zarr"), env=keras_env(keras_home))
+    result = run_cli(
+        "build-aug",
+        "--source",
+        "mnist",
+        "--label-mode",
+        "coarse",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        env=keras_env(keras_home),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "build-aug: error: --label-mode applies to --source cifar100 only, not to --source mnist; leave it out"]
+        "build-aug: error: --label-mode applies to --source cifar100 only, not to --source mnist; leave it out"
+    ]
     assert not (tmp_path / "s.zarr").exists()
 
 
 def test_offline_with_nothing_cached_gives_one_line_advice(tmp_path, monkeypatch):
     home = tmp_path / "keras"
-    result = run_cli("build-aug", "--source", "fashion_mnist", "--out", str(tmp_path / "s.zarr"), env=keras_env(home), timeout=120)
+    result = run_cli(
+        "build-aug", "--source", "fashion_mnist", "--out", str(tmp_path / "s.zarr"), env=keras_env(home), timeout=120
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     # the error is the only line: not even Keras' "Downloading data from ..." before it
     assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, (result.stdout, result.stderr)
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"build-aug: error: Fashion-MNIST is not in Keras' cache ({home / 'datasets'}) and could not be downloaded")
+    assert line.startswith(
+        f"build-aug: error: Fashion-MNIST is not in Keras' cache ({home / 'datasets'}) and could not be downloaded"
+    )
     assert "connect once to let Keras download it" in line and "train-images-idx3-ubyte.gz" in line
     assert str(home / "datasets" / "fashion-mnist") in line
     assert not (tmp_path / "s.zarr" / "zarr.json").exists()
@@ -200,7 +257,10 @@ def test_offline_with_nothing_cached_gives_one_line_advice(tmp_path, monkeypatch
 
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(home))  # read once, when Keras was first imported
-    for name, title, cached in (("cifar100", "CIFAR-100", "cifar-100-python-target_archive"), ("mnist", "MNIST", "mnist.npz")):
+    for name, title, cached in (
+        ("cifar100", "CIFAR-100", "cifar-100-python-target_archive"),
+        ("mnist", "MNIST", "mnist.npz"),
+    ):
         with pytest.raises(UserError) as refused:
             open_source(name)
         message = str(refused.value)
@@ -215,7 +275,11 @@ def test_damaged_cache_file_is_one_line_naming_it(keras_home, tmp_path):
     result = run_cli("build-aug", "--source", "mnist", "--out", str(tmp_path / "s.zarr"), env=keras_env(keras_home))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("build-aug: error: --source mnist: Keras' cached MNIST cannot be read") and str(cached) in line and "delete that file" in line
+    assert (
+        line.startswith("build-aug: error: --source mnist: Keras' cached MNIST cannot be read")
+        and str(cached) in line
+        and "delete that file" in line
+    )
     assert cached.exists()  # the user's file is left alone
 
     arrays = write_mnist(keras_home)
@@ -238,23 +302,44 @@ def test_a_damaged_cifar100_cache_file_is_named_as_cifar100(keras_home, tmp_path
     with pytest.raises(UserError) as refused:
         open_source("cifar100")
     message = str(refused.value)
-    assert message.startswith(f"--source cifar100: Keras' cached CIFAR-100 cannot be read: {cached}: train is not a CIFAR-100 pickle batch")
+    assert message.startswith(
+        f"--source cifar100: Keras' cached CIFAR-100 cannot be read: {cached}: train is not a CIFAR-100 pickle batch"
+    )
     assert "CIFAR-10 " not in message and "\n" not in message
 
 
 # --- grayscale end to end -----------------------------------------------------
 
+
 @pytest.mark.parametrize("policy", ["crop-flip", "notebook", "crop-flip-cutout", "randaugment"])
 def test_every_preset_keeps_grayscale_28x28_and_acts(policy, keras_home, tmp_path):
     write_mnist(keras_home, n_train=20, n_test=4)
     out = tmp_path / "s.zarr"
-    run_cli("build-aug", "--source", "mnist", "--policy", policy, "--copies", "2", "--preview", "0", "--workers", "1",
-            "--out", str(out), "--quiet", env=keras_env(keras_home), check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        "mnist",
+        "--policy",
+        policy,
+        "--copies",
+        "2",
+        "--preview",
+        "0",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        env=keras_env(keras_home),
+        check=True,
+    )
     group, attrs = read_back(out)
     assert attrs["image_shape"] == [28, 28, 1] and group["train/images"].shape[1:] == (28, 28, 1)
     images, sources, copies = group["train/images"][:], group["train/source_index"][:], group["train/copy_index"][:]
     originals = {int(s): images[i] for i, (s, c) in enumerate(zip(sources, copies)) if c == 0}
-    changed = sum(not np.array_equal(images[i], originals[int(s)]) for i, (s, c) in enumerate(zip(sources, copies)) if c > 0)
+    changed = sum(
+        not np.array_equal(images[i], originals[int(s)]) for i, (s, c) in enumerate(zip(sources, copies)) if c > 0
+    )
     assert changed >= 0.75 * np.count_nonzero(copies)
 
 
@@ -279,7 +364,18 @@ def test_grayscale_fast_image_path_gives_the_full_calls_bytes():
 
 def test_grayscale_store_is_deterministic_and_resizes_with_its_channel(keras_home, tmp_path):
     write_fashion_mnist(keras_home, n_train=30, n_test=4)
-    args = ["build-aug", "--source", "fashion_mnist", "--copies", "2", "--preview", "0", "--quiet", "--chunk-size", "16"]
+    args = [
+        "build-aug",
+        "--source",
+        "fashion_mnist",
+        "--copies",
+        "2",
+        "--preview",
+        "0",
+        "--quiet",
+        "--chunk-size",
+        "16",
+    ]
     run_cli(*args, "--workers", "1", "--out", str(tmp_path / "a.zarr"), env=keras_env(keras_home), check=True)
     run_cli(*args, "--workers", "3", "--out", str(tmp_path / "b.zarr"), env=keras_env(keras_home), check=True)
     from conftest import assert_same_store
@@ -310,14 +406,28 @@ def test_keras_randaugment_and_crop_flip_layers_keep_one_channel():
 def test_mnist_end_to_end_build_inspect_train_evaluate(keras_home, tmp_path):
     """Grayscale through every step: the store, previews and contact sheet, both models (deep with --online,
     shallow with --keras-augment randaugment), evaluate on the store and on an RGB image folder."""
-    from PIL import Image
-
     from conftest import write_image_folder
+    from PIL import Image
 
     write_mnist(keras_home, n_train=60, n_test=10)
     out, previews = tmp_path / "s.zarr", tmp_path / "preview"
-    built = run_cli("build-aug", "--source", "mnist", "--copies", "2", "--out", str(out), "--preview", "3",
-                    "--preview-dir", str(previews), "--workers", "1", env=keras_env(keras_home), check=True)
+    built = run_cli(
+        "build-aug",
+        "--source",
+        "mnist",
+        "--copies",
+        "2",
+        "--out",
+        str(out),
+        "--preview",
+        "3",
+        "--preview-dir",
+        str(previews),
+        "--workers",
+        "1",
+        env=keras_env(keras_home),
+        check=True,
+    )
     assert "10 previews" in built.stdout  # 3 images x (original + 2 copies), and the sheet
     group, attrs = read_back(out)
     assert attrs["image_shape"] == [28, 28, 1] and attrs["class_names"] == [str(d) for d in range(10)]
@@ -330,16 +440,48 @@ def test_mnist_end_to_end_build_inspect_train_evaluate(keras_home, tmp_path):
     assert summary["image_shape"] == [28, 28, 1] and summary["counts"]["test"] == [1] * 10
 
     deep = tmp_path / "deep"
-    trained = run_cli("train", "--store", str(out), "--model", "deep", "--epochs", "1", "--batch-size", "32",
-                      "--online", "flip,shift,erase", "--out", str(deep), "--quiet", check=True)
+    trained = run_cli(
+        "train",
+        "--store",
+        str(out),
+        "--model",
+        "deep",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--online",
+        "flip,shift,erase",
+        "--out",
+        str(deep),
+        "--quiet",
+        check=True,
+    )
     assert "Test accuracy" in trained.stdout
     shallow = tmp_path / "shallow"
-    run_cli("train", "--store", str(out), "--model", "shallow", "--epochs", "1", "--batch-size", "32",
-            "--keras-augment", "randaugment", "--out", str(shallow), "--quiet", check=True)
+    run_cli(
+        "train",
+        "--store",
+        str(out),
+        "--model",
+        "shallow",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--keras-augment",
+        "randaugment",
+        "--out",
+        str(shallow),
+        "--quiet",
+        check=True,
+    )
     for run_dir in (deep, shallow):  # each judged on the store's test split at the end of training
         assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
         assert sum(json.loads((run_dir / "metrics.json").read_text())["confusion_matrix"][0]) == 1
-    evaluated = run_cli("evaluate", "--model", str(deep), "--store", str(out), "--json", str(tmp_path / "e.json"), check=True)
+    evaluated = run_cli(
+        "evaluate", "--model", str(deep), "--store", str(out), "--json", str(tmp_path / "e.json"), check=True
+    )
     written = json.loads((tmp_path / "e.json").read_text())
     assert written["evaluated_on"] == "test" and written["count"] == 10 and "Test accuracy" in evaluated.stdout
 
@@ -353,7 +495,9 @@ def test_cifar100_label_modes_build_distinct_stores(keras_home, tmp_path):
     truth = write_cifar100(keras_home)
     args = ["build-aug", "--source", "cifar100", "--copies", "1", "--preview", "0", "--quiet", "--val-fraction", "0"]
     run_cli(*args, "--out", str(tmp_path / "fine.zarr"), env=keras_env(keras_home), check=True)
-    run_cli(*args, "--label-mode", "coarse", "--out", str(tmp_path / "coarse.zarr"), env=keras_env(keras_home), check=True)
+    run_cli(
+        *args, "--label-mode", "coarse", "--out", str(tmp_path / "coarse.zarr"), env=keras_env(keras_home), check=True
+    )
     for mode, names, column in (("fine", CIFAR100_FINE_CLASSES, 1), ("coarse", CIFAR100_COARSE_CLASSES, 2)):
         group, attrs = read_back(tmp_path / f"{mode}.zarr")
         assert attrs["class_names"] == names and attrs["image_shape"] == [32, 32, 3]

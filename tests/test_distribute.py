@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from augzarr.store_format import open_store
-from conftest import run_cli
 
 
 @pytest.fixture
@@ -31,8 +31,16 @@ def test_simulated_processes_together_read_every_row_exactly_once_an_epoch(store
     for epoch in (0, 1):
         seen, per_process = [], []
         for index in range(count):
-            stream = StoreStream(opened, "train", batch_size=5, shuffle=True, seed=4, buffer_chunks=2, shard=(index, count),
-                                 start_epoch=epoch)
+            stream = StoreStream(
+                opened,
+                "train",
+                batch_size=5,
+                shuffle=True,
+                seed=4,
+                buffer_chunks=2,
+                shard=(index, count),
+                start_epoch=epoch,
+            )
             try:
                 rows = np.concatenate([stream[i][0] for i in range(stream.batches_per_epoch)])
             finally:
@@ -79,8 +87,12 @@ def test_two_devices_train_to_the_one_device_weights(store, backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     runs = {}
     for devices in (1, 2):
-        result = subprocess.run([sys.executable, "-c", SAME_MATH, backend, str(devices), str(store)], capture_output=True,
-                                text=True, env=env)
+        result = subprocess.run(
+            [sys.executable, "-c", SAME_MATH, backend, str(devices), str(store)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         runs[devices] = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(runs[2]["devices"]) == 2
@@ -90,9 +102,26 @@ def test_two_devices_train_to_the_one_device_weights(store, backend):
 
 def test_train_distribute_records_its_devices(store, tmp_path):
     run_dir = tmp_path / "run"
-    result = subprocess.run([str(Path(sys.executable).parent / "train"), "--store", str(store), "--epochs", "1", "--model", "shallow",
-                             "--batch-size", "16", "--distribute", "--quiet", "--out", str(run_dir)], capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "train"),
+            "--store",
+            str(store),
+            "--epochs",
+            "1",
+            "--model",
+            "shallow",
+            "--batch-size",
+            "16",
+            "--distribute",
+            "--quiet",
+            "--out",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((run_dir / "run.json").read_text())
     assert run["device_count"] == 2 and run["devices"] == ["cpu:0", "cpu:1"] and run["options"]["distribute"] is True
@@ -126,17 +155,29 @@ def test_tensorflow_checks_the_devices_it_is_given_and_records_those_it_used(sto
     CPU and recorded gpu:7. Now every name is matched to this machine's devices (in any spelling TensorFlow reads)
     before a run folder is made, and run.json and the model card name the devices the batches were split over."""
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", TWO_TENSORFLOW_CPUS, str(store), str(run_dir)], capture_output=True, text=True,
-                            env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_TENSORFLOW_CPUS, str(store), str(run_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [
         "--devices: gpu:7 not among this machine's (/device:CPU:0, /device:CPU:1)",
         "--devices names one device (cpu:1), and --distribute splits each batch over two or more: name two or more of this "
-        "machine's (/device:CPU:0, /device:CPU:1), or train without --distribute"]
+        "machine's (/device:CPU:0, /device:CPU:1), or train without --distribute",
+    ]
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["devices"] == ["/device:CPU:1", "/device:CPU:0"] and run["device_count"] == 2 and run["distributed"] is True
-    assert run["options"]["devices"] == "CPU:1,/device:cpu:0,cpu:1"  # the names as given, without blanks; run["devices"]: what they named
-    assert "- devices: data-parallel over 2 (/device:CPU:1, /device:CPU:0), global batch 16" in (run_dir / "model_card.md").read_text()
+    assert (
+        run["devices"] == ["/device:CPU:1", "/device:CPU:0"] and run["device_count"] == 2 and run["distributed"] is True
+    )
+    assert (
+        run["options"]["devices"] == "CPU:1,/device:cpu:0,cpu:1"
+    )  # the names as given, without blanks; run["devices"]: what they named
+    assert (
+        "- devices: data-parallel over 2 (/device:CPU:1, /device:CPU:0), global batch 16"
+        in (run_dir / "model_card.md").read_text()
+    )
 
 
 def test_distribute_on_one_device_warns_once_and_trains_without_distribution(store, tmp_path):
@@ -144,13 +185,31 @@ def test_distribute_on_one_device_warns_once_and_trains_without_distribution(sto
     --distribute that finds one device warns in one line (also under --quiet) and trains on the plain path;
     run.json says one device and that distribution was not used."""
     run_dir = tmp_path / "run"
-    result = run_cli("train", "--store", str(store), "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--distribute",
-                     "--quiet", "--out", str(run_dir), env={"KERAS_BACKEND": "tensorflow"})
+    result = run_cli(
+        "train",
+        "--store",
+        str(store),
+        "--epochs",
+        "1",
+        "--model",
+        "shallow",
+        "--batch-size",
+        "16",
+        "--distribute",
+        "--quiet",
+        "--out",
+        str(run_dir),
+        env={"KERAS_BACKEND": "tensorflow"},
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == ("warning: --distribute: this machine has one device (/device:CPU:0); training on it without a "
-                                     "distribution strategy, which would only slow it down")
+    assert result.stderr.strip() == (
+        "warning: --distribute: this machine has one device (/device:CPU:0); training on it without a "
+        "distribution strategy, which would only slow it down"
+    )
     run = json.loads((run_dir / "run.json").read_text())
     assert run["device_count"] == 1 and run["distributed"] is False and run["devices"] == ["/device:CPU:0"]
     assert run["options"]["distribute"] is True  # what was asked, beside what ran
-    assert ("- devices: one (/device:CPU:0); --distribute found no second device, so the run trained without distribution"
-            in (run_dir / "model_card.md").read_text())
+    assert (
+        "- devices: one (/device:CPU:0); --distribute found no second device, so the run trained without distribution"
+        in (run_dir / "model_card.md").read_text()
+    )

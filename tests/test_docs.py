@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import REPO
 
 from augzarr.builder.cli import build_app, inspect_app
 from augzarr.builder.options import BUILD_AUG, INSPECT_AUG
@@ -24,7 +25,6 @@ from augzarr.errors import UserError
 from augzarr.options import check_fields, options_of
 from augzarr.trainer.cli import evaluate_app, train_app
 from augzarr.trainer.options import EVALUATE, TRAIN
-from conftest import REPO
 
 COMMANDS = {  # console script -> (its typer app, the dataclasses its options come from)
     "build-aug": (build_app, BUILD_AUG),
@@ -119,25 +119,30 @@ def command_problems(markdown: str) -> list[str]:
 
 
 def test_the_command_checker_finds_an_unknown_option_a_bad_value_and_a_wrong_refusal():
-    page = "\n".join([
-        "```shell",
-        "build-aug --copies 5 --no-such-option 3     # a comment --not-an-option",
-        "KERAS_BACKEND=jax train --store data/aug.zarr \\",
-        "    --epochs 0 && evaluate --model runs/x --store data/aug.zarr",
-        "```",
-        "```console",
-        "$ train --mix-alpha 0.3",
-        "train: error: --mix-alpha needs --mix mixup or --mix cutmix",
-        "$ build-aug --copies -1",
-        "build-aug: error: --copies must be at least 0",
-        "$ train --epochs 3",
-        "```",
-        "    train --no-such-option     (an indented block: not a command anyone copies)",
-    ])
+    page = "\n".join(
+        [
+            "```shell",
+            "build-aug --copies 5 --no-such-option 3     # a comment --not-an-option",
+            "KERAS_BACKEND=jax train --store data/aug.zarr \\",
+            "    --epochs 0 && evaluate --model runs/x --store data/aug.zarr",
+            "```",
+            "```console",
+            "$ train --mix-alpha 0.3",
+            "train: error: --mix-alpha needs --mix mixup or --mix cutmix",
+            "$ build-aug --copies -1",
+            "build-aug: error: --copies must be at least 0",
+            "$ train --epochs 3",
+            "```",
+            "    train --no-such-option     (an indented block: not a command anyone copies)",
+        ]
+    )
     problems = command_problems(page)
     assert len(problems) == 3, problems
     assert "No such option: --no-such-option" in problems[0]
-    assert problems[1].startswith("KERAS_BACKEND=jax train --store data/aug.zarr") and "--epochs must be in [1, " in problems[1]
+    assert (
+        problems[1].startswith("KERAS_BACKEND=jax train --store data/aug.zarr")
+        and "--epochs must be in [1, " in problems[1]
+    )
     assert "refused with '--copies must be in [0, 10000]'" in problems[2]
 
 
@@ -147,7 +152,12 @@ def test_the_commands_written_in_the_docs_are_real(path):
 
 
 def test_the_docs_show_every_command():
-    written = [name for path in DOC_FILES for line, _ in shell_commands(path.read_text()) for name, *_ in augzarr_commands(line)]
+    written = [
+        name
+        for path in DOC_FILES
+        for line, _ in shell_commands(path.read_text())
+        for name, *_ in augzarr_commands(line)
+    ]
     for name in COMMANDS:
         assert written.count(name) >= 3, f"the docs show {name} {written.count(name)} times"
     assert any(line.startswith("build-aug") for line, _ in shell_commands((REPO / "README.md").read_text()))
@@ -160,9 +170,23 @@ def test_the_docs_show_every_command():
 def site(tmp_path_factory) -> Path:
     """The site, built as `make docs` builds it, from another folder (nothing in mkdocs.yml depends on where it runs)."""
     out = tmp_path_factory.mktemp("site")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml"),
-                             "--site-dir", str(out)], capture_output=True, text=True, cwd=out.parent,
-                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO / "mkdocs.yml"),
+            "--site-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=out.parent,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 
@@ -170,7 +194,7 @@ def site(tmp_path_factory) -> Path:
 def page_text(site: Path, page: str) -> str:
     """A built page as its reader sees it: the text, whitespace collapsed."""
     body = (site / page / "index.html").read_text()
-    body = body[body.index('<article'):body.index('</article>')]
+    body = body[body.index("<article") : body.index("</article>")]
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
 
@@ -209,7 +233,13 @@ def test_the_docstrings_are_shown_whole(site):
     import augzarr.store_format
 
     api = page_text(site, "reference/python-api")
-    for thing in (augzarr.api.build, augzarr.api.open_store, augzarr.api.Store, augzarr.api.Store.stream, augzarr.UserError):
+    for thing in (
+        augzarr.api.build,
+        augzarr.api.open_store,
+        augzarr.api.Store,
+        augzarr.api.Store.stream,
+        augzarr.UserError,
+    ):
         assert words(inspect.getdoc(thing)) in api, thing.__qualname__
     assert words(inspect.getdoc(augzarr.store_format)) in page_text(site, "reference/store-format")
 

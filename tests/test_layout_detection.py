@@ -10,15 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import run_cli, smooth_image, write_image_folder
 from PIL import Image
 
 from augzarr.images import probe_size, read_image_file
-from conftest import run_cli, smooth_image, write_image_folder
 
 
 def build(source: Path, out: Path, *extra: str):
-    return run_cli("build-aug", "--source", str(source), "--out", str(out), "--copies", "2", "--preview", "0",
-                   "--workers", "1", *extra)
+    return run_cli(
+        "build-aug",
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--copies",
+        "2",
+        "--preview",
+        "0",
+        "--workers",
+        "1",
+        *extra,
+    )
 
 
 def pixels(files) -> list[bytes]:
@@ -47,7 +59,9 @@ def test_train_valid_test_uses_valid_as_val_and_test_as_test(tmp_path):
     assert result.stdout.strip().splitlines()[-1].startswith(f"built {out}: 24 train, 3 val, 3 test rows")
     assert result.stdout.strip().endswith("; source layout split (train, valid, test)")
     # the unused option is said, not silently dropped
-    assert "warning: --val-fraction 0.5 is not used: the source's own validation folder is the val split" in result.stderr
+    assert (
+        "warning: --val-fraction 0.5 is not used: the source's own validation folder is the val split" in result.stderr
+    )
 
     group = zarr.open_group(str(out), mode="r")
     attrs = group.attrs
@@ -61,7 +75,9 @@ def test_train_valid_test_uses_valid_as_val_and_test_as_test(tmp_path):
     assert sorted(image.tobytes() for image in originals) == pixels(images_below(root / "train"))
     assert sorted(image.tobytes() for image in group["val/images"][:]) == pixels(images_below(root / "valid"))
     assert sorted(image.tobytes() for image in group["test/images"][:]) == pixels(images_below(root / "test"))
-    assert not set(map(bytes, train.reshape(len(train), -1))) & set(pixels(images_below(root / "test")) + pixels(images_below(root / "valid")))
+    assert not set(map(bytes, train.reshape(len(train), -1))) & set(
+        pixels(images_below(root / "test")) + pixels(images_below(root / "valid"))
+    )
     assert np.bincount(group["val/labels"][:]).tolist() == [2, 1]
     assert np.bincount(group["test/labels"][:]).tolist() == [1, 2]
 
@@ -92,12 +108,15 @@ def test_a_bad_image_in_valid_is_named_or_skipped(tmp_path):
     assert [entry["file"] for entry in group.attrs["skipped"]] == [str(bad)]
 
 
-@pytest.mark.parametrize("case, expected_layout, rows", [
-    ("train-val", "split (train, val)", "24 train, 3 val rows"),
-    ("train-test-empty-and-hidden", "split (train, test)", "18 train, 2 val, 3 test rows"),
-    ("capitalised", "split (Train, Test)", "18 train, 2 val, 3 test rows"),
-    ("flat-with-empty-test", "flat", "18 train, 2 val rows"),
-])
+@pytest.mark.parametrize(
+    "case, expected_layout, rows",
+    [
+        ("train-val", "split (train, val)", "24 train, 3 val rows"),
+        ("train-test-empty-and-hidden", "split (train, test)", "18 train, 2 val, 3 test rows"),
+        ("capitalised", "split (Train, Test)", "18 train, 2 val, 3 test rows"),
+        ("flat-with-empty-test", "flat", "18 train, 2 val rows"),
+    ],
+)
 def test_layouts_that_are_read_as_they_are(tmp_path, case, expected_layout, rows):
     root = tmp_path / "d"
     if case == "train-val":
@@ -127,19 +146,32 @@ def test_layouts_that_are_read_as_they_are(tmp_path, case, expected_layout, rows
         assert "README.txt: not in a split folder" in ignored
         assert "not used: " in result.stderr
     if case == "flat-with-empty-test":
-        assert any(note.endswith("test: empty class folder, not used as a class") for note in attrs["source"]["ignored"])
+        assert any(
+            note.endswith("test: empty class folder, not used as a class") for note in attrs["source"]["ignored"]
+        )
 
 
 AMBIGUOUS = {
     # case: (folders to write {path: {class: count}}, the refusal's expected text)
-    "split-beside-a-class": ({"train": {"a": 2, "b": 2}, "test": {"a": 1}, "extra": {"a": 1}},
-                             "cannot tell its layout: split folders (test/, train/) beside other folders (extra/); "
-                             "for DIR/train/<class>/... move extra/ out of it, for DIR/<class>/... rename test/, train/, "
-                             "or point --source at the folder that holds only class folders"),
-    "a-class-named-test": ({"": {"cat": 2, "dog": 2, "test": 2}}, "cannot tell its layout: split folders (test/) beside other folders (cat/, dog/)"),
-    "val-and-valid": ({"train": {"a": 2}, "val": {"a": 1}, "valid": {"a": 1}}, "both val/ and valid/ hold val images; keep one of them"),
+    "split-beside-a-class": (
+        {"train": {"a": 2, "b": 2}, "test": {"a": 1}, "extra": {"a": 1}},
+        "cannot tell its layout: split folders (test/, train/) beside other folders (extra/); "
+        "for DIR/train/<class>/... move extra/ out of it, for DIR/<class>/... rename test/, train/, "
+        "or point --source at the folder that holds only class folders",
+    ),
+    "a-class-named-test": (
+        {"": {"cat": 2, "dog": 2, "test": 2}},
+        "cannot tell its layout: split folders (test/) beside other folders (cat/, dog/)",
+    ),
+    "val-and-valid": (
+        {"train": {"a": 2}, "val": {"a": 1}, "valid": {"a": 1}},
+        "both val/ and valid/ hold val images; keep one of them",
+    ),
     "test-without-train": ({"test": {"a": 2, "b": 1}}, "test/ without train/: the split layout needs"),
-    "val-class-unknown-to-train": ({"train": {"a": 2}, "valid": {"a": 1, "z": 1}}, "valid/ has classes that train/ lacks: z"),
+    "val-class-unknown-to-train": (
+        {"train": {"a": 2}, "valid": {"a": 1, "z": 1}},
+        "valid/ has classes that train/ lacks: z",
+    ),
     "test-class-unknown-to-train": ({"train": {"a": 2}, "test": {"y": 1}}, "test/ has classes that train/ lacks: y"),
 }
 
@@ -166,7 +198,11 @@ def test_images_loose_in_a_split_folder_are_refused_not_dropped(tmp_path):
     Image.fromarray(smooth_image(np.random.default_rng(0), 16)).save(root / "test" / "x.jpg")
     result = build(root, tmp_path / "s.zarr")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].endswith(f"test/ holds no class folders with images; expected {root}/test/<class>/<image>")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"test/ holds no class folders with images; expected {root}/test/<class>/<image>")
+    )
 
 
 @pytest.mark.parametrize("where", ["top", "in-a-class", "in-train"])
@@ -223,10 +259,15 @@ def test_a_store_as_source_is_refused(tmp_path):
     build(root, tmp_path / "s.zarr").check_returncode()
     result = build(tmp_path / "s.zarr", tmp_path / "t.zarr")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"build-aug: error: --source {tmp_path / 's.zarr'} is a zarr store, not an image folder")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"build-aug: error: --source {tmp_path / 's.zarr'} is a zarr store, not an image folder")
+    )
 
 
 # --- EXIF orientation (point 8) -----------------------------------------------------------------
+
 
 def save_oriented(path: Path, pixels_stored: np.ndarray, orientation: int) -> None:
     image = Image.fromarray(pixels_stored)
@@ -266,6 +307,7 @@ def test_portrait_phone_photos_build_without_image_size(tmp_path):
 
 # --- evaluate --source on a split folder ------------------------------------------------------
 
+
 def test_evaluate_on_a_split_folder_uses_its_held_out_part(tmp_path):
     root = split_layout(tmp_path / "d")
     store = tmp_path / "s.zarr"
@@ -274,7 +316,12 @@ def test_evaluate_on_a_split_folder_uses_its_held_out_part(tmp_path):
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # trained and judged in this process (Keras loads once): what evaluate --source runs
-    train_run({"store": str(store), "model": "shallow", "epochs": 1, "batch_size": 8}, out=run_dir, verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "model": "shallow", "epochs": 1, "batch_size": 8},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     on_test, _ = evaluate_on_source(run_dir, root, 256)
     assert on_test["count"] == 3 and on_test["data"].endswith("(test/ part)")
     shutil.rmtree(root / "test")
@@ -285,8 +332,21 @@ def test_evaluate_on_a_split_folder_uses_its_held_out_part(tmp_path):
 def test_previews_written_inside_the_source_are_never_read_as_a_class(tmp_path):
     """`cd photos; build-aug --source .` writes preview/ into the source: the next run must not take it for a class."""
     root = write_image_folder(tmp_path / "d", {"a": 4, "b": 4})
-    args = ["build-aug", "--source", str(root), "--out", str(tmp_path / "s.zarr"), "--copies", "1", "--workers", "1",
-            "--preview", "2", "--preview-dir", str(root / "preview")]
+    args = [
+        "build-aug",
+        "--source",
+        str(root),
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--copies",
+        "1",
+        "--workers",
+        "1",
+        "--preview",
+        "2",
+        "--preview-dir",
+        str(root / "preview"),
+    ]
     first = run_cli(*args)
     assert first.returncode == 0 and any((root / "preview").glob("*.jpeg")), first.stderr
     again = run_cli(*args, "--overwrite")

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from augzarr.store_format import open_store
 from augzarr.trainer.mixing import BatchMix
-from conftest import run_cli
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def test_mixed_batches_are_seeded_and_their_labels_are_the_shares_of_each_image(
     again, soft_again = BatchMix(kind, 1.0, 3, seed=5)(images, labels, 1, 4)
     assert np.array_equal(mixed, again) and np.array_equal(soft, soft_again)
     assert not np.array_equal(mixed, mix(images, labels, 1, 5)[0])
-    assert mixed.dtype == np.uint8 and mixed.shape == images.shape and soft.dtype == np.float32 and soft.shape == (32, 3)
+    assert (
+        mixed.dtype == np.uint8 and mixed.shape == images.shape and soft.dtype == np.float32 and soft.shape == (32, 3)
+    )
     np.testing.assert_allclose(soft.sum(axis=1), 1, rtol=1e-6)
     partner = np.random.default_rng([5, 1, 4, 0x0313]).permutation(32)  # the partners the mix drew
     for i in range(32):
@@ -39,7 +41,9 @@ def test_mixed_batches_are_seeded_and_their_labels_are_the_shares_of_each_image(
         if kind == "cutmix":  # each pixel is its own image's or its partner's, in the label's shares
             from_partner = (mixed[i] != images[i]).any(axis=-1)
             assert np.array_equal(mixed[i][from_partner], images[partner[i]][from_partner])
-            if own is not None:  # (random pixels: one equal to its partner's in all three channels is a 1 in 2^24 event)
+            if (
+                own is not None
+            ):  # (random pixels: one equal to its partner's in all three channels is a 1 in 2^24 event)
                 assert own == pytest.approx(1 - from_partner.mean(), abs=1e-6)
         elif own is not None:  # every pixel the label's blend of the two images, rounded
             expected = own * images[i].astype(float) + (1 - own) * images[partner[i]]
@@ -60,7 +64,7 @@ def test_training_streams_mix_and_validation_streams_give_hard_one_hot_labels(st
         expected = mix(px, py, 0, 3)
         assert np.array_equal(x, expected[0]) and np.array_equal(y, expected[1])
         vx, vy = val[0]
-        assert np.array_equal(vy, np.eye(3, dtype=np.float32)[opened.labels("val")[:len(vy)]])
+        assert np.array_equal(vy, np.eye(3, dtype=np.float32)[opened.labels("val")[: len(vy)]])
     finally:
         for stream in (train, plain, val):
             stream.close()
@@ -70,8 +74,12 @@ def test_train_with_a_mix_reports_accuracy_on_hard_labels(store, tmp_path):
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # trained in this process (Keras loads once); the command line's refusals below
-    train_run({"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "mix": "mixup"}, out=run_dir, verbose=0,
-              say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "mix": "mixup"},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     run = json.loads((run_dir / "run.json").read_text())
     assert run["options"]["mix"] == "mixup" and run["mix_alpha"] == 0.2
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -91,10 +99,19 @@ def test_keras_augmentation_layers_train_and_are_recorded(store, tmp_path):
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "keras"
-    train_run({"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "keras_augment": "randaugment"}, out=run_dir,
-              verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "keras_augment": "randaugment"},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     model = keras.models.load_model(run_dir / "model.keras")
-    assert [type(layer).__name__ for layer in model.layers[:4]] == ["RandAugment", "RandomTranslation", "RandomFlip", "Rescaling"]
+    assert [type(layer).__name__ for layer in model.layers[:4]] == [
+        "RandAugment",
+        "RandomTranslation",
+        "RandomFlip",
+        "Rescaling",
+    ]
     images = open_store(store).images("val")[:4]
     assert np.array_equal(model(images, training=False), model(images, training=False))  # identity when predicting
     assert not np.array_equal(model.layers[0](images, training=True), images)  # augmenting while training

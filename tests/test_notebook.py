@@ -7,7 +7,6 @@ import json
 
 import nbformat
 import pytest
-
 from conftest import REPO, write_cifar_archive
 
 NOTEBOOK = REPO / "examples" / "cifar10_augmentation.ipynb"
@@ -29,7 +28,9 @@ def test_the_notebook_runs_top_to_bottom_and_does_what_the_original_meant(tmp_pa
     monkeypatch.setenv("AUGZARR_NOTEBOOK_OUT", str(out))
     monkeypatch.setenv("AUGZARR_NOTEBOOK_EPOCHS", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "Test score: " in printed and "Test accuracy: " in printed
@@ -38,7 +39,13 @@ def test_the_notebook_runs_top_to_bottom_and_does_what_the_original_meant(tmp_pa
     build_cell = next(cell for cell in notebook.cells if "augzarr.build(" in cell.source)
     widgets = [o for o in build_cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, "the build's progress bar is a live widget in the notebook"
-    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert images, "the contact sheet is shown inline"
     # 5 copies of each of the 32 training images left after holding out a fifth (the 10 test images kept)
     assert "train" in printed and "copies       5 per image" in printed

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, run_cli, write_image_folder
 from faultproxy import FaultProxy
 from s3server import MotoServer, endpoint_env
@@ -40,7 +39,9 @@ def s3(server, monkeypatch) -> dict:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("s3-images") / "images", {"ant": 12, "bee": 10, "cow": 8}, size=16)
+    return write_image_folder(
+        tmp_path_factory.mktemp("s3-images") / "images", {"ant": 12, "bee": 10, "cow": 8}, size=16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,22 @@ def local_store(images, tmp_path_factory) -> Path:
 
 
 def build_args(images: Path, out: str, *extra: str) -> list[str]:
-    return ["build-aug", "--source", str(images), "--out", out, "--copies", "2", "--chunk-size", "8", "--preview", "0",
-            "--workers", "2", *extra]
+    return [
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        out,
+        "--copies",
+        "2",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--workers",
+        "2",
+        *extra,
+    ]
 
 
 def long_build_args(images: Path, out: str) -> list[str]:
@@ -100,7 +115,9 @@ def test_a_build_to_s3_is_the_local_build_byte_for_byte_and_reads_back(s3, image
     built = run_cli(*build_args(images, s3["url"]), env=s3["env"], check=True)
     assert built.stdout.startswith(f"built {s3['url']}: ")
     assert_same_objects(s3["url"], local)
-    assert not any(key.startswith((".build/", ".lock")) for key in objects(s3["url"]))  # finished: no build state, no lease
+    assert not any(
+        key.startswith((".build/", ".lock")) for key in objects(s3["url"])
+    )  # finished: no build state, no lease
     summary = run_cli("inspect-aug", "--store", s3["url"], "--json", env=s3["env"], check=True).stdout
     assert json.loads(summary)["path"] == s3["url"]
     verified = run_cli("inspect-aug", "--store", s3["url"], "--verify", env=s3["env"], check=True).stdout
@@ -112,8 +129,22 @@ def test_a_build_to_s3_is_the_local_build_byte_for_byte_and_reads_back(s3, image
 def test_train_and_evaluate_from_s3(s3, images, tmp_path):
     run_cli(*build_args(images, s3["url"]), env=s3["env"], check=True)
     run_dir = tmp_path / "run"
-    trained = run_cli("train", "--store", s3["url"], "--epochs", "1", "--model", "shallow", "--batch-size", "16", "--quiet",
-                      "--out", str(run_dir), env=s3["env"], check=True)
+    trained = run_cli(
+        "train",
+        "--store",
+        s3["url"],
+        "--epochs",
+        "1",
+        "--model",
+        "shallow",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--out",
+        str(run_dir),
+        env=s3["env"],
+        check=True,
+    )
     assert "Test accuracy:" in trained.stdout
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "complete" and run["options"]["store"] == s3["url"]
@@ -139,8 +170,14 @@ def test_a_killed_build_s_lease_is_taken_over_at_once_on_its_machine_and_the_sam
     # renewed, when the second command comes, however fast this machine (the other commands talk to the server)
     proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
     proxy.delay, proxy.undelayed = 0.03, LOCK_KEY
-    build = subprocess.Popen([str(BIN / args[0]), *args[1:]], env={**os.environ, **s3["env"], "AWS_ENDPOINT_URL": proxy.url},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    build = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]],
+        env={**os.environ, **s3["env"], "AWS_ENDPOINT_URL": proxy.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while len(storage.list(".build/chunks/")) < 10:
         assert build.poll() is None and time.monotonic() < deadline, build.communicate()
@@ -150,8 +187,12 @@ def test_a_killed_build_s_lease_is_taken_over_at_once_on_its_machine_and_the_sam
         assert build.poll() is None, build.communicate()
         time.sleep(0.1)
     second = run_cli(*args, env=s3["env"])  # while the first runs: refused at once, naming it as running here
-    assert_one_line(second, f"{s3['url']} is locked by the build of ", f":{build.pid} (running on this machine), which last renewed "
-                    "its lease", "unless renewed again")
+    assert_one_line(
+        second,
+        f"{s3['url']} is locked by the build of ",
+        f":{build.pid} (running on this machine), which last renewed its lease",
+        "unless renewed again",
+    )
     os.killpg(build.pid, signal.SIGKILL)
     build.wait()
     proxy.stop()
@@ -164,9 +205,11 @@ def test_a_killed_build_s_lease_is_taken_over_at_once_on_its_machine_and_the_sam
     assert resumed.stdout.splitlines()[-1].startswith(f"resumed {s3['url']}: 672 train, 24 val rows"), resumed.stdout
     computed = int(resumed.stdout.split("rows (")[1].split(" computed")[0].replace(",", ""))
     assert computed <= 672 + 24 - done_before  # only the chunks (of one row) the killed build had not committed
-    assert source_copies() == before  # the killed build's copy of the decoded source removed by the next build, its own too
+    assert (
+        source_copies() == before
+    )  # the killed build's copy of the decoded source removed by the next build, its own too
     local = tmp_path / "local.zarr"
-    run_cli(*args[:args.index("--out") + 1], str(local), *args[args.index("--out") + 2:], check=True)
+    run_cli(*args[: args.index("--out") + 1], str(local), *args[args.index("--out") + 2 :], check=True)
     assert_same_objects(s3["url"], local)
 
 
@@ -210,7 +253,10 @@ def test_a_lease_whose_create_answer_was_lost_is_recognised_as_ours(s3, images, 
     try:
         proxy.mode, proxy.only, proxy.fail_next = "lose_response", ".lock", 1
         run_cli(*build_args(images, s3["url"]), env={**s3["env"], "AWS_ENDPOINT_URL": proxy.url}, check=True)
-        assert [(method, status) for method, path, status in proxy.log if ".lock" in path][:2] == [("PUT", 200), ("PUT", 412)]
+        assert [(method, status) for method, path, status in proxy.log if ".lock" in path][:2] == [
+            ("PUT", 200),
+            ("PUT", 412),
+        ]
     finally:
         proxy.stop()
     assert_same_objects(s3["url"], local_store)
@@ -224,8 +270,14 @@ def test_the_server_going_away_mid_build_then_coming_back_resumes_to_the_same_st
     from augzarr.storage import open_storage
 
     storage = open_storage(s3["url"])  # straight to the server, not through the proxy
-    build = subprocess.Popen([str(BIN / args[0]), *args[1:]], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    build = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while len(storage.list(".build/chunks/")) < 10:
@@ -242,7 +294,7 @@ def test_the_server_going_away_mid_build_then_coming_back_resumes_to_the_same_st
     finally:
         proxy.stop()
     local = tmp_path / "local.zarr"
-    run_cli(*args[:args.index("--out") + 1], str(local), *args[args.index("--out") + 2:], check=True)
+    run_cli(*args[: args.index("--out") + 1], str(local), *args[args.index("--out") + 2 :], check=True)
     assert_same_objects(s3["url"], local)
 
 
@@ -257,13 +309,21 @@ def test_wrong_or_missing_credentials_and_a_missing_bucket_are_one_line(images, 
         good = endpoint_env(moto.url, keys)
         run_cli(*build_args(images, url), env=good, check=True)
         wrong = {**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-        for command in (build_args(images, url), ["inspect-aug", "--store", url], ["train", "--store", url, "--epochs", "1"]):
+        for command in (
+            build_args(images, url),
+            ["inspect-aug", "--store", url],
+            ["train", "--store", url, "--epochs", "1"],
+        ):
             assert_one_line(run_cli(*command, env=wrong), f"{url}: access denied", "AWS_SECRET_ACCESS_KEY")
         missing = {**good, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
-        assert_one_line(run_cli("inspect-aug", "--store", url, env=missing), f"{url}: no S3 credentials: set AWS_ACCESS_KEY_ID")
+        assert_one_line(
+            run_cli("inspect-aug", "--store", url, env=missing), f"{url}: no S3 credentials: set AWS_ACCESS_KEY_ID"
+        )
         no_bucket = "s3://augzarr-absent/aug.zarr"
         assert_one_line(run_cli(*build_args(images, no_bucket), env=good), "bucket 'augzarr-absent' does not exist")
-        assert_one_line(run_cli("inspect-aug", "--store", no_bucket, env=good), "bucket 'augzarr-absent' does not exist")
+        assert_one_line(
+            run_cli("inspect-aug", "--store", no_bucket, env=good), "bucket 'augzarr-absent' does not exist"
+        )
 
 
 def lease_object(url: str, holder: dict, renewed_ago: float, expires_in: float) -> None:
@@ -271,8 +331,14 @@ def lease_object(url: str, holder: dict, renewed_ago: float, expires_in: float) 
 
     now = time.time()
     owner = f"someone@{holder['host']}:{holder['pid']}" if holder else "someone@an-older-augzarr:1"
-    lease = {"owner": owner, "build_id": "b", "token": "t",
-             "renewed": now - renewed_ago, "expires": now + expires_in, "process": holder}
+    lease = {
+        "owner": owner,
+        "build_id": "b",
+        "token": "t",
+        "renewed": now - renewed_ago,
+        "expires": now + expires_in,
+        "process": holder,
+    }
     open_storage(url).write(".lock", json.dumps(lease).encode())
 
 
@@ -295,8 +361,13 @@ def test_a_held_lease_is_refused_saying_when_it_was_renewed_and_when_it_expires_
     with pytest.raises(LeaseHeld) as refused:
         take_lease(s3["url"])
     message = str(refused.value)
-    assert message.startswith(f"{s3['url']} is locked by the build of someone@another-machine:4242, which last renewed its lease ")
-    assert re.search(r"its lease [56] s ago \(\d\d:\d\d:\d\d UTC\); the lease expires in 2[45] s \(\d\d:\d\d:\d\d UTC\) unless renewed", message), message
+    assert message.startswith(
+        f"{s3['url']} is locked by the build of someone@another-machine:4242, which last renewed its lease "
+    )
+    assert re.search(
+        r"its lease [56] s ago \(\d\d:\d\d:\d\d UTC\); the lease expires in 2[45] s \(\d\d:\d\d:\d\d UTC\) unless renewed",
+        message,
+    ), message
     assert "right now" not in message and "running on this machine" not in message
     lease_object(s3["url"], this_process(), renewed_ago=1, expires_in=59)  # this very process: running here
     with pytest.raises(LeaseHeld, match=r"\(running on this machine\), which last renewed its lease [12] s ago"):
@@ -304,8 +375,9 @@ def test_a_held_lease_is_refused_saying_when_it_was_renewed_and_when_it_expires_
     # an expired lease of another machine: taken over, saying since when
     lease_object(s3["url"], elsewhere, renewed_ago=70, expires_in=-10)
     said = take_lease(s3["url"])
-    assert len(said) == 1 and re.fullmatch(r"took over the lease of a build that stopped \(someone@another-machine:4242, expired 1[01] s ago\)",
-                                           said[0]), said
+    assert len(said) == 1 and re.fullmatch(
+        r"took over the lease of a build that stopped \(someone@another-machine:4242, expired 1[01] s ago\)", said[0]
+    ), said
 
 
 def test_a_lease_of_a_process_of_this_machine_that_stopped_is_taken_over_before_it_expires(s3):
@@ -313,12 +385,16 @@ def test_a_lease_of_a_process_of_this_machine_that_stopped_is_taken_over_before_
 
     finished = subprocess.Popen(["true"])
     finished.wait()  # gone, and reaped
-    for holder in ({**this_process(), "pid": finished.pid, "started": "1"},
-                   {**this_process(), "started": str(int(process_start(os.getpid())) - 1)}):  # this PID, now another process's
+    for holder in (
+        {**this_process(), "pid": finished.pid, "started": "1"},
+        {**this_process(), "started": str(int(process_start(os.getpid())) - 1)},
+    ):  # this PID, now another process's
         lease_object(s3["url"], holder, renewed_ago=1, expires_in=59)
         said = take_lease(s3["url"])
-        assert said == [f"took over the lease of a build that stopped (someone@{holder['host']}:{holder['pid']}: no longer running "
-                        "on this machine)"], said
+        assert said == [
+            f"took over the lease of a build that stopped (someone@{holder['host']}:{holder['pid']}: no longer running "
+            "on this machine)"
+        ], said
     # a lease from before the process was recorded: only its expiry frees it
     lease_object(s3["url"], None, renewed_ago=1, expires_in=59)
     from augzarr.storage import LeaseHeld
@@ -329,16 +405,38 @@ def test_a_lease_of_a_process_of_this_machine_that_stopped_is_taken_over_before_
 
 def without_credentials(home: Path) -> dict:
     """The environment with no object-store variable of any provider, and a home without gcloud's file."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "AZURE_", "GCE_"))}, "HOME": str(home)}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "AZURE_", "GCE_"))},
+        "HOME": str(home),
+    }
 
 
-@pytest.mark.parametrize("url, extra, expected", [
-    ("gs://bucket/a.zarr", {}, "gs://bucket/a.zarr: no Google Cloud Storage credentials: set GOOGLE_APPLICATION_CREDENTIALS"),
-    ("az://container/a.zarr", {}, "az://container/a.zarr: no Azure Blob Storage account or credentials: set AZURE_STORAGE_ACCOUNT_NAME"),
-    ("az://container/a.zarr", {"AZURE_STORAGE_ACCOUNT_NAME": "acct"}, "no Azure Blob Storage credentials: set AZURE_STORAGE_ACCOUNT_KEY"),
-    ("az://container/a.zarr", {"AZURE_STORAGE_ACCOUNT_KEY": "a2V5"}, "no Azure Blob Storage account: set AZURE_STORAGE_ACCOUNT_NAME"),
-    ("s3://bucket/a.zarr", {}, "s3://bucket/a.zarr: no S3 credentials: set AWS_ACCESS_KEY_ID"),
-])
+@pytest.mark.parametrize(
+    "url, extra, expected",
+    [
+        (
+            "gs://bucket/a.zarr",
+            {},
+            "gs://bucket/a.zarr: no Google Cloud Storage credentials: set GOOGLE_APPLICATION_CREDENTIALS",
+        ),
+        (
+            "az://container/a.zarr",
+            {},
+            "az://container/a.zarr: no Azure Blob Storage account or credentials: set AZURE_STORAGE_ACCOUNT_NAME",
+        ),
+        (
+            "az://container/a.zarr",
+            {"AZURE_STORAGE_ACCOUNT_NAME": "acct"},
+            "no Azure Blob Storage credentials: set AZURE_STORAGE_ACCOUNT_KEY",
+        ),
+        (
+            "az://container/a.zarr",
+            {"AZURE_STORAGE_ACCOUNT_KEY": "a2V5"},
+            "no Azure Blob Storage account: set AZURE_STORAGE_ACCOUNT_NAME",
+        ),
+        ("s3://bucket/a.zarr", {}, "s3://bucket/a.zarr: no S3 credentials: set AWS_ACCESS_KEY_ID"),
+    ],
+)
 def test_each_provider_without_credentials_names_its_own_variables_before_any_request(url, extra, expected, tmp_path):
     from augzarr.storage.objectstore import PROVIDERS
 
@@ -347,20 +445,33 @@ def test_each_provider_without_credentials_names_its_own_variables_before_any_re
     own = {"gs": "GOOGLE_", "az": "AZURE_", "s3": "AWS_"}[url.split(":")[0]]
     for command in (["inspect-aug", "--store", url], ["build-aug", "--source", str(tmp_path), "--out", url]):
         # the timeout guards against a client waiting on a metadata service that is not there, as gs:// did for 28 s
-        result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True, timeout=60,
-                                env={**without_credentials(tmp_path), **extra})
+        result = subprocess.run(
+            [str(BIN / command[0]), *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**without_credentials(tmp_path), **extra},
+        )
         line = assert_one_line(result, expected)
-        assert result.returncode == 1 and all(other not in line for other in ("AWS_", "GOOGLE_", "AZURE_") if other != own), line
+        assert result.returncode == 1 and all(
+            other not in line for other in ("AWS_", "GOOGLE_", "AZURE_") if other != own
+        ), line
 
 
 def test_urls_the_tool_cannot_use_are_one_line(s3, images, tmp_path):
     assert_one_line(run_cli("inspect-aug", "--store", "ftp://host/aug.zarr"), "unknown storage scheme ftp://", "s3://")
     assert_one_line(run_cli(*build_args(images, f"s3://{s3['bucket']}"), env=s3["env"]), "give a bucket and a path")
-    assert_one_line(run_cli("inspect-aug", "--store", f"s3://{s3['bucket']}/nothing.zarr", env=s3["env"]), "does not exist")
+    assert_one_line(
+        run_cli("inspect-aug", "--store", f"s3://{s3['bucket']}/nothing.zarr", env=s3["env"]), "does not exist"
+    )
     # without the s3 extra installed
     hidden = "import sys; sys.modules['obstore'] = None; from augzarr.builder.cli import main_inspect; main_inspect()"
-    result = subprocess.run([str(BIN / "python"), "-c", hidden, "--store", s3["url"]], capture_output=True, text=True,
-                            env={**os.environ, **s3["env"]})
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", hidden, "--store", s3["url"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **s3["env"]},
+    )
     assert_one_line(result, "pip install 'augzarr[s3]'")
 
 

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from augzarr.store_format import open_store
 from augzarr.trainer.online import ERASE_FILL, OnlineAugment, parse_online
-from conftest import run_cli
 
 
 @pytest.fixture
@@ -28,7 +28,11 @@ def test_the_same_seed_epoch_and_batch_give_the_same_bytes_and_others_differ():
     first = augment(images, epoch=2, batch=7)
     assert first.dtype == np.uint8 and first.shape == images.shape
     assert np.array_equal(first, OnlineAugment(("flip", "shift", "erase"), seed=3)(images.copy(), 2, 7))
-    for other in (augment(images, 2, 8), augment(images, 3, 7), OnlineAugment(("flip", "shift", "erase"), 4)(images, 2, 7)):
+    for other in (
+        augment(images, 2, 8),
+        augment(images, 3, 7),
+        OnlineAugment(("flip", "shift", "erase"), 4)(images, 2, 7),
+    ):
         assert not np.array_equal(first, other)
     assert np.array_equal(images, batch())  # the batch handed in (a view of the stream's window) is left alone
 
@@ -38,12 +42,20 @@ def test_each_operation_does_what_it_says():
     flipped = OnlineAugment(("flip",), 0)(images, 0, 0)
     mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
     unchanged = [np.array_equal(f, i) for f, i in zip(flipped, images)]
-    assert all(m != u for m, u in zip(mirrored, unchanged)) and 16 < sum(mirrored) < 48  # each image either, about half mirrored
+    assert (
+        all(m != u for m, u in zip(mirrored, unchanged)) and 16 < sum(mirrored) < 48
+    )  # each image either, about half mirrored
     shifted = OnlineAugment(("shift",), 0)(images, 0, 0)
     for s, i in zip(shifted, images):  # a translation by at most 2 px (1/8 of 16) with black where it moved in
-        dy, dx = next((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                      if np.array_equal(s[max(dy, 0):16 + min(dy, 0), max(dx, 0):16 + min(dx, 0)],
-                                        i[max(-dy, 0):16 + min(-dy, 0), max(-dx, 0):16 + min(-dx, 0)]))
+        dy, dx = next(
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(
+                s[max(dy, 0) : 16 + min(dy, 0), max(dx, 0) : 16 + min(dx, 0)],
+                i[max(-dy, 0) : 16 + min(-dy, 0), max(-dx, 0) : 16 + min(-dx, 0)],
+            )
+        )
         assert (s.reshape(-1, 3).min(axis=1) == 0).sum() == 16 * 16 - (16 - abs(dy)) * (16 - abs(dx))
     erased = OnlineAugment(("erase",), 0)(images, 0, 0)
     for e, i in zip(erased, images):
@@ -51,7 +63,9 @@ def test_each_operation_does_what_it_says():
         grey = (e == ERASE_FILL).all(axis=-1)
         assert grey[tuple(changed.T)].all()  # every changed pixel is the fill
         rows, cols = np.unique(changed[:, 0]), np.unique(changed[:, 1])
-        assert len(rows) <= 4 and len(cols) <= 4 and len(changed) == len(rows) * len(cols)  # one square, a quarter of the side
+        assert (
+            len(rows) <= 4 and len(cols) <= 4 and len(changed) == len(rows) * len(cols)
+        )  # one square, a quarter of the side
 
 
 def test_names_are_checked():
@@ -66,7 +80,9 @@ def test_a_resumed_stream_serves_the_uninterrupted_streams_augmented_batches(sto
     opened = open_store(store)
     ops = ("flip", "shift", "erase")
     whole = StoreStream(opened, "train", batch_size=7, shuffle=True, seed=1, buffer_chunks=2, online=ops)
-    resumed = StoreStream(opened, "train", batch_size=7, shuffle=True, seed=1, buffer_chunks=2, online=ops, start_epoch=1)
+    resumed = StoreStream(
+        opened, "train", batch_size=7, shuffle=True, seed=1, buffer_chunks=2, online=ops, start_epoch=1
+    )
     plain = StoreStream(opened, "train", batch_size=7, shuffle=True, seed=1, buffer_chunks=2)
     try:
         per_epoch = whole.batches_per_epoch
@@ -88,17 +104,31 @@ def test_train_records_its_online_operations_and_refuses_unknown_ones(store, tmp
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # trained in this process (Keras loads once); the command line's refusal below
-    train_run({"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "online": "flip,shift,erase"}, out=run_dir,
-              verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 1, "model": "shallow", "batch_size": 16, "online": "flip,shift,erase"},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     assert json.loads((run_dir / "run.json").read_text())["options"]["online"] == "flip,shift,erase"
     assert "online operations on each batch flip,shift,erase" in (run_dir / "model_card.md").read_text()
     bad = run_cli("train", "--store", str(store), "--online", "flip,rotate", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "train: error: --online: unknown online operation rotate: choose from flip, shift, erase")
+        "train: error: --online: unknown online operation rotate: choose from flip, shift, erase"
+    )
 
 
-@pytest.mark.parametrize("typed, recorded", [(" flip , shift ", "flip,shift"), ("flip,", "flip"), ("flip,flip", "flip"),
-                                             ("erase,shift,flip", "flip,shift,erase"), ("none", ""), ("", "")])
+@pytest.mark.parametrize(
+    "typed, recorded",
+    [
+        (" flip , shift ", "flip,shift"),
+        ("flip,", "flip"),
+        ("flip,flip", "flip"),
+        ("erase,shift,flip", "flip,shift,erase"),
+        ("none", ""),
+        ("", ""),
+    ],
+)
 def test_the_options_record_the_online_operations_as_they_run(typed, recorded):
     from augzarr.trainer.options import TrainOptions
 
@@ -122,7 +152,9 @@ def test_a_run_records_the_normalised_online_list_and_the_same_command_still_res
     assert run["options"]["online"] == "flip,shift"
     assert "online operations on each batch flip,shift;" in (run_dir / "model_card.md").read_text()
     # as if stopped before its reports, and recorded verbatim as a run before this fix recorded it
-    (run_dir / "run.json").write_text(json.dumps({**run, "status": "running", "options": {**run["options"], "online": " shift , flip,flip"}}))
+    (run_dir / "run.json").write_text(
+        json.dumps({**run, "status": "running", "options": {**run["options"], "online": " shift , flip,flip"}})
+    )
     said = []
     result = train_run(given, out=run_dir, verbose=0, say=said.append)  # the same command again
     assert result.resumed_from == 1 and any("resuming" in line for line in said)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from conftest import run_cli
 
 import augzarr
 from augzarr.builder.cli import build_app, inspect_app
@@ -24,7 +25,6 @@ from augzarr.errors import OptionError
 from augzarr.options import DEFAULT_STORE, check_fields, defaults, markdown_table, option, options_of
 from augzarr.trainer.cli import evaluate_app, train_app
 from augzarr.trainer.options import EVALUATE, MODELS, TRAIN, TrainOptions
-from conftest import run_cli
 
 COMMANDS = {  # command -> (typer app, the dataclasses its options come from)
     "build-aug": (build_app, BUILD_AUG),
@@ -65,7 +65,9 @@ def test_the_python_api_signatures_agree_with_the_cli_and_the_library():
     assert list(named) == list(library)  # every option of build-aug's library side, in its order, and nothing else
     assert {n: p.default for n, p in named.items()} == library
     hints = {f.name: f.type for f in dataclasses.fields(BuildOptions)}
-    assert all(named[n].annotation == hints[n] for n in library if n not in ("source", "out")), "a keyword's type differs from its option's"
+    assert all(named[n].annotation == hints[n] for n in library if n not in ("source", "out")), (
+        "a keyword's type differs from its option's"
+    )
     cli = cli_params(build_app)
     assert {n: cli[n].default for n in library} == library
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in named.items() if n not in ("source", "out"))
@@ -81,7 +83,11 @@ def test_the_python_api_signatures_agree_with_the_cli_and_the_library():
 def test_the_default_store_is_the_same_everywhere():
     assert BuildOptions().out == InspectOptions().store == TrainOptions().store == DEFAULT_STORE == "data/aug.zarr"
     assert inspect.signature(augzarr.build).parameters["out"].default == DEFAULT_STORE
-    assert cli_params(build_app)["out"].default == cli_params(inspect_app)["store"].default == cli_params(train_app)["store"].default
+    assert (
+        cli_params(build_app)["out"].default
+        == cli_params(inspect_app)["store"].default
+        == cli_params(train_app)["store"].default
+    )
 
 
 # -- issue #21 point 13: --help shows each real default -------------------------------------------------
@@ -124,8 +130,16 @@ def test_help_shows_every_default(name):
 
 def test_train_help_names_its_defaults():
     shown = help_of("train")
-    for flag, default in [("--epochs", "20"), ("--batch-size", "128"), ("--optimizer", "rmsprop"), ("--lr-schedule", "cosine"),
-                            ("--model", "deep"), ("--seed", "0"), ("--buffer-chunks", "8"), ("--store", "data/aug.zarr")]:
+    for flag, default in [
+        ("--epochs", "20"),
+        ("--batch-size", "128"),
+        ("--optimizer", "rmsprop"),
+        ("--lr-schedule", "cosine"),
+        ("--model", "deep"),
+        ("--seed", "0"),
+        ("--buffer-chunks", "8"),
+        ("--store", "data/aug.zarr"),
+    ]:
         assert shown[flag].endswith(f"[default: {default}]"), shown[flag]
     assert shown["--mix-alpha"].endswith("[default: (0.2 for mixup, 1.0 for cutmix)]")
 
@@ -161,35 +175,43 @@ def test_every_single_value_option_given_twice_is_refused_naming_it(name):
 
 
 def test_train_with_two_mixes_exits_2_with_one_line_and_writes_nothing(small_store, tmp_path):
-    result = run_cli("train", "--store", str(small_store), "--out", str(tmp_path / "run"), "--mix", "mixup", "--mix", "cutmix")
+    result = run_cli(
+        "train", "--store", str(small_store), "--out", str(tmp_path / "run"), "--mix", "mixup", "--mix", "cutmix"
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == "train: error: --mix is given more than once (--mix mixup, --mix cutmix): give it once"
+    assert (
+        result.stderr.strip() == "train: error: --mix is given more than once (--mix mixup, --mix cutmix): give it once"
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_a_switch_given_both_ways_is_refused():
     result = run_cli("build-aug", "--include-original", "--no-include-original", "--copies", "0")
     assert result.returncode == 2 and result.stderr.strip() == (
-        "build-aug: error: --include-original is given more than once (--include-original, --no-include-original): give it once")
+        "build-aug: error: --include-original is given more than once (--include-original, --no-include-original): give it once"
+    )
 
 
 # -- the checks: the same rules and messages for the CLI and Python -------------------------------------
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"copies": 2.7}, "--copies must be a whole number, not 2.7 (a float)"),
-    ({"copies": "2"}, "--copies must be a whole number, not '2' (a str)"),
-    ({"copies": True}, "--copies must be a whole number, not True (a bool)"),
-    ({"val_fraction": "0.3"}, "--val-fraction must be a number, not '0.3' (a str)"),
-    ({"val_fraction": math.nan}, "--val-fraction must be in [0, 1)"),
-    ({"policy": {"transform": []}}, "--policy must be a string, not a dict"),
-    ({"seed": 2**63}, "--seed must be in [0, 2**63)"),
-    ({"image_size": 0}, "--image-size must be in [1, 4096]"),
-    ({"chunk_size": 0}, "--chunk-size must be at least 1"),
-    ({"include_original": 1}, "--include-original must be True or False, not 1 (an int)"),
-    ({"out": 3}, "--out must be a string or a path, not 3 (an int)"),
-    ({"license": "a\x1bb"}, "--license holds the control character"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"copies": 2.7}, "--copies must be a whole number, not 2.7 (a float)"),
+        ({"copies": "2"}, "--copies must be a whole number, not '2' (a str)"),
+        ({"copies": True}, "--copies must be a whole number, not True (a bool)"),
+        ({"val_fraction": "0.3"}, "--val-fraction must be a number, not '0.3' (a str)"),
+        ({"val_fraction": math.nan}, "--val-fraction must be in [0, 1)"),
+        ({"policy": {"transform": []}}, "--policy must be a string, not a dict"),
+        ({"seed": 2**63}, "--seed must be in [0, 2**63)"),
+        ({"image_size": 0}, "--image-size must be in [1, 4096]"),
+        ({"chunk_size": 0}, "--chunk-size must be at least 1"),
+        ({"include_original": 1}, "--include-original must be True or False, not 1 (an int)"),
+        ({"out": 3}, "--out must be a string or a path, not 3 (an int)"),
+        ({"license": "a\x1bb"}, "--license holds the control character"),
+    ],
+)
 def test_build_options_refuse_a_wrong_type_or_value_in_one_line(values, message):
     with pytest.raises(OptionError) as raised:
         BuildOptions(**values).validate()
@@ -207,16 +229,19 @@ def test_numbers_of_numpy_become_pythons_and_paths_are_taken_for_text():
     assert type(plain.val_fraction) is int  # a Python number is kept as given: the store records what it always did
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"epochs": 0}, "--epochs must be in [1, 100000]"),
-    ({"learning_rate": 0.0}, "--learning-rate must be in (0, 10.0]"),
-    ({"learning_rate": math.inf}, "--learning-rate must be in (0, 10.0]"),
-    ({"optimizer": "lion"}, "--optimizer must be one of rmsprop, adam, sgd"),
-    ({"mix": "blend"}, "--mix must be one of mixup, cutmix"),
-    ({"online": "flip,spin"}, "--online: unknown online operation spin: choose from flip, shift, erase"),
-    ({"buffer_chunks": 0}, "--buffer-chunks must be at least 1"),
-    ({"distribute": "yes"}, "--distribute must be True or False, not 'yes' (a str)"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "--epochs must be in [1, 100000]"),
+        ({"learning_rate": 0.0}, "--learning-rate must be in (0, 10.0]"),
+        ({"learning_rate": math.inf}, "--learning-rate must be in (0, 10.0]"),
+        ({"optimizer": "lion"}, "--optimizer must be one of rmsprop, adam, sgd"),
+        ({"mix": "blend"}, "--mix must be one of mixup, cutmix"),
+        ({"online": "flip,spin"}, "--online: unknown online operation spin: choose from flip, shift, erase"),
+        ({"buffer_chunks": 0}, "--buffer-chunks must be at least 1"),
+        ({"distribute": "yes"}, "--distribute must be True or False, not 'yes' (a str)"),
+    ],
+)
 def test_train_options_refuse_a_wrong_type_or_value_in_one_line(values, message):
     with pytest.raises(OptionError) as raised:
         TrainOptions(**values).validate()
@@ -232,8 +257,12 @@ def test_an_option_defined_once_gives_its_limits_and_choices_to_the_checks_and_t
         api_only: int = option(1, "Python only.", low=0, cli=False)
 
     check_fields(Toy(size=8, mode="b", rate=0.5))
-    for values, message in [({"size": 9}, "--size must be in [1, 8]"), ({"mode": "c"}, "--mode must be one of a, b"),
-                            ({"rate": 0}, "--rate must be above 0"), ({"api_only": -1}, "api_only must be at least 0")]:
+    for values, message in [
+        ({"size": 9}, "--size must be in [1, 8]"),
+        ({"mode": "c"}, "--mode must be one of a, b"),
+        ({"rate": 0}, "--rate must be above 0"),
+        ({"api_only": -1}, "api_only must be at least 0"),
+    ]:
         with pytest.raises(OptionError, match=f"^{message.replace('[', '.').replace(']', '.')}$"):
             check_fields(Toy(**values))
     table = markdown_table(Toy).splitlines()
@@ -251,12 +280,18 @@ def test_the_reference_table_has_a_row_per_option_with_its_default(name):
     assert len(rows) == len(opts)
     for row, opt in zip(rows, opts):
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
-        assert cells[0].startswith(f"`{opt.label}") and html.unescape(cells[1]) == opt.default_text() and html.unescape(cells[2]) == opt.help_text()
+        assert (
+            cells[0].startswith(f"`{opt.label}")
+            and html.unescape(cells[1]) == opt.default_text()
+            and html.unescape(cells[2]) == opt.help_text()
+        )
         assert "{choices}" not in row
 
 
 def test_the_trainer_imports_nothing_of_the_builder():
-    code = ("import sys, augzarr.trainer.cli, augzarr.trainer.options, augzarr.options; "
-            "print(sorted(m for m in sys.modules if m.startswith('augzarr.builder')))")
+    code = (
+        "import sys, augzarr.trainer.cli, augzarr.trainer.options, augzarr.options; "
+        "print(sorted(m for m in sys.modules if m.startswith('augzarr.builder')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

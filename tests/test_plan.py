@@ -17,16 +17,32 @@ def epoch_rows(plan: RankPlan, epoch: int) -> np.ndarray:
     sequence = []
     for w in range(len(bounds) - 1):
         chunks = plan.window_chunks(epoch, w)
-        rows = np.concatenate([np.arange(c * plan.chunk_rows, min((c + 1) * plan.chunk_rows, plan.rows)) for c in chunks])
+        rows = np.concatenate(
+            [np.arange(c * plan.chunk_rows, min((c + 1) * plan.chunk_rows, plan.rows)) for c in chunks]
+        )
         sequence.append(rows[plan.window_rows(epoch, w)])
     return np.concatenate(sequence)
 
 
-@pytest.mark.parametrize("rows, ranks, batch_size, drop_last", [
-    (66, 1, 7, False), (66, 2, 7, False), (66, 3, 5, False), (66, 4, 8, False), (65, 4, 8, False), (64, 4, 8, False),
-    (66, 2, 7, True), (9, 4, 2, False), (5, 4, 8, False), (66, 67, 1, False)])
+@pytest.mark.parametrize(
+    "rows, ranks, batch_size, drop_last",
+    [
+        (66, 1, 7, False),
+        (66, 2, 7, False),
+        (66, 3, 5, False),
+        (66, 4, 8, False),
+        (65, 4, 8, False),
+        (64, 4, 8, False),
+        (66, 2, 7, True),
+        (9, 4, 2, False),
+        (5, 4, 8, False),
+        (66, 67, 1, False),
+    ],
+)
 def test_ranks_serve_equal_batch_counts_and_every_row_once(rows, ranks, batch_size, drop_last):
-    plan = RankPlan(rows, chunk_rows=8, batch_size=batch_size, buffer_chunks=2, seed=3, ranks=ranks, drop_last=drop_last)
+    plan = RankPlan(
+        rows, chunk_rows=8, batch_size=batch_size, buffer_chunks=2, seed=3, ranks=ranks, drop_last=drop_last
+    )
     sequence = epoch_rows(plan, 1)
     assert sorted(sequence) == list(range(rows))  # the epoch's sequence holds every row once
     served = []

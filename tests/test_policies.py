@@ -9,11 +9,11 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+from conftest import smooth_image
 
-from augzarr.errors import UserError
 from augzarr.builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
 from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
-from conftest import smooth_image
+from augzarr.errors import UserError
 
 N_SAMPLES = 3000
 
@@ -44,7 +44,13 @@ def applied_notebook_params(size: int = 32) -> dict[str, np.ndarray]:
 
 def test_notebook_policy_parameters_fall_in_and_cover_the_notebook_ranges():
     params = applied_notebook_params()
-    ranges = {"rotate": (-40, 40), "scale_x": (0.8, 1.2), "scale_y": (0.8, 1.2), "shift_x": (-0.2, 0.2), "shift_y": (-0.2, 0.2)}
+    ranges = {
+        "rotate": (-40, 40),
+        "scale_x": (0.8, 1.2),
+        "scale_y": (0.8, 1.2),
+        "shift_x": (-0.2, 0.2),
+        "shift_y": (-0.2, 0.2),
+    }
     for name, (low, high) in ranges.items():
         values = params[name]
         tolerance = 0.5 / 32 if name.startswith("shift") else 1e-9  # shifts are whole pixels
@@ -141,7 +147,10 @@ def test_bad_policies_name_the_option(tmp_path):
         load_policy(str(unknown), (32, 32, 3))
     resizing = tmp_path / "resize.yaml"
     A.save(A.Compose([A.Resize(8, 8)]), str(resizing), data_format="yaml")
-    with pytest.raises(UserError, match=r"Resize\(height=8, width=8\) changes a 32x32x3 uint8 image into 8x8x3 uint8; a policy must keep the image.s shape and uint8 dtype"):
+    with pytest.raises(
+        UserError,
+        match=r"Resize\(height=8, width=8\) changes a 32x32x3 uint8 image into 8x8x3 uint8; a policy must keep the image.s shape and uint8 dtype",
+    ):
         load_policy(str(resizing), (32, 32, 3))
     with pytest.raises(UserError, match="no such file"):
         load_policy(str(tmp_path / "missing.yaml"), (32, 32, 3))
@@ -153,19 +162,34 @@ def test_presets_keep_shape_for_other_sizes():
         assert pipeline(image=np.zeros((48, 64, 3), np.uint8))["image"].shape == (48, 64, 3)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: PRESETS["notebook"](32, 32),
-    lambda: PRESETS["crop-flip"](32, 32),
-    lambda: PRESETS["crop-flip-cutout"](32, 32),
-    lambda: PRESETS["randaugment"](32, 32),
-    lambda: A.Compose([A.OneOf([A.Rotate(limit=30), A.RandomBrightnessContrast()], p=0.7), A.VerticalFlip()], p=0.6),
-    lambda: A.Compose([A.HorizontalFlip()], bbox_params=A.BboxParams(format="pascal_voc")),  # takes the full call
-    # Affine's own step, through each of its sampling branches, and the cases it hands back
-    lambda: A.Compose([A.Affine(translate_percent=(-0.2, 0.3), shear=(-10, 20), rotate=(-5, 5), p=0.6)]),
-    lambda: A.Compose([A.Affine(scale=(0.7, 1.5), balanced_scale=True, keep_ratio=True, border_mode=cv2.BORDER_CONSTANT,
-                                fill=(10, 200, 30), interpolation=cv2.INTER_NEAREST)]),
-    lambda: A.Compose([A.Affine(scale=0.5, rotate=(-90, 90), fit_output=True, p=1)]),  # takes the full call
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PRESETS["notebook"](32, 32),
+        lambda: PRESETS["crop-flip"](32, 32),
+        lambda: PRESETS["crop-flip-cutout"](32, 32),
+        lambda: PRESETS["randaugment"](32, 32),
+        lambda: A.Compose(
+            [A.OneOf([A.Rotate(limit=30), A.RandomBrightnessContrast()], p=0.7), A.VerticalFlip()], p=0.6
+        ),
+        lambda: A.Compose([A.HorizontalFlip()], bbox_params=A.BboxParams(format="pascal_voc")),  # takes the full call
+        # Affine's own step, through each of its sampling branches, and the cases it hands back
+        lambda: A.Compose([A.Affine(translate_percent=(-0.2, 0.3), shear=(-10, 20), rotate=(-5, 5), p=0.6)]),
+        lambda: A.Compose(
+            [
+                A.Affine(
+                    scale=(0.7, 1.5),
+                    balanced_scale=True,
+                    keep_ratio=True,
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=(10, 200, 30),
+                    interpolation=cv2.INTER_NEAREST,
+                )
+            ]
+        ),
+        lambda: A.Compose([A.Affine(scale=0.5, rotate=(-90, 90), fit_output=True, p=1)]),  # takes the full call
+    ],
+)
 def test_fast_image_path_gives_the_full_calls_bytes(make):
     full, fast = make(), make()
     full_seeder, fast_seeder = SampleSeeder(full, 7), SampleSeeder(fast, 7)
@@ -187,7 +211,9 @@ def test_identity_check_agrees_with_np_allclose():
     rng = np.random.default_rng(0)
     identities = 0
     for _ in range(4000):
-        matrix = np.eye(3)  # one entry off by 1e-10 to 1e-3: around both tolerances (1e-8 off the diagonal, ~1e-5 on it)
+        matrix = np.eye(
+            3
+        )  # one entry off by 1e-10 to 1e-3: around both tolerances (1e-8 off the diagonal, ~1e-5 on it)
         matrix[rng.integers(3), rng.integers(3)] += rng.choice([-1, 1]) * 10 ** rng.uniform(-10, -3)
         expected = bool(np.allclose(matrix, np.eye(3)))
         assert is_identity(matrix) == expected, matrix

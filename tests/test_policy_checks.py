@@ -3,38 +3,47 @@ can change them, and stopped at the first bad row when that could not be known i
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import albumentations as A
 import numpy as np
 import pytest
 import zarr
+from conftest import run_cli, smooth_image, write_image_folder
 
 from augzarr.builder import worker
 from augzarr.builder.applier import image_applier
-from augzarr.errors import UserError
 from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
-from augzarr.sources import open_source
 from augzarr.builder.policy_check import BadSample, check_draws, state_of
 from augzarr.builder.tasks import ChunkResult, ChunkTask, WorkerConfig
 from augzarr.builder.worker import WorkerState, compute_chunk
+from augzarr.errors import UserError
+from augzarr.sources import open_source
 from augzarr.store_format import marker_key
-from conftest import run_cli, smooth_image, write_image_folder
 
 RULE = "a policy must keep the image's shape and uint8 dtype"
 
 # The issue's three policies: each changes the image on some draws only.
 SOME_DRAWS = {
-    "normalize": (lambda: A.Compose([A.Normalize(p=0.1)]), "json",
-                  "Normalize(p=0.1) changes a 32x32x3 uint8 image into 32x32x3 float32 on the draws where it applies"),
-    "resize": (lambda: A.Compose([A.Resize(16, 16, p=0.1)]), "yaml",
-               "Resize(height=16, width=16, p=0.1) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies"),
-    "one-of": (lambda: A.Compose([A.OneOf([A.RandomCrop(28, 28), A.HorizontalFlip()])]), "json",
-               "RandomCrop(height=28, width=28) changes a 32x32x3 uint8 image into 28x28x3 uint8 on the draws where it applies"),
+    "normalize": (
+        lambda: A.Compose([A.Normalize(p=0.1)]),
+        "json",
+        "Normalize(p=0.1) changes a 32x32x3 uint8 image into 32x32x3 float32 on the draws where it applies",
+    ),
+    "resize": (
+        lambda: A.Compose([A.Resize(16, 16, p=0.1)]),
+        "yaml",
+        "Resize(height=16, width=16, p=0.1) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies",
+    ),
+    "one-of": (
+        lambda: A.Compose([A.OneOf([A.RandomCrop(28, 28), A.HorizontalFlip()])]),
+        "json",
+        "RandomCrop(height=28, width=28) changes a 32x32x3 uint8 image into 28x28x3 uint8 on the draws where it applies",
+    ),
     # and one whose crop back to size may not apply (also: the file's PadIfNeeded loads without a warning line)
-    "pad-maybe-crop": (lambda: A.Compose([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32, p=0.5)]), "yaml",
-                       "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8"),
+    "pad-maybe-crop": (
+        lambda: A.Compose([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32, p=0.5)]),
+        "yaml",
+        "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8",
+    ),
 }
 
 
@@ -61,24 +70,43 @@ def test_a_policy_that_changes_the_image_on_some_draws_is_refused_before_the_bui
     assert not out.exists()  # refused before the store was claimed: nothing written
 
 
-@pytest.mark.parametrize("pipeline, expected", [
-    (A.SomeOf([A.HorizontalFlip(), A.CenterCrop(30, 30), A.VerticalFlip()], n=1),
-     "CenterCrop(height=30, width=30) changes a 32x32x3 uint8 image into 30x30x3 uint8 on the draws where it applies"),
-    # RandomOrder may crop before it pads; SomeOf (below, accepted) always pads first
-    (A.RandomOrder([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], n=2),
-     "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8 on the draws where it applies"),
-    (A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32, p=0.5)], p=1),
-     "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8"),
-    (A.OneOrOther(A.HorizontalFlip(), A.Resize(16, 16)),
-     "Resize(height=16, width=16) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies"),
-    (A.ToGray(num_output_channels=1, p=0.2),
-     "ToGray(num_output_channels=1, p=0.2) changes a 32x32x3 uint8 image into 32x32 uint8 on the draws where it applies"),
-    (A.RandomScale(0.1, p=1), "RandomScale(p=1.0) changes a 32x32x3 uint8 image into"),  # a random size
-    (A.Compose([A.ToFloat(p=0.5), A.FromFloat(dtype="uint8", p=1)]), "FromFloat(max_value=255.0) changes a 32x32x3 uint8 image into 32x32x3 float"),
-    (A.Compose([A.Crop(0, 0, 16, 16)], p=0.5),
-     "Crop(x_max=16, y_max=16) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies"),
-    (A.RandomCrop(40, 40), "RandomCrop(height=40, width=40) fails on a 32x32x3 uint8 image (CropSizeError: "),
-], ids=lambda value: type(value).__name__ if not isinstance(value, str) else "")
+@pytest.mark.parametrize(
+    "pipeline, expected",
+    [
+        (
+            A.SomeOf([A.HorizontalFlip(), A.CenterCrop(30, 30), A.VerticalFlip()], n=1),
+            "CenterCrop(height=30, width=30) changes a 32x32x3 uint8 image into 30x30x3 uint8 on the draws where it applies",
+        ),
+        # RandomOrder may crop before it pads; SomeOf (below, accepted) always pads first
+        (
+            A.RandomOrder([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], n=2),
+            "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8 on the draws where it applies",
+        ),
+        (
+            A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32, p=0.5)], p=1),
+            "PadIfNeeded(min_height=40, min_width=40) changes a 32x32x3 uint8 image into 40x40x3 uint8",
+        ),
+        (
+            A.OneOrOther(A.HorizontalFlip(), A.Resize(16, 16)),
+            "Resize(height=16, width=16) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies",
+        ),
+        (
+            A.ToGray(num_output_channels=1, p=0.2),
+            "ToGray(num_output_channels=1, p=0.2) changes a 32x32x3 uint8 image into 32x32 uint8 on the draws where it applies",
+        ),
+        (A.RandomScale(0.1, p=1), "RandomScale(p=1.0) changes a 32x32x3 uint8 image into"),  # a random size
+        (
+            A.Compose([A.ToFloat(p=0.5), A.FromFloat(dtype="uint8", p=1)]),
+            "FromFloat(max_value=255.0) changes a 32x32x3 uint8 image into 32x32x3 float",
+        ),
+        (
+            A.Compose([A.Crop(0, 0, 16, 16)], p=0.5),
+            "Crop(x_max=16, y_max=16) changes a 32x32x3 uint8 image into 16x16x3 uint8 on the draws where it applies",
+        ),
+        (A.RandomCrop(40, 40), "RandomCrop(height=40, width=40) fails on a 32x32x3 uint8 image (CropSizeError: "),
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
+)
 def test_refusals_name_the_transform(tmp_path, pipeline, expected):
     policy = saved(tmp_path, A.Compose([pipeline]), "json")
     with pytest.raises(UserError) as caught:
@@ -87,15 +115,21 @@ def test_refusals_name_the_transform(tmp_path, pipeline, expected):
     assert message.startswith(f"--policy {policy}: {expected}") and message.endswith(RULE) and "\n" not in message
 
 
-@pytest.mark.parametrize("pipeline", [
-    A.Compose([A.RandomScale(0.1, p=1), A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)]),  # every size cropped back
-    A.Compose([A.ToFloat(p=1), A.FromFloat(dtype="uint8", p=1)]),
-    A.Compose([A.SomeOf([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], n=2)]),
-    A.Compose([A.Compose([A.Resize(20, 20), A.Resize(32, 32)], p=0.5)]),
-    A.Compose([A.OneOf([A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], p=1), A.Rotate(limit=20)], p=0.7)]),
-    A.ReplayCompose([A.HorizontalFlip(), A.Rotate()]),
-    A.Compose([A.SelectiveChannelTransform([A.Sharpen(p=1)], channels=[0], p=0.5)]),
-], ids=["scale-pad-crop", "float-round-trip", "some-of-pad-crop", "down-up", "one-of-sequence", "replay", "selective"])
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        A.Compose([A.RandomScale(0.1, p=1), A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)]),  # every size cropped back
+        A.Compose([A.ToFloat(p=1), A.FromFloat(dtype="uint8", p=1)]),
+        A.Compose([A.SomeOf([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], n=2)]),
+        A.Compose([A.Compose([A.Resize(20, 20), A.Resize(32, 32)], p=0.5)]),
+        A.Compose(
+            [A.OneOf([A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], p=1), A.Rotate(limit=20)], p=0.7)]
+        ),
+        A.ReplayCompose([A.HorizontalFlip(), A.Rotate()]),
+        A.Compose([A.SelectiveChannelTransform([A.Sharpen(p=1)], channels=[0], p=0.5)]),
+    ],
+    ids=["scale-pad-crop", "float-round-trip", "some-of-pad-crop", "down-up", "one-of-sequence", "replay", "selective"],
+)
 def test_policies_that_keep_the_image_are_accepted(tmp_path, pipeline):
     load_policy(str(saved(tmp_path, pipeline, "yaml")), (32, 32, 3))
 
@@ -107,17 +141,34 @@ def test_presets_pass(name, shape):
 
 
 def test_a_policy_with_random_transforms_that_keep_the_image_builds(tmp_path, folder32):
-    pipeline = A.Compose([
-        A.OneOf([A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], p=1), A.Rotate(limit=20)], p=0.7),
-        A.HorizontalFlip(p=0.5),
-        A.SomeOf([A.RandomBrightnessContrast(), A.GaussNoise(), A.CoarseDropout()], n=2, p=0.5),
-    ])
+    pipeline = A.Compose(
+        [
+            A.OneOf([A.Sequential([A.PadIfNeeded(40, 40), A.RandomCrop(32, 32)], p=1), A.Rotate(limit=20)], p=0.7),
+            A.HorizontalFlip(p=0.5),
+            A.SomeOf([A.RandomBrightnessContrast(), A.GaussNoise(), A.CoarseDropout()], n=2, p=0.5),
+        ]
+    )
     out = tmp_path / "store.zarr"
-    run_cli("build-aug", "--source", str(folder32), "--out", str(out), "--copies", "3", "--preview", "0", "--quiet",
-            "--policy", str(saved(tmp_path, pipeline, "yaml")), check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(folder32),
+        "--out",
+        str(out),
+        "--copies",
+        "3",
+        "--preview",
+        "0",
+        "--quiet",
+        "--policy",
+        str(saved(tmp_path, pipeline, "yaml")),
+        check=True,
+    )
     run_cli("inspect-aug", "--store", str(out), "--verify", check=True)
     images = zarr.open_group(str(out), mode="r")["train/images"][:]
-    assert images.shape[1:] == (32, 32, 3) and len(np.unique(images.reshape(len(images), -1), axis=0)) > len(images) * 0.8
+    assert (
+        images.shape[1:] == (32, 32, 3) and len(np.unique(images.reshape(len(images), -1), axis=0)) > len(images) * 0.8
+    )
 
 
 # RandomScale draws its factor from [1, 1.0313]; int(32 * factor) is 33 only above 1.03125, on 0.16% of
@@ -132,16 +183,32 @@ def test_a_rare_bad_draw_stops_the_build_at_that_row_and_the_store_stays_resumab
     policy = saved(tmp_path, RARE, "json")
     load_policy(str(policy), (32, 32, 3))  # passes the checks before the build (see RARE)
     out = tmp_path / "store.zarr"
-    args = ["build-aug", "--source", str(folder32), "--out", str(out), "--copies", "10", "--chunk-size", "16",
-            "--workers", "2", "--preview", "0", "--quiet"]
+    args = [
+        "build-aug",
+        "--source",
+        str(folder32),
+        "--out",
+        str(out),
+        "--copies",
+        "10",
+        "--chunk-size",
+        "16",
+        "--workers",
+        "2",
+        "--preview",
+        "0",
+        "--quiet",
+    ]
     result = run_cli(*args, "--policy", str(policy))
     assert result.returncode == 1
     line = result.stderr
     assert line.count("\n") == 1 and "Traceback" not in line
-    prefix = (f"build-aug: error: --policy {policy}: RandomScale(scale_limit=(0.0, 0.0313), p=1.0) changes a 32x32x3 uint8 "
-              f"image into 33x33x3 uint8 on source image {folder32}/")
+    prefix = (
+        f"build-aug: error: --policy {policy}: RandomScale(scale_limit=(0.0, 0.0313), p=1.0) changes a 32x32x3 uint8 "
+        f"image into 33x33x3 uint8 on source image {folder32}/"
+    )
     assert line.startswith(prefix) and f"; {RULE}: fix the policy" in line
-    file, copy = line[len(prefix):].split("; ")[0].rsplit(", copy ", 1)
+    file, copy = line[len(prefix) :].split("; ")[0].rsplit(", copy ", 1)
     # the named sample really is a bad draw, and its chunk was not committed
     index = [str(f) for f in open_source(str(folder32), None, None).train.files].index(f"{folder32}/{file}")
     seeder = SampleSeeder(RARE, 0)
@@ -151,7 +218,9 @@ def test_a_rare_bad_draw_stops_the_build_at_that_row_and_the_store_stays_resumab
     group = zarr.open_group(str(out), mode="r")
     train = group["train"]
     row = int(np.flatnonzero((train["source_index"][:] == index) & (train["copy_index"][:] == int(copy)))[0])
-    assert not list((out / ".build" / "chunks").rglob(f"train.{row // 16}"))  # under the build's id: none for that chunk
+    assert not list(
+        (out / ".build" / "chunks").rglob(f"train.{row // 16}")
+    )  # under the build's id: none for that chunk
     assert not group.attrs.get("complete")
     # the same arguments meet the same row again; the fixed policy builds the store
     assert run_cli(*args, "--policy", str(policy)).stderr == line
@@ -163,12 +232,15 @@ def worker_store(tmp_path, pipeline: A.BaseCompose, rows: int = 8):
     """A store mid-build as build-aug lays it out (.build/ with the decoded source, an images
     array) and a worker for it whose policy skipped load_policy's checks."""
     store = tmp_path / "store.zarr"
-    zarr.open_group(str(store), mode="w").create_array("train/images", shape=(rows, 16, 16, 3), chunks=(rows, 16, 16, 3),
-                                                       dtype="uint8", compressors=None, fill_value=0)
+    zarr.open_group(str(store), mode="w").create_array(
+        "train/images", shape=(rows, 16, 16, 3), chunks=(rows, 16, 16, 3), dtype="uint8", compressors=None, fill_value=0
+    )
     (store / ".build" / "chunks").mkdir(parents=True)
     rng = np.random.default_rng(0)
     np.save(store / ".build" / "source-train.npy", np.stack([smooth_image(rng, 16) for _ in range(rows)]))
-    return store, WorkerState(WorkerConfig(str(store), str(store / ".build"), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0))
+    return store, WorkerState(
+        WorkerConfig(str(store), str(store / ".build"), Policy(name="bad.json", pipeline=pipeline).to_attrs(), seed=0)
+    )
 
 
 def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypatch):
@@ -180,7 +252,8 @@ def test_the_worker_refuses_a_float_row_instead_of_casting_it(tmp_path, monkeypa
     with pytest.raises(BadSample) as caught:
         compute_chunk(task)
     assert str(caught.value).startswith(
-        "--policy bad.json: Normalize(p=0.3) changes a 16x16x3 uint8 image into 16x16x3 float32 on source train image ")
+        "--policy bad.json: Normalize(p=0.3) changes a 16x16x3 uint8 image into 16x16x3 float32 on source train image "
+    )
     assert not (store / marker_key("train", 0)).exists() and not (store / "train" / "images" / "c").exists()
     # the same rows with a policy that keeps the image: written and committed
     store, state = worker_store(tmp_path / "good", A.Compose([A.HorizontalFlip()]))
@@ -207,7 +280,10 @@ def test_the_fast_path_gives_the_full_calls_shape_and_dtype_on_every_draw(case):
 
 
 def test_the_whole_pipeline_net_names_the_transform_of_a_bad_draw():
-    with pytest.raises(UserError, match=r"^--policy p\.json: Resize\(height=16, width=16, p=0\.5\) changes a 32x32x3 uint8 image "
-                                        r"into 16x16x3 uint8 on a test draw; a policy must keep"):
+    with pytest.raises(
+        UserError,
+        match=r"^--policy p\.json: Resize\(height=16, width=16, p=0\.5\) changes a 32x32x3 uint8 image "
+        r"into 16x16x3 uint8 on a test draw; a policy must keep",
+    ):
         check_draws("p.json", A.Compose([A.HorizontalFlip(), A.Resize(16, 16, p=0.5), A.VerticalFlip()]), (32, 32, 3))
     check_draws("p.json", PRESETS["crop-flip"](32, 32), (32, 32, 3))

@@ -6,9 +6,9 @@ from collections import Counter
 
 import albumentations as A
 import numpy as np
+from conftest import run_cli, smooth_image, write_image_folder
 
 from augzarr.builder.policies import PRESETS, SampleSeeder, load_policy
-from conftest import run_cli, smooth_image, write_image_folder
 
 
 def test_crop_flip_cutout_leaves_one_grey_hole_half_the_side():
@@ -19,7 +19,9 @@ def test_crop_flip_cutout_leaves_one_grey_hole_half_the_side():
         seeder.reseed(i, 1)
         grey = (pipeline(image=image)["image"] == 128).all(axis=-1)
         rows, cols = np.flatnonzero(grey.any(axis=1)), np.flatnonzero(grey.any(axis=0))
-        assert 0 < len(rows) <= 16 and 0 < len(cols) <= 16 and grey.sum() == len(rows) * len(cols)  # one box, cut at the edges
+        assert (
+            0 < len(rows) <= 16 and 0 < len(cols) <= 16 and grey.sum() == len(rows) * len(cols)
+        )  # one box, cut at the edges
         assert len(rows) == 16 or rows[0] == 0 or rows[-1] == 31
 
 
@@ -48,10 +50,29 @@ def test_the_new_presets_build_stores_that_repeat_byte_for_byte(tmp_path):
         stores = []
         for attempt in ("a", "b"):
             out = tmp_path / f"{name}-{attempt}.zarr"
-            run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "2", "--policy", name, "--preview", "0",
-                    "--workers", "1" if attempt == "a" else "2", check=True)
-            stores.append(sorted((p.relative_to(out).as_posix(), p.read_bytes()) for p in (out / "train" / "images").rglob("*")
-                                 if p.is_file()))
+            run_cli(
+                "build-aug",
+                "--source",
+                str(images),
+                "--out",
+                str(out),
+                "--copies",
+                "2",
+                "--policy",
+                name,
+                "--preview",
+                "0",
+                "--workers",
+                "1" if attempt == "a" else "2",
+                check=True,
+            )
+            stores.append(
+                sorted(
+                    (p.relative_to(out).as_posix(), p.read_bytes())
+                    for p in (out / "train" / "images").rglob("*")
+                    if p.is_file()
+                )
+            )
         assert stores[0] == stores[1]
 
 
@@ -60,12 +81,35 @@ def test_copies_0_stores_the_originals_only_as_a_baseline(tmp_path):
 
     images = write_image_folder(tmp_path / "images", {"ant": 6, "bee": 4}, size=8)
     out = tmp_path / "originals.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "0", "--val-fraction", "0.2", "--preview", "0",
-            check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "0",
+        "--val-fraction",
+        "0.2",
+        "--preview",
+        "0",
+        check=True,
+    )
     train = zarr.open_group(str(out), mode="r")["train"]
     sources = train["source_index"][:]
-    assert len(sources) == len(set(sources.tolist())) == 8 and not train["copy_index"][:].any()  # 10 minus 2 held out, once each
-    refused = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "none.zarr"), "--copies", "0",
-                      "--no-include-original")
+    assert (
+        len(sources) == len(set(sources.tolist())) == 8 and not train["copy_index"][:].any()
+    )  # 10 minus 2 held out, once each
+    refused = run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(tmp_path / "none.zarr"),
+        "--copies",
+        "0",
+        "--no-include-original",
+    )
     assert refused.returncode == 2 and refused.stderr.strip() == (
-        "build-aug: error: --copies 0 stores the originals only: it needs --include-original")
+        "build-aug: error: --copies 0 stores the originals only: it needs --include-original"
+    )

@@ -12,12 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, write_image_folder
 from PIL import Image
 
 from augzarr.store_format import StoreAttrs, open_store
-from augzarr.trainer.metrics import CALIBRATION_BINS, Z_95, calibration, confidently_wrong, metrics_from_probabilities, wilson_interval
+from augzarr.trainer.metrics import (
+    CALIBRATION_BINS,
+    Z_95,
+    calibration,
+    confidently_wrong,
+    metrics_from_probabilities,
+    wilson_interval,
+)
 from augzarr.trainer.report import median_training_rate
-from conftest import run_cli, write_image_folder
 
 LICENSE = "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
 PROVENANCE = "Drawn by the test suite's smooth_image().\nNo people appear in them; nothing to consent to."
@@ -27,8 +34,9 @@ FAST = ["--epochs", "1", "--batch-size", "16", "--model", "shallow", "--quiet"]
 
 # -- the numbers ------------------------------------------------------------------------------------
 
+
 def test_wilson_interval_matches_known_values():
-    z2 = Z_95 ** 2
+    z2 = Z_95**2
     low, high = wilson_interval(0, 10)  # no success: [0, z^2 / (n + z^2)], not the normal approximation's [0, 0]
     assert low == 0.0 and high == pytest.approx(z2 / (10 + z2)) and high == pytest.approx(0.27753, abs=1e-5)
     low, high = wilson_interval(10, 10)  # all successes: [n / (n + z^2), 1]
@@ -43,8 +51,18 @@ def test_wilson_interval_matches_known_values():
 
 def test_the_training_rate_is_the_median_epoch_from_run_json_or_history_csv_rows():
     # run.json rows hold floats, history.csv rows strings; epochs resumed from runs older than the column have none
-    assert median_training_rate([{"images_per_second": 900.0}, {"images_per_second": 2000.0}, {"images_per_second": 1500.0}]) == 1500.0
-    assert median_training_rate([{"images_per_second": ""}, {"images_per_second": "1000.5"}, {"images_per_second": "3000"}]) == 2000.25
+    assert (
+        median_training_rate(
+            [{"images_per_second": 900.0}, {"images_per_second": 2000.0}, {"images_per_second": 1500.0}]
+        )
+        == 1500.0
+    )
+    assert (
+        median_training_rate(
+            [{"images_per_second": ""}, {"images_per_second": "1000.5"}, {"images_per_second": "3000"}]
+        )
+        == 2000.25
+    )
     assert median_training_rate([{"epoch": 1}, {"images_per_second": ""}]) is None
 
 
@@ -70,11 +88,18 @@ def test_expected_calibration_error_of_a_hand_made_prediction_set():
 
 
 def test_confident_mistakes_are_ranked_and_per_class_intervals_come_with_the_metrics():
-    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05], [0.85, 0.1, 0.05]])
+    probabilities = np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05], [0.85, 0.1, 0.05]]
+    )
     labels = np.array([0, 0, 1, 1, 1])
     names = ["ant", "bee", "cow"]
     mistakes = confidently_wrong(probabilities, labels, names)
-    assert [(m["row"], m["true"], m["predicted"]) for m in mistakes] == [(3, "bee", "ant"), (1, "ant", "bee"), (4, "bee", "ant"), (2, "bee", "cow")]
+    assert [(m["row"], m["true"], m["predicted"]) for m in mistakes] == [
+        (3, "bee", "ant"),
+        (1, "ant", "bee"),
+        (4, "bee", "ant"),
+        (2, "bee", "cow"),
+    ]
     assert [m["confidence"] for m in mistakes] == pytest.approx([0.9, 0.85, 0.85, 0.6])  # ties by row
     assert len(confidently_wrong(np.tile([0.9, 0.1], (40, 1)), np.ones(40, int), ["a", "b"])) == 16
 
@@ -99,7 +124,10 @@ def test_mistakes_grid_and_reliability_diagram_are_real_images(tmp_path):
     from augzarr.trainer.report import plot_mistakes, plot_reliability
 
     rng = np.random.default_rng(0)
-    mistakes = [{"row": i, "true": "a-rather-long-class-name-indeed", "predicted": "b", "confidence": 0.99 - i / 100} for i in range(16)]
+    mistakes = [
+        {"row": i, "true": "a-rather-long-class-name-indeed", "predicted": "b", "confidence": 0.99 - i / 100}
+        for i in range(16)
+    ]
     plot_mistakes(rng.integers(0, 256, (16, 12, 12, 1), dtype=np.uint8), mistakes, tmp_path / "gray.png", "grayscale")
     width, height = png_size(tmp_path / "gray.png")
     assert 600 <= width <= 2000 and 600 <= height <= 2000  # 4 x 4 tiles
@@ -108,7 +136,9 @@ def test_mistakes_grid_and_reliability_diagram_are_real_images(tmp_path):
     assert three[0] < width and three[1] < height / 2  # one row of 3 tiles
     plot_mistakes(np.zeros((0, 12, 12, 3), np.uint8), [], tmp_path / "none.png", "no mistakes")
     assert min(png_size(tmp_path / "none.png")) >= 100
-    plot_reliability(calibration(rng.dirichlet([1, 1, 1], 200), rng.integers(0, 3, 200)), tmp_path / "reliability.png", "random")
+    plot_reliability(
+        calibration(rng.dirichlet([1, 1, 1], 200), rng.integers(0, 3, 200)), tmp_path / "reliability.png", "random"
+    )
     assert all(400 <= side <= 2000 for side in png_size(tmp_path / "reliability.png"))
 
 
@@ -139,7 +169,9 @@ def test_class_names_no_font_here_has_are_drawn_by_index_or_in_a_font_that_has_t
             if font_with_glyphs(name) is None:  # no font here has it (DejaVu has no CJK): its index
                 assert tick.get_text() == str(index)
             else:  # its name, in a font that has every glyph of it
-                assert tick.get_text() == name and {ord(c) for c in name} <= font_charmap(tick.get_fontproperties().get_file())
+                assert tick.get_text() == name and {ord(c) for c in name} <= font_charmap(
+                    tick.get_fontproperties().get_file()
+                )
     if font_with_glyphs("猫") is None:
         assert "class index" in axis.get_xlabel()
     plt.close(figure)
@@ -147,21 +179,42 @@ def test_class_names_no_font_here_has_are_drawn_by_index_or_in_a_font_that_has_t
 
 # -- provenance through build-aug, inspect-aug, train and evaluate -----------------------------------
 
+
 @pytest.fixture(scope="module")
 def provenance_store(tmp_path_factory) -> Path:
     """3 classes of 8x8 images, built with --license and --provenance (two lines)."""
     root = tmp_path_factory.mktemp("reports-store")
     images = write_image_folder(root / "images", {"ant": 10, "bee": 9, "cow": 8}, size=8)
     out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(images), "--out", str(out), "--copies", "1", "--chunk-size", "8", "--preview", "0",
-            "--val-fraction", "0.3", "--license", LICENSE, "--provenance", PROVENANCE, check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--copies",
+        "1",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--val-fraction",
+        "0.3",
+        "--license",
+        LICENSE,
+        "--provenance",
+        PROVENANCE,
+        check=True,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def described_run(provenance_store, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reports-runs") / "run"
-    run_cli("train", "--store", str(provenance_store), *FAST, "--out", str(run_dir), "--intended-use", INTENDED, check=True)
+    run_cli(
+        "train", "--store", str(provenance_store), *FAST, "--out", str(run_dir), "--intended-use", INTENDED, check=True
+    )
     return run_dir
 
 
@@ -170,7 +223,10 @@ def test_build_records_license_and_provenance_and_inspect_shows_them(provenance_
     assert attrs.license == LICENSE and attrs.provenance == PROVENANCE
     shown = run_cli("inspect-aug", "--store", str(provenance_store), check=True).stdout
     assert f"license      {LICENSE}\n" in shown
-    assert "provenance   Drawn by the test suite's smooth_image().\n             No people appear in them; nothing to consent to.\n" in shown
+    assert (
+        "provenance   Drawn by the test suite's smooth_image().\n             No people appear in them; nothing to consent to.\n"
+        in shown
+    )
     summary = json.loads(run_cli("inspect-aug", "--store", str(provenance_store), "--json", check=True).stdout)
     assert summary["license"] == LICENSE and summary["provenance"] == PROVENANCE
 
@@ -179,7 +235,9 @@ def test_the_python_api_builds_with_provenance_and_returns_it(tmp_path):
     import augzarr
 
     images = write_image_folder(tmp_path / "images", {"ant": 3, "bee": 3}, size=8)
-    store = augzarr.build(str(images), out=str(tmp_path / "s.zarr"), copies=1, license=LICENSE, provenance=PROVENANCE, progress=False)
+    store = augzarr.build(
+        str(images), out=str(tmp_path / "s.zarr"), copies=1, license=LICENSE, provenance=PROVENANCE, progress=False
+    )
     assert (store.provenance["license"], store.provenance["provenance"]) == (LICENSE, PROVENANCE)
     assert f"license      {LICENSE}" in store.summary()
     with pytest.raises(augzarr.UserError, match="--license is empty"):
@@ -188,24 +246,46 @@ def test_the_python_api_builds_with_provenance_and_returns_it(tmp_path):
 
 def test_other_provenance_for_a_complete_store_needs_overwrite(provenance_store):
     source = open_store(provenance_store).attrs.source.location
-    common = ["build-aug", "--source", source, "--out", str(provenance_store), "--copies", "1", "--chunk-size", "8", "--preview", "0",
-              "--val-fraction", "0.3"]
+    common = [
+        "build-aug",
+        "--source",
+        source,
+        "--out",
+        str(provenance_store),
+        "--copies",
+        "1",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--val-fraction",
+        "0.3",
+    ]
     same = run_cli(*common, "--license", LICENSE, "--provenance", PROVENANCE, check=True)
     assert "already complete with these arguments" in same.stdout + same.stderr
     other = run_cli(*common, "--license", "All rights reserved", "--provenance", PROVENANCE)
     assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
-    assert 'license "CC BY 4.0' in other.stderr and '-> "All rights reserved"' in other.stderr and "--overwrite" in other.stderr
+    assert (
+        'license "CC BY 4.0' in other.stderr
+        and '-> "All rights reserved"' in other.stderr
+        and "--overwrite" in other.stderr
+    )
     assert open_store(provenance_store).attrs.license == LICENSE  # untouched
 
 
-@pytest.mark.parametrize("option, value, why", [
-    ("--license", "  ", "--license is empty"),
-    ("--provenance", "scraped\x1b[2J", "--provenance holds the control character '\\x1b'"),
-    ("--license", "x" * 10_001, "--license has 10,001 characters; keep it to 10,000"),
-])
+@pytest.mark.parametrize(
+    "option, value, why",
+    [
+        ("--license", "  ", "--license is empty"),
+        ("--provenance", "scraped\x1b[2J", "--provenance holds the control character '\\x1b'"),
+        ("--license", "x" * 10_001, "--license has 10,001 characters; keep it to 10,000"),
+    ],
+)
 def test_bad_provenance_text_is_refused_in_one_line_before_any_work(tmp_path, option, value, why):
     images = write_image_folder(tmp_path / "images", {"ant": 3, "bee": 3}, size=8)
-    result = run_cli("build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", option, value)
+    result = run_cli(
+        "build-aug", "--source", str(images), "--out", str(tmp_path / "s.zarr"), "--preview", "0", option, value
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and why in result.stderr
     assert not (tmp_path / "s.zarr").exists()
 
@@ -238,12 +318,18 @@ def test_the_run_folder_reports_intervals_calibration_and_mistakes(described_run
     for name, row in metrics["per_class"].items():
         right = round(row["accuracy"] * row["count"])
         assert row["ci95"] == pytest.approx(list(map(float, wilson_interval(right, row["count"]))))
-        assert table[name] == [str(row["count"]), f"{row['accuracy']:.3f}", f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}"]
+        assert table[name] == [
+            str(row["count"]),
+            f"{row['accuracy']:.3f}",
+            f"{row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}",
+        ]
     # calibration: the ECE is the table's weighted gap, and the card states it instead of "not calibrated"
     found = metrics["calibration"]
     table_rows = [r for r in found["table"] if r["count"]]
     assert sum(r["count"] for r in table_rows) == metrics["count"]
-    assert found["ece"] == pytest.approx(sum(r["count"] / metrics["count"] * abs(r["accuracy"] - r["mean_confidence"]) for r in table_rows))
+    assert found["ece"] == pytest.approx(
+        sum(r["count"] / metrics["count"] * abs(r["accuracy"] - r["mean_confidence"]) for r in table_rows)
+    )
     assert f"expected calibration error (ECE) on val: {found['ece']:.3f}" in card
     assert f"expected calibration error is {found['ece']:.3f}" in card and "not calibrated" not in card
     assert "15 equal-width bins" in card
@@ -253,7 +339,9 @@ def test_the_run_folder_reports_intervals_calibration_and_mistakes(described_run
         assert all(200 <= side <= 4000 for side in png_size(described_run / name)), name
     mistakes = metrics["confidently_wrong"]
     assert mistakes  # one epoch on 8x8 images leaves mistakes to show
-    assert len(mistakes) == metrics["count"] - sum(np.diag(metrics["confusion_matrix"]))  # fewer than 16 here: every one
+    assert len(mistakes) == metrics["count"] - sum(
+        np.diag(metrics["confusion_matrix"])
+    )  # fewer than 16 here: every one
     assert [m["confidence"] for m in mistakes] == sorted((m["confidence"] for m in mistakes), reverse=True)
     for m in mistakes:
         assert f"| {m['row']} | {m['true']} | {m['predicted']} | {m['confidence']:.3f} |" in card
@@ -264,7 +352,10 @@ def test_the_card_repeats_the_store_provenance_and_holds_the_intended_use(descri
     assert f"> {LICENSE}\n" in card
     assert "> Drawn by the test suite's smooth_image().\n> No people appear in them; nothing to consent to.\n" in card
     section = card.split("## Intended use and out-of-scope uses\n", 1)[1].split("\n## ", 1)[0]
-    assert section.strip() == "> Teaching the augzarr workflow only.\n> Out of scope: any decision about real ants, bees or cows."
+    assert (
+        section.strip()
+        == "> Teaching the augzarr workflow only.\n> Out of scope: any decision about real ants, bees or cows."
+    )
     assert json.loads((described_run / "run.json").read_text())["intended_use"] == INTENDED
 
 
@@ -272,7 +363,12 @@ def test_without_provenance_or_intended_use_the_card_says_they_were_not_given(sm
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # in this process: the card is the library's, train's command line is tested above
-    train_run({"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=run_dir, verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow"},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     card = (run_dir / "model_card.md").read_text()
     assert "- license: not recorded in the store (build-aug --license TEXT records it)" in card
     assert "- provenance: not recorded in the store (build-aug --provenance TEXT records it)" in card
@@ -283,17 +379,26 @@ def test_without_provenance_or_intended_use_the_card_says_they_were_not_given(sm
 
 def test_a_bad_intended_use_is_refused_before_training(small_store, tmp_path):
     result = run_cli("train", "--store", str(small_store), *FAST, "--out", str(tmp_path / "run"), "--intended-use", "")
-    assert result.returncode == 2 and result.stderr.strip() == "train: error: --intended-use is empty: give the text, or leave the option out"
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "train: error: --intended-use is empty: give the text, or leave the option out"
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_writes_the_same_reports_beside_its_json(described_run, provenance_store, tmp_path):
     out = tmp_path / "results" / "eval.json"
-    result = run_cli("evaluate", "--model", str(described_run), "--store", str(provenance_store), "--json", str(out), check=True)
+    result = run_cli(
+        "evaluate", "--model", str(described_run), "--store", str(provenance_store), "--json", str(out), check=True
+    )
     written = json.loads(out.read_text())
     trained = json.loads((described_run / "metrics.json").read_text())
     assert written["reports"] == {"reliability_diagram": "eval-reliability.png", "mistakes_grid": "eval-mistakes.png"}
-    assert sorted(p.name for p in out.parent.iterdir()) == ["eval-mistakes.png", "eval-reliability.png", "eval.json"]  # no scratch left
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "eval-mistakes.png",
+        "eval-reliability.png",
+        "eval.json",
+    ]  # no scratch left
     for name in written["reports"].values():
         assert all(200 <= side <= 4000 for side in png_size(out.parent / name)), name
     assert written["per_class"] == trained["per_class"]  # the same split, the same model: the same intervals
@@ -301,9 +406,16 @@ def test_evaluate_writes_the_same_reports_beside_its_json(described_run, provena
     assert [m["row"] for m in written["confidently_wrong"]] == [m["row"] for m in trained["confidently_wrong"]]
     low, high = written["accuracy_ci95"]
     assert f"95% interval of the accuracy (Wilson): {low:.3f}-{high:.3f}" in result.stdout
-    assert f"expected calibration error: {written['calibration']['ece']:.4f} (15 equal-width confidence bins)" in result.stdout
+    assert (
+        f"expected calibration error: {written['calibration']['ece']:.4f} (15 equal-width confidence bins)"
+        in result.stdout
+    )
     row = written["per_class"]["ant"]
-    assert re.search(rf"^  ant  {row['accuracy']:.3f}  {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}  \({row['count']} images\)$", result.stdout, re.M)
+    assert re.search(
+        rf"^  ant  {row['accuracy']:.3f}  {row['ci95'][0]:.3f}-{row['ci95'][1]:.3f}  \({row['count']} images\)$",
+        result.stdout,
+        re.M,
+    )
     assert f"wrote {out}, {out.parent / 'eval-reliability.png'}, {out.parent / 'eval-mistakes.png'}" in result.stdout
 
 
@@ -312,7 +424,9 @@ def test_evaluate_on_an_image_folder_names_the_files_of_its_mistakes(described_r
 
     folder = write_image_folder(tmp_path / "photos", {"ant": 4, "bee": 4, "cow": 4}, size=8, seed=7)
     out = tmp_path / "folder.json"
-    metrics, mistake_images = evaluate_on_source(described_run, folder, 256)  # evaluate --source --json, in this process
+    metrics, mistake_images = evaluate_on_source(
+        described_run, folder, 256
+    )  # evaluate --source --json, in this process
     write_reports(metrics, out, mistake_images)
     written = json.loads(out.read_text())
     assert written["confidently_wrong"]  # a model of one epoch errs on unseen images
@@ -333,10 +447,19 @@ def test_a_resumed_run_keeps_its_intended_use_unless_given_again(small_store, tm
         (run_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))
 
     def intended_use() -> str:
-        return (run_dir / "model_card.md").read_text().split("## Intended use and out-of-scope uses\n", 1)[1].split("\n## ", 1)[0].strip()
+        return (
+            (run_dir / "model_card.md")
+            .read_text()
+            .split("## Intended use and out-of-scope uses\n", 1)[1]
+            .split("\n## ", 1)[0]
+            .strip()
+        )
 
     train_run(options, out=run_dir, intended_use="  Demo only.  ", **quiet)
-    assert intended_use() == "> Demo only." and json.loads((run_dir / "run.json").read_text())["intended_use"] == "Demo only."
+    assert (
+        intended_use() == "> Demo only."
+        and json.loads((run_dir / "run.json").read_text())["intended_use"] == "Demo only."
+    )
     stopped_before_its_reports()
     train_run({}, out=run_dir, resume=True, **quiet)
     assert intended_use() == "> Demo only."

@@ -9,18 +9,18 @@ import signal
 import subprocess
 from pathlib import Path
 
+import campaign
+import misuse
 import numpy as np
 import pytest
 import zarr
+from conftest import BIN, assert_same_store, run_cli, write_image_folder
+from corpus import CASES, expected_rgb, make_case
+from test_build import set_file_size_limit, start_build, wait_for_chunks
 
 from augzarr.images import resize_to, shown
 from augzarr.sources import open_source
 from augzarr.store_format import BUILD_DIR
-import campaign
-import misuse
-from conftest import BIN, assert_same_store, run_cli, write_image_folder
-from corpus import CASES, expected_rgb, make_case
-from test_build import set_file_size_limit, start_build, wait_for_chunks
 
 
 def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_first(resumable_case, tmp_path):
@@ -31,7 +31,10 @@ def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_f
     os.killpg(first.pid, signal.SIGSTOP)  # hold the first build mid-way (a suspended laptop), lock and all
     second = run_cli("build-aug", *args, "--out", str(out))
     assert second.returncode == 1
-    assert second.stderr.strip() == f"build-aug: error: another build-aug is writing {out} right now: wait for it to finish, or stop it, then run this again"
+    assert (
+        second.stderr.strip()
+        == f"build-aug: error: another build-aug is writing {out} right now: wait for it to finish, or stop it, then run this again"
+    )
     assert first.poll() is None  # the first build is untouched
 
     train = run_cli("train", "--store", str(out), "--epochs", "1", "--out", str(tmp_path / "run"))
@@ -49,13 +52,28 @@ def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_f
 
 # -- corrupted stores ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def built_store(tmp_path_factory) -> Path:
     """Built once for the module; each test damages its own copy (small_store)."""
     root = tmp_path_factory.mktemp("robustness-store")
     images = write_image_folder(root / "images", {"cat": 10, "dog": 10, "emu": 10})  # as the image_folder fixture
     out = root / "s.zarr"
-    run_cli("build-aug", "--source", str(images), "--copies", "2", "--chunk-size", "8", "--preview", "0", "--quiet", "--out", str(out), check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(images),
+        "--copies",
+        "2",
+        "--chunk-size",
+        "8",
+        "--preview",
+        "0",
+        "--quiet",
+        "--out",
+        str(out),
+        check=True,
+    )
     verified = run_cli("inspect-aug", "--store", str(out), "--verify", check=True)
     assert "all 10 image chunks" in verified.stdout  # train: 24 sources x 3 rows = 9 chunks of 8; val: 6 rows, 1 chunk
     return out
@@ -78,18 +96,24 @@ def edit_attrs(store: Path, **changes) -> None:
     (store / "zarr.json").write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("delete", "is missing"),
-    ("truncate", "has 3,000 bytes, not 6,144"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("delete", "is missing"),
+        ("truncate", "has 3,000 bytes, not 6,144"),
+    ],
+)
 def test_missing_or_truncated_chunks_are_refused_by_every_reader(damage, message, small_store, tmp_path):
     victim = chunk_file(small_store, "train", 3)
     if damage == "delete":
         victim.unlink()
     else:
         victim.write_bytes(victim.read_bytes()[:3000])
-    for args in (["inspect-aug", "--store", str(small_store)], ["inspect-aug", "--store", str(small_store), "--verify"],
-                 ["train", "--store", str(small_store), "--epochs", "1", "--out", str(tmp_path / "run")]):
+    for args in (
+        ["inspect-aug", "--store", str(small_store)],
+        ["inspect-aug", "--store", str(small_store), "--verify"],
+        ["train", "--store", str(small_store), "--epochs", "1", "--out", str(tmp_path / "run")],
+    ):
         result = run_cli(*args)
         assert result.returncode == 1, args
         assert str(victim) in result.stderr and message in result.stderr and "Traceback" not in result.stderr
@@ -110,16 +134,22 @@ def test_verify_finds_a_flipped_byte_that_only_checksums_can_see(small_store):
 def test_edited_attributes_are_detected(small_store, tmp_path):
     edit_attrs(small_store, image_shape=[32, 32, 3])
     result = run_cli("train", "--store", str(small_store), "--epochs", "1", "--out", str(tmp_path / "run"))
-    assert result.returncode == 1 and "train/images holds (16, 16, 3) images but the attributes say (32, 32, 3)" in result.stderr
+    assert (
+        result.returncode == 1
+        and "train/images holds (16, 16, 3) images but the attributes say (32, 32, 3)" in result.stderr
+    )
     edit_attrs(small_store, image_shape=[16, 16, 3], class_names=["cat", "dog"])
     verify = run_cli("inspect-aug", "--store", str(small_store), "--verify")
     assert verify.returncode == 1 and "labels go up to 2, but the attributes name 2 classes" in verify.stderr
     edit_attrs(small_store, format_version=7)
     newer = run_cli("inspect-aug", "--store", str(small_store))
-    assert newer.returncode == 1 and "format version 7, newer than this augzarr reads (1): upgrade augzarr" in newer.stderr
+    assert (
+        newer.returncode == 1 and "format version 7, newer than this augzarr reads (1): upgrade augzarr" in newer.stderr
+    )
 
 
 # -- the bad image corpus -----------------------------------------------------------------------------
+
 
 def run_without_root_powers(*args: str) -> subprocess.CompletedProcess:
     """Run a console script as a user would; as root, without the power to read any file
@@ -129,20 +159,36 @@ def run_without_root_powers(*args: str) -> subprocess.CompletedProcess:
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: file permissions cannot be tested")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    return subprocess.run([*prefix, str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [*prefix, str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
     folder = write_image_folder(tmp_path / "imgs", {"a": 4, "b": 4}, size=16)
     odd = make_case(folder / "a", case)
-    args = ["--source", str(folder), "--copies", "1", "--image-size", "16", "--val-fraction", "0", "--preview", "0", "--quiet"]
+    args = [
+        "--source",
+        str(folder),
+        "--copies",
+        "1",
+        "--image-size",
+        "16",
+        "--val-fraction",
+        "0",
+        "--preview",
+        "0",
+        "--quiet",
+    ]
     result = run_without_root_powers("build-aug", *args, "--out", str(tmp_path / "s.zarr"))
     if CASES[case] == "valid":
         assert result.returncode == 0, result.stderr
         group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
         files = open_source(str(folder)).train.files
-        row = np.flatnonzero((group["train/source_index"][:] == files.index(odd)) & (group["train/copy_index"][:] == 0))[0]
+        row = np.flatnonzero(
+            (group["train/source_index"][:] == files.index(odd)) & (group["train/copy_index"][:] == 0)
+        )[0]
         stored = group["train/images"][row].astype(int)
         expected = resize_to(expected_rgb(odd, 16), 16, 16).astype(int)
         assert np.abs(stored - expected).mean() < 3, f"{case}: the stored pixels are not the image"
@@ -152,13 +198,15 @@ def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
     assert shown(odd) in result.stderr and "Traceback" not in result.stderr
     skipped = run_without_root_powers("build-aug", *args, "--skip-bad", "--out", str(tmp_path / "t.zarr"))
     assert skipped.returncode == 0, skipped.stderr
-    assert f"skipped: " in skipped.stderr and shown(odd) in skipped.stderr
+    assert "skipped: " in skipped.stderr and shown(odd) in skipped.stderr
     group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
     assert [entry["file"] for entry in group.attrs["skipped"]] == [shown(odd)]
     summary = run_cli("inspect-aug", "--store", str(tmp_path / "t.zarr"), check=True)
     assert f"skipped      1 bad image (--skip-bad): {shown(odd)}" in summary.stdout
     files = open_source(str(folder)).train.files
-    assert sorted(set(group["train/source_index"][:])) == sorted(i for i, f in enumerate(files) if f != odd)  # no row for it
+    assert sorted(set(group["train/source_index"][:])) == sorted(
+        i for i, f in enumerate(files) if f != odd
+    )  # no row for it
 
 
 def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
@@ -167,8 +215,20 @@ def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
         (folder / litter).write_bytes(b"\0\1junk")
     (folder / "b" / "more").mkdir()
     os.symlink(folder / "a", folder / "b" / "more" / "loop")  # a folder link: never followed
-    result = run_cli("build-aug", "--source", str(folder), "--copies", "1", "--val-fraction", "0", "--preview", "0",
-                     "--out", str(tmp_path / "s.zarr"), check=True)
+    result = run_cli(
+        "build-aug",
+        "--source",
+        str(folder),
+        "--copies",
+        "1",
+        "--val-fraction",
+        "0",
+        "--preview",
+        "0",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        check=True,
+    )
     for litter in (".DS_Store", "Thumbs.db", "._b0000.jpg", "notes.txt", "loop"):
         assert litter in result.stderr
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["train/images"].shape[0] == 12  # 6 images x 2 rows
@@ -176,9 +236,23 @@ def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
 
 # -- crash points, full disk ----------------------------------------------------------------------------
 
+
 def test_crash_campaign_fast_form(tmp_path):
     """A few seeded kill points of the campaign (python tests/campaign.py runs all 20 + 5)."""
-    figures = campaign.main(["--build-kills", "3", "--train-kills", "1", "--no-corpus", "--no-misuse", "--seed", "1", "--work", str(tmp_path)])
+    figures = campaign.main(
+        [
+            "--build-kills",
+            "3",
+            "--train-kills",
+            "1",
+            "--no-corpus",
+            "--no-misuse",
+            "--seed",
+            "1",
+            "--work",
+            str(tmp_path),
+        ]
+    )
     assert len(figures["build"]) == 3 and len(figures["train"]) == 1
     for trial in figures["build"]:
         assert trial["resume_exit"] == 0 and trial["byte_identical"], trial
@@ -198,14 +272,30 @@ def test_misuse_campaign_fast_form(tmp_path):
 def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=16)
     store = tmp_path / "s.zarr"
-    run_cli("build-aug", "--source", str(folder), "--copies", "1", "--preview", "0", "--quiet", "--out", str(store), check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(folder),
+        "--copies",
+        "1",
+        "--preview",
+        "0",
+        "--quiet",
+        "--out",
+        str(store),
+        check=True,
+    )
     run_dir = tmp_path / "run"
     command = ["--store", str(store), "--epochs", "2", "--batch-size", "8", "--model", "shallow", "--out", str(run_dir)]
-    limited = subprocess.run([str(BIN / "train"), *command], capture_output=True, text=True, preexec_fn=set_file_size_limit(1 << 20))
+    limited = subprocess.run(
+        [str(BIN / "train"), *command], capture_output=True, text=True, preexec_fn=set_file_size_limit(1 << 20)
+    )
     assert limited.returncode == 1, limited.stderr
     last = limited.stderr.strip().splitlines()[-1]
     assert last.startswith("train: error: no space left writing")
-    assert last.endswith("then run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch")
+    assert last.endswith(
+        "then run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch"
+    )
     assert "Traceback" not in limited.stderr
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     resumed = run_cli("train", *command, check=True)  # the same command, once space is free
@@ -217,17 +307,30 @@ def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path)
 
 BUILD_BAD = [  # option, value, what the one line says
     ("--copies", "-3", "--copies must be in [0, 10000]"),
-    ("--copies", "99999999", "--copies must be in [0, 10000]"), ("--copies", "five", "'--copies'"),
-    ("--val-fraction", "1", "--val-fraction must be in [0, 1)"), ("--val-fraction", "-0.1", "--val-fraction must be in [0, 1)"),
-    ("--val-fraction", "nan", "--val-fraction must be in [0, 1)"), ("--val-fraction", "lots", "'--val-fraction'"),
-    ("--chunk-size", "0", "--chunk-size must be at least 1"), ("--chunk-size", "-1", "--chunk-size must be at least 1"),
-    ("--chunk-size", "10000000", "MiB chunks; use at most"), ("--chunk-size", "1e3", "'--chunk-size'"),
-    ("--image-size", "0", "--image-size must be in [1, 4096]"), ("--image-size", "99999", "--image-size must be in [1, 4096]"),
+    ("--copies", "99999999", "--copies must be in [0, 10000]"),
+    ("--copies", "five", "'--copies'"),
+    ("--val-fraction", "1", "--val-fraction must be in [0, 1)"),
+    ("--val-fraction", "-0.1", "--val-fraction must be in [0, 1)"),
+    ("--val-fraction", "nan", "--val-fraction must be in [0, 1)"),
+    ("--val-fraction", "lots", "'--val-fraction'"),
+    ("--chunk-size", "0", "--chunk-size must be at least 1"),
+    ("--chunk-size", "-1", "--chunk-size must be at least 1"),
+    ("--chunk-size", "10000000", "MiB chunks; use at most"),
+    ("--chunk-size", "1e3", "'--chunk-size'"),
+    ("--image-size", "0", "--image-size must be in [1, 4096]"),
+    ("--image-size", "99999", "--image-size must be in [1, 4096]"),
     ("--image-size", "big", "'--image-size'"),
-    ("--limit", "0", "--limit must be at least 1"), ("--limit", "-5", "--limit must be at least 1"), ("--limit", "x", "'--limit'"),
-    ("--seed", "-1", "--seed must be in [0, 2**63)"), ("--seed", str(2**64), "--seed must be in [0, 2**63)"), ("--seed", "abc", "'--seed'"),
-    ("--workers", "0", "--workers must be in [1, "), ("--workers", "100000", "--workers must be in [1, "), ("--workers", "two", "'--workers'"),
-    ("--preview", "-1", "--preview must be in [0, 256]"), ("--preview", "1000000", "--preview must be in [0, 256]"),
+    ("--limit", "0", "--limit must be at least 1"),
+    ("--limit", "-5", "--limit must be at least 1"),
+    ("--limit", "x", "'--limit'"),
+    ("--seed", "-1", "--seed must be in [0, 2**63)"),
+    ("--seed", str(2**64), "--seed must be in [0, 2**63)"),
+    ("--seed", "abc", "'--seed'"),
+    ("--workers", "0", "--workers must be in [1, "),
+    ("--workers", "100000", "--workers must be in [1, "),
+    ("--workers", "two", "'--workers'"),
+    ("--preview", "-1", "--preview must be in [0, 256]"),
+    ("--preview", "1000000", "--preview must be in [0, 256]"),
     ("--preview", "some", "'--preview'"),
     ("--policy", "sharpen-it", "--policy sharpen-it: unknown policy"),
 ]
@@ -235,7 +338,9 @@ BUILD_BAD = [  # option, value, what the one line says
 
 @pytest.mark.parametrize("option, value, message", BUILD_BAD)
 def test_bad_build_options_give_one_line_naming_the_option(option, value, message, image_folder, tmp_path):
-    result = run_cli("build-aug", "--source", str(image_folder), "--out", str(tmp_path / "s.zarr"), "--quiet", option, value)
+    result = run_cli(
+        "build-aug", "--source", str(image_folder), "--out", str(tmp_path / "s.zarr"), "--quiet", option, value
+    )
     assert result.returncode == 2, result.stdout  # every bad option: typer's usage code
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("build-aug: error: ") and message in lines[0], result.stderr
@@ -244,26 +349,56 @@ def test_bad_build_options_give_one_line_naming_the_option(option, value, messag
 
 def test_a_store_too_big_for_the_disk_is_refused_up_front(image_folder, tmp_path):
     # 30 images at 4096x4096 (48 MiB a row) x 10,001 rows each: about 14 TiB, more than this disk
-    result = run_cli("build-aug", "--source", str(image_folder), "--image-size", "4096", "--copies", "10000",
-                     "--out", str(tmp_path / "s.zarr"), "--quiet")
+    result = run_cli(
+        "build-aug",
+        "--source",
+        str(image_folder),
+        "--image-size",
+        "4096",
+        "--copies",
+        "10000",
+        "--out",
+        str(tmp_path / "s.zarr"),
+        "--quiet",
+    )
     assert result.returncode == 1 and "GiB are free for --out" in result.stderr and "fewer --copies" in result.stderr
     assert not (tmp_path / "s.zarr").exists()
 
 
-@pytest.mark.parametrize("make, option, message", [
-    (lambda d: (d / "p.json").write_text("{not json"), "--policy", "not a valid albumentations json pipeline"),
-    (lambda d: (d / "p.yaml").write_text("transform: [unclosed"), "--policy", "not a valid albumentations yaml pipeline"),
-    (lambda d: (d / "p.json").write_text('{"__version__": "2.0.8", "transform": {"__class_fullname__": "Sharpenify", "p": 1}}'),
-     "--policy", "not a valid albumentations json pipeline"),
-    (lambda d: (d / "p.json").mkdir(), "--policy", "is a folder"),
-    (lambda d: (d / "prev").write_text("a file"), "--preview-dir", "is a file"),
-    (lambda d: (d / "out").write_text("a file"), "--out", "is a file"),
-    (lambda d: (d / "src.txt").write_text("a file"), "--source", "a file must be the official cifar-10-python.tar.gz"),
-])
+@pytest.mark.parametrize(
+    "make, option, message",
+    [
+        (lambda d: (d / "p.json").write_text("{not json"), "--policy", "not a valid albumentations json pipeline"),
+        (
+            lambda d: (d / "p.yaml").write_text("transform: [unclosed"),
+            "--policy",
+            "not a valid albumentations yaml pipeline",
+        ),
+        (
+            lambda d: (d / "p.json").write_text(
+                '{"__version__": "2.0.8", "transform": {"__class_fullname__": "Sharpenify", "p": 1}}'
+            ),
+            "--policy",
+            "not a valid albumentations json pipeline",
+        ),
+        (lambda d: (d / "p.json").mkdir(), "--policy", "is a folder"),
+        (lambda d: (d / "prev").write_text("a file"), "--preview-dir", "is a file"),
+        (lambda d: (d / "out").write_text("a file"), "--out", "is a file"),
+        (
+            lambda d: (d / "src.txt").write_text("a file"),
+            "--source",
+            "a file must be the official cifar-10-python.tar.gz",
+        ),
+    ],
+)
 def test_files_and_folders_in_the_wrong_place(make, option, message, image_folder, tmp_path):
     make(tmp_path)
-    target = {"--policy": next(tmp_path.glob("p.*"), None), "--preview-dir": tmp_path / "prev", "--out": tmp_path / "out",
-              "--source": tmp_path / "src.txt"}[option]
+    target = {
+        "--policy": next(tmp_path.glob("p.*"), None),
+        "--preview-dir": tmp_path / "prev",
+        "--out": tmp_path / "out",
+        "--source": tmp_path / "src.txt",
+    }[option]
     args = {"--source": str(image_folder), "--out": str(tmp_path / "s.zarr"), option: str(target)}
     result = run_cli("build-aug", *[x for pair in args.items() for x in pair], "--quiet")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
@@ -271,15 +406,23 @@ def test_files_and_folders_in_the_wrong_place(make, option, message, image_folde
 
 
 TRAIN_BAD = [
-    ("--epochs", "0", "--epochs must be in [1, 100000]"), ("--epochs", "-2", "--epochs must be in [1, 100000]"),
-    ("--epochs", "10000000", "--epochs must be in [1, 100000]"), ("--epochs", "many", "'--epochs'"),
-    ("--batch-size", "0", "--batch-size must be in [1, 65536]"), ("--batch-size", "100000000", "--batch-size must be in [1, 65536]"),
+    ("--epochs", "0", "--epochs must be in [1, 100000]"),
+    ("--epochs", "-2", "--epochs must be in [1, 100000]"),
+    ("--epochs", "10000000", "--epochs must be in [1, 100000]"),
+    ("--epochs", "many", "'--epochs'"),
+    ("--batch-size", "0", "--batch-size must be in [1, 65536]"),
+    ("--batch-size", "100000000", "--batch-size must be in [1, 65536]"),
     ("--batch-size", "big", "'--batch-size'"),
-    ("--learning-rate", "0", "--learning-rate must be in (0, 10.0]"), ("--learning-rate", "-0.1", "--learning-rate must be in (0, 10.0]"),
-    ("--learning-rate", "1e9", "--learning-rate must be in (0, 10.0]"), ("--learning-rate", "fast", "'--learning-rate'"),
-    ("--seed", "-1", "--seed must be in [0, 2**32)"), ("--seed", str(2**40), "--seed must be in [0, 2**32)"),
-    ("--buffer-chunks", "0", "--buffer-chunks must be at least 1"), ("--buffer-chunks", "100000000", "per window of this store; use at most"),
-    ("--model", "resnet", "--model must be one of deep, shallow"), ("--optimizer", "lion", "--optimizer must be one of rmsprop, adam, sgd"),
+    ("--learning-rate", "0", "--learning-rate must be in (0, 10.0]"),
+    ("--learning-rate", "-0.1", "--learning-rate must be in (0, 10.0]"),
+    ("--learning-rate", "1e9", "--learning-rate must be in (0, 10.0]"),
+    ("--learning-rate", "fast", "'--learning-rate'"),
+    ("--seed", "-1", "--seed must be in [0, 2**32)"),
+    ("--seed", str(2**40), "--seed must be in [0, 2**32)"),
+    ("--buffer-chunks", "0", "--buffer-chunks must be at least 1"),
+    ("--buffer-chunks", "100000000", "per window of this store; use at most"),
+    ("--model", "resnet", "--model must be one of deep, shallow"),
+    ("--optimizer", "lion", "--optimizer must be one of rmsprop, adam, sgd"),
     ("--lr-schedule", "step", "--lr-schedule must be one of constant, cosine"),
 ]
 

@@ -11,8 +11,19 @@ import pytest
 
 # run.json as the first augzarr wrote it (c14d931): no store_source, model, mix_alpha, devices, distributed,
 # updated_utc or intended_use; its options before --lr-schedule (then "constant"), --online, --mix and the rest
-OLDEST_RUN_KEYS = ("status", "run_dir", "options", "store_fingerprint", "backend", "versions", "parameters", "learning_rate",
-                   "train_rows", "class_names", "image_shape")
+OLDEST_RUN_KEYS = (
+    "status",
+    "run_dir",
+    "options",
+    "store_fingerprint",
+    "backend",
+    "versions",
+    "parameters",
+    "learning_rate",
+    "train_rows",
+    "class_names",
+    "image_shape",
+)
 OLDEST_OPTIONS = ("store", "model", "epochs", "batch_size", "optimizer", "learning_rate", "seed", "buffer_chunks")
 
 
@@ -33,8 +44,12 @@ def one_epoch(small_store, tmp_path_factory) -> Path:
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path_factory.mktemp("records") / "run"
-    train_run({"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow", "lr_schedule": "constant"},
-              out=run_dir, verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(small_store), "epochs": 1, "batch_size": 16, "model": "shallow", "lr_schedule": "constant"},
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     return run_dir
 
 
@@ -46,13 +61,19 @@ def test_an_old_run_stopped_after_an_epoch_resumes_with_the_options_it_ran_under
     run_dir = tmp_path / "run"
     shutil.copytree(one_epoch, run_dir)
     as_oldest(run_dir, status="running", run_dir=str(run_dir))
-    assert json.loads((run_dir / "state" / "progress.json").read_text())["epochs_done"] == 1  # progress.json: the same shape then
+    assert (
+        json.loads((run_dir / "state" / "progress.json").read_text())["epochs_done"] == 1
+    )  # progress.json: the same shape then
     said = []
     result = train_run({"epochs": 2, "lr_schedule": "constant"}, out=run_dir, resume=True, verbose=0, say=said.append)
     assert result.resumed_from == 1 and [row["epoch"] for row in result.history] == [1, 2] and "resuming" in said[0]
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "complete" and run["options"]["lr_schedule"] == "constant" and run["options"]["epochs"] == 2
-    assert run["model"]["spec"] == "shallow" and run["model"]["kind"] == "built-in" and run["model"]["parameters"] == run["parameters"] > 0
+    assert (
+        run["model"]["spec"] == "shallow"
+        and run["model"]["kind"] == "built-in"
+        and run["model"]["parameters"] == run["parameters"] > 0
+    )
     assert run["devices"] is None and run["distributed"] is False and run["intended_use"] is None
     assert run["store_source"]["content_hash"] == run["store_fingerprint"]["content_hash"]
     card = (run_dir / "model_card.md").read_text()
@@ -72,23 +93,37 @@ def test_an_old_finished_run_evaluates_and_recognises_its_source(one_epoch, smal
     images = small_store.parent / "images"
     metrics, _ = evaluate_on_folder(run_dir, images, 256)
     assert metrics["training_images"]["count"] is None and metrics["training_source"] is True
-    assert "holds the images the model's store was built from (same folder or content hash)" in training_warning(metrics, images)
+    assert "holds the images the model's store was built from (same folder or content hash)" in training_warning(
+        metrics, images
+    )
 
 
 def test_records_of_earlier_augzarr_read_as_those_runs_ran():
     from augzarr.trainer.options import TrainOptions
     from augzarr.trainer.records import DevicesUsed, ModelInfo, RunRecord
 
-    oldest = RunRecord.from_json({"status": "running", "run_dir": "r", "options": {"model": "deep", "epochs": 3, "gone": 1},
-                                  "store_fingerprint": {"identity": {"a": 1}, "content_hash": "sha256:x", "chunk_crc32": None},
-                                  "parameters": 42})
+    oldest = RunRecord.from_json(
+        {
+            "status": "running",
+            "run_dir": "r",
+            "options": {"model": "deep", "epochs": 3, "gone": 1},
+            "store_fingerprint": {"identity": {"a": 1}, "content_hash": "sha256:x", "chunk_crc32": None},
+            "parameters": 42,
+        }
+    )
     assert oldest.options == TrainOptions(model="deep", epochs=3, lr_schedule="constant")  # unknown options left out
     assert oldest.model == ModelInfo("deep", "built-in", parameters=42) and oldest.mix_alpha is None
     assert oldest.source_for_evaluate.content_hash == "sha256:x" and oldest.store_source is None
     assert oldest.devices == DevicesUsed() and oldest.updated_utc is None and oldest.intended_use is None
     # before "distributed", devices were listed only when the batches were split over them; before mix_alpha, the mix's default
-    listed = RunRecord.from_json({"status": "complete", "options": {"mix": "cutmix", "online": " shift , flip,flip"},
-                                  "devices": ["cpu:0", "cpu:1"], "device_count": 2})
+    listed = RunRecord.from_json(
+        {
+            "status": "complete",
+            "options": {"mix": "cutmix", "online": " shift , flip,flip"},
+            "devices": ["cpu:0", "cpu:1"],
+            "device_count": 2,
+        }
+    )
     assert listed.devices == DevicesUsed(("cpu:0", "cpu:1"), True) and listed.mix_alpha == 1.0
     assert listed.options.online == "flip,shift" and listed.options.lr_schedule == "constant"
     unreadable = RunRecord.from_json({"status": "running", "options": "not options"})

@@ -7,11 +7,11 @@ import tarfile
 import numpy as np
 import pytest
 import zarr
+from conftest import run_cli, smooth_image, write_image_folder
 from PIL import Image
 
 from augzarr.errors import UserError
 from augzarr.sources import open_source
-from conftest import run_cli, smooth_image, write_cifar_archive, write_image_folder
 
 
 def test_cifar_archive_and_folder_read_the_same_arrays(cifar_archive, tmp_path):
@@ -74,7 +74,9 @@ def test_pickle_with_code_is_refused(tmp_path):
 
 
 def test_keras_loader_offline_with_empty_cache_gives_one_line_advice(tmp_path):
-    result = run_cli("build-aug", "--out", str(tmp_path / "s.zarr"), env={"KERAS_HOME": str(tmp_path / "keras")}, timeout=120)
+    result = run_cli(
+        "build-aug", "--out", str(tmp_path / "s.zarr"), env={"KERAS_HOME": str(tmp_path / "keras")}, timeout=120
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
@@ -153,11 +155,33 @@ def test_every_mode_becomes_rgb(tmp_path):
 
 
 def test_a_relative_source_folder_builds_and_hashes_like_an_absolute_one(image_folder, tmp_path):
-    relative = run_cli("build-aug", "--source", image_folder.name, "--copies", "1", "--preview", "0", "--quiet",
-                       "--out", "rel.zarr", cwd=image_folder.parent)
+    relative = run_cli(
+        "build-aug",
+        "--source",
+        image_folder.name,
+        "--copies",
+        "1",
+        "--preview",
+        "0",
+        "--quiet",
+        "--out",
+        "rel.zarr",
+        cwd=image_folder.parent,
+    )
     assert relative.returncode == 0, relative.stderr
-    absolute = run_cli("build-aug", "--source", str(image_folder), "--copies", "1", "--preview", "0", "--quiet",
-                       "--out", str(tmp_path / "abs.zarr"), check=True)
+    absolute = run_cli(
+        "build-aug",
+        "--source",
+        str(image_folder),
+        "--copies",
+        "1",
+        "--preview",
+        "0",
+        "--quiet",
+        "--out",
+        str(tmp_path / "abs.zarr"),
+        check=True,
+    )
     assert absolute.returncode == 0
     read = lambda p: zarr.open_group(str(p), mode="r").attrs["source"]["content_hash"]
     assert read(image_folder.parent / "rel.zarr") == read(tmp_path / "abs.zarr")
@@ -177,4 +201,7 @@ def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifa
     gray = type(test)(labels=test.labels, images=truth["test"][..., :1])
     colour, _, _ = model_inputs(gray, 32, 32, 3)
     assert np.array_equal(colour, np.repeat(truth["test"][..., :1], 3, axis=3))
-    assert training_images({"options": {"store": "s.zarr"}}, None)["unknown_because"] == "the source's images are arrays, not image files"
+    assert (
+        training_images({"options": {"store": "s.zarr"}}, None)["unknown_because"]
+        == "the source's images are arrays, not image files"
+    )

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, run_cli, write_image_folder
 
 from augzarr.store_format import SourceInfo, StoreAttrs, open_store
-from conftest import REPO, run_cli, write_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_image_folder
 from s3server import MotoServer
 

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_image_folder
 
 BATCH = 64  # 32x32 images: a 16-channel activation of a batch is 4 MiB, far above the 128 KiB threshold
@@ -42,9 +41,8 @@ def count_faults(store: str, source: str) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from augzarr.trainer.stream import StoreStream
-
     from augzarr.store_format import open_store
+    from augzarr.trainer.stream import StoreStream
 
     opened = open_store(store)
     group = opened.group
@@ -65,12 +63,16 @@ def count_faults(store: str, source: str) -> int:
 
     def fit(data) -> int:
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input(images.shape[1:], dtype="uint8"), keras.layers.Rescaling(1 / 255),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(int(labels.max()) + 1, activation="softmax"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input(images.shape[1:], dtype="uint8"),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(int(labels.max()) + 1, activation="softmax"),
+            ]
+        )
         model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
         faults = Faults()
         model.fit(data, steps_per_epoch=LAST_STEP + 1, epochs=1, shuffle=False, verbose=0, callbacks=[faults])
@@ -90,7 +92,19 @@ def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("guard")
     folder = write_image_folder(root / "images", {"a": 40, "b": 40}, size=32)
     out = root / "guard.zarr"
-    run_cli("build-aug", "--source", str(folder), "--copies", "1", "--out", str(out), "--preview", "0", "--quiet", check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(folder),
+        "--copies",
+        "1",
+        "--out",
+        str(out),
+        "--preview",
+        "0",
+        "--quiet",
+        check=True,
+    )
     return out
 
 
@@ -101,21 +115,40 @@ def test_stream_steps_fault_no_more_than_array_steps(store):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
     counts = {}
     for source in ("arrays", "stream", "windows"):
-        result = subprocess.run([sys.executable, __file__, str(store), source], capture_output=True, text=True, env=env,
-                                cwd=Path(__file__).parent.parent)
+        result = subprocess.run(
+            [sys.executable, __file__, str(store), source],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).parent.parent,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         counts[source] = json.loads(result.stdout.strip().splitlines()[-1])
     for source in ("stream", "windows"):
         assert counts[source] <= MAX_RATIO * max(counts["arrays"], FLOOR), (
             f"a training step from StoreStream ({source}) took {counts[source]:,} minor page faults (median of steps "
             f"{FIRST_STEP}-{LAST_STEP}), from arrays {counts['arrays']:,}: the glibc mmap threshold TensorFlow sets is back "
-            "in force (trainer/allocator.py)")
+            "in force (trainer/allocator.py)"
+        )
+
 
 def test_train_reports_images_per_second_every_epoch(store, tmp_path):
     """Users see what their hardware does: the rate of every epoch in its line, history.csv and the model card."""
     run_dir = tmp_path / "run"
-    result = run_cli("train", "--store", str(store), "--model", "shallow", "--epochs", "2", "--batch-size", "16",
-                     "--out", str(run_dir), check=True)
+    result = run_cli(
+        "train",
+        "--store",
+        str(store),
+        "--model",
+        "shallow",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        str(run_dir),
+        check=True,
+    )
     with open(run_dir / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(float(row["images_per_second"]) > 0 for row in rows)

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from augzarr.store_format import chunk_key, open_store
-from conftest import REPO
 
 BATCH = 7  # divides neither the 66 training rows nor the 8-row chunks: batches straddle windows
 
@@ -53,12 +53,23 @@ def test_fit_from_fit_input_gives_the_weights_of_fit_from_the_stream(store):
     weights = []
     for windows in (False, True):
         seed_everything(1)
-        model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                                  keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 3), dtype="uint8"),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         stream = StoreStream(opened, "train", BATCH, True, seed=3, start_epoch=1, buffer_chunks=2)
-        model.fit(stream.fit_input() if windows else stream, steps_per_epoch=stream.batches_per_epoch, epochs=2,
-                  shuffle=False, verbose=0)
+        model.fit(
+            stream.fit_input() if windows else stream,
+            steps_per_epoch=stream.batches_per_epoch,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+        )
         stream.close()
         weights.append(model.get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
@@ -107,8 +118,14 @@ print("ok")
 
 def test_fit_input_is_the_stream_itself_on_jax(store):
     pytest.importorskip("jax")
-    result = subprocess.run([sys.executable, "-c", JAX_FIT_INPUT, str(store)], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_FIT_INPUT, str(store)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
@@ -125,8 +142,14 @@ def test_train_reports_a_chunk_damaged_mid_run_in_the_streams_one_line(store, tm
     shutil.copytree(store, damaged)
     opened = open_store(damaged)
     stream = StoreStream(opened, "train", BATCH, True, seed=3, buffer_chunks=2)
-    model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3), dtype="uint8"),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     file = damaged / chunk_key(opened.images("train"), int(stream.plan(0)[0][0]))  # the first chunk read
     file.write_bytes(file.read_bytes()[:100])

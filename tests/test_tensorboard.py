@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
-
-SCALARS = {"train": {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"}, "validation": {"epoch_loss", "epoch_accuracy"}}
+SCALARS = {
+    "train": {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"},
+    "validation": {"epoch_loss", "epoch_accuracy"},
+}
 
 
 def read_logs(folder: Path) -> dict[str, tuple[str, list[tuple[int, np.ndarray]]]]:
@@ -22,21 +24,36 @@ def read_logs(folder: Path) -> dict[str, tuple[str, list[tuple[int, np.ndarray]]
 
     logs = EventAccumulator(str(folder), size_guidance={"tensors": 0})  # 0: keep every event
     logs.Reload()
-    return {tag: (logs.SummaryMetadata(tag).plugin_data.plugin_name, [(e.step, make_ndarray(e.tensor_proto)) for e in logs.Tensors(tag)])
-            for tag in logs.Tags()["tensors"]}
+    return {
+        tag: (
+            logs.SummaryMetadata(tag).plugin_data.plugin_name,
+            [(e.step, make_ndarray(e.tensor_proto)) for e in logs.Tensors(tag)],
+        )
+        for tag in logs.Tags()["tensors"]
+    }
 
 
 def test_tensorboard_logs_scalars_and_the_streamed_images(small_store, tmp_path):
     from augzarr.store_format import open_store
     from augzarr.trainer.stream import StoreStream
     from augzarr.trainer.tensorboard_logs import IMAGE_TAG, IMAGES_PER_EPOCH
-
     from augzarr.trainer.training import train_run
 
     run_dir = tmp_path / "run"  # in this process (Keras loads once); the JAX and resume tests below run the command
     online = ("flip", "shift", "erase")
-    train_run({"store": str(small_store), "model": "shallow", "epochs": 2, "batch_size": 16, "online": ",".join(online), "tensorboard": True},
-              out=run_dir, verbose=0, say=lambda _: None)
+    train_run(
+        {
+            "store": str(small_store),
+            "model": "shallow",
+            "epochs": 2,
+            "batch_size": 16,
+            "online": ",".join(online),
+            "tensorboard": True,
+        },
+        out=run_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     assert json.loads((run_dir / "run.json").read_text())["options"]["tensorboard"] is True
     logs = {split: read_logs(run_dir / "tensorboard" / split) for split in SCALARS}
     for split, tags in SCALARS.items():
@@ -44,7 +61,9 @@ def test_tensorboard_logs_scalars_and_the_streamed_images(small_store, tmp_path)
             plugin, events = logs[split][tag]
             assert plugin == "scalars" and [step for step, _ in events] == [0, 1], (split, tag)  # one value per epoch
     rates = [float(value) for _, value in logs["train"]["epoch_learning_rate"][1]]
-    assert np.allclose(rates, [0.0005, 0.0], atol=1e-7)  # RMSprop's 1e-3, cosine-decayed: halfway after epoch 1, 0 at the end
+    assert np.allclose(
+        rates, [0.0005, 0.0], atol=1e-7
+    )  # RMSprop's 1e-3, cosine-decayed: halfway after epoch 1, 0 at the end
     history = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()]
     loss = [float(row[history[0].index("loss")]) for row in history[1:]]
     assert np.allclose([float(value) for _, value in logs["train"]["epoch_loss"][1]], loss, rtol=1e-5)
@@ -70,8 +89,23 @@ def test_tensorboard_logs_scalars_and_the_streamed_images(small_store, tmp_path)
 @pytest.mark.parametrize("backend", ["jax"])
 def test_tensorboard_works_on_the_jax_backend(backend, small_store, tmp_path):
     run_dir = tmp_path / "run"
-    run_cli("train", "--store", str(small_store), "--model", "shallow", "--epochs", "1", "--batch-size", "16", "--tensorboard",
-            "--out", str(run_dir), "--quiet", env={"KERAS_BACKEND": backend}, check=True)
+    run_cli(
+        "train",
+        "--store",
+        str(small_store),
+        "--model",
+        "shallow",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--tensorboard",
+        "--out",
+        str(run_dir),
+        "--quiet",
+        env={"KERAS_BACKEND": backend},
+        check=True,
+    )
     run = json.loads((run_dir / "run.json").read_text())
     assert run["backend"] == backend
     for split, tags in SCALARS.items():
@@ -89,9 +123,27 @@ def test_a_resumed_run_logs_on_from_its_next_epoch(small_store, tmp_path):
     from test_train import wait_for_epochs
 
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([str(BIN / "train"), "--store", str(small_store), "--model", "shallow", "--epochs", "30", "--batch-size", "8",
-                                "--tensorboard", "--out", str(run_dir), "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            str(BIN / "train"),
+            "--store",
+            str(small_store),
+            "--model",
+            "shallow",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "8",
+            "--tensorboard",
+            "--out",
+            str(run_dir),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     wait_for_epochs(run_dir, 1, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

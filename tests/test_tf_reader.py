@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+
 from augzarr.store_format import chunk_key, open_store
 
 BATCH = 7  # divides neither the 66 training rows nor the 8-row chunks
@@ -49,8 +49,14 @@ def test_fit_from_the_reader_gives_the_weights_of_fit_from_the_stream(store):
     weights = []
     for reader in (StoreStream, store_dataset):
         seed_everything(1)
-        model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                                  keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 3), dtype="uint8"),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         data = reader(opened, "train", BATCH, True, seed=3, start_epoch=1, buffer_chunks=2)
         model.fit(data, steps_per_epoch=-(-66 // BATCH), epochs=2, shuffle=False, verbose=0)

@@ -13,9 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import REPO, run_cli, write_image_folder  # noqa: E402
+
 from augzarr.plan import loader_order, worker_runs  # noqa: E402
 from augzarr.store_format import open_store  # noqa: E402
-from conftest import REPO, run_cli, write_image_folder  # noqa: E402
 
 BATCH = 7  # divides neither the 66 training rows nor the 8-row chunks: batches straddle windows
 
@@ -27,8 +28,24 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("torch-store")
     write_image_folder(root / "images", {"ant": 27, "bee": 27, "cow": 26}, size=16)
     out = root / "store.zarr"
-    run_cli("build-aug", "--source", str(root / "images"), "--out", str(out), "--copies", "0", "--chunk-size", "8",
-            "--val-fraction", "0.175", "--preview", "0", "--workers", "1", check=True)
+    run_cli(
+        "build-aug",
+        "--source",
+        str(root / "images"),
+        "--out",
+        str(out),
+        "--copies",
+        "0",
+        "--chunk-size",
+        "8",
+        "--val-fraction",
+        "0.175",
+        "--preview",
+        "0",
+        "--workers",
+        "1",
+        check=True,
+    )
     return out
 
 
@@ -120,7 +137,9 @@ def test_workers_serve_the_same_batches_as_the_training_process_taken_in_turn(st
         got = list(data.loader(num_workers=workers))
         expected = [alone[b] for _, b in loader_order(worker_runs(len(alone), workers))]
         assert same_batches(got, expected), workers
-        assert all(images.is_shared() and labels.is_shared() for images, labels in got)  # built in shared memory: no copy to hand over
+        assert all(
+            images.is_shared() and labels.is_shared() for images, labels in got
+        )  # built in shared memory: no copy to hand over
 
 
 def test_the_order_is_a_function_of_seed_and_epoch(store):
@@ -153,6 +172,7 @@ def test_a_resumed_loop_sees_exactly_the_batches_the_uninterrupted_one_would_hav
     """Stopped after 3 batches of epoch 1, the position saved and loaded into a fresh dataset: the rest of that epoch
     as the uninterrupted loop of workers_before workers would have seen it, whatever the workers now; then the next
     epoch as a loop of workers_after workers sees it (the same as uninterrupted when the workers are the same)."""
+
     def loop(data, workers, epochs, stop_after=None):
         seen = []
         loader = data.loader(num_workers=workers)
@@ -174,8 +194,8 @@ def test_a_resumed_loop_sees_exactly_the_batches_the_uninterrupted_one_would_hav
     assert resumed.epoch == 1
     tail = loop(resumed, workers_after, 3)
     epoch_end = len(resumed)
-    assert same_batches(head + tail[:epoch_end - 3], uninterrupted[:epoch_end])
-    assert same_batches(tail[epoch_end - 3:], loop(dataset(store, epoch=2), workers_after, 3))
+    assert same_batches(head + tail[: epoch_end - 3], uninterrupted[:epoch_end])
+    assert same_batches(tail[epoch_end - 3 :], loop(dataset(store, epoch=2), workers_after, 3))
     if workers_after == workers_before:
         assert same_batches(head + tail, uninterrupted)
 
@@ -230,7 +250,9 @@ def test_stored_order_shared_by_ranks_covers_the_split_in_order(store):
     from augzarr.torch import StoreDataset
 
     stored = open_store(store).images("val")[:]
-    shares = [list(StoreDataset(str(store), "val", 4, rank=rank, world_size=2).loader(num_workers=2)) for rank in (0, 1)]
+    shares = [
+        list(StoreDataset(str(store), "val", 4, rank=rank, world_size=2).loader(num_workers=2)) for rank in (0, 1)
+    ]
     assert len(shares[0]) == len(shares[1])
     alone = [b for _, b in loader_order(worker_runs(len(shares[0]), 2))]
     served = [shares[rank][alone.index(b)][0] for rank in (0, 1) for b in range(len(shares[0]))]
@@ -245,12 +267,13 @@ def test_layouts_dtypes_and_drop_last(store):
         assert torch.equal(c, x.permute(0, 3, 1, 2)) and torch.equal(y, z) and z.dtype == torch.int64
     dropped = list(dataset(store, drop_last=True))
     assert [len(y) for _, y in dropped] == [BATCH] * (66 // BATCH)
-    assert same_batches(dropped, hwc[:len(dropped)])
+    assert same_batches(dropped, hwc[: len(dropped)])
 
 
 def test_random_transforms_are_reproducible_however_the_epoch_is_split(store):
     """torch's generator is seeded per row by (seed, epoch, its place): a random transform gives the same images in the
     training process and in 2 workers, and the caller's own generator is left as it was."""
+
     def noisy(image):
         return image.float() + torch.rand(image.shape)
 
@@ -267,10 +290,12 @@ def test_random_transforms_are_reproducible_however_the_epoch_is_split(store):
 def test_bad_arguments_are_refused_in_one_line(store, monkeypatch):
     from augzarr.errors import OptionError
 
-    for kwargs, message in [({"layout": "NHWC"}, "layout 'NHWC' is not one of HWC, CHW"),
-                            ({"rank": 2, "world_size": 2}, r"rank 2 of world_size 2"),
-                            ({"transform": "flip"}, "transform must be a callable"),
-                            ({"world_size": 67, "rank": 0}, "too few for a batch on each of 67 ranks")]:
+    for kwargs, message in [
+        ({"layout": "NHWC"}, "layout 'NHWC' is not one of HWC, CHW"),
+        ({"rank": 2, "world_size": 2}, r"rank 2 of world_size 2"),
+        ({"transform": "flip"}, "transform must be a callable"),
+        ({"world_size": 67, "rank": 0}, "too few for a batch on each of 67 ranks"),
+    ]:
         with pytest.raises(OptionError, match=message):
             dataset(store, **kwargs)
     monkeypatch.setenv("WORLD_SIZE", "two")
@@ -324,14 +349,16 @@ def test_object_storage_serves_the_local_batches(s3, store):
     """The local store copied to a bucket, file for file: workers of an object store start with forkserver (its
     client does not survive a fork) and open the store themselves; a plain DataLoader that forks them is told what
     to do instead of hanging."""
+    from s3server import client
     from torch.utils.data import DataLoader
 
     from augzarr.torch import StoreDataset, StoreRows
-    from s3server import client
 
     bucket = client(s3.url)
     for path in (p for p in store.rglob("*") if p.is_file()):
-        bucket.put_object(Bucket="augzarr-torch", Key=f"aug.zarr/{path.relative_to(store).as_posix()}", Body=path.read_bytes())
+        bucket.put_object(
+            Bucket="augzarr-torch", Key=f"aug.zarr/{path.relative_to(store).as_posix()}", Body=path.read_bytes()
+        )
     url = "s3://augzarr-torch/aug.zarr"
     remote = StoreDataset(url, "train", BATCH, seed=4, buffer_chunks=2)
     near = StoreDataset(str(store), "train", BATCH, seed=4, buffer_chunks=2)
@@ -355,7 +382,9 @@ print(len(batches), heavy)
 
 
 def test_importing_and_iterating_imports_neither_tensorflow_nor_keras(store):
-    result = subprocess.run([sys.executable, "-c", NO_KERAS, str(store)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_KERAS, str(store)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["10", "[]"], result.stdout
 
@@ -384,7 +413,18 @@ def test_the_example_resumed_after_a_stop_trains_to_the_uninterrupted_weights(st
     """examples/torch_train.py: 2 workers, set_epoch, a checkpoint; stopped after 3 steps and run again, its final
     weights equal those of a run that was never stopped."""
     script = REPO / "examples" / "torch_train.py"
-    common = [sys.executable, str(script), "--store", str(store), "--epochs", "2", "--batch-size", str(BATCH), "--workers", "2"]
+    common = [
+        sys.executable,
+        str(script),
+        "--store",
+        str(store),
+        "--epochs",
+        "2",
+        "--batch-size",
+        str(BATCH),
+        "--workers",
+        "2",
+    ]
 
     def run(*extra: str) -> str:
         result = subprocess.run([*common, *extra], capture_output=True, text=True, cwd=REPO, timeout=300)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import BIN, REPO, restore_ctrl_c, run_cli, write_image_folder
 
 from augzarr.builder.build import BuildOptions, build_store
 from augzarr.errors import UserError
 from augzarr.store_format import open_store
-from conftest import BIN, REPO, restore_ctrl_c, run_cli, write_image_folder
 
 CLASSES = {"cat": 12, "dog": 12, "emu": 12}
 FAST = ["--epochs", "2", "--batch-size", "16"]
@@ -30,7 +30,9 @@ def make_store(root: Path, size: int = 16, copies: int = 2, test: bool = True, *
         if test:
             write_image_folder(images / "test", {name: 4 for name in CLASSES}, size=size, seed=1)
     out = root / f"store-{size}-{copies}-{'test' if test else 'notest'}.zarr"
-    build_store(BuildOptions(source=str(images), out=out, copies=copies, chunk_size=8, val_fraction=0.25, workers=1, **options))
+    build_store(
+        BuildOptions(source=str(images), out=out, copies=copies, chunk_size=8, val_fraction=0.25, workers=1, **options)
+    )
     return out
 
 
@@ -49,13 +51,16 @@ def finished_run(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 
 # -- the stream ---------------------------------------------------------------------------------------
 
+
 def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
     from augzarr.trainer.stream import StoreStream
 
     opened = open_store(store)
     group = opened.group
     images = group["train/images"][:]
-    stream = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3)  # batches straddle windows
+    stream = StoreStream(
+        opened, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3
+    )  # batches straddle windows
     assert stream.batches_per_epoch == 9  # 81 rows
     orders = []
     for epoch in range(2):
@@ -67,7 +72,9 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
         # each stored row exactly once, with its own label (a copy may equal its original: match each once)
         rows, used = [], set()
         for image in x:
-            rows.append(next(int(r) for r in np.flatnonzero((images == image).all(axis=(1, 2, 3))) if int(r) not in used))
+            rows.append(
+                next(int(r) for r in np.flatnonzero((images == image).all(axis=(1, 2, 3))) if int(r) not in used)
+            )
             used.add(rows[-1])
         assert sorted(rows) == list(range(len(images)))
         assert np.array_equal(y, group["train/labels"][:][rows])
@@ -77,7 +84,9 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_seeded_order(store):
     stream.close()
 
     again = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=3, buffer_chunks=3, start_epoch=1)
-    assert all(np.array_equal(again[i][0], stream[stream.batches_per_epoch + i][0]) for i in range(stream.batches_per_epoch))
+    assert all(
+        np.array_equal(again[i][0], stream[stream.batches_per_epoch + i][0]) for i in range(stream.batches_per_epoch)
+    )
     other_seed = StoreStream(opened, "train", batch_size=10, shuffle=True, seed=4, buffer_chunks=3)
     assert not np.array_equal(other_seed[0][0], stream[0][0])
     again.close(), other_seed.close()
@@ -131,13 +140,20 @@ print("loss", history.history["loss"][0], "val_accuracy", history.history["val_a
 
 def test_stream_feeds_fit_on_jax(store):
     pytest.importorskip("jax")
-    result = subprocess.run([sys.executable, "-c", JAX_FIT, str(store)], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_FIT, str(store)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_accuracy" in result.stdout
 
 
 # -- models -------------------------------------------------------------------------------------------
+
 
 def test_models_follow_the_notebook_and_size_from_the_store():
     from keras import layers
@@ -158,6 +174,7 @@ def test_models_follow_the_notebook_and_size_from_the_store():
 
 # -- train end to end ---------------------------------------------------------------------------------
 
+
 def test_train_writes_a_complete_run_folder(finished_run, store):
     run_dir, result = finished_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -166,7 +183,15 @@ def test_train_writes_a_complete_run_folder(finished_run, store):
     assert metrics["evaluated_on"] == "test" and metrics["count"] == 12
     assert np.array(metrics["confusion_matrix"]).sum() == 12
     assert set(metrics["per_class"]) == set(CLASSES)
-    for name in ("model.keras", "model.json", "model.weights.h5", "history.csv", "curves.png", "confusion.png", "model_card.md"):
+    for name in (
+        "model.keras",
+        "model.json",
+        "model.weights.h5",
+        "history.csv",
+        "curves.png",
+        "confusion.png",
+        "model_card.md",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "complete" and run["options"]["epochs"] == 2
@@ -174,7 +199,12 @@ def test_train_writes_a_complete_run_folder(finished_run, store):
     assert history[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy") and len(history) == 3
     card = (run_dir / "model_card.md").read_text()
     attrs = zarr.open_group(str(store), mode="r").attrs
-    assert attrs["source"]["content_hash"] in card and f"`{attrs['policy']['name']}`" in card and "gap" in card and "Known limits" in card
+    assert (
+        attrs["source"]["content_hash"] in card
+        and f"`{attrs['policy']['name']}`" in card
+        and "gap" in card
+        and "Known limits" in card
+    )
 
     import keras
 
@@ -188,7 +218,9 @@ def test_train_writes_a_complete_run_folder(finished_run, store):
 def test_evaluate_on_the_store_matches_train_and_writes_json(finished_run, store, tmp_path):
     run_dir, _ = finished_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    result = run_cli("evaluate", "--model", str(run_dir), "--store", str(store), "--json", str(tmp_path / "eval.json"), check=True)
+    result = run_cli(
+        "evaluate", "--model", str(run_dir), "--store", str(store), "--json", str(tmp_path / "eval.json"), check=True
+    )
     assert f"Test accuracy: {metrics['accuracy']:.4f}" in result.stdout
     for name in CLASSES:
         assert name in result.stdout
@@ -199,8 +231,12 @@ def test_evaluate_on_the_store_matches_train_and_writes_json(finished_run, store
 
 def test_evaluate_on_an_image_folder_resizes_to_the_model(finished_run, tmp_path):
     run_dir, _ = finished_run
-    folder = write_image_folder(tmp_path / "photos", {"dog": 3, "emu": 2}, size=24)  # a subset of the classes, bigger images
-    result = run_cli("evaluate", "--model", str(run_dir), "--source", str(folder), "--json", str(tmp_path / "e.json"), check=True)
+    folder = write_image_folder(
+        tmp_path / "photos", {"dog": 3, "emu": 2}, size=24
+    )  # a subset of the classes, bigger images
+    result = run_cli(
+        "evaluate", "--model", str(run_dir), "--source", str(folder), "--json", str(tmp_path / "e.json"), check=True
+    )
     written = json.loads((tmp_path / "e.json").read_text())
     assert written["count"] == 5
     assert written["per_class"]["dog"]["count"] == 3 and written["per_class"]["emu"]["count"] == 2
@@ -219,10 +255,20 @@ def test_same_seed_and_store_give_the_same_run(store, tmp_path):
 
     weights = []
     for name in ("one", "two"):
-        train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 5}, out=tmp_path / name, verbose=0, say=lambda _: None)
+        train_run(
+            {"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 5},
+            out=tmp_path / name,
+            verbose=0,
+            say=lambda _: None,
+        )
         weights.append(keras.models.load_model(tmp_path / name / "model.keras").get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
-    train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 6}, out=tmp_path / "three", verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow", "seed": 6},
+        out=tmp_path / "three",
+        verbose=0,
+        say=lambda _: None,
+    )
     other = keras.models.load_model(tmp_path / "three" / "model.keras").get_weights()
     assert not np.array_equal(other[0], weights[0][0])
 
@@ -232,13 +278,19 @@ def test_store_without_test_split_is_evaluated_on_val_and_says_so(tmp_path):
 
     store = make_store(tmp_path, test=False, copies=1)
     said = []  # what train prints, from its library call in this process (Keras loads once)
-    train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=tmp_path / "r", verbose=0, say=said.append)
+    train_run(
+        {"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"},
+        out=tmp_path / "r",
+        verbose=0,
+        say=said.append,
+    )
     assert "no test split" in "\n".join(said)
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["evaluated_on"] == "val"
     assert "validation split" in (tmp_path / "r" / "model_card.md").read_text()
 
 
 # -- resume -------------------------------------------------------------------------------------------
+
 
 def wait_for_epochs(run_dir: Path, at_least: int, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
@@ -255,9 +307,24 @@ def wait_for_epochs(run_dir: Path, at_least: int, process: subprocess.Popen, tim
 def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
     run_dir = tmp_path / "run"
     epochs = 5
-    process = subprocess.Popen([str(BIN / "train"), "--store", str(store), "--epochs", str(epochs), "--batch-size", "8", "--out", str(run_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=restore_ctrl_c)
+    process = subprocess.Popen(
+        [
+            str(BIN / "train"),
+            "--store",
+            str(store),
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "8",
+            "--out",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=restore_ctrl_c,
+    )
     wait_for_epochs(run_dir, 1, process)
     if how == "kill -9":
         os.killpg(process.pid, signal.SIGKILL)
@@ -289,7 +356,12 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
     from augzarr.trainer.training import train_run
 
     progress_dir = tmp_path / "partial"
-    train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=progress_dir, verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"},
+        out=progress_dir,
+        verbose=0,
+        say=lambda _: None,
+    )
     run = json.loads((progress_dir / "run.json").read_text())
     (progress_dir / "run.json").write_text(json.dumps({**run, "status": "running"}))  # as if stopped before its reports
     with pytest.raises(UserError, match="--batch-size 16 -> 32"):
@@ -297,12 +369,18 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
     with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
         train_run({"store": str(store)}, out=progress_dir)
     said = []
-    result = train_run({"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"}, out=progress_dir, verbose=0, say=said.append)
+    result = train_run(
+        {"store": str(store), "epochs": 1, "batch_size": 16, "model": "shallow"},
+        out=progress_dir,
+        verbose=0,
+        say=said.append,
+    )
     assert result.resumed_from == 1 and any("resuming" in line for line in said)  # the same command again continues it
     assert json.loads((progress_dir / "run.json").read_text())["status"] == "complete"
 
 
 # -- errors -------------------------------------------------------------------------------------------
+
 
 def test_bad_stores_and_options_give_one_line(store, tmp_path):
     import shutil
@@ -317,8 +395,10 @@ def test_bad_stores_and_options_give_one_line(store, tmp_path):
     refused({"store": str(tmp_path / "missing.zarr")}, "does not exist")
     (tmp_path / "folder").mkdir()
     refused({"store": str(tmp_path / "folder")}, "not an augzarr store")
-    for name, edit, match in [("newer", {"format_version": 2}, "newer than this augzarr reads"),
-                              ("incomplete", {"complete": False}, "is incomplete")]:
+    for name, edit, match in [
+        ("newer", {"format_version": 2}, "newer than this augzarr reads"),
+        ("incomplete", {"complete": False}, "is incomplete"),
+    ]:
         copy = tmp_path / f"{name}.zarr"
         shutil.copytree(store, copy)
         meta = json.loads((copy / "zarr.json").read_text())
@@ -333,14 +413,21 @@ def test_bad_stores_and_options_give_one_line(store, tmp_path):
     cli = run_cli("train", "--store", str(store), "--epochs", "0", "--out", str(tmp_path / "never"))
     assert cli.returncode == 2 and cli.stderr.strip() == "train: error: --epochs must be in [1, 100000]"
     unwritable = run_cli("train", "--store", str(store), "--epochs", "1", "--out", "/proc/augzarr-run")
-    assert unwritable.returncode == 1 and "/proc/augzarr-run" in unwritable.stderr and len(unwritable.stderr.strip().splitlines()) == 1
+    assert (
+        unwritable.returncode == 1
+        and "/proc/augzarr-run" in unwritable.stderr
+        and len(unwritable.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_model_and_store_that_disagree_are_refused(finished_run, tmp_path):
     run_dir, _ = finished_run
     bigger = make_store(tmp_path, size=32, copies=1)
     result = run_cli("evaluate", "--model", str(run_dir), "--store", str(bigger))
-    assert result.returncode == 1 and "takes 16x16x3 images into 3 classes, the store holds 32x32x3 images" in result.stderr
+    assert (
+        result.returncode == 1
+        and "takes 16x16x3 images into 3 classes, the store holds 32x32x3 images" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -353,7 +440,11 @@ def test_default_run_folders_do_not_collide(tmp_path, monkeypatch):
     first.mkdir(parents=True)
     second = training.default_run_dir()
     second.mkdir()
-    assert (first.name, second.name, training.default_run_dir().name) == ("20261127-120000", "20261127-120000-2", "20261127-120000-3")
+    assert (first.name, second.name, training.default_run_dir().name) == (
+        "20261127-120000",
+        "20261127-120000-2",
+        "20261127-120000-3",
+    )
 
 
 def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(store, tmp_path):
@@ -361,8 +452,12 @@ def test_cosine_schedule_decays_the_rate_to_zero_over_the_run(store, tmp_path):
 
     from augzarr.trainer.training import train_run
 
-    train_run({"store": str(store), "epochs": 2, "batch_size": 16, "model": "shallow", "lr_schedule": "cosine"},
-              out=tmp_path / "run", verbose=0, say=lambda _: None)
+    train_run(
+        {"store": str(store), "epochs": 2, "batch_size": 16, "model": "shallow", "lr_schedule": "cosine"},
+        out=tmp_path / "run",
+        verbose=0,
+        say=lambda _: None,
+    )
     optimizer = keras.models.load_model(tmp_path / "run" / "model.keras").optimizer
     assert int(optimizer.iterations.numpy()) == 2 * 6  # 81 rows in batches of 16
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.0, abs=1e-9)

@@ -26,7 +26,9 @@ def train(options: TrainOptions, run: TrainRunOptions, given: set[str]) -> None:
     check_fields(run)
     from .runlock import is_live, live_run_message
 
-    if run.out is not None and run.out.is_dir() and is_live(run.out):  # likewise a live run (train_run takes the lock itself)
+    if (
+        run.out is not None and run.out.is_dir() and is_live(run.out)
+    ):  # likewise a live run (train_run takes the lock itself)
         from augzarr.errors import UserError
 
         raise UserError(live_run_message(run.out))
@@ -36,8 +38,14 @@ def train(options: TrainOptions, run: TrainRunOptions, given: set[str]) -> None:
     say = (lambda text: None) if run.quiet else (lambda text: print(text, flush=True))
     # only what was given: a resumed run keeps its own settings for the rest
     settings = {name: value for name, value in asdict(options).items() if name in given}
-    result = train_run(settings, out=run.out, resume=run.resume, verbose=0 if run.quiet else ("auto" if sys.stdout.isatty() else 2),
-                       say=say, intended_use=run.intended_use)
+    result = train_run(
+        settings,
+        out=run.out,
+        resume=run.resume,
+        verbose=0 if run.quiet else ("auto" if sys.stdout.isatty() else 2),
+        say=say,
+        intended_use=run.intended_use,
+    )
     metrics = result.metrics
     # the notebook's two lines, always printed
     print(f"Test score: {metrics['loss']:.4f}")
@@ -52,7 +60,15 @@ def evaluate(options: EvaluateOptions) -> None:
 
     options.validate()
     import_keras_quietly()
-    from .evaluate import evaluate_on_source, evaluate_on_store, format_metrics, resize_note, training_note, training_warning, write_reports
+    from .evaluate import (
+        evaluate_on_source,
+        evaluate_on_store,
+        format_metrics,
+        resize_note,
+        training_note,
+        training_warning,
+        write_reports,
+    )
 
     if options.store is not None:
         metrics, mistake_images = evaluate_on_store(options.model, options.store, options.split, options.batch_size)
@@ -94,10 +110,18 @@ def import_keras_quietly() -> None:
 
 
 def main_train() -> None:
-    run_app(train_app, "train", resume_hint="run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch")
+    run_app(
+        train_app,
+        "train",
+        resume_hint="run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch",
+    )
 
 
 def main_evaluate() -> None:
     # evaluate writes nothing until its results (--json, written whole): there is nothing to resume
-    run_app(evaluate_app, "evaluate", resume_hint="run it again",
-            interrupted="interrupted: nothing was evaluated or written; run it again for the results")
+    run_app(
+        evaluate_app,
+        "evaluate",
+        resume_hint="run it again",
+        interrupted="interrupted: nothing was evaluated or written; run it again for the results",
+    )

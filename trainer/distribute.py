@@ -18,8 +18,8 @@ a single device trains on it without one and says so; --devices naming a single 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 
@@ -66,11 +66,15 @@ def plan_devices(requested: list[str] | None, warn: Callable[[str], None]) -> Pl
             raise OptionError(f"--devices: {', '.join(unknown)} not among this machine's ({', '.join(available)})")
         chosen = list(dict.fromkeys(found.values()))  # two spellings of one device count once
         if len(chosen) == 1:  # the plain path could not honour a device other than the default one
-            raise OptionError(f"--devices names one device ({', '.join(requested)}), and --distribute splits each batch over two or more: "
-                              f"name two or more of this machine's ({', '.join(available)}), or train without --distribute")
+            raise OptionError(
+                f"--devices names one device ({', '.join(requested)}), and --distribute splits each batch over two or more: "
+                f"name two or more of this machine's ({', '.join(available)}), or train without --distribute"
+            )
     if len(chosen) == 1:
-        warn(f"--distribute: this machine has one device ({chosen[0]}); training on it without a distribution strategy, "
-             "which would only slow it down")
+        warn(
+            f"--distribute: this machine has one device ({chosen[0]}); training on it without a distribution strategy, "
+            "which would only slow it down"
+        )
         return Placement((chosen[0],), distributed=False)
     return Placement(tuple(chosen), distributed=True)
 
@@ -111,7 +115,9 @@ def activate(placement: Placement) -> tuple[contextlib.AbstractContextManager, t
     return contextlib.nullcontext(), (jax.process_index(), jax.process_count())
 
 
-def data_parallel(devices: list[str] | None = None) -> tuple[contextlib.AbstractContextManager, list[str], tuple[int, int]]:
+def data_parallel(
+    devices: list[str] | None = None,
+) -> tuple[contextlib.AbstractContextManager, list[str], tuple[int, int]]:
     """(the scope, the devices, the shard) of data-parallel training over `devices` (None: every one found)."""
     placement = plan_devices(devices, warn=lambda _: None)
     scope, shard = activate(placement)

@@ -11,10 +11,10 @@ import keras
 import numpy as np
 
 from augzarr.errors import UserError
-from augzarr.wording import count, listed
-from augzarr.storage.local import write_atomic
 from augzarr.storage import open_storage
+from augzarr.storage.local import write_atomic
 from augzarr.store_format import StoreAttrs, digest_keys, open_store, read_raw_attrs, train_file_digests
+from augzarr.wording import count, listed
 
 from .metrics import evaluate_arrays, evaluate_stream, stored_images
 from .own_model import before_checkpoint_load
@@ -33,8 +33,10 @@ def load_run_model(run_dir: Path) -> tuple[keras.Model, RunRecord]:
     if not run.is_complete or not (run_dir / "model.keras").is_file():
         raise UserError(f"--model {run_dir}: the run did not finish; finish it with train --resume --out {run_dir}")
     if run.class_names is None or run.image_shape is None:
-        raise UserError(f"--model {run_dir}: its {RUN_JSON} is damaged (it lacks the class names or the image shape); "
-                        "train the model again, or evaluate a run folder train wrote whole")
+        raise UserError(
+            f"--model {run_dir}: its {RUN_JSON} is damaged (it lacks the class names or the image shape); "
+            "train the model again, or evaluate a run folder train wrote whole"
+        )
     before_checkpoint_load(run.model)  # train --model PATH.py:FUNCTION: the custom layers its file registers
     return keras.models.load_model(run_dir / "model.keras"), run
 
@@ -46,7 +48,9 @@ def evaluate_on_store(run_dir: Path, location: str, split: str | None, batch_siz
     attrs = store.attrs
     check_model_fits_store(model, attrs, f"the model of {run_dir}")
     if attrs.class_names != run.class_names:
-        raise UserError(f"--store {location}: its classes differ from the model's: {class_difference(attrs.class_names, run.class_names)}")
+        raise UserError(
+            f"--store {location}: its classes differ from the model's: {class_difference(attrs.class_names, run.class_names)}"
+        )
     available = [s for s in ("test", "val") if store.has(s)]
     chosen = split or (available[0] if available else None)
     if chosen is None or not store.has(chosen):
@@ -81,15 +85,23 @@ def evaluate_on_source(run_dir: Path, spec: Path | str, batch_size: int) -> tupl
 
     model, run = load_run_model(run_dir)
     # a dimension the model leaves None (it takes any size): the size of the store's images it was trained on
-    height, width, channels = (size if size is not None else trained for size, trained in zip(model.input_shape[1:], run.image_shape))
+    height, width, channels = (
+        size if size is not None else trained for size, trained in zip(model.input_shape[1:], run.image_shape)
+    )
     # a path that exists is read as one, even where its name is also a dataset's (evaluate --source ./cifar10)
     source = open_source(str(Path(spec).absolute()) if Path(spec).exists() else str(spec))
     # a source with splits of its own is judged on its held-out part, never on the images a model may have trained on
-    part, split = next((part, s) for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train)) if s is not None)
+    part, split = next(
+        (part, s)
+        for part, s in (("test/ part", source.test), ("val/ part", source.val), ("all images", source.train))
+        if s is not None
+    )
     unknown = sorted(set(source.class_names) - set(run.class_names))
     if unknown:
-        raise UserError(f"--source {spec}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
-                        f"(it knows {count(len(run.class_names), 'class')}: {listed(run.class_names)})")
+        raise UserError(
+            f"--source {spec}: {count(len(unknown), 'class', 'classes')} the model does not know: {listed(unknown)} "
+            f"(it knows {count(len(run.class_names), 'class')}: {listed(run.class_names)})"
+        )
     to_model = np.array([run.class_names.index(name) for name in source.class_names])
     images, resized, digests = model_inputs(split, height, width, channels)
     metrics = evaluate_arrays(model, images, to_model[split.labels], run.class_names, batch_size)
@@ -102,9 +114,15 @@ def evaluate_on_source(run_dir: Path, spec: Path | str, batch_size: int) -> tupl
         trained = overlap["count"] > 0
     else:  # a store without the digests, or out of reach: the source as a whole
         trained = split is source.train and is_training_source(run, source)
-    return {"model": str(run_dir), "data": f"{spec} ({part})", "evaluated_on": "folder", **metrics,
-            "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
-            "training_images": overlap, "training_source": trained}, mistakes
+    return {
+        "model": str(run_dir),
+        "data": f"{spec} ({part})",
+        "evaluated_on": "folder",
+        **metrics,
+        "resized": {"to": f"{width}x{height}", "from": dict(sorted(resized.items()))},
+        "training_images": overlap,
+        "training_source": trained,
+    }, mistakes
 
 
 def model_inputs(split, height: int, width: int, channels: int) -> tuple[np.ndarray, dict[str, int], list[str] | None]:
@@ -126,7 +144,9 @@ def model_inputs(split, height: int, width: int, channels: int) -> tuple[np.ndar
             size = f"{image.shape[1]}x{image.shape[0]}"
             resized[size] = resized.get(size, 0) + 1
         image = resize_to(image, height, width).reshape(height, width, -1)  # OpenCV drops a single channel's axis
-        if channels == 1 and image.shape[2] == 3:  # a grayscale model (MNIST's): the luma, with the ITU-R 601 weights of PIL's convert("L")
+        if (
+            channels == 1 and image.shape[2] == 3
+        ):  # a grayscale model (MNIST's): the luma, with the ITU-R 601 weights of PIL's convert("L")
             image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
         elif channels == 3 and image.shape[2] == 1:  # a colour model on grayscale arrays
             image = np.repeat(image, 3, axis=2)
@@ -138,7 +158,12 @@ def training_images(run: RunRecord, digests: list[str] | None) -> dict:
     """How many of the evaluated files (their sha256 digests; None for decoded arrays) the model's store has in
     train/: "count" None when that cannot be told (arrays, or a store gone, changed, or predating the record), with the reason."""
     location = run.options.store if run.options is not None else None
-    result = {"count": None, "of": len(digests) if digests is not None else None, "store": location, "unknown_because": None}
+    result = {
+        "count": None,
+        "of": len(digests) if digests is not None else None,
+        "store": location,
+        "unknown_because": None,
+    }
     if digests is None:
         return {**result, "unknown_because": "the source's images are arrays, not image files"}
     if not location:
@@ -155,8 +180,11 @@ def training_images(run: RunRecord, digests: list[str] | None) -> dict:
         return {**result, "unknown_because": f"{location} is no longer the store it was trained from"}
     trained = train_file_digests(storage)
     if trained is None:
-        return {**result, "unknown_because": f"its store {location} does not record its training files "
-                                             "(built from arrays, or by an older augzarr)"}
+        return {
+            **result,
+            "unknown_because": f"its store {location} does not record its training files "
+            "(built from arrays, or by an older augzarr)",
+        }
     return {**result, "count": sum(key in trained for key in digest_keys(digests))}
 
 
@@ -166,8 +194,10 @@ def training_warning(metrics: dict, source) -> str | None:
         return None
     overlap = metrics.get("training_images") or {}
     if overlap.get("count"):
-        what = (f"--source {source}: {overlap['count']:,} of its {count(overlap['of'], 'image')} {'was' if overlap['count'] == 1 else 'were'} "
-                f"in the model's training data (found by content among the files its store {overlap['store']} was built from)")
+        what = (
+            f"--source {source}: {overlap['count']:,} of its {count(overlap['of'], 'image')} {'was' if overlap['count'] == 1 else 'were'} "
+            f"in the model's training data (found by content among the files its store {overlap['store']} was built from)"
+        )
     else:
         what = f"--source {source} holds the images the model's store was built from (same folder or content hash): most of them were trained on"
     return f"{what}, so this is not a held-out score; use --store with its val or test split, or images the model never saw"
@@ -178,8 +208,10 @@ def training_note(metrics: dict) -> str | None:
     reason = (metrics.get("training_images") or {}).get("unknown_because")
     if reason is None or metrics.get("training_source"):
         return None
-    return (f"note: the model's training images could not be looked for among these by content: {reason}; only its whole "
-            "source folder is recognised")
+    return (
+        f"note: the model's training images could not be looked for among these by content: {reason}; only its whole "
+        "source folder is recognised"
+    )
 
 
 def is_training_source(run: RunRecord, source) -> bool:
@@ -213,10 +245,13 @@ def resize_note(metrics: dict) -> str | None:
 
 def format_metrics(metrics: dict) -> str:
     low, high = metrics["accuracy_ci95"]
-    lines = [f"Test score: {metrics['loss']:.4f}", f"Test accuracy: {metrics['accuracy']:.4f}",
-             f"95% interval of the accuracy (Wilson): {low:.3f}-{high:.3f}",
-             f"expected calibration error: {metrics['calibration']['ece']:.4f} ({metrics['calibration']['bins']} equal-width confidence bins)",
-             "per-class accuracy (95% interval, Wilson):"]
+    lines = [
+        f"Test score: {metrics['loss']:.4f}",
+        f"Test accuracy: {metrics['accuracy']:.4f}",
+        f"95% interval of the accuracy (Wilson): {low:.3f}-{high:.3f}",
+        f"expected calibration error: {metrics['calibration']['ece']:.4f} ({metrics['calibration']['bins']} equal-width confidence bins)",
+        "per-class accuracy (95% interval, Wilson):",
+    ]
     width = max(len(name) for name in metrics["per_class"])
     for name, row in metrics["per_class"].items():
         accuracy = "  n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"

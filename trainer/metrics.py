@@ -53,21 +53,37 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIB
         "ece": ece,
         "bins": bins,
         "mean_confidence": float(confidence.mean()) if len(confidence) else None,
-        "table": [{"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(count[b]),
-                   "accuracy": float(accuracy[b]) if filled[b] else None,
-                   "mean_confidence": float(mean_confidence[b]) if filled[b] else None} for b in range(bins)],
+        "table": [
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": int(count[b]),
+                "accuracy": float(accuracy[b]) if filled[b] else None,
+                "mean_confidence": float(mean_confidence[b]) if filled[b] else None,
+            }
+            for b in range(bins)
+        ],
     }
 
 
-def confidently_wrong(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], k: int = MAX_MISTAKES) -> list[dict]:
+def confidently_wrong(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], k: int = MAX_MISTAKES
+) -> list[dict]:
     """The k wrong predictions made with the highest confidence, highest first (ties by row):
     row (in the evaluated order), true and predicted class, confidence."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     chosen = wrong[np.argsort(-confidence[wrong], kind="stable")[:k]]
-    return [{"row": int(i), "true": class_names[labels[i]], "predicted": class_names[predicted[i]],
-             "confidence": float(confidence[i])} for i in chosen]
+    return [
+        {
+            "row": int(i),
+            "true": class_names[labels[i]],
+            "predicted": class_names[predicted[i]],
+            "confidence": float(confidence[i]),
+        }
+        for i in chosen
+    ]
 
 
 def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
@@ -80,8 +96,11 @@ def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray, cl
     support = confusion.sum(axis=1)
     low, high = wilson_interval(np.diag(confusion), support)
     per_class = {
-        name: {"accuracy": float(confusion[c, c] / support[c]) if support[c] else None, "count": int(support[c]),
-               "ci95": [float(low[c]), float(high[c])] if support[c] else None}
+        name: {
+            "accuracy": float(confusion[c, c] / support[c]) if support[c] else None,
+            "count": int(support[c]),
+            "ci95": [float(low[c]), float(high[c])] if support[c] else None,
+        }
         for c, name in enumerate(class_names)
     }
     right = int((predicted == labels).sum())
@@ -101,7 +120,9 @@ def metrics_from_probabilities(probabilities: np.ndarray, labels: np.ndarray, cl
 
 def evaluate_stream(model, stream, class_names: list[str]) -> dict:
     """Metrics of model on a finite StoreStream (stored order), predicting batch by batch."""
-    probabilities = np.asarray(model.predict(stream, verbose=0))[:len(stream.labels)]  # a distributed run's padding left out
+    probabilities = np.asarray(model.predict(stream, verbose=0))[
+        : len(stream.labels)
+    ]  # a distributed run's padding left out
     return metrics_from_probabilities(probabilities, stream.labels, class_names)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .options import MIXES
+
 STREAM_TAG = 0x0313  # keeps these draws apart from the online operations'
 
 

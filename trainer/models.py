@@ -18,8 +18,10 @@ def keras_augment_layers(name: str, seed: int) -> list:
     horizontal flip; randaugment: keras.layers.RandAugment (2 operations, factor 0.5) before those."""
     if not name:
         return []
-    crop_flip = [layers.RandomTranslation(1 / 8, 1 / 8, fill_mode="constant", interpolation="nearest", seed=seed),
-                 layers.RandomFlip("horizontal", seed=seed + 1)]
+    crop_flip = [
+        layers.RandomTranslation(1 / 8, 1 / 8, fill_mode="constant", interpolation="nearest", seed=seed),
+        layers.RandomFlip("horizontal", seed=seed + 1),
+    ]
     if name == "crop-flip":
         return crop_flip
     return [layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 2), *crop_flip]
@@ -42,34 +44,42 @@ def classifier(n_classes: int) -> list:
 
 def shallow(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> keras.Model:
     """The notebook's first network: one 3x3 convolution, pooling, a dense layer."""
-    return keras.Sequential([
-        *uint8_input(image_shape, augment),
-        layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
-        layers.MaxPooling2D(pool_size=(2, 2)),
-        layers.Dropout(0.25),
-        *classifier(n_classes),
-    ], name="shallow")
+    return keras.Sequential(
+        [
+            *uint8_input(image_shape, augment),
+            layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Dropout(0.25),
+            *classifier(n_classes),
+        ],
+        name="shallow",
+    )
 
 
 def deep(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> keras.Model:
     """The notebook's second network. Its fourth convolution read Conv2D(64, 3, 3), which
     Keras 2 takes as a 3x3 kernel with stride 3 (a Keras 1 port bug); here it is the
     intended 3x3 kernel with stride 1, with the line's default 'valid' padding."""
-    return keras.Sequential([
-        *uint8_input(image_shape, augment),
-        layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
-        layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
-        layers.MaxPooling2D(pool_size=(2, 2)),
-        layers.Dropout(0.25),
-        layers.Conv2D(64, (3, 3), padding="same", activation="relu"),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.MaxPooling2D(pool_size=(2, 2)),
-        layers.Dropout(0.25),
-        *classifier(n_classes),
-    ], name="deep")
+    return keras.Sequential(
+        [
+            *uint8_input(image_shape, augment),
+            layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
+            layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Dropout(0.25),
+            layers.Conv2D(64, (3, 3), padding="same", activation="relu"),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Dropout(0.25),
+            *classifier(n_classes),
+        ],
+        name="deep",
+    )
 
 
-def build_model(name: str, image_shape: tuple[int, int, int], n_classes: int, keras_augment: str = "", seed: int = 0) -> keras.Model:
+def build_model(
+    name: str, image_shape: tuple[int, int, int], n_classes: int, keras_augment: str = "", seed: int = 0
+) -> keras.Model:
     """name: one of options.MODELS."""
     return BUILT_IN[name](tuple(image_shape), n_classes, keras_augment_layers(keras_augment, seed))
 

@@ -57,7 +57,7 @@ def shift(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     n, height, width, channels = images.shape
     pad_y, pad_x = max(1, round(height * SHIFT_FRACTION)), max(1, round(width * SHIFT_FRACTION))
     padded = np.zeros((n, height + 2 * pad_y, width + 2 * pad_x, channels), np.uint8)
-    padded[:, pad_y:pad_y + height, pad_x:pad_x + width] = images
+    padded[:, pad_y : pad_y + height, pad_x : pad_x + width] = images
     top = (offsets[:, 0] * (2 * pad_y + 1)).astype(np.intp)
     left = (offsets[:, 1] * (2 * pad_x + 1)).astype(np.intp)
     # every crop of every image as a view, then one gather of the chosen crop per image

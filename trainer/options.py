@@ -11,14 +11,25 @@ from augzarr.options import DEFAULT_STORE, REQUIRED, check_fields, option
 from augzarr.user_text import user_text
 
 # The names' one homes: each maps a name to what it is, for the help and the docs
-MODELS = {"deep": "the notebook's second network", "shallow": "its first"}  # models.py builds each by the function of its name
+MODELS = {
+    "deep": "the notebook's second network",
+    "shallow": "its first",
+}  # models.py builds each by the function of its name
 KERAS_AUGMENTS = {  # models.keras_augment_layers builds them
-    "crop-flip": "RandomTranslation by up to 1/8 of the side and RandomFlip", "randaugment": "keras.layers.RandAugment, then those"}
+    "crop-flip": "RandomTranslation by up to 1/8 of the side and RandomFlip",
+    "randaugment": "keras.layers.RandAugment, then those",
+}
 OPTIMIZER_NAMES = ("rmsprop", "adam", "sgd")
 LR_SCHEDULES = {"constant": "the notebook's fixed rate", "cosine": "the rate decays to 0 over the run"}
 ONLINE_OPS = {  # train --online (online.py); applied in this order, whatever order given
-    "flip": "mirror half the images", "shift": "up to 1/8 of the side", "erase": "cutout of a quarter of the side"}
-DEFAULT_ALPHA = {"mixup": 0.2, "cutmix": 1.0}  # train --mix (mixing.py), each with its Beta(alpha, alpha) default as Keras' layers have
+    "flip": "mirror half the images",
+    "shift": "up to 1/8 of the side",
+    "erase": "cutout of a quarter of the side",
+}
+DEFAULT_ALPHA = {
+    "mixup": 0.2,
+    "cutmix": 1.0,
+}  # train --mix (mixing.py), each with its Beta(alpha, alpha) default as Keras' layers have
 MIXES = tuple(DEFAULT_ALPHA)
 DEFAULT_BUFFER_CHUNKS = 8
 MAX_EPOCHS = 100_000
@@ -53,37 +64,70 @@ class TrainOptions:
 
     store: str = option(DEFAULT_STORE, "The augzarr store to train from: a folder or an object-store URL (s3://...).")
     model: str = option(
-        "deep", "A built-in network, {choices}; or your own: PATH.py:FUNCTION (FUNCTION(image_shape, n_classes) returns a Keras "
-        "model) or PATH.keras (a saved model that fits the store).", choices=MODELS, strict=False)  # validate_model checks it
+        "deep",
+        "A built-in network, {choices}; or your own: PATH.py:FUNCTION (FUNCTION(image_shape, n_classes) returns a Keras "
+        "model) or PATH.keras (a saved model that fits the store).",
+        choices=MODELS,
+        strict=False,
+    )  # validate_model checks it
     epochs: int = option(20, "Passes over the store's training rows.", low=1, high=MAX_EPOCHS)
     batch_size: int = batch_size_option(128, "Images per step.")
     optimizer: str = option("rmsprop", "One of {choices}.", choices=OPTIMIZER_NAMES)
     learning_rate: float | None = option(
-        None, "The optimizer's learning rate (its start, under --lr-schedule cosine).", low=0, low_open=True, high=MAX_LEARNING_RATE,
-        default_text="the optimizer's Keras default: 0.001 for rmsprop and adam, 0.01 for sgd")
+        None,
+        "The optimizer's learning rate (its start, under --lr-schedule cosine).",
+        low=0,
+        low_open=True,
+        high=MAX_LEARNING_RATE,
+        default_text="the optimizer's Keras default: 0.001 for rmsprop and adam, 0.01 for sgd",
+    )
     lr_schedule: str = option(  # cosine: +5.7 points at the end (BENCHMARKS.md)
-        "cosine", "One of {choices}.", choices=LR_SCHEDULES)
-    seed: int = option(0, "Seeds weights, dropout and the stream's order.", low=0, high=2**32, high_open=True, high_text="2**32")
+        "cosine", "One of {choices}.", choices=LR_SCHEDULES
+    )
+    seed: int = option(
+        0, "Seeds weights, dropout and the stream's order.", low=0, high=2**32, high_open=True, high_text="2**32"
+    )
     buffer_chunks: int = option(DEFAULT_BUFFER_CHUNKS, "Chunks shuffled together in the stream.", low=1)
     online: str = option(
-        "", "Random operations on each training batch as it is streamed, comma-separated, of {choices}.", choices=ONLINE_OPS,
-        strict=False, check=check_online)
-    mix: str = option("", "Mix each training batch with a shuffled copy of itself, labels made soft: {choices}.", choices=MIXES)
+        "",
+        "Random operations on each training batch as it is streamed, comma-separated, of {choices}.",
+        choices=ONLINE_OPS,
+        strict=False,
+        check=check_online,
+    )
+    mix: str = option(
+        "", "Mix each training batch with a shuffled copy of itself, labels made soft: {choices}.", choices=MIXES
+    )
     mix_alpha: float | None = option(
-        None, "The mix's Beta(alpha, alpha) parameter.", low=0, low_open=True, high=MAX_MIX_ALPHA,
-        default_text=", ".join(f"{alpha} for {mix}" for mix, alpha in DEFAULT_ALPHA.items()))
+        None,
+        "The mix's Beta(alpha, alpha) parameter.",
+        low=0,
+        low_open=True,
+        high=MAX_MIX_ALPHA,
+        default_text=", ".join(f"{alpha} for {mix}" for mix, alpha in DEFAULT_ALPHA.items()),
+    )
     keras_augment: str = option(
-        "", "Online augmentation by Keras preprocessing layers in the model (the usual alternative to stored copies): {choices}.",
-        choices=KERAS_AUGMENTS)
+        "",
+        "Online augmentation by Keras preprocessing layers in the model (the usual alternative to stored copies): {choices}.",
+        choices=KERAS_AUGMENTS,
+    )
     distribute: bool = option(  # distribute.py
-        False, "Train data-parallel over every local accelerator (MirroredStrategy on TensorFlow, DataParallel on JAX); "
-        "--batch-size is then the global batch.", flags=("--distribute/--no-distribute",))
+        False,
+        "Train data-parallel over every local accelerator (MirroredStrategy on TensorFlow, DataParallel on JAX); "
+        "--batch-size is then the global batch.",
+        flags=("--distribute/--no-distribute",),
+    )
     devices: str = option(
-        "", "With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them).",
-        default_text="every accelerator, else every CPU device")
+        "",
+        "With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them).",
+        default_text="every accelerator, else every CPU device",
+    )
     tensorboard: bool = option(  # tensorboard_logs.py
-        False, "Write TensorBoard logs into RUN/tensorboard: loss, accuracy and learning rate per epoch, and a few training "
-        "images as streamed.", flags=("--tensorboard/--no-tensorboard",))
+        False,
+        "Write TensorBoard logs into RUN/tensorboard: loss, accuracy and learning rate per epoch, and a few training "
+        "images as streamed.",
+        flags=("--tensorboard/--no-tensorboard",),
+    )
 
     def validate(self) -> None:
         check_fields(self)
@@ -104,9 +148,13 @@ class TrainOptions:
         except ValueError as exc:
             raise OptionError(str(exc)) from None
         if spec is None:
-            raise OptionError(f"--model must be one of {', '.join(MODELS)}, or your own as PATH.py:FUNCTION or PATH.keras")
+            raise OptionError(
+                f"--model must be one of {', '.join(MODELS)}, or your own as PATH.py:FUNCTION or PATH.keras"
+            )
         if self.keras_augment:
-            raise OptionError("--keras-augment puts its layers into the built-in models only: put them into your own --model")
+            raise OptionError(
+                "--keras-augment puts its layers into the built-in models only: put them into your own --model"
+            )
 
     @property
     def device_list(self) -> list[str] | None:
@@ -136,12 +184,19 @@ class TrainRunOptions:
     """What train does besides the run's settings: where the run goes, and what it says."""
 
     out: Path | None = option(
-        None, "Run folder.", default_text="runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing")
+        None,
+        "Run folder.",
+        default_text="runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing",
+    )
     resume: bool = option(False, "Continue an interrupted run from its last finished epoch.")
     quiet: bool = option(False, "No per-epoch progress.")
     intended_use: str | None = option(
-        None, "What the model is for and what it must not be used for, in your words: the model card's 'Intended use and "
-        "out-of-scope uses' section.", check=user_text, default_text="a placeholder saying it was not given")
+        None,
+        "What the model is for and what it must not be used for, in your words: the model card's 'Intended use and "
+        "out-of-scope uses' section.",
+        check=user_text,
+        default_text="a placeholder saying it was not given",
+    )
 
 
 @dataclass
@@ -149,21 +204,33 @@ class EvaluateOptions:
     """evaluate's options."""
 
     model: Path = option(REQUIRED, "A finished run folder (train --out).")
-    store: str | None = option(None, "Evaluate on this store's test split (val when it has none): a folder or an object-store URL.")
-    source: Path | None = option(None, "Or on a source's images: an image folder DIR/<class>/<image> with the model's classes, or any "
-                                 "--source of build-aug (its test split, else val, else all of it).")
-    split: str | None = option(None, "With --store: one of {choices}.", choices=("test", "val"), default_text="test, else val")
+    store: str | None = option(
+        None, "Evaluate on this store's test split (val when it has none): a folder or an object-store URL."
+    )
+    source: Path | None = option(
+        None,
+        "Or on a source's images: an image folder DIR/<class>/<image> with the model's classes, or any "
+        "--source of build-aug (its test split, else val, else all of it).",
+    )
+    split: str | None = option(
+        None, "With --store: one of {choices}.", choices=("test", "val"), default_text="test, else val"
+    )
     batch_size: int = batch_size_option(256, "Images per prediction step.")
     json_out: Path | None = option(
-        None, "Also write the results to this JSON file, with a reliability diagram and a grid of the most confident mistakes "
-        "beside it (NAME-reliability.png, NAME-mistakes.png).", flags=("--json",))
+        None,
+        "Also write the results to this JSON file, with a reliability diagram and a grid of the most confident mistakes "
+        "beside it (NAME-reliability.png, NAME-mistakes.png).",
+        flags=("--json",),
+    )
 
     def validate(self) -> None:
         check_fields(self)
         if (self.store is None) == (self.source is None):
             raise OptionError("give exactly one of --store PATH or --source DIR")
         if self.split is not None and self.source is not None:
-            raise OptionError("--split applies to --store only; an image folder is evaluated on its test/ part, else its val/ part, else all its images")
+            raise OptionError(
+                "--split applies to --store only; an image folder is evaluated on its test/ part, else its val/ part, else all its images"
+            )
         if self.json_out is not None and Path(self.json_out).is_dir():
             raise UserError(f"--json {self.json_out} is a folder; give a file name for the results")
 

@@ -91,11 +91,19 @@ def call_model_function(spec: ModelSpec, image_shape: tuple[int, ...], n_classes
     module = import_model_file(spec)
     function = getattr(module, spec.function, None)
     if function is None:
-        defined = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == module.__name__)
-        raise UserError(f"--model {spec.spec}: {spec.path} has no function {spec.function}"
-                        + (f" (it defines {listed(defined, limit=SHOWN_LINES)})" if defined else ""))
+        defined = sorted(
+            n
+            for n, v in vars(module).items()
+            if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == module.__name__
+        )
+        raise UserError(
+            f"--model {spec.spec}: {spec.path} has no function {spec.function}"
+            + (f" (it defines {listed(defined, limit=SHOWN_LINES)})" if defined else "")
+        )
     if not callable(function):
-        raise UserError(f"--model {spec.spec}: {spec.function} in {spec.path} is {article(type(function).__name__)}, not a function")
+        raise UserError(
+            f"--model {spec.spec}: {spec.function} in {spec.path} is {article(type(function).__name__)}, not a function"
+        )
     call = f"{spec.function}({tuple(image_shape)}, {n_classes})"
     try:
         model = function(tuple(image_shape), n_classes)
@@ -118,8 +126,10 @@ def load_model_file(spec: ModelSpec):
     try:
         return keras.models.load_model(spec.path, compile=False)
     except Exception as exc:
-        raise UserError(f"--model {spec.spec}: Keras cannot load it as a model ({first_line(exc)}); "
-                        "give a file saved by model.save('NAME.keras'), with any custom layer registered") from None
+        raise UserError(
+            f"--model {spec.spec}: Keras cannot load it as a model ({first_line(exc)}); "
+            "give a file saved by model.save('NAME.keras'), with any custom layer registered"
+        ) from None
 
 
 def shape_text(shape) -> str:
@@ -141,11 +151,18 @@ def check_fits(spec: ModelSpec, model, image_shape: tuple[int, ...], n_classes: 
         try:
             outputs = model.compute_output_shape(inputs)
         except Exception as exc:
-            raise UserError(f"{what} cannot tell its output shape for {shape_text(image_shape)} images: {first_line(exc)}") from None
+            raise UserError(
+                f"{what} cannot tell its output shape for {shape_text(image_shape)} images: {first_line(exc)}"
+            ) from None
     if isinstance(inputs, list) or isinstance(outputs, list) or isinstance(inputs, dict) or isinstance(outputs, dict):
-        raise UserError(f"{what} has several inputs or outputs; train feeds it one batch of images and wants one class-probability output")
-    hint = ("make it use the image_shape and n_classes it is given" if spec.kind == "python"
-            else "train it for this store's images and classes, or build a store of its shape (build-aug --image-size)")
+        raise UserError(
+            f"{what} has several inputs or outputs; train feeds it one batch of images and wants one class-probability output"
+        )
+    hint = (
+        "make it use the image_shape and n_classes it is given"
+        if spec.kind == "python"
+        else "train it for this store's images and classes, or build a store of its shape (build-aug --image-size)"
+    )
     check_shapes(what, inputs, outputs, image_shape, n_classes, hint)
 
 
@@ -158,8 +175,10 @@ def check_shapes(what: str, inputs, outputs, image_shape, n_classes: int, hint: 
     fits = len(takes) == len(image_shape) and all(t is None or t == s for t, s in zip(takes, image_shape))
     if not fits or gives != n_classes or len(outputs) != 2:
         out = f"{gives} classes" if len(outputs) == 2 else f"outputs of shape {shape_text(outputs[1:])}"
-        raise UserError(f"{what} takes {shape_text(takes)} images into {out}, the store holds {shape_text(image_shape)} images "
-                        f"of {n_classes} classes: {hint}")
+        raise UserError(
+            f"{what} takes {shape_text(takes)} images into {out}, the store holds {shape_text(image_shape)} images "
+            f"of {n_classes} classes: {hint}"
+        )
 
 
 def check_probabilities(spec: ModelSpec, model) -> None:
@@ -169,9 +188,13 @@ def check_probabilities(spec: ModelSpec, model) -> None:
 
     last = model.layers[-1] if getattr(model, "layers", None) else None
     if getattr(last, "activation", None) is keras.activations.linear:
-        what = f"--model {spec.spec}" + (f": {spec.function}() returned a model whose" if spec.kind == "python" else ": its")
-        raise UserError(f"{what} last layer ({last.name}) outputs raw scores (linear activation), but train's loss takes class "
-                        'probabilities: end the model with activation="softmax"')
+        what = f"--model {spec.spec}" + (
+            f": {spec.function}() returned a model whose" if spec.kind == "python" else ": its"
+        )
+        raise UserError(
+            f"{what} last layer ({last.name}) outputs raw scores (linear activation), but train's loss takes class "
+            'probabilities: end the model with activation="softmax"'
+        )
 
 
 def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int) -> tuple[object, ModelInfo]:
@@ -186,8 +209,14 @@ def own_model(spec_text: str, image_shape: tuple[int, ...], n_classes: int) -> t
     check_fits(spec, model, image_shape, n_classes)
     check_probabilities(spec, model)
     python = spec.kind == "python"
-    return model, ModelInfo(spec.spec, spec.kind, str(spec.path.resolve()), file_sha256(spec.path),
-                            function=spec.function if python else None, came_compiled=came_compiled if python else None)
+    return model, ModelInfo(
+        spec.spec,
+        spec.kind,
+        str(spec.path.resolve()),
+        file_sha256(spec.path),
+        function=spec.function if python else None,
+        came_compiled=came_compiled if python else None,
+    )
 
 
 def before_checkpoint_load(record: ModelInfo | None) -> None:

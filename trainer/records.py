@@ -38,7 +38,7 @@ DEFAULTS_BEFORE_RECORDED = {"lr_schedule": "constant"}
 
 def now_utc() -> str:
     """An ISO time to the microsecond: runs started within one second still order by it."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def read_json_object(path: Path) -> dict | None:
@@ -193,7 +193,7 @@ class RunRecord:
         run.json was last written."""
         if self.updated_utc:
             return self.updated_utc
-        mtime = datetime.datetime.fromtimestamp((run_dir / RUN_JSON).stat().st_mtime, datetime.timezone.utc)
+        mtime = datetime.datetime.fromtimestamp((run_dir / RUN_JSON).stat().st_mtime, datetime.UTC)
         return mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     @property
@@ -215,16 +215,25 @@ class RunRecord:
         if model is None and options is not None:
             model = ModelInfo(options.model, BUILT_IN, parameters=raw.get("parameters"))
         return cls(
-            status=raw.get("status"), run_dir=raw.get("run_dir"), options=options,
+            status=raw.get("status"),
+            run_dir=raw.get("run_dir"),
+            options=options,
             store_fingerprint=StoreFingerprint.from_json(raw.get("store_fingerprint")),
             store_source=StoreSource.from_json(raw.get("store_source")),
-            updated_utc=raw.get("updated_utc"), backend=raw.get("backend"),
+            updated_utc=raw.get("updated_utc"),
+            backend=raw.get("backend"),
             versions=raw.get("versions") if isinstance(raw.get("versions"), dict) else {},
-            model=model, learning_rate=raw.get("learning_rate"),
+            model=model,
+            learning_rate=raw.get("learning_rate"),
             mix_alpha=raw["mix_alpha"] if "mix_alpha" in raw else default_alpha(options),
             devices=DevicesUsed(tuple(devices), bool(raw.get("distributed", bool(devices)))),
-            train_rows=raw.get("train_rows"), class_names=raw.get("class_names"), image_shape=raw.get("image_shape"),
-            intended_use=raw.get("intended_use"), evaluated_on=raw.get("evaluated_on"), finished_utc=raw.get("finished_utc"))
+            train_rows=raw.get("train_rows"),
+            class_names=raw.get("class_names"),
+            image_shape=raw.get("image_shape"),
+            intended_use=raw.get("intended_use"),
+            evaluated_on=raw.get("evaluated_on"),
+            finished_utc=raw.get("finished_utc"),
+        )
 
     def to_json(self) -> dict:
         return {
@@ -293,7 +302,9 @@ class Progress:
         """The run's progress; no epoch finished when there is none."""
         raw = read_json_object(cls.path(run_dir)) or {}
         done, history = raw.get("epochs_done"), raw.get("history")
-        return cls(done if isinstance(done, int) else 0, raw.get("checkpoint"), history if isinstance(history, list) else [])
+        return cls(
+            done if isinstance(done, int) else 0, raw.get("checkpoint"), history if isinstance(history, list) else []
+        )
 
     def write(self, run_dir: Path) -> None:
         write_atomic(self.path(run_dir), json.dumps(asdict(self)))

@@ -16,26 +16,36 @@ import numpy as np  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 
 from augzarr.fonts import font_with_glyphs  # noqa: E402
-from augzarr.wording import count  # noqa: E402
-
 from augzarr.storage.local import write_atomic  # noqa: E402
 from augzarr.store_format import StoreAttrs  # noqa: E402
+from augzarr.wording import count  # noqa: E402
 
 from .metrics import class_gap  # noqa: E402
 from .options import TrainOptions  # noqa: E402
 from .records import DevicesUsed, ModelInfo, RunRecord  # noqa: E402
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second")
+HISTORY_COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+    "images_per_second",
+)
 
 
 def glyphs_quiet(draw):
     """A plot function whose texts no font here can draw (a path in a script DejaVu lacks) draws them as boxes
     without matplotlib's warning on stderr: class names get a font that has them, or their index, before that."""
+
     @functools.wraps(draw)
     def quiet(*args, **kwargs):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Glyph .* missing")
             return draw(*args, **kwargs)
+
     return quiet
 
 
@@ -116,19 +126,28 @@ def confusion_figure(metrics: dict, title: str):
     axis.set_title(title)
     if named:
         if class_ticks(axis, names):
-            axis.set_xlabel("predicted (a number is a class index: a name no font here can draw; names in metrics.json)")
+            axis.set_xlabel(
+                "predicted (a number is a class index: a name no font here can draw; names in metrics.json)"
+            )
     else:
         axis.set_xlabel("predicted (class index; names in metrics.json)")
         axis.set_ylabel("true (class index)")
         side.axis("off")
         side.set_title(f"most confused of {len(names)} classes", loc="left")
-        pairs = [(count, shown_name(names, i), shown_name(names, j)) for i, j, count in most_confused(confusion, TOP_CONFUSED)]
+        pairs = [
+            (count, shown_name(names, i), shown_name(names, j))
+            for i, j, count in most_confused(confusion, TOP_CONFUSED)
+        ]
         listing = "\n".join(f"{count:,}  {true} -> {predicted}" for count, true, predicted in pairs) or "none"
-        side.text(0, 1, listing, va="top", ha="left", transform=side.transAxes, fontsize=11, fontproperties=text_font(listing))
+        side.text(
+            0, 1, listing, va="top", ha="left", transform=side.transAxes, fontsize=11, fontproperties=text_font(listing)
+        )
     threshold = confusion.max() / 2 if confusion.size else 0
     if len(names) <= MAX_CELL_COUNTS:
         for (i, j), value in np.ndenumerate(confusion):
-            axis.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black")
+            axis.text(
+                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
+            )
     figure.tight_layout()
     return figure
 
@@ -172,9 +191,27 @@ def plot_reliability(calibration: dict, path: Path, title: str) -> None:
     accuracy = np.array([row["accuracy"] or 0.0 for row in table])
     confidence = np.array([row["mean_confidence"] or 0.0 for row in table])
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
-    top.bar(lower[filled], accuracy[filled], width=width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
-    top.bar(lower[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width, align="edge",
-            color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+    top.bar(
+        lower[filled],
+        accuracy[filled],
+        width=width,
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        label="accuracy",
+    )
+    top.bar(
+        lower[filled],
+        (confidence - accuracy)[filled],
+        bottom=accuracy[filled],
+        width=width,
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to mean confidence",
+    )
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -206,9 +243,13 @@ def plot_mistakes(images: np.ndarray, mistakes: list[dict], path: Path, title: s
         axis.axis("off")
     for axis, image, mistake in zip(axes.flat, images, mistakes):
         gray = image.shape[-1] == 1
-        axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
-        label = (f"true: {mistake['true'][:MAX_LABEL_CHARS]}\npredicted: {mistake['predicted'][:MAX_LABEL_CHARS]}\n"
-                 f"confidence {mistake['confidence']:.3f}")
+        axis.imshow(
+            image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest"
+        )
+        label = (
+            f"true: {mistake['true'][:MAX_LABEL_CHARS]}\npredicted: {mistake['predicted'][:MAX_LABEL_CHARS]}\n"
+            f"confidence {mistake['confidence']:.3f}"
+        )
         axis.set_title(label, fontsize=8, fontproperties=text_font(label))
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
@@ -232,16 +273,19 @@ def training_rate_lines(history: list[dict], backend: str | None) -> list[str]:
     rates = epoch_training_rates(history)
     if not rates:
         return []
-    return [f"- training rate: {median_training_rate(history):,.0f} images/s (median of {count(len(rates), 'epoch')}; first {rates[0]:,.0f}, "
-            f"last {rates[-1]:,.0f}) on the {backend} backend, validation not counted"]
+    return [
+        f"- training rate: {median_training_rate(history):,.0f} images/s (median of {count(len(rates), 'epoch')}; first {rates[0]:,.0f}, "
+        f"last {rates[-1]:,.0f}) on the {backend} backend, validation not counted"
+    ]
 
 
 def model_line(model: ModelInfo) -> str:
     """Which model was trained: a built-in name, or the user's own (train --model PATH.py:FUNCTION or PATH.keras) with its file's sha256."""
     line = f"- model: `{model.spec}`, {model.parameters or 0:,} parameters"
     if model.kind == "python":
-        line += (f"; your own, built by `{model.function}()` in `{model.file}` (sha256 `{model.sha256}`), "
-                 + ("compiled there and compiled again by train" if model.came_compiled else "compiled by train"))
+        line += f"; your own, built by `{model.function}()` in `{model.file}` (sha256 `{model.sha256}`), " + (
+            "compiled there and compiled again by train" if model.came_compiled else "compiled by train"
+        )
     elif model.kind == "keras":
         line += f"; your own, loaded from `{model.file}` (sha256 `{model.sha256}`) with its weights, compiled by train"
     return line
@@ -259,9 +303,21 @@ def model_card(run: RunRecord, store_attrs: StoreAttrs, metrics: dict, history: 
     """The run's model card (model_card.md), section by section: data, training, results, use and its limits."""
     model = run.model or ModelInfo(run.options.model)
     title = f"# Model card: {run.options.model}{'' if model.is_own else ' CNN'}, {run.run_dir}"
-    lines = [title, "", *data_lines(run.options, store_attrs, metrics), "", *training_lines(run, model, history), "",
-             *results_lines(run.evaluated_on, metrics), "", *calibration_lines(metrics, run.evaluated_on), "",
-             *mistake_lines(metrics, run.evaluated_on), "", *use_lines(run, store_attrs, metrics)]
+    lines = [
+        title,
+        "",
+        *data_lines(run.options, store_attrs, metrics),
+        "",
+        *training_lines(run, model, history),
+        "",
+        *results_lines(run.evaluated_on, metrics),
+        "",
+        *calibration_lines(metrics, run.evaluated_on),
+        "",
+        *mistake_lines(metrics, run.evaluated_on),
+        "",
+        *use_lines(run, store_attrs, metrics),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -276,8 +332,11 @@ def data_lines(options: TrainOptions, store_attrs: StoreAttrs, metrics: dict) ->
         f"- source content hash: `{source.content_hash}`",
         *provenance_lines(store_attrs),
         f"- augmentation policy: `{policy.get('name')}`; copies per image: {store_attrs.copies}; originals included: {store_attrs.include_original}; build seed: {store_attrs.seed}",
-        (f"- validation: {store_attrs.val_fraction} of the training images, held out (stratified) before augmenting"
-         if store_attrs.val_fraction is not None else f"- validation: the source's own validation folder ({source.layout})"),
+        (
+            f"- validation: {store_attrs.val_fraction} of the training images, held out (stratified) before augmenting"
+            if store_attrs.val_fraction is not None
+            else f"- validation: the source's own validation folder ({source.layout})"
+        ),
         f"- classes ({len(metrics['class_names'])}): {', '.join(metrics['class_names'])}",
         f"- image shape: {tuple(store_attrs.image_shape)}",
     ]
@@ -300,7 +359,11 @@ def training_lines(run: RunRecord, model: ModelInfo, history: list[dict]) -> lis
         devices_line(run.devices, options.batch_size),
         *training_rate_lines(history, run.backend),
         f"- final epoch: loss {final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.4f}"
-        + (f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}" if "val_loss" in final else ""),
+        + (
+            f", val loss {final['val_loss']:.4f}, val accuracy {final['val_accuracy']:.4f}"
+            if "val_loss" in final
+            else ""
+        ),
     ]
 
 
@@ -329,9 +392,14 @@ def use_lines(run: RunRecord, store_attrs: StoreAttrs, metrics: dict) -> list[st
     lines = [
         "## Intended use and out-of-scope uses",
         "",
-        *(quoted(run.intended_use) if run.intended_use else [
-            "_Not given: whoever trained this model did not state what it is for (train --intended-use TEXT records it). "
-            "Without that statement, treat every use beyond judging this experiment as out of scope._"]),
+        *(
+            quoted(run.intended_use)
+            if run.intended_use
+            else [
+                "_Not given: whoever trained this model did not state what it is for (train --intended-use TEXT records it). "
+                "Without that statement, treat every use beyond judging this experiment as out of scope._"
+            ]
+        ),
         "",
         "## Known limits of use",
         "",
@@ -346,8 +414,10 @@ def use_lines(run: RunRecord, store_attrs: StoreAttrs, metrics: dict) -> list[st
         "on other images it can be larger.",
     ]
     if run.evaluated_on != "test":
-        lines.append("- The store has no test split: these results are on the validation split, held out from training "
-                     "(no copy of its images was trained on) and used for no choice here, but not an independent test set.")
+        lines.append(
+            "- The store has no test split: these results are on the validation split, held out from training "
+            "(no copy of its images was trained on) and used for no choice here, but not an independent test set."
+        )
     return lines
 
 
@@ -374,7 +444,13 @@ def provenance_lines(attrs: StoreAttrs) -> list[str]:
 def calibration_lines(metrics: dict, evaluated_on: str) -> list[str]:
     found = metrics["calibration"]
     mean_confidence, accuracy = found["mean_confidence"], metrics["accuracy"]
-    leaning = "overconfident" if mean_confidence > accuracy else "underconfident" if mean_confidence < accuracy else "neither over- nor underconfident"
+    leaning = (
+        "overconfident"
+        if mean_confidence > accuracy
+        else "underconfident"
+        if mean_confidence < accuracy
+        else "neither over- nor underconfident"
+    )
     return [
         "## Calibration",
         "",

@@ -47,8 +47,10 @@ def release(fd: int) -> None:
 
 
 def live_run_message(run_dir: Path) -> str:
-    return (f"another train is writing {run_dir} right now: wait for it to finish, or stop it "
-            f"(then train --resume --out {run_dir} continues it)")
+    return (
+        f"another train is writing {run_dir} right now: wait for it to finish, or stop it "
+        f"(then train --resume --out {run_dir} continues it)"
+    )
 
 
 def lock_run_dir(run_dir: Path) -> int:

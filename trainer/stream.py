@@ -46,9 +46,21 @@ class StoreStream(keras.utils.PyDataset):
     --distribute over several hosts); batch_multiple: the devices each batch is split over (below).
     """
 
-    def __init__(self, store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
-                 start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS, online: tuple[str, ...] = (),
-                 mix: BatchMix | None = None, soft_labels: bool = False, shard: tuple[int, int] = (0, 1), batch_multiple: int = 1):
+    def __init__(
+        self,
+        store: OpenStore,
+        split: str,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        start_epoch: int = 0,
+        buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+        online: tuple[str, ...] = (),
+        mix: BatchMix | None = None,
+        soft_labels: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        batch_multiple: int = 1,
+    ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.storage = store.storage
         self.images = store.images(split)
@@ -60,7 +72,9 @@ class StoreStream(keras.utils.PyDataset):
         self.chunk_rows = self.images.chunks[0]
         self.n_chunks = -(-self.split_rows // self.chunk_rows)
         self.shard = shard
-        self.rows = int(chunk_sizes(self.split_rows, self.chunk_rows, shard_chunks(self.n_chunks, shard)).sum())  # this process's share
+        self.rows = int(
+            chunk_sizes(self.split_rows, self.chunk_rows, shard_chunks(self.n_chunks, shard)).sum()
+        )  # this process's share
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -84,18 +98,27 @@ class StoreStream(keras.utils.PyDataset):
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(chunks in visiting order, first epoch position of each window plus the end)."""
-        return epoch_plan(self.split_rows, self.chunk_rows, self.buffer_chunks, self.seed if self.shuffle else None, epoch, self.shard)
+        return epoch_plan(
+            self.split_rows, self.chunk_rows, self.buffer_chunks, self.seed if self.shuffle else None, epoch, self.shard
+        )
 
     def load_window(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray]:
         order, _ = self.plan(epoch)
-        chunks = order[window * self.buffer_chunks:(window + 1) * self.buffer_chunks]
+        chunks = order[window * self.buffer_chunks : (window + 1) * self.buffer_chunks]
         sizes = chunk_sizes(self.split_rows, self.chunk_rows, chunks)
         images = np.empty((int(sizes.sum()), *self.images.shape[1:]), self.images.dtype)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
         # every chunk straight from storage into its place (fetched together from an object store): no
         # copy through zarr's pipeline or a concatenation, and the GIL free while a local file is read
-        read_chunks(self.storage, self.images, chunks.tolist(), [images[at:at + n] for at, n in zip(starts, sizes.tolist())])
-        labels = np.concatenate([self.labels[c * self.chunk_rows:c * self.chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())])
+        read_chunks(
+            self.storage, self.images, chunks.tolist(), [images[at : at + n] for at, n in zip(starts, sizes.tolist())]
+        )
+        labels = np.concatenate(
+            [
+                self.labels[c * self.chunk_rows : c * self.chunk_rows + n]
+                for c, n in zip(chunks.tolist(), sizes.tolist())
+            ]
+        )
         if self.shuffle:
             rows = window_order(self.seed, epoch, window, len(images))
             # np.take: a gather that leaves the GIL to the training loop (a scatter is twice as slow)
@@ -145,14 +168,22 @@ class StoreStream(keras.utils.PyDataset):
         one epoch's batch sizes, so the last batch of each epoch is partial and none straddles two
         epochs, as in __getitem__. A damaged chunk raises from the same generator mechanism as before.
         With per-batch work (--online, --mix, soft labels: __getitem__ does it) it stays the stream."""
-        if keras.backend.backend() != "tensorflow" or self.online or self.mix or self.soft_classes or self.served_rows != self.rows:
+        if (
+            keras.backend.backend() != "tensorflow"
+            or self.online
+            or self.mix
+            or self.soft_classes
+            or self.served_rows != self.rows
+        ):
             return self
         import tensorflow as tf
 
         full, last = divmod(self.rows, self.batch_size)
         sizes = tf.constant([self.batch_size] * full + ([last] if last else []), tf.int64)
-        signature = (tf.TensorSpec((None, *self.images.shape[1:]), tf.as_dtype(self.images.dtype)),
-                     tf.TensorSpec((None,), tf.int32))
+        signature = (
+            tf.TensorSpec((None, *self.images.shape[1:]), tf.as_dtype(self.images.dtype)),
+            tf.TensorSpec((None,), tf.int32),
+        )
         windows = tf.data.Dataset.from_generator(self.windows, output_signature=signature)
         return windows.rebatch(sizes).prefetch(tf.data.AUTOTUNE)
 

@@ -23,8 +23,10 @@ IMAGE_TAG = "training_images"
 def check_available() -> None:
     """Before a run folder is claimed: without the tensorboard package tf.summary cannot write a scalar."""
     if importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--tensorboard needs the tensorboard package, which is missing here: pip install tensorboard "
-                        "(augzarr's dependencies include it), or train without --tensorboard")
+        raise UserError(
+            "--tensorboard needs the tensorboard package, which is missing here: pip install tensorboard "
+            "(augzarr's dependencies include it), or train without --tensorboard"
+        )
 
 
 class StreamedImages(keras.callbacks.Callback):
@@ -46,8 +48,13 @@ class StreamedImages(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(str(self.log_dir / "train"))
         images = self.stream[(epoch - self.first_epoch) * self.stream.batches_per_epoch][0][:IMAGES_PER_EPOCH]
         with self.writer.as_default():
-            tf.summary.image(IMAGE_TAG, images, step=epoch, max_outputs=IMAGES_PER_EPOCH,
-                             description="the first images of the epoch's first training batch, as streamed (after --online and --mix)")
+            tf.summary.image(
+                IMAGE_TAG,
+                images,
+                step=epoch,
+                max_outputs=IMAGES_PER_EPOCH,
+                description="the first images of the epoch's first training batch, as streamed (after --online and --mix)",
+            )
         self.writer.flush()
 
     def on_train_end(self, logs=None):
@@ -61,5 +68,7 @@ def tensorboard_callbacks(run_dir: Path, image_stream, first_epoch: int) -> list
     """Loss and accuracy (train and validation) and the learning rate per epoch, by Keras' own callback;
     then the streamed images. No graph or profile: neither exists on every backend, and both cost time."""
     log_dir = run_dir / LOG_DIR
-    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch", profile_batch=0),
-            StreamedImages(log_dir, image_stream, first_epoch)]
+    return [
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch", profile_batch=0),
+        StreamedImages(log_dir, image_stream, first_epoch),
+    ]

@@ -29,8 +29,15 @@ from .stream import epoch_plan
 PARALLEL_WINDOWS = 2
 
 
-def store_dataset(store: OpenStore, split: str, batch_size: int, shuffle: bool, seed: int = 0,
-                  start_epoch: int = 0, buffer_chunks: int = DEFAULT_BUFFER_CHUNKS) -> tf.data.Dataset | None:
+def store_dataset(
+    store: OpenStore,
+    split: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    start_epoch: int = 0,
+    buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
+) -> tf.data.Dataset | None:
     """Batches (images uint8 [b, H, W, C], labels int32 [b]) equal to StoreStream(store, split, ...)[i]
     for i = 0, 1, ...: endless when shuffle (epoch start_epoch, then the next, ...), one pass when not.
     None when the split's image chunks are not raw files of a local store."""
@@ -72,7 +79,7 @@ class WindowReader:
         the window's chunk files stacked [k * chunk_rows] (the last chunk's padding left out)."""
         epoch, w = int(epoch), int(w)
         order, _ = epoch_plan(self.rows, self.chunk_rows, self.buffer_chunks, self.seed, epoch)
-        chunks = order[w * self.buffer_chunks:(w + 1) * self.buffer_chunks]
+        chunks = order[w * self.buffer_chunks : (w + 1) * self.buffer_chunks]
         sizes = np.minimum(self.chunk_rows, self.rows - chunks * self.chunk_rows)
         stacked = np.concatenate([j * self.chunk_rows + np.arange(n) for j, n in enumerate(sizes.tolist())])
         if self.seed is not None:  # StoreStream.load_window's permutation
@@ -82,17 +89,28 @@ class WindowReader:
     def read_chunk(self, path: tf.Tensor) -> tf.Tensor:
         data = tf.io.decode_raw(tf.io.read_file(path), tf.uint8)
         # open_store checked every size; a file cut short since then is named, not mistaken for a shape bug
-        check = tf.debugging.Assert(tf.equal(tf.size(data), self.chunk_bytes), [
-            "chunk file", path, f"does not hold {self.chunk_bytes:,} bytes: the store was damaged after it was opened; "
-            "check it with inspect-aug --verify"])
+        check = tf.debugging.Assert(
+            tf.equal(tf.size(data), self.chunk_bytes),
+            [
+                "chunk file",
+                path,
+                f"does not hold {self.chunk_bytes:,} bytes: the store was damaged after it was opened; "
+                "check it with inspect-aug --verify",
+            ],
+        )
         with tf.control_dependencies([check]):
             return tf.identity(data)
 
     def read_window(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        chunks, picked = tf.numpy_function(self.window_plan, [index // self.n_windows, index % self.n_windows], [tf.int64, tf.int64],
-                                           stateful=False)
+        chunks, picked = tf.numpy_function(
+            self.window_plan, [index // self.n_windows, index % self.n_windows], [tf.int64, tf.int64], stateful=False
+        )
         chunks.set_shape([None]), picked.set_shape([None])
-        files = tf.map_fn(self.read_chunk, tf.gather(self.paths, chunks), fn_output_signature=tf.TensorSpec([self.chunk_bytes], tf.uint8))
+        files = tf.map_fn(
+            self.read_chunk,
+            tf.gather(self.paths, chunks),
+            fn_output_signature=tf.TensorSpec([self.chunk_bytes], tf.uint8),
+        )
         window = tf.gather(tf.reshape(files, (-1, *self.shape)), picked)
         # a picked row's chunk and offset give its row in the split, for its label
         global_rows = tf.gather(chunks, picked // self.chunk_rows) * self.chunk_rows + picked % self.chunk_rows

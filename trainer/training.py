@@ -22,9 +22,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -34,15 +34,36 @@ from augzarr.storage.local import write_atomic
 from augzarr.store_format import OpenStore, StoreAttrs, open_store
 from augzarr.user_text import user_text
 
-from .metrics import evaluate_stream, stored_images
 from .distribute import PLAIN, Placement, activate, plan_devices
+from .metrics import evaluate_stream, stored_images
 from .mixing import BatchMix
 from .models import build_model
 from .options import MODELS, OPTIMIZER_NAMES, TrainOptions
 from .own_model import before_checkpoint_load, check_shapes, own_model
-from .records import (BUILT_IN, COMPLETE, RUN_JSON, RUNNING, STATE_DIR, DevicesUsed, ModelInfo, Progress, RunRecord, StoreFingerprint,
-                      StoreSource, now_utc)
-from .report import MISTAKES_PNG, RELIABILITY_PNG, history_csv, model_card, plot_confusion, plot_curves, plot_mistakes, plot_reliability
+from .records import (
+    BUILT_IN,
+    COMPLETE,
+    RUN_JSON,
+    RUNNING,
+    STATE_DIR,
+    DevicesUsed,
+    ModelInfo,
+    Progress,
+    RunRecord,
+    StoreFingerprint,
+    StoreSource,
+    now_utc,
+)
+from .report import (
+    MISTAKES_PNG,
+    RELIABILITY_PNG,
+    history_csv,
+    model_card,
+    plot_confusion,
+    plot_curves,
+    plot_mistakes,
+    plot_reliability,
+)
 from .runlock import lock_run_dir, release, try_lock
 from .stream import StoreStream
 from .tensorboard_logs import check_available, tensorboard_callbacks
@@ -75,8 +96,11 @@ def default_run_dir() -> Path:
 def latest_unfinished_run(held: contextlib.ExitStack, runs_dir: Path = RUNS_DIR) -> Path:
     """The unfinished run under runs_dir that was active most recently (not the last by name)
     and that no live train is writing; locked for this process on return."""
-    unfinished = [(record.last_activity(p.parent), p.parent) for p in runs_dir.glob(f"*/{RUN_JSON}")
-                  if (record := RunRecord.read(p.parent)) is not None and record.is_running]
+    unfinished = [
+        (record.last_activity(p.parent), p.parent)
+        for p in runs_dir.glob(f"*/{RUN_JSON}")
+        if (record := RunRecord.read(p.parent)) is not None and record.is_running
+    ]
     if not unfinished:
         raise UserError(f"--resume: no unfinished run under {runs_dir}/; name one with --out RUN_DIR")
     for _, run_dir in sorted(unfinished, reverse=True):
@@ -85,8 +109,10 @@ def latest_unfinished_run(held: contextlib.ExitStack, runs_dir: Path = RUNS_DIR)
             held.callback(release, fd)
             return run_dir
     live = ", ".join(str(d) for _, d in sorted(unfinished, reverse=True))
-    raise UserError(f"--resume: every unfinished run under {runs_dir}/ is being written by a live train right now ({live}); "
-                    "wait for one to stop, or name one with --out RUN_DIR")
+    raise UserError(
+        f"--resume: every unfinished run under {runs_dir}/ is being written by a live train right now ({live}); "
+        "wait for one to stop, or name one with --out RUN_DIR"
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -99,8 +125,14 @@ def seed_everything(seed: int) -> None:
 
 def check_model_fits_store(model: keras.Model, attrs: StoreAttrs, where: str) -> None:
     """The model takes the store's images (a dimension left None takes any size) into its classes: own_model's rule."""
-    check_shapes(where, model.input_shape, model.output_shape, tuple(attrs.image_shape), attrs.n_classes,
-                 "use a store built like the model's, or train a new model")
+    check_shapes(
+        where,
+        model.input_shape,
+        model.output_shape,
+        tuple(attrs.image_shape),
+        attrs.n_classes,
+        "use a store built like the model's, or train a new model",
+    )
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -154,19 +186,25 @@ def make_optimizer(options: TrainOptions, steps: int) -> keras.optimizers.Optimi
     return OPTIMIZERS[options.optimizer](learning_rate=rate)
 
 
-def compiled_model(options: TrainOptions, attrs: StoreAttrs, scope, steps: int, say: Say) -> tuple[keras.Model, ModelInfo]:
+def compiled_model(
+    options: TrainOptions, attrs: StoreAttrs, scope, steps: int, say: Say
+) -> tuple[keras.Model, ModelInfo]:
     """The model --model names (built in, or the user's own: own_model.py), compiled by train with its
     optimizer, learning-rate schedule and loss, and what run.json records of it. A user's model that came
     compiled is compiled again, so that --optimizer, --learning-rate, --lr-schedule and --mix act on it too."""
     with scope:
         if options.model in MODELS:
-            model = build_model(options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed)
+            model = build_model(
+                options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed
+            )
             info = ModelInfo(options.model, BUILT_IN)
         else:
             model, info = own_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
             if info.came_compiled:
-                say(f"--model {options.model}: the model came compiled; train compiles it again with --optimizer "
-                    f"{options.optimizer} ({options.lr_schedule} rate) and its own loss and accuracy metric")
+                say(
+                    f"--model {options.model}: the model came compiled; train compiles it again with --optimizer "
+                    f"{options.optimizer} ({options.lr_schedule} rate) and its own loss and accuracy metric"
+                )
         optimizer = make_optimizer(options, steps=steps)
         # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
         loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
@@ -212,8 +250,14 @@ class Start:
         return self.progress.epochs_done
 
 
-def starting_point(given: dict, options: TrainOptions, intended_use: str | None, out: Path | None, resume: bool,
-                   held: contextlib.ExitStack) -> Start:
+def starting_point(
+    given: dict,
+    options: TrainOptions,
+    intended_use: str | None,
+    out: Path | None,
+    resume: bool,
+    held: contextlib.ExitStack,
+) -> Start:
     """The one place that decides what the run continues from: --resume, or the very command that was interrupted
     run again (same options, same --out: it continues, as build-aug's does), continues an unfinished run; anything
     else starts a new one. A resume may change --epochs (not below the epochs done) and --intended-use only."""
@@ -226,7 +270,9 @@ def starting_point(given: dict, options: TrainOptions, intended_use: str | None,
     options = resumed_options(run_dir, record, given)
     progress = Progress.read(run_dir)
     if options.epochs < progress.epochs_done:
-        raise UserError(f"--epochs {options.epochs} is fewer than the {progress.epochs_done} epochs {run_dir} has already finished")
+        raise UserError(
+            f"--epochs {options.epochs} is fewer than the {progress.epochs_done} epochs {run_dir} has already finished"
+        )
     # the recorded --intended-use unless given: it changes no weight
     return Start(options, intended_use or record.intended_use, run_dir, record, progress)
 
@@ -247,14 +293,21 @@ def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Pa
 def resumed_options(run_dir: Path, record: RunRecord, given: dict) -> TrainOptions:
     """The run's recorded options with those given over them; refused when one given differs, except --epochs."""
     if record.options is None:
-        raise UserError(f"--resume: {run_dir}/{RUN_JSON} records no options train can read; start a new run with another --out")
+        raise UserError(
+            f"--resume: {run_dir}/{RUN_JSON} records no options train can read; start a new run with another --out"
+        )
     wanted = TrainOptions(**{**asdict(record.options), **given})
     wanted.validate()
     wanted = wanted.normalised()
-    conflicts = [f"--{k.replace('_', '-')} {getattr(record.options, k)} -> {getattr(wanted, k)}" for k in given
-                 if k != "epochs" and getattr(record.options, k) != getattr(wanted, k)]
+    conflicts = [
+        f"--{k.replace('_', '-')} {getattr(record.options, k)} -> {getattr(wanted, k)}"
+        for k in given
+        if k != "epochs" and getattr(record.options, k) != getattr(wanted, k)
+    ]
     if conflicts:
-        raise UserError(f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change")
+        raise UserError(
+            f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change"
+        )
     return wanted
 
 
@@ -281,13 +334,19 @@ def open_training_store(start: Start) -> TrainingData:
     if data.train_rows == 0:
         raise UserError(f"store {options.store} has no training rows: rebuild it with build-aug")
     if data.val_rows == 0 and data.test_rows == 0:
-        raise UserError(f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0")
+        raise UserError(
+            f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0"
+        )
     chunk_bytes = int(np.prod(store.images("train").chunks))
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
-        raise OptionError(f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
-                          f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}")
+        raise OptionError(
+            f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
+            f"per window of this store; use at most {MAX_BUFFER_BYTES // chunk_bytes}"
+        )
     if start.resuming and start.record.store_fingerprint != StoreFingerprint.of(data.attrs):
-        raise UserError(f"--resume: the store {options.store} is not the one {start.run_dir} started with; resume with that store or start a new run")
+        raise UserError(
+            f"--resume: the store {options.store} is not the one {start.run_dir} started with; resume with that store or start a new run"
+        )
     return data
 
 
@@ -309,7 +368,9 @@ def plan_run_devices(options: TrainOptions, warn: Say) -> DevicePlan:
     placement = plan_devices(options.device_list, warn) if options.distribute else PLAIN
     split_by = placement.batch_multiple
     if options.batch_size % split_by:
-        raise OptionError(f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}")
+        raise OptionError(
+            f"--batch-size {options.batch_size} does not split evenly over the {split_by} devices: use a multiple of {split_by}"
+        )
     if options.tensorboard:
         check_available()
     return DevicePlan(placement, *activate(placement))
@@ -329,12 +390,16 @@ def prepared_model(start: Start, data: TrainingData, devices: DevicePlan, say: S
         if start.resuming:
             recorded = start.record.model
             if recorded is not None and recorded.sha256 not in (None, info.sha256):
-                raise UserError(f"--resume: {recorded.file} has changed since {start.run_dir} started (its sha256 differs); "
-                                "put the original back, or start a new run")
+                raise UserError(
+                    f"--resume: {recorded.file} has changed since {start.run_dir} started (its sha256 differs); "
+                    "put the original back, or start a new run"
+                )
     if start.resuming:
         say(f"resuming {start.run_dir} after epoch {start.done} of {options.epochs}")
         if start.done:
-            seed_everything(options.seed + start.done)  # dropout after a resume: seeded, though not the uninterrupted run's masks
+            seed_everything(
+                options.seed + start.done
+            )  # dropout after a resume: seeded, though not the uninterrupted run's masks
     return model, replace(info, parameters=model.count_params())
 
 
@@ -354,8 +419,14 @@ def run_folder(start: Start, out: Path | None, data: TrainingData, held: context
         run_dir = start.run_dir
     else:
         run_dir = claim_run_dir(out, held)
-        RunRecord(RUNNING, str(run_dir), start.options, StoreFingerprint.of(data.attrs), StoreSource.of(data.attrs),
-                  updated_utc=now_utc()).write(run_dir)
+        RunRecord(
+            RUNNING,
+            str(run_dir),
+            start.options,
+            StoreFingerprint.of(data.attrs),
+            StoreSource.of(data.attrs),
+            updated_utc=now_utc(),
+        ).write(run_dir)
     (run_dir / STATE_DIR).mkdir(exist_ok=True)
     return run_dir
 
@@ -374,7 +445,9 @@ def claim_run_dir(out: Path | None, held: contextlib.ExitStack) -> Path:
             run_dir = candidate
     run_dir.mkdir(parents=True, exist_ok=True)
     held.callback(release, lock_run_dir(run_dir))  # before looking inside: a live run is refused as such
-    if run_dir.is_dir() and any(not entry.name.endswith(".tmp") for entry in run_dir.iterdir()):  # a .tmp: cut short before it counted
+    if run_dir.is_dir() and any(
+        not entry.name.endswith(".tmp") for entry in run_dir.iterdir()
+    ):  # a .tmp: cut short before it counted
         record = RunRecord.read(run_dir)
         status = record.status if record is not None else None
         hint = "continue it with --resume" if status == RUNNING else "choose another --out"
@@ -401,17 +474,29 @@ def given_back_on_failure(run_dir: Path, found: set[Path] | None):
         raise
 
 
-def running_record(start: Start, run_dir: Path, data: TrainingData, devices: DevicePlan, model_info: ModelInfo) -> RunRecord:
+def running_record(
+    start: Start, run_dir: Path, data: TrainingData, devices: DevicePlan, model_info: ModelInfo
+) -> RunRecord:
     """Everything run.json records of a run while it trains."""
     options, attrs = start.options, data.attrs
     return RunRecord(
-        status=RUNNING, run_dir=str(run_dir), options=options,
-        store_fingerprint=StoreFingerprint.of(attrs), store_source=StoreSource.of(attrs), updated_utc=now_utc(),
-        backend=keras.backend.backend(), versions={"keras": keras.__version__, "numpy": np.__version__},
+        status=RUNNING,
+        run_dir=str(run_dir),
+        options=options,
+        store_fingerprint=StoreFingerprint.of(attrs),
+        store_source=StoreSource.of(attrs),
+        updated_utc=now_utc(),
+        backend=keras.backend.backend(),
+        versions={"keras": keras.__version__, "numpy": np.__version__},
         model=model_info,  # which model: the spec, and for a file its sha256
-        learning_rate=initial_learning_rate(options), mix_alpha=options.alpha,
+        learning_rate=initial_learning_rate(options),
+        mix_alpha=options.alpha,
         devices=DevicesUsed(tuple(devices.placement.devices), devices.placement.distributed),
-        train_rows=data.train_rows, class_names=attrs.class_names, image_shape=attrs.image_shape, intended_use=start.intended_use)
+        train_rows=data.train_rows,
+        class_names=attrs.class_names,
+        image_shape=attrs.image_shape,
+        intended_use=start.intended_use,
+    )
 
 
 @dataclass
@@ -425,14 +510,27 @@ class RunStreams:
 
 
 @contextlib.contextmanager
-def run_streams(options: TrainOptions, data: TrainingData, devices: DevicePlan, start_epoch: int, say: Say) -> Iterator[RunStreams]:
+def run_streams(
+    options: TrainOptions, data: TrainingData, devices: DevicePlan, start_epoch: int, say: Say
+) -> Iterator[RunStreams]:
     """The run's streams, each closed on the way out however it ends."""
     with contextlib.ExitStack() as opened:
+
         def training_stream() -> StoreStream:
             mix = BatchMix(options.mix, options.alpha, data.attrs.n_classes, options.seed) if options.mix else None
-            stream = StoreStream(data.store, "train", options.batch_size, shuffle=True, seed=options.seed, start_epoch=start_epoch,
-                                 buffer_chunks=options.buffer_chunks, online=options.online_ops, mix=mix, shard=devices.shard,
-                                 batch_multiple=devices.batch_multiple)
+            stream = StoreStream(
+                data.store,
+                "train",
+                options.batch_size,
+                shuffle=True,
+                seed=options.seed,
+                start_epoch=start_epoch,
+                buffer_chunks=options.buffer_chunks,
+                online=options.online_ops,
+                mix=mix,
+                shard=devices.shard,
+                batch_multiple=devices.batch_multiple,
+            )
             opened.callback(stream.close)
             return stream
 
@@ -440,20 +538,36 @@ def run_streams(options: TrainOptions, data: TrainingData, devices: DevicePlan, 
         images = training_stream() if options.tensorboard else None
         val = None
         if data.val_rows:
-            val = StoreStream(data.store, "val", options.batch_size, shuffle=False, soft_labels=bool(options.mix),
-                              batch_multiple=devices.batch_multiple)
+            val = StoreStream(
+                data.store,
+                "val",
+                options.batch_size,
+                shuffle=False,
+                soft_labels=bool(options.mix),
+                batch_multiple=devices.batch_multiple,
+            )
             opened.callback(val.close)
         else:
             say("the store has no validation rows: no validation during training")
         yield RunStreams(train, images, val)
 
 
-def fit(model: keras.Model, start: Start, record: RunRecord, data: TrainingData, devices: DevicePlan, run_dir: Path,
-        verbose: int | str, say: Say) -> list[dict]:
+def fit(
+    model: keras.Model,
+    start: Start,
+    record: RunRecord,
+    data: TrainingData,
+    devices: DevicePlan,
+    run_dir: Path,
+    verbose: int | str,
+    say: Say,
+) -> list[dict]:
     """The epochs from the last finished one to --epochs, each checkpointed; the whole history."""
     options, history = start.options, list(start.progress.history)
     with run_streams(options, data, devices, start.done, say) as streams:
-        extra_callbacks = tensorboard_callbacks(run_dir, streams.images, start.done) if streams.images is not None else []
+        extra_callbacks = (
+            tensorboard_callbacks(run_dir, streams.images, start.done) if streams.images is not None else []
+        )
         if start.done < options.epochs:
             with stream_errors(streams.train, streams.val):
                 model.fit(
@@ -464,7 +578,10 @@ def fit(model: keras.Model, start: Start, record: RunRecord, data: TrainingData,
                     validation_data=streams.val,
                     shuffle=False,  # the stream shuffles; Keras would reorder batch indices
                     # TensorBoard's callbacks before the checkpoint: killed between the two, an epoch is logged twice, never lost
-                    callbacks=[*extra_callbacks, EpochCheckpoint(run_dir, record, history, images_per_epoch=data.train_rows)],
+                    callbacks=[
+                        *extra_callbacks,
+                        EpochCheckpoint(run_dir, record, history, images_per_epoch=data.train_rows),
+                    ],
                     verbose=verbose,
                 )
     return history
@@ -477,7 +594,9 @@ class Evaluation:
     mistake_images: np.ndarray  # the images of metrics["confidently_wrong"], in its order
 
 
-def evaluate_run(model: keras.Model, options: TrainOptions, data: TrainingData, devices: DevicePlan, say: Say) -> Evaluation:
+def evaluate_run(
+    model: keras.Model, options: TrainOptions, data: TrainingData, devices: DevicePlan, say: Say
+) -> Evaluation:
     """The trained model on the store's test split, else its validation split."""
     split = "test" if data.test_rows else "val"
     if not data.test_rows:
@@ -488,11 +607,20 @@ def evaluate_run(model: keras.Model, options: TrainOptions, data: TrainingData, 
             metrics = evaluate_stream(model, stream, data.attrs.class_names)
     finally:
         stream.close()
-    return Evaluation(split, metrics, stored_images(data.store, split, [m["row"] for m in metrics["confidently_wrong"]]))
+    return Evaluation(
+        split, metrics, stored_images(data.store, split, [m["row"] for m in metrics["confidently_wrong"]])
+    )
 
 
-def train_run(given: dict, out: Path | None = None, resume: bool = False, verbose: int | str = "auto",
-              say: Say = print, intended_use: str | None = None, warn: Say = warn_on_stderr) -> TrainResult:
+def train_run(
+    given: dict,
+    out: Path | None = None,
+    resume: bool = False,
+    verbose: int | str = "auto",
+    say: Say = print,
+    intended_use: str | None = None,
+    warn: Say = warn_on_stderr,
+) -> TrainResult:
     """Train (or resume) a run; returns its folder and metrics.
 
     given: the TrainOptions fields the user set (the rest take defaults, or on --resume the
@@ -506,8 +634,16 @@ def train_run(given: dict, out: Path | None = None, resume: bool = False, verbos
         return train_locked(given, out, resume, verbose, say, held, intended_use, warn)
 
 
-def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str, say: Say, held: contextlib.ExitStack,
-                 intended_use: str | None = None, warn: Say = warn_on_stderr) -> TrainResult:
+def train_locked(
+    given: dict,
+    out: Path | None,
+    resume: bool,
+    verbose: int | str,
+    say: Say,
+    held: contextlib.ExitStack,
+    intended_use: str | None = None,
+    warn: Say = warn_on_stderr,
+) -> TrainResult:
     """The run's phases, in order; every check that can refuse the run comes before run_folder claims one."""
     options = chosen_options(given)
     start = starting_point(given, options, user_text(intended_use, "--intended-use"), out, resume, held)
@@ -520,7 +656,13 @@ def train_locked(given: dict, out: Path | None, resume: bool, verbose: int | str
     history = fit(model, start, record, data, devices, run_dir, verbose, say)
     evaluation = evaluate_run(model, start.options, data, devices, say)
     write_outputs(run_dir, model, record, data.attrs, evaluation, history)
-    return TrainResult(run_dir=run_dir, metrics=evaluation.metrics, evaluated_on=evaluation.split, history=history, resumed_from=start.done)
+    return TrainResult(
+        run_dir=run_dir,
+        metrics=evaluation.metrics,
+        evaluated_on=evaluation.split,
+        history=history,
+        resumed_from=start.done,
+    )
 
 
 @contextlib.contextmanager
@@ -536,7 +678,9 @@ def stream_errors(*streams):
         raise
 
 
-def write_outputs(run_dir: Path, model: keras.Model, record: RunRecord, attrs: StoreAttrs, evaluation: Evaluation, history: list[dict]) -> None:
+def write_outputs(
+    run_dir: Path, model: keras.Model, record: RunRecord, attrs: StoreAttrs, evaluation: Evaluation, history: list[dict]
+) -> None:
     """Every final output, then run.json marked complete: a run folder never claims more than it holds."""
     record = replace(record, evaluated_on=evaluation.split)
     metrics, title = evaluation.metrics, f"{record.options.model} on {evaluation.split}"
@@ -549,6 +693,13 @@ def write_outputs(run_dir: Path, model: keras.Model, record: RunRecord, attrs: S
     (run_dir / "metrics.json").write_text(json.dumps({"evaluated_on": evaluation.split, **metrics}, indent=2))
     plot_confusion(metrics, run_dir / "confusion.png", f"{title}: accuracy {metrics['accuracy']:.3f}")
     plot_reliability(metrics["calibration"], run_dir / RELIABILITY_PNG, title)
-    plot_mistakes(evaluation.mistake_images, metrics["confidently_wrong"], run_dir / MISTAKES_PNG, f"{title}: the most confident mistakes")
+    plot_mistakes(
+        evaluation.mistake_images,
+        metrics["confidently_wrong"],
+        run_dir / MISTAKES_PNG,
+        f"{title}: the most confident mistakes",
+    )
     (run_dir / "model_card.md").write_text(model_card(record, attrs, metrics, history))
-    replace(record, status=COMPLETE, updated_utc=now_utc(), finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).write(run_dir)
+    replace(
+        record, status=COMPLETE, updated_utc=now_utc(), finished_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ).write(run_dir)

@@ -5,7 +5,16 @@ archive or folder), hf_datasets.py (a folder saved by Hugging Face datasets), im
 Adding a kind is one class in one new module, registered with @register, plus its import line below.
 """
 
+from . import cifar_pickle, hf_datasets, image_folder, keras_datasets  # noqa: E402,F401  (each registers its kind)
 from .base import (  # noqa: F401
-    SPLIT_NAMES, OpenRequest, Source, SourceKind, Split, check_label_mode, kind_of, open_source, register, source_kinds,
+    SPLIT_NAMES,
+    OpenRequest,
+    Source,
+    SourceKind,
+    Split,
+    check_label_mode,
+    kind_of,
+    open_source,
+    register,
+    source_kinds,
 )
-from . import keras_datasets, cifar_pickle, hf_datasets, image_folder  # noqa: E402,F401  (each registers its kind)

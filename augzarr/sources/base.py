@@ -41,7 +41,9 @@ SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "valid": "val", "
 class Split:
     labels: np.ndarray  # int64 [n]
     images: np.ndarray | None = None  # decoded: uint8 [n, H, W, C] (C = 1 for MNIST's grayscale)
-    files: list | None = None  # encoded: one ImageItem per row (an image file, a row of a dataset's file), decoded later
+    files: list | None = (
+        None  # encoded: one ImageItem per row (an image file, a row of a dataset's file), decoded later
+    )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,7 +61,9 @@ class Source:
     file_digests: dict[str, list[str]] | None = None  # encoded images, once decoded: each one's sha256, by split
     ignored: list[str] = field(default_factory=list)  # files and folders reported, not used
     val: Split | None = None  # the source's own validation split: then nothing is held out of train
-    layout: str | None = None  # how the source's own splits were found ("flat", "split (train, ...)"), where that can vary
+    layout: str | None = (
+        None  # how the source's own splits were found ("flat", "split (train, ...)"), where that can vary
+    )
 
     def splits(self) -> dict[str, Split]:
         """The splits that exist, in the order the content hash covers them (val last, so a source without one
@@ -86,7 +90,9 @@ class Source:
             return self.content_hash
         from augzarr.images import file_digest
 
-        return self.hash_digests({name: [file_digest(item) for item in split.files] for name, split in self.splits().items()})
+        return self.hash_digests(
+            {name: [file_digest(item) for item in split.files] for name, split in self.splits().items()}
+        )
 
     def sample_name(self, split: str, index: int) -> str:
         """A source image in a message: its file (or row of a file) where it has one, else its split and index."""
@@ -169,8 +175,13 @@ def kind_of(spec: str) -> SourceKind:
     raise UserError(f"--source {spec}: no such file or folder (use {', '.join(described[:-1])} or {described[-1]})")
 
 
-def open_source(spec: str, image_size: int | None = None, limit: int | None = None, exclude: dict | None = None,
-                label_mode: str | None = None) -> Source:
+def open_source(
+    spec: str,
+    image_size: int | None = None,
+    limit: int | None = None,
+    exclude: dict | None = None,
+    label_mode: str | None = None,
+) -> Source:
     """Resolve --source (a keras.datasets name such as 'cifar10', or a path) into a Source.
 
     exclude: folders that must not be read as images even when they sit inside the source (the build's own
@@ -198,7 +209,9 @@ def check_label_mode(spec: str, label_mode: str | None) -> None:
         return
     offered = {name: modes for kind in _KINDS for name, modes in kind.label_modes().items()}
     if spec not in offered:
-        raise OptionError(f"--label-mode applies to --source {', '.join(offered)} only, not to --source {spec}; leave it out")
+        raise OptionError(
+            f"--label-mode applies to --source {', '.join(offered)} only, not to --source {spec}; leave it out"
+        )
     if label_mode not in offered[spec]:
         raise OptionError(f"--label-mode must be {' or '.join(offered[spec])}, not {label_mode!r}")
 

@@ -27,7 +27,9 @@ class CifarPickleKind(SourceKind):
 
     def claims(self, spec: str) -> bool:
         path = source_path(spec)
-        return (path.is_file() and ARCHIVE_NAME.search(path.name) is not None) or (path.is_dir() and find_pickle_dir(path) is not None)
+        return (path.is_file() and ARCHIVE_NAME.search(path.name) is not None) or (
+            path.is_dir() and find_pickle_dir(path) is not None
+        )
 
     def open(self, spec: str, request: OpenRequest) -> Source:
         return load_cifar10_pickle(source_path(spec))
@@ -84,7 +86,9 @@ def read_pickle_members(path: Path) -> dict[str, bytes]:
                     if member.isfile() and wanted.match(name):
                         members[name] = archive.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"--source {path}: cannot read the archive ({exc}); is it the official cifar-10-python.tar.gz?") from exc
+            raise UserError(
+                f"--source {path}: cannot read the archive ({exc}); is it the official cifar-10-python.tar.gz?"
+            ) from exc
     else:
         folder = find_pickle_dir(path)
         for file in sorted(folder.iterdir()):
@@ -93,16 +97,21 @@ def read_pickle_members(path: Path) -> dict[str, bytes]:
     return members
 
 
-def decode_batch(batch: dict, name: str, location: Path | str, label_key: bytes = b"labels",
-                 title: str = "CIFAR-10") -> tuple[np.ndarray, np.ndarray]:
+def decode_batch(
+    batch: dict, name: str, location: Path | str, label_key: bytes = b"labels", title: str = "CIFAR-10"
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"{named(location)}: {name} lacks the {title} 'data'/'{label_key.decode()}' layout ({exc})") from exc
+        raise UserError(
+            f"{named(location)}: {name} lacks the {title} 'data'/'{label_key.decode()}' layout ({exc})"
+        ) from exc
     if len(images) != len(labels):
-        raise UserError(f"{named(location)}: {name} has {count(len(images), 'image')} but {count(len(labels), 'label')}")
+        raise UserError(
+            f"{named(location)}: {name} has {count(len(images), 'image')} but {count(len(labels), 'label')}"
+        )
     return np.ascontiguousarray(images), labels
 
 
@@ -120,14 +129,21 @@ def load_cifar10_pickle(path: Path) -> Source:
     train = [decode_batch(unpickle_batch(members[n], n, path), n, path) for n in batch_names]
     test = None
     if "test_batch" in members:
-        test_images, test_labels = decode_batch(unpickle_batch(members["test_batch"], "test_batch", path), "test_batch", path)
+        test_images, test_labels = decode_batch(
+            unpickle_batch(members["test_batch"], "test_batch", path), "test_batch", path
+        )
         test = Split(labels=test_labels, images=test_images)
     labels = np.concatenate([t[1] for t in train])
     # every batch's labels, the test batch's too: a bad test label would only surface after a whole training run
-    for name, batch_labels in [*zip(batch_names, (t[1] for t in train)), *([("test_batch", test.labels)] if test else [])]:
+    for name, batch_labels in [
+        *zip(batch_names, (t[1] for t in train)),
+        *([("test_batch", test.labels)] if test else []),
+    ]:
         if len(batch_labels) and (batch_labels.min() < 0 or batch_labels.max() >= len(class_names)):
             bad = int(batch_labels.min() if batch_labels.min() < 0 else batch_labels.max())
-            raise UserError(f"--source {path}: {name} has label {bad}, outside the {count(len(class_names), 'class')} of batches.meta")
+            raise UserError(
+                f"--source {path}: {name} has label {bad}, outside the {count(len(class_names), 'class')} of batches.meta"
+            )
     return Source(
         kind="cifar10-pickle",
         location=str(path.resolve()),

@@ -99,7 +99,9 @@ def read_table(file: Path, root: Path | None = None):
         return pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
     except (OSError, pa.ArrowException) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{named} cannot be read as an Arrow file ({reason}); save the dataset again with save_to_disk") from None
+        raise UserError(
+            f"{named} cannot be read as an Arrow file ({reason}); save the dataset again with save_to_disk"
+        ) from None
 
 
 class ImageColumn:
@@ -138,9 +140,13 @@ def read_json(path: Path, root: Path) -> dict:
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"--source {root}: {shown(path.relative_to(root))} cannot be read ({exc}); save the dataset again with save_to_disk") from None
+        raise UserError(
+            f"--source {root}: {shown(path.relative_to(root))} cannot be read ({exc}); save the dataset again with save_to_disk"
+        ) from None
     if not isinstance(found, dict):
-        raise UserError(f"--source {root}: {shown(path.relative_to(root))} is not what save_to_disk writes; save the dataset again")
+        raise UserError(
+            f"--source {root}: {shown(path.relative_to(root))} is not what save_to_disk writes; save the dataset again"
+        )
     return found
 
 
@@ -148,7 +154,9 @@ def read_saved_dataset(root: Path, image_size: int | None) -> Source:
     """A folder of save_to_disk (the module's docstring), its images left encoded in their rows."""
     root = root.absolute()
     if pyarrow() is None:
-        raise UserError(f"--source {root} is a folder saved by Hugging Face datasets: reading it needs pyarrow: {INSTALL}")
+        raise UserError(
+            f"--source {root} is a folder saved by Hugging Face datasets: reading it needs pyarrow: {INSTALL}"
+        )
     ignored: list[str] = []
     folders, layout = split_folders(root, ignored)
     features = Features.of(folders["train"], root)
@@ -180,13 +188,17 @@ def split_folders(root: Path, ignored: list[str]) -> tuple[dict[str, Path], str]
         if split is None:
             ignored.append(f"{shown(root / name)}: split {name!r}, not train, test or validation: not used")
         elif split in chosen:
-            raise UserError(f"--source {root}: both its splits {chosen[split]!r} and {name!r} are {split} splits; keep one of them "
-                            "(DatasetDict.pop) and save it again")
+            raise UserError(
+                f"--source {root}: both its splits {chosen[split]!r} and {name!r} are {split} splits; keep one of them "
+                "(DatasetDict.pop) and save it again"
+            )
         else:
             chosen[split] = name
     if "train" not in chosen:
-        raise UserError(f"--source {root}: its splits ({listed(names)}) have no train split; name the training split 'train' "
-                        "(DatasetDict({'train': ...})) and save it again")
+        raise UserError(
+            f"--source {root}: its splits ({listed(names)}) have no train split; name the training split 'train' "
+            "(DatasetDict({'train': ...})) and save it again"
+        )
     layout = "split (" + ", ".join(chosen[name] for name in ("train", "val", "test") if name in chosen) + ")"
     return {split: root / name for split, name in chosen.items()}, layout
 
@@ -203,14 +215,23 @@ class Features:
     def of(cls, folder: Path, root: Path) -> Features:
         features = read_json(folder / DATASET_INFO, root).get("features")
         if not isinstance(features, dict):
-            raise UserError(f"--source {root}: {shown((folder / DATASET_INFO).relative_to(root))} has no features; save the dataset again")
-        typed = {name: (feature.get("_type") if isinstance(feature, dict) else type(feature).__name__) for name, feature in features.items()}
+            raise UserError(
+                f"--source {root}: {shown((folder / DATASET_INFO).relative_to(root))} has no features; save the dataset again"
+            )
+        typed = {
+            name: (feature.get("_type") if isinstance(feature, dict) else type(feature).__name__)
+            for name, feature in features.items()
+        }
         columns = listed(f"{name} ({kind})" for name, kind in typed.items())
         image = one_column(root, typed, "Image", "image column", columns, "dataset.cast_column(NAME, datasets.Image())")
-        label = one_column(root, typed, "ClassLabel", "class-label column", columns, "dataset.class_encode_column(NAME)")
+        label = one_column(
+            root, typed, "ClassLabel", "class-label column", columns, "dataset.class_encode_column(NAME)"
+        )
         names = features[label].get("names")
         if not isinstance(names, list) or not names:
-            raise UserError(f"--source {root}: its class-label column {label!r} names no classes; give its ClassLabel names")
+            raise UserError(
+                f"--source {root}: its class-label column {label!r} names no classes; give its ClassLabel names"
+            )
         return cls(image, label, [str(name) for name in names])
 
 
@@ -218,44 +239,60 @@ def one_column(root: Path, typed: dict[str, str], feature: str, noun: str, colum
     """The one column of a feature type (Image, ClassLabel), or a line saying how to make it the one."""
     found = [name for name, found_type in typed.items() if found_type == feature]
     if not found:
-        raise UserError(f"--source {root}: no {noun} (a datasets.{feature} feature) among its columns {columns}; "
-                        f"make one with {make} and save it again")
+        raise UserError(
+            f"--source {root}: no {noun} (a datasets.{feature} feature) among its columns {columns}; "
+            f"make one with {make} and save it again"
+        )
     if len(found) > 1:
-        raise UserError(f"--source {root}: {len(found)} {noun}s ({listed(found)}); augzarr reads one: "
-                        "drop the others with dataset.remove_columns([...]) and save it again")
+        raise UserError(
+            f"--source {root}: {len(found)} {noun}s ({listed(found)}); augzarr reads one: "
+            "drop the others with dataset.remove_columns([...]) and save it again"
+        )
     return found[0]
 
 
 def read_split(folder: Path, root: Path, features: Features) -> Split:
     """One saved Dataset's labels (checked) and its images, as ArrowRows of its files in order."""
     if folder != root and Features.of(folder, root) != features:
-        raise UserError(f"--source {root}: its {folder.name} split has other image or class-label columns, or other class names, "
-                        "than its train split; give every split the train split's features")
+        raise UserError(
+            f"--source {root}: its {folder.name} split has other image or class-label columns, or other class names, "
+            "than its train split; give every split the train split's features"
+        )
     labels, files = [], []
     for file in data_files(folder, root):
         table = read_table(file, root)
         found = [name for name in (features.image, features.label) if name not in table.column_names]
         if found:
-            raise UserError(f"--source {root}: {shown(file.relative_to(root))} lacks the column {found[0]!r} its "
-                            f"{DATASET_INFO} names; save the dataset again with save_to_disk")
+            raise UserError(
+                f"--source {root}: {shown(file.relative_to(root))} lacks the column {found[0]!r} its "
+                f"{DATASET_INFO} names; save the dataset again with save_to_disk"
+            )
         check_images(table.column(features.image), file, root)
         labels.append(checked_labels(table.column(features.label), len(features.class_names), file, root))
         name = str(file)  # one string for all its rows: a decode task pickles it once
         files += [ArrowRow(name, row, features.image) for row in range(table.num_rows)]
     if not files:
-        raise UserError(f"--source {root}: its {'split ' + repr(folder.name) if folder != root else 'dataset'} has no rows; "
-                        "leave out an empty split (DatasetDict.pop) and save it again")
+        raise UserError(
+            f"--source {root}: its {'split ' + repr(folder.name) if folder != root else 'dataset'} has no rows; "
+            "leave out an empty split (DatasetDict.pop) and save it again"
+        )
     return Split(labels=np.concatenate(labels), files=files)
 
 
 def data_files(folder: Path, root: Path) -> list[Path]:
     listed_files = read_json(folder / DATASET_STATE, root).get("_data_files")
-    if not isinstance(listed_files, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str) for f in listed_files):
-        raise UserError(f"--source {root}: {shown((folder / DATASET_STATE).relative_to(root))} lists no .arrow files; save the dataset again")
+    if not isinstance(listed_files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("filename"), str) for f in listed_files
+    ):
+        raise UserError(
+            f"--source {root}: {shown((folder / DATASET_STATE).relative_to(root))} lists no .arrow files; save the dataset again"
+        )
     files = [folder / entry["filename"] for entry in listed_files]
     missing = [file for file in files if not file.is_file()]
     if missing:
-        raise UserError(f"--source {root}: {shown(missing[0].relative_to(root))} is missing; restore it or save the dataset again")
+        raise UserError(
+            f"--source {root}: {shown(missing[0].relative_to(root))} is missing; restore it or save the dataset again"
+        )
     return files
 
 
@@ -266,8 +303,10 @@ def check_images(column, file: Path, root: Path) -> None:
         data = chunk.field("bytes")
         if chunk.null_count or data.null_count:
             row = start + next(i for i in range(len(chunk)) if not chunk[i].is_valid or not data[i].is_valid)
-            raise UserError(f"--source {root}: row {row} of {shown(file.relative_to(root))} holds no image bytes (an empty row, or only "
-                            "a path to a file elsewhere); drop such rows, or save the dataset again with its images in it")
+            raise UserError(
+                f"--source {root}: row {row} of {shown(file.relative_to(root))} holds no image bytes (an empty row, or only "
+                "a path to a file elsewhere); drop such rows, or save the dataset again with its images in it"
+            )
         start += len(chunk)
 
 
@@ -277,6 +316,8 @@ def checked_labels(column, n_classes: int, file: Path, root: Path) -> np.ndarray
     if labels is None or len(bad):
         row = next(i for i, v in enumerate(column.to_pylist()) if v is None) if labels is None else int(bad[0])
         value = "no label" if labels is None else f"label {labels[row]}"
-        raise UserError(f"--source {root}: row {row} of {shown(file.relative_to(root))} has {value}, outside its {count(n_classes, 'class')} "
-                        "(-1 is a ClassLabel's 'no label'); drop the unlabelled rows (dataset.filter) and save it again")
+        raise UserError(
+            f"--source {root}: row {row} of {shown(file.relative_to(root))} has {value}, outside its {count(n_classes, 'class')} "
+            "(-1 is a ClassLabel's 'no label'); drop the unlabelled rows (dataset.filter) and save it again"
+        )
     return labels.astype(np.int64)

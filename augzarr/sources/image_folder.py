@@ -65,7 +65,10 @@ def is_hidden(path: Path) -> bool:
 
 
 def is_store(folder: Path) -> bool:
-    return any((folder / marker).is_file() for marker in ZARR_MARKERS) or folder.joinpath(*UNFINISHED_BUILD_MARKER).is_file()
+    return (
+        any((folder / marker).is_file() for marker in ZARR_MARKERS)
+        or folder.joinpath(*UNFINISHED_BUILD_MARKER).is_file()
+    )
 
 
 def not_scanned(folder: Path, excluded: dict[str, str]) -> str | None:
@@ -163,15 +166,22 @@ def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None =
         raise UserError(f"--source {root}: not a folder")
     root = root.absolute()  # every file below it, so the content hash can name them relative to it
     if is_store(root):
-        raise UserError(f"--source {root} is a zarr store, not an image folder; pass the folder of images (or the CIFAR-10 archive) to build from")
+        raise UserError(
+            f"--source {root} is a zarr store, not an image folder; pass the folder of images (or the CIFAR-10 archive) to build from"
+        )
     excluded = {os.path.realpath(path): reason for path, reason in (exclude or {}).items()}
     ignored: list[str] = []
     layout, chosen, train_classes = read_layout(root, top_level(root, excluded, ignored), ignored, excluded)
     if not train_classes:
-        raise UserError(f"--source {root}: no images found; expected {root}/<class>/<image> or {root}/train/<class>/<image>")
+        raise UserError(
+            f"--source {root}: no images found; expected {root}/<class>/<image> or {root}/train/<class>/<image>"
+        )
     class_names = sorted(train_classes)
-    held = {name: held_out_split(root, chosen[name], chosen["train"], class_names, ignored, excluded)
-            for name in ("test", "val") if name in chosen}
+    held = {
+        name: held_out_split(root, chosen[name], chosen["train"], class_names, ignored, excluded)
+        for name in ("test", "val")
+        if name in chosen
+    }
     train_split = folder_split(train_classes, class_names)
     return ImageFolderSource(
         kind="image-folder",
@@ -186,8 +196,9 @@ def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None =
     )
 
 
-def read_layout(root: Path, top: TopLevel, ignored: list[str], excluded: dict[str, str]
-                ) -> tuple[str, dict[str, Path], dict[str, list[Path]]]:
+def read_layout(
+    root: Path, top: TopLevel, ignored: list[str], excluded: dict[str, str]
+) -> tuple[str, dict[str, Path], dict[str, list[Path]]]:
     """(the layout's name, the store's split -> its folder for the split layout, train's class -> files)."""
     splits = [f for f in top.folders if f.name.lower() in SPLIT_FOLDERS]
     if not splits:
@@ -200,8 +211,10 @@ def read_layout(root: Path, top: TopLevel, ignored: list[str], excluded: dict[st
     layout = "split (" + ", ".join(chosen[name].name for name in ("train", "val", "test") if name in chosen) + ")"
     train_classes = list_class_folders(chosen["train"], ignored, excluded)
     if not train_classes:
-        raise UserError(f"--source {root}: {chosen['train'].name}/ holds no class folders with images; expected "
-                        f"{root}/{chosen['train'].name}/<class>/<image>")
+        raise UserError(
+            f"--source {root}: {chosen['train'].name}/ holds no class folders with images; expected "
+            f"{root}/{chosen['train'].name}/<class>/<image>"
+        )
     return layout, chosen, train_classes
 
 
@@ -220,20 +233,28 @@ def choose_split_folders(root: Path, folders: list[Path], splits: list[Path]) ->
     for folder in splits:
         split = SPLIT_FOLDERS[folder.name.lower()]
         if split in chosen:
-            raise UserError(f"--source {root}: both {chosen[split].name}/ and {folder.name}/ hold {split} images; "
-                            "keep one of them (merge or move the other out)")
+            raise UserError(
+                f"--source {root}: both {chosen[split].name}/ and {folder.name}/ hold {split} images; "
+                "keep one of them (merge or move the other out)"
+            )
         chosen[split] = folder
     if "train" not in chosen:
-        raise UserError(f"--source {root}: {names(splits)} without train/: the split layout needs {root}/train/<class>/<image>; "
-                        f"add train/, or point --source at {names(splits[:1])} itself to read it as DIR/<class>/<image>")
+        raise UserError(
+            f"--source {root}: {names(splits)} without train/: the split layout needs {root}/train/<class>/<image>; "
+            f"add train/, or point --source at {names(splits[:1])} itself to read it as DIR/<class>/<image>"
+        )
     return chosen
 
 
-def held_out_split(root: Path, folder: Path, train: Path, class_names: list[str], ignored: list[str], excluded: dict[str, str]) -> Split:
+def held_out_split(
+    root: Path, folder: Path, train: Path, class_names: list[str], ignored: list[str], excluded: dict[str, str]
+) -> Split:
     """A test/ or val/ folder's images: its classes must be train/'s."""
     classes = list_class_folders(folder, ignored, excluded)
     if not classes:
-        raise UserError(f"--source {root}: {folder.name}/ holds no class folders with images; expected {root}/{folder.name}/<class>/<image>")
+        raise UserError(
+            f"--source {root}: {folder.name}/ holds no class folders with images; expected {root}/{folder.name}/<class>/<image>"
+        )
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
         raise UserError(f"--source {root}: {folder.name}/ has classes that {train.name}/ lacks: {listed(unknown)}")

@@ -9,9 +9,9 @@ import io
 import os
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -26,25 +26,141 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # Fixed by the datasets (CIFAR-100's meta file holds the same lists, in label order); load_data()
 # returns labels only.
 CIFAR100_FINE_CLASSES = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ]
 CIFAR100_COARSE_CLASSES = [
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
-    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
-    "vehicles_1", "vehicles_2",
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
 ]
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test, as load_data()
@@ -66,10 +182,25 @@ def read_cifar_archive(member_dir: str, label_key: str, title: str) -> Callable[
     """The official CIFAR python archive (as Keras caches it, unextracted): train and test batches."""
 
     def read(files: list[Path], label_mode: str | None) -> Arrays:
-        from .cifar_pickle import decode_batch, unpickle_batch  # here: the kinds register in the order sources/ imports them
+        from .cifar_pickle import (  # here: the kinds register in the order sources/ imports them
+            decode_batch,
+            unpickle_batch,
+        )
 
-        members = read_tar_members(files[0], {"train", "test", "data_batch_1", "data_batch_2", "data_batch_3",
-                                              "data_batch_4", "data_batch_5", "test_batch"}, member_dir)
+        members = read_tar_members(
+            files[0],
+            {
+                "train",
+                "test",
+                "data_batch_1",
+                "data_batch_2",
+                "data_batch_3",
+                "data_batch_4",
+                "data_batch_5",
+                "test_batch",
+            },
+            member_dir,
+        )
         key = label_key.format(mode=label_mode).encode()
         train_names = ["train"] if "train" in members else sorted(n for n in members if n.startswith("data_batch_"))
         test_names = ["test"] if "test" in members else ["test_batch"]
@@ -78,7 +209,10 @@ def read_cifar_archive(member_dir: str, label_key: str, title: str) -> Callable[
             raise UserError(f"{files[0]}: {', '.join(missing) or 'the training batches'} missing from the archive")
         splits = []
         for names in (train_names, test_names):
-            parts = [decode_batch(unpickle_batch(members[n], n, str(files[0]), title), n, str(files[0]), key, title) for n in names]
+            parts = [
+                decode_batch(unpickle_batch(members[n], n, str(files[0]), title), n, str(files[0]), key, title)
+                for n in names
+            ]
             splits += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
         return tuple(splits)
 
@@ -120,18 +254,27 @@ def read_idx_gz(files: list[Path], label_mode: str | None) -> Arrays:
         except Exception as exc:  # whatever a damaged file raises (BadGzipFile, EOFError, zlib.error, ...)
             raise UserError(f"{path}: not a gzipped IDX file ({exc})") from exc
         if data[:4] != magic:
-            raise UserError(f"{path}: not an IDX file of {'labels' if magic == IDX_LABELS else 'images'} (it starts {data[:4].hex()}, not {magic.hex()})")
+            raise UserError(
+                f"{path}: not an IDX file of {'labels' if magic == IDX_LABELS else 'images'} (it starts {data[:4].hex()}, not {magic.hex()})"
+            )
         arrays.append(np.frombuffer(data, np.uint8, offset=8 if magic == IDX_LABELS else 16))
     (y_train, x_train, y_test, x_test), shaped = arrays, []
     for path, images, labels in ((files[1], x_train, y_train), (files[3], x_test, y_test)):
         if images.size != len(labels) * 28 * 28:
-            raise UserError(f"{path}: {count(images.size, 'pixel byte')}, not {count(len(labels), 'image')} of 28x28 as its labels file says")
+            raise UserError(
+                f"{path}: {count(images.size, 'pixel byte')}, not {count(len(labels), 'image')} of 28x28 as its labels file says"
+            )
         shaped.append(images.reshape(len(labels), 28, 28, 1))
     return shaped[0], y_train, shaped[1], y_test
 
 
 KERAS_FILES = "https://storage.googleapis.com/tensorflow/tf-keras-datasets"
-FASHION_FILES = ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+FASHION_FILES = (
+    "train-labels-idx1-ubyte.gz",
+    "train-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+)
 
 # --source NAME: every dataset of keras.datasets that build-aug reads (the key is the keras.datasets module)
 KERAS_DATASETS: dict[str, KerasDataset] = {
@@ -207,22 +350,30 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
         try:
             x_train, y_train, x_test, y_test = dataset.read_cache(files, label_mode)
         except UserError as exc:
-            raise UserError(f"--source {name}: Keras' cached {dataset.title} cannot be read: {exc}; "
-                            "delete that file to let Keras download it again") from exc
+            raise UserError(
+                f"--source {name}: Keras' cached {dataset.title} cannot be read: {exc}; "
+                "delete that file to let Keras download it again"
+            ) from exc
     else:
         x_train, y_train, x_test, y_test = download_keras_dataset(name, dataset, files, label_mode)
     class_names = list(dataset.class_names[label_mode])
     for split_name, images in (("training", x_train), ("test", x_test)):
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise UserError(f"--source {name}: its {split_name} images are {images.dtype} {list(images.shape)}, not uint8 [n, H, W, C]")
+            raise UserError(
+                f"--source {name}: its {split_name} images are {images.dtype} {list(images.shape)}, not uint8 [n, H, W, C]"
+            )
     train = Split(labels=np.asarray(y_train).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_train))
     test = Split(labels=np.asarray(y_test).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_test))
     for split_name, split in (("training", train), ("test", test)):
         if len(split.images) != len(split.labels):
-            raise UserError(f"--source {name}: {count(len(split.images), split_name + ' image')} but {count(len(split.labels), 'label')}")
+            raise UserError(
+                f"--source {name}: {count(len(split.images), split_name + ' image')} but {count(len(split.labels), 'label')}"
+            )
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
             bad = int(split.labels.min() if split.labels.min() < 0 else split.labels.max())
-            raise UserError(f"--source {name}: {split_name} label {bad} is outside {dataset.title}'s {len(class_names)} classes")
+            raise UserError(
+                f"--source {name}: {split_name} label {bad} is outside {dataset.title}'s {len(class_names)} classes"
+            )
     return Source(
         kind=f"keras-{name}",
         location=f"keras.datasets.{name}" + (f" (label_mode={label_mode})" if dataset.label_modes else ""),
@@ -243,7 +394,9 @@ def download_keras_dataset(name: str, dataset: KerasDataset, files: list[Path], 
         # TensorFlow's C++ start-up lines (absl, oneDNN) go to the process's stderr: kept off the terminal
         with native_stderr_silenced(), announcement_held():
             loader = importlib.import_module(f"keras.datasets.{name}")
-            (x_train, y_train), (x_test, y_test) = loader.load_data(**({"label_mode": label_mode} if dataset.label_modes else {}))
+            (x_train, y_train), (x_test, y_test) = loader.load_data(
+                **({"label_mode": label_mode} if dataset.label_modes else {})
+            )
     except ImportError:
         raise
     except Exception as exc:  # Keras raises a bare Exception for a failed download

@@ -5,5 +5,5 @@ A plain path or file:// URL -> LocalStorage (local.py); s3://, gs://, az:// -> O
 its URL schemes with @register, plus its import line below.
 """
 
-from .base import LeaseHeld, Storage, StorageError, is_url, open_storage, register  # noqa: F401
 from . import local, objectstore  # noqa: E402,F401  (each registers its schemes)
+from .base import LeaseHeld, Storage, StorageError, is_url, open_storage, register  # noqa: F401

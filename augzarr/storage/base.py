@@ -82,7 +82,7 @@ class Storage(ABC):
         for top in {key.split("/", 1)[0] for key in self.list()} - keep:
             self.remove(top)
 
-    def discard_partial_writes(self) -> None:
+    def discard_partial_writes(self) -> None:  # noqa: B027  a no-op by default, not abstract
         """Remove what writes cut short left behind (a backend whose writes are single requests leaves nothing)."""
 
     def usage(self) -> int:
@@ -112,10 +112,12 @@ _BACKENDS: dict[str, type[Storage]] = {}
 
 def register(*schemes: str):
     """Class decorator: the backend for these URL schemes ("" is a plain path)."""
+
     def decorate(cls: type[Storage]) -> type[Storage]:
         for scheme in schemes:
             _BACKENDS[scheme] = cls
         return cls
+
     return decorate
 
 
@@ -133,5 +135,7 @@ def open_storage(location: str | os.PathLike) -> Storage:
     scheme = url_scheme(location)
     if scheme not in _BACKENDS:
         known = ", ".join(f"{s}://" for s in sorted(_BACKENDS) if s)
-        raise StorageError(f"{os.fspath(location)}: unknown storage scheme {scheme}://; use a local path or one of {known}")
+        raise StorageError(
+            f"{os.fspath(location)}: unknown storage scheme {scheme}://; use a local path or one of {known}"
+        )
     return _BACKENDS[scheme](os.fspath(location))

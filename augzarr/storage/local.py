@@ -134,8 +134,10 @@ class LocalStorage(Storage):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LeaseHeld(f"another build-aug is writing {self.root} right now: wait for it to finish, or stop it, "
-                            "then run this again") from None
+            raise LeaseHeld(
+                f"another build-aug is writing {self.root} right now: wait for it to finish, or stop it, "
+                "then run this again"
+            ) from None
         _held_locks.add(fd)
         try:
             yield lambda: None  # nothing can take a flock away: nothing to check

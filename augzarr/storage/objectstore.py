@@ -21,11 +21,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 from .base import LeaseHeld, Storage, StorageError, register
@@ -43,6 +43,7 @@ RETRY = {  # 5xx, dropped and refused connections, timeouts: retried with backof
 @dataclass(frozen=True)
 class Provider:
     """What a message about one provider's store names: its own variables, never another provider's."""
+
     name: str
     credentials: tuple[str, ...]  # any of these set: the client has credentials to try
     missing: str  # what to do when none is set
@@ -65,32 +66,60 @@ AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"  # the chassis asset tag of
 
 PROVIDERS = {
     "s3": Provider(
-        name="S3", endpoint="AWS_ENDPOINT_URL",
-        credentials=("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+        name="S3",
+        endpoint="AWS_ENDPOINT_URL",
+        credentials=(
+            "AWS_ACCESS_KEY_ID",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ),
         missing="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server other than AWS)",
         denied="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and the bucket's policy",
-        metadata_host=lambda: "Amazon EC2" in (dmi("sys_vendor"), dmi("board_vendor"))),
+        metadata_host=lambda: "Amazon EC2" in (dmi("sys_vendor"), dmi("board_vendor")),
+    ),
     "gs": Provider(
-        name="Google Cloud Storage", endpoint="GOOGLE_BASE_URL",
-        credentials=("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH",
-                     "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN", "GOOGLE_SKIP_SIGNATURE"),
+        name="Google Cloud Storage",
+        endpoint="GOOGLE_BASE_URL",
+        credentials=(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_BEARER_TOKEN",
+            "GOOGLE_SKIP_SIGNATURE",
+        ),
         missing="set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file (or GOOGLE_SERVICE_ACCOUNT_KEY to "
-                "the key itself), or run gcloud auth application-default login",
+        "the key itself), or run gcloud auth application-default login",
         denied="GOOGLE_APPLICATION_CREDENTIALS (the service account's key) and the bucket's permissions",
         default_file="~/.config/gcloud/application_default_credentials.json",
-        metadata_host=lambda: bool(os.environ.get("GCE_METADATA_HOST")) or dmi("product_name").startswith("Google")),
+        metadata_host=lambda: bool(os.environ.get("GCE_METADATA_HOST")) or dmi("product_name").startswith("Google"),
+    ),
     "az": Provider(
-        name="Azure Blob Storage", endpoint="AZURE_STORAGE_ENDPOINT",
+        name="Azure Blob Storage",
+        endpoint="AZURE_STORAGE_ENDPOINT",
         account=("AZURE_STORAGE_ACCOUNT_NAME",),
-        credentials=("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY", "AZURE_STORAGE_SAS_KEY",
-                     "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_TOKEN", "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET",
-                     "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI", "AZURE_STORAGE_USE_EMULATOR", "AZURE_SKIP_SIGNATURE",
-                     "AZURE_MSI_ENDPOINT", "AZURE_IDENTITY_ENDPOINT"),
+        credentials=(
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_ACCESS_KEY",
+            "AZURE_STORAGE_MASTER_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_STORAGE_SAS_TOKEN",
+            "AZURE_STORAGE_TOKEN",
+            "AZURE_STORAGE_CLIENT_SECRET",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_USE_AZURE_CLI",
+            "AZURE_STORAGE_USE_EMULATOR",
+            "AZURE_SKIP_SIGNATURE",
+            "AZURE_MSI_ENDPOINT",
+            "AZURE_IDENTITY_ENDPOINT",
+        ),
         missing="set AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and "
-                "AZURE_TENANT_ID for a service principal)",
+        "AZURE_TENANT_ID for a service principal)",
         denied="AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN) and the container's access",
-        metadata_host=lambda: dmi("chassis_asset_tag") == AZURE_ASSET_TAG),
+        metadata_host=lambda: dmi("chassis_asset_tag") == AZURE_ASSET_TAG,
+    ),
 }
 PROVIDERS["abfs"] = PROVIDERS["az"]
 
@@ -110,8 +139,13 @@ def this_process() -> dict:
     """Who holds a lease, precisely enough for a later build on the same machine to tell whether that
     process still runs: the host name, the kernel's boot and PID namespace (two containers may share a
     host name, never both of these), the PID, and the process's start time (a PID is reused)."""
-    return {"host": socket.gethostname(), "boot": read_text("/proc/sys/kernel/random/boot_id"),
-            "pid_namespace": pid_namespace(), "pid": os.getpid(), "started": process_start(os.getpid())}
+    return {
+        "host": socket.gethostname(),
+        "boot": read_text("/proc/sys/kernel/random/boot_id"),
+        "pid_namespace": pid_namespace(),
+        "pid": os.getpid(),
+        "started": process_start(os.getpid()),
+    }
 
 
 def read_text(path: str) -> str | None:
@@ -169,7 +203,9 @@ class ObjectStorage(Storage):
         parsed = urlparse(self.location)
         self.scheme, self.bucket = parsed.scheme, parsed.netloc
         if not self.bucket or not parsed.path.strip("/"):
-            raise StorageError(f"{location}: give a bucket and a path for the store, as in {self.scheme}://BUCKET/datasets/aug.zarr")
+            raise StorageError(
+                f"{location}: give a bucket and a path for the store, as in {self.scheme}://BUCKET/datasets/aug.zarr"
+            )
         self.provider = PROVIDERS[self.scheme]
         self.check_credentials()
         options = {"timeout": "120s", "connect_timeout": "5s"}
@@ -189,14 +225,21 @@ class ObjectStorage(Storage):
         the cloud's metadata service, and off that cloud it waits on it, then fails in another provider's words."""
         provider = self.provider
         # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/... names the account itself
-        no_account = bool(provider.account) and not any(os.environ.get(v) for v in provider.account) and "@" not in self.bucket
-        no_credentials = not (any(os.environ.get(v) for v in provider.credentials)
-                              or (provider.default_file and Path(provider.default_file).expanduser().is_file())
-                              or provider.metadata_host())
+        no_account = (
+            bool(provider.account) and not any(os.environ.get(v) for v in provider.account) and "@" not in self.bucket
+        )
+        no_credentials = not (
+            any(os.environ.get(v) for v in provider.credentials)
+            or (provider.default_file and Path(provider.default_file).expanduser().is_file())
+            or provider.metadata_host()
+        )
         if no_account or no_credentials:
-            lacking = " or ".join(word for word, lacks in (("account", no_account), ("credentials", no_credentials)) if lacks)
-            todo = ([f"set {provider.account[0]} to the storage account's name"] if no_account else []) \
-                + ([provider.missing] if no_credentials else [])
+            lacking = " or ".join(
+                word for word, lacks in (("account", no_account), ("credentials", no_credentials)) if lacks
+            )
+            todo = ([f"set {provider.account[0]} to the storage account's name"] if no_account else []) + (
+                [provider.missing] if no_credentials else []
+            )
             raise StorageError(f"{self.location}: no {provider.name} {lacking}: {'; '.join(todo)}")
 
     def error(self, exc: Exception, doing: str) -> StorageError:
@@ -208,17 +251,33 @@ class ObjectStorage(Storage):
         # the server's own code for it (S3 and compatibles: NoSuchBucket; Azure: ContainerNotFound); never a bare
         # "404", which a message can hold anywhere (an endpoint's port, 127.0.0.1:40409)
         if any(code in text for code in ("NoSuchBucket", "ContainerNotFound", "bucket does not exist")):
-            return StorageError(f"{self.location}: bucket {self.bucket!r} does not exist"
-                                + (f" at {endpoint}" if endpoint else "") + ": create it, or check the URL")
+            return StorageError(
+                f"{self.location}: bucket {self.bucket!r} does not exist"
+                + (f" at {endpoint}" if endpoint else "")
+                + ": create it, or check the URL"
+            )
         if "MissingAccount" in text:
-            return StorageError(f"{self.location}: no {provider.name} account: set {provider.account[0]} to the storage account's name")
-        if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)) or "403 Forbidden" in text \
-                or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AuthenticationFailed" in text:
+            return StorageError(
+                f"{self.location}: no {provider.name} account: set {provider.account[0]} to the storage account's name"
+            )
+        if (
+            isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError))
+            or "403 Forbidden" in text
+            or "InvalidAccessKeyId" in text
+            or "SignatureDoesNotMatch" in text
+            or "AuthenticationFailed" in text
+        ):
             return StorageError(f"{self.location}: access denied {doing}: check {provider.denied}")
-        if any(s in text for s in ("error sending request", "Connection refused", "connection closed", "timed out", "dns error")):
-            return StorageError(f"{self.location}: cannot reach the object store {doing} after retrying"
-                                + (f" ({endpoint})" if endpoint else "") + f": check the network and {provider.endpoint}, "
-                                "then run the same command again")
+        if any(
+            s in text
+            for s in ("error sending request", "Connection refused", "connection closed", "timed out", "dns error")
+        ):
+            return StorageError(
+                f"{self.location}: cannot reach the object store {doing} after retrying"
+                + (f" ({endpoint})" if endpoint else "")
+                + f": check the network and {provider.endpoint}, "
+                "then run the same command again"
+            )
         first = (text.splitlines() or [type(exc).__name__])[0]
         return StorageError(f"{self.location}: {doing} failed: {first[:200]}")
 
@@ -302,7 +361,9 @@ class ObjectStorage(Storage):
         import obstore as obs
 
         try:
-            obs.put(self.store, key, data, use_multipart=False)  # one PUT: atomic, whatever the size (S3's limit is 5 GiB)
+            obs.put(
+                self.store, key, data, use_multipart=False
+            )  # one PUT: atomic, whatever the size (S3's limit is 5 GiB)
         except Exception as exc:
             raise self.error(exc, f"writing {key}") from None
 
@@ -311,7 +372,11 @@ class ObjectStorage(Storage):
         import obstore as obs
 
         try:
-            return {meta["path"]: meta["size"] for batch in obs.list(self.store, prefix or None, chunk_size=1000) for meta in batch}
+            return {
+                meta["path"]: meta["size"]
+                for batch in obs.list(self.store, prefix or None, chunk_size=1000)
+                for meta in batch
+            }
         except Exception as exc:
             raise self.error(exc, f"listing {prefix or 'the store'}") from None
 
@@ -329,7 +394,7 @@ class ObjectStorage(Storage):
 
         try:
             for start in range(0, len(keys), DELETE_BATCH):
-                obs.delete(self.store, keys[start:start + DELETE_BATCH])
+                obs.delete(self.store, keys[start : start + DELETE_BATCH])
         except Exception as exc:
             raise self.error(exc, doing) from None
 
@@ -352,11 +417,16 @@ class ObjectStorage(Storage):
         now, expires = time.time(), current.get("expires", 0)
         running = " (running on this machine)" if holder_here(current.get("process")) == "running" else ""
         renewed = current.get("renewed")
-        last = (f"last renewed its lease {now - renewed:.0f} s ago ({clock(renewed)})" if isinstance(renewed, (int, float))
-                else "holds its lease")
-        return (f"{self.location} is locked by the build of {current.get('owner', 'another build-aug')}{running}, which {last}; "
-                f"the lease expires in {max(0, expires - now):.0f} s ({clock(expires)}) unless renewed again: wait for that build "
-                "to finish, or stop it, then run this again")
+        last = (
+            f"last renewed its lease {now - renewed:.0f} s ago ({clock(renewed)})"
+            if isinstance(renewed, (int, float))
+            else "holds its lease"
+        )
+        return (
+            f"{self.location} is locked by the build of {current.get('owner', 'another build-aug')}{running}, which {last}; "
+            f"the lease expires in {max(0, expires - now):.0f} s ({clock(expires)}) unless renewed again: wait for that build "
+            "to finish, or stop it, then run this again"
+        )
 
     @contextmanager
     def writer_lock(self, build_id: str, say=print):
@@ -386,8 +456,14 @@ class Lease:
         self.storage, self.say = storage, say
         self.ttl = lease_seconds()
         process, now = this_process(), time.time()
-        self.record = {"owner": f"{user()}@{process['host']}:{process['pid']}", "build_id": build_id, "token": uuid.uuid4().hex,
-                       "renewed": now, "expires": now + self.ttl, "process": process}
+        self.record = {
+            "owner": f"{user()}@{process['host']}:{process['pid']}",
+            "build_id": build_id,
+            "token": uuid.uuid4().hex,
+            "renewed": now,
+            "expires": now + self.ttl,
+            "process": process,
+        }
         self.etag: str | None = None
         self.lost: str | None = None  # why the lease was lost, once it is
         self.stopped = threading.Event()
@@ -427,12 +503,18 @@ class Lease:
         try:  # replace exactly the version we read; a build that beats us to it wins
             self.etag = self.put({"e_tag": current_etag})
         except PreconditionError:
-            raise LeaseHeld(f"{self.storage.location}: another build took over the lease of the build that stopped first") from None
+            raise LeaseHeld(
+                f"{self.storage.location}: another build took over the lease of the build that stopped first"
+            ) from None
         if gone:
-            self.say(f"took over the lease of a build that stopped ({current.get('owner')}: no longer running on this machine)")
+            self.say(
+                f"took over the lease of a build that stopped ({current.get('owner')}: no longer running on this machine)"
+            )
         else:
-            self.say(f"took over the lease of a build that stopped ({current.get('owner')}, expired "
-                     f"{time.time() - current.get('expires', 0):.0f} s ago)")
+            self.say(
+                f"took over the lease of a build that stopped ({current.get('owner')}, expired "
+                f"{time.time() - current.get('expires', 0):.0f} s ago)"
+            )
 
     def keep_renewed(self) -> None:
         """The renewing thread: every third of the lease's time until stopped, or until the lease is lost."""

@@ -33,7 +33,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
                 raise PluginError(f"{page.file.src_uri}: no module {name} for a docstring ({exc})") from None
             return "```text\n" + inspect.getdoc(module) + "\n```"
         if name not in COMMANDS:
-            raise PluginError(f"{page.file.src_uri}: no command {name!r} for an option table; the commands are {', '.join(COMMANDS)}")
+            raise PluginError(
+                f"{page.file.src_uri}: no command {name!r} for an option table; the commands are {', '.join(COMMANDS)}"
+            )
         return markdown_table(*COMMANDS[name])
 
     return MARKER.sub(replace, markdown)

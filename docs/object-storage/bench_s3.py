@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from s3env import MotoProcess, make_bucket, obstore_s3, s3fs_fs
 
 ROWS = 1024
@@ -38,9 +37,17 @@ def make_array(store, n):
     from zarr.codecs import BytesCodec
 
     g = zarr.open_group(store, mode="w", zarr_format=3)
-    return g.create_array("train/images", shape=(n,) + SHAPE, chunks=(ROWS,) + SHAPE,
-                          dtype="uint8", serializer=BytesCodec(), compressors=None,
-                          filters=None, fill_value=0, config={"write_empty_chunks": True})
+    return g.create_array(
+        "train/images",
+        shape=(n,) + SHAPE,
+        chunks=(ROWS,) + SHAPE,
+        dtype="uint8",
+        serializer=BytesCodec(),
+        compressors=None,
+        filters=None,
+        fill_value=0,
+        config={"write_empty_chunks": True},
+    )
 
 
 class ZarrCase:
@@ -54,24 +61,24 @@ class ZarrCase:
 
     def write_seq(self):
         for c in range(self.nchunks):
-            self.a[c * ROWS:(c + 1) * ROWS] = self.x[c * ROWS:(c + 1) * ROWS]
+            self.a[c * ROWS : (c + 1) * ROWS] = self.x[c * ROWS : (c + 1) * ROWS]
 
     def write_conc(self):  # zarr writes the chunks of one assignment concurrently
         self.a[:] = self.x
 
     def read_seq(self):
         for c in range(self.nchunks):
-            y = self.a[c * ROWS:(c + 1) * ROWS]
+            y = self.a[c * ROWS : (c + 1) * ROWS]
         return y
 
     def read_conc(self):  # one window of 8 chunks per call: zarr fetches them concurrently
         for w in range(0, self.nchunks, WINDOW):
-            y = self.a[w * ROWS:(w + WINDOW) * ROWS]
+            y = self.a[w * ROWS : (w + WINDOW) * ROWS]
         return y
 
     def read_threads(self):  # 8 threads, one chunk each (the stream's thread-pool option)
         with ThreadPoolExecutor(WINDOW) as ex:
-            list(ex.map(lambda c: self.a[c * ROWS:(c + 1) * ROWS], range(self.nchunks)))
+            list(ex.map(lambda c: self.a[c * ROWS : (c + 1) * ROWS], range(self.nchunks)))
 
     def check(self):
         assert (self.a[:] == self.x).all(), self.name
@@ -93,7 +100,7 @@ class LocalRawCase:
         p = self.path(c)
         tmp = p.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(self.x[c * ROWS:(c + 1) * ROWS].tobytes())
+            f.write(self.x[c * ROWS : (c + 1) * ROWS].tobytes())
         os.replace(tmp, p)
 
     def get(self, c):
@@ -120,7 +127,7 @@ class LocalRawCase:
 
     def check(self):
         for c in range(self.nchunks):
-            assert (self.get(c) == self.x[c * ROWS:(c + 1) * ROWS]).all()
+            assert (self.get(c) == self.x[c * ROWS : (c + 1) * ROWS]).all()
 
 
 class ObstoreRawCase:
@@ -134,17 +141,21 @@ class ObstoreRawCase:
         self.st = obstore_s3(bucket, prefix=prefix)
         self.x = x
         self.nchunks = x.shape[0] // ROWS
-        self.blobs = [x[c * ROWS:(c + 1) * ROWS].tobytes() for c in range(self.nchunks)]
+        self.blobs = [x[c * ROWS : (c + 1) * ROWS].tobytes() for c in range(self.nchunks)]
 
     def write_seq(self):
         for c in range(self.nchunks):
-            self.obs.put(self.st, f"c/{c}", self.x[c * ROWS:(c + 1) * ROWS].tobytes())
+            self.obs.put(self.st, f"c/{c}", self.x[c * ROWS : (c + 1) * ROWS].tobytes())
 
     def write_conc(self):
         async def go():
-            await asyncio.gather(*(self.obs.put_async(self.st, f"c/{c}",
-                                   self.x[c * ROWS:(c + 1) * ROWS].tobytes())
-                                   for c in range(self.nchunks)))
+            await asyncio.gather(
+                *(
+                    self.obs.put_async(self.st, f"c/{c}", self.x[c * ROWS : (c + 1) * ROWS].tobytes())
+                    for c in range(self.nchunks)
+                )
+            )
+
         asyncio.run(go())
 
     def get(self, c):
@@ -163,6 +174,7 @@ class ObstoreRawCase:
         async def go():
             for w in range(0, self.nchunks, WINDOW):
                 await asyncio.gather(*(one(c) for c in range(w, min(w + WINDOW, self.nchunks))))
+
         asyncio.run(go())
 
     def read_threads(self):
@@ -171,7 +183,7 @@ class ObstoreRawCase:
 
     def check(self):
         for c in range(self.nchunks):
-            assert (self.get(c) == self.x[c * ROWS:(c + 1) * ROWS]).all()
+            assert (self.get(c) == self.x[c * ROWS : (c + 1) * ROWS]).all()
 
 
 class S3fsRawCase:
@@ -189,11 +201,10 @@ class S3fsRawCase:
 
     def write_seq(self):
         for c in range(self.nchunks):
-            self.fs.pipe_file(self.p(c), self.x[c * ROWS:(c + 1) * ROWS].tobytes())
+            self.fs.pipe_file(self.p(c), self.x[c * ROWS : (c + 1) * ROWS].tobytes())
 
     def write_conc(self):
-        self.fs.pipe({self.p(c): self.x[c * ROWS:(c + 1) * ROWS].tobytes()
-                      for c in range(self.nchunks)})
+        self.fs.pipe({self.p(c): self.x[c * ROWS : (c + 1) * ROWS].tobytes() for c in range(self.nchunks)})
 
     def get(self, c):
         return np.frombuffer(self.fs.cat_file(self.p(c)), np.uint8).reshape((ROWS,) + SHAPE)
@@ -212,7 +223,7 @@ class S3fsRawCase:
 
     def check(self):
         for c in range(self.nchunks):
-            assert (self.get(c) == self.x[c * ROWS:(c + 1) * ROWS]).all()
+            assert (self.get(c) == self.x[c * ROWS : (c + 1) * ROWS]).all()
 
 
 OPS = ["write_seq", "write_conc", "read_seq", "read_conc", "read_threads"]
@@ -248,7 +259,7 @@ def main():
             c.check()
         times = {c.name: {op: [] for op in OPS} for c in cases}
         for r in range(args.rounds):
-            order = cases[r % len(cases):] + cases[:r % len(cases)]
+            order = cases[r % len(cases) :] + cases[: r % len(cases)]
             for op in OPS:
                 for c in order:
                     t = time.perf_counter()
@@ -260,9 +271,15 @@ def main():
         moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.split(":")[-1].strip()
-    print(f"\n{mib:.0f} MiB per op ({args.chunks} chunks of 3 MiB), median of {args.rounds} rounds, "
-          f"MiB/s; CPU {cpu}, {os.cpu_count()} cores, python {platform.python_version()}")
+    cpu = (
+        subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True)
+        .stdout.split(":")[-1]
+        .strip()
+    )
+    print(
+        f"\n{mib:.0f} MiB per op ({args.chunks} chunks of 3 MiB), median of {args.rounds} rounds, "
+        f"MiB/s; CPU {cpu}, {os.cpu_count()} cores, python {platform.python_version()}"
+    )
     hdr = "| case | " + " | ".join(OPS) + " |"
     print(hdr)
     print("|" + " --- |" * (len(OPS) + 1))
@@ -274,8 +291,9 @@ def main():
         print("|" + " --- |" * (len(OPS) + 1))
         for name, d in med.items():
             print(f"| {name} | " + " | ".join(f"{d[op] / med[base][op]:.2f}" for op in OPS) + " |")
-    Path(args.json).write_text(json.dumps({"mib": mib, "rounds": args.rounds, "cpu": cpu,
-                                           "times_s": times, "median_mib_s": med}, indent=1))
+    Path(args.json).write_text(
+        json.dumps({"mib": mib, "rounds": args.rounds, "cpu": cpu, "times_s": times, "median_mib_s": med}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import tempfile
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
 from s3env import MotoProcess, make_bucket, obstore_s3, s3fs_fs
 
 ROWS, SHAPE, WINDOW, BATCH = 1024, (32, 32, 3), 8, 128
@@ -50,8 +48,9 @@ def fetchers(tmp: Path, bucket: str, x: np.ndarray):
 
     def zarr_array(store):
         g = zarr.open_group(store, mode="w")
-        a = g.create_array("images", shape=x.shape, chunks=(ROWS,) + SHAPE, dtype="uint8",
-                           serializer=BytesCodec(), compressors=None)
+        a = g.create_array(
+            "images", shape=x.shape, chunks=(ROWS,) + SHAPE, dtype="uint8", serializer=BytesCodec(), compressors=None
+        )
         a[:] = x
         return a
 
@@ -63,7 +62,8 @@ def fetchers(tmp: Path, bucket: str, x: np.ndarray):
     def local_raw(chunks, dst):
         for i, c in enumerate(chunks):
             with open(root / str(c) / "0" / "0" / "0", "rb", buffering=0) as f:
-                f.readinto(memoryview(dst[i * ROWS:(i + 1) * ROWS]).cast("B"))
+                f.readinto(memoryview(dst[i * ROWS : (i + 1) * ROWS]).cast("B"))
+
     out["local raw readinto (today)"] = local_raw
 
     def zarr_window(a):
@@ -73,39 +73,44 @@ def fetchers(tmp: Path, bucket: str, x: np.ndarray):
 
         def f(chunks, dst):
             async def go():
-                return await asyncio.gather(*(a._async_array.getitem((slice(c * ROWS, (c + 1) * ROWS),))
-                                              for c in chunks))
+                return await asyncio.gather(
+                    *(a._async_array.getitem((slice(c * ROWS, (c + 1) * ROWS),)) for c in chunks)
+                )
+
             for i, part in enumerate(sync(go())):
-                dst[i * ROWS:(i + 1) * ROWS] = part
+                dst[i * ROWS : (i + 1) * ROWS] = part
+
         return f
 
     def zarr_per_chunk(a):
         def f(chunks, dst):
             for i, c in enumerate(chunks):
-                dst[i * ROWS:(i + 1) * ROWS] = a[c * ROWS:(c + 1) * ROWS]
+                dst[i * ROWS : (i + 1) * ROWS] = a[c * ROWS : (c + 1) * ROWS]
+
         return f
 
     out["zarr LocalStore per chunk"] = zarr_per_chunk(la)
 
     st = obstore_s3(bucket, prefix="o")
     for c in range(nchunks):
-        obs.put(st, f"c/{c}", x[c * ROWS:(c + 1) * ROWS].tobytes())
+        obs.put(st, f"c/{c}", x[c * ROWS : (c + 1) * ROWS].tobytes())
     lt = LoopThread()
 
     def obstore_conc(chunks, dst):
         async def one(i, c):
             r = await obs.get_async(st, f"c/{c}")
             b = await r.bytes_async()
-            dst[i * ROWS:(i + 1) * ROWS] = np.frombuffer(b, np.uint8).reshape((ROWS,) + SHAPE)
+            dst[i * ROWS : (i + 1) * ROWS] = np.frombuffer(b, np.uint8).reshape((ROWS,) + SHAPE)
 
         async def go():
             await asyncio.gather(*(one(i, c) for i, c in enumerate(chunks)))
+
         lt.run(go())
 
     def obstore_seq(chunks, dst):
         for i, c in enumerate(chunks):
             b = obs.get(st, f"c/{c}").bytes()
-            dst[i * ROWS:(i + 1) * ROWS] = np.frombuffer(b, np.uint8).reshape((ROWS,) + SHAPE)
+            dst[i * ROWS : (i + 1) * ROWS] = np.frombuffer(b, np.uint8).reshape((ROWS,) + SHAPE)
 
     out["obstore direct, 8 concurrent"] = obstore_conc
     out["obstore direct, sequential"] = obstore_seq
@@ -114,26 +119,27 @@ def fetchers(tmp: Path, bucket: str, x: np.ndarray):
     out["zarr ObjectStore per chunk"] = zarr_per_chunk(oa)
 
     fs = s3fs_fs()
-    fs.pipe({f"{bucket}/s/c/{c}": x[c * ROWS:(c + 1) * ROWS].tobytes() for c in range(nchunks)})
+    fs.pipe({f"{bucket}/s/c/{c}": x[c * ROWS : (c + 1) * ROWS].tobytes() for c in range(nchunks)})
 
     def s3fs_conc(chunks, dst):
         got = fs.cat([f"{bucket}/s/c/{c}" for c in chunks])
         for i, c in enumerate(chunks):
-            dst[i * ROWS:(i + 1) * ROWS] = np.frombuffer(got[f"{bucket}/s/c/{c}"], np.uint8).reshape((ROWS,) + SHAPE)
+            dst[i * ROWS : (i + 1) * ROWS] = np.frombuffer(got[f"{bucket}/s/c/{c}"], np.uint8).reshape((ROWS,) + SHAPE)
+
     out["s3fs direct, 8 concurrent (fs.cat list)"] = s3fs_conc
     fa = zarr_array(FsspecStore.from_url(f"s3://{bucket}/zf.zarr"))
     out["zarr FsspecStore, 8 concurrent (async getitem)"] = zarr_window(fa)
     for a in (la, oa, fa):  # correctness of the window path
         d = np.empty((2 * ROWS,) + SHAPE, np.uint8)
         zarr_window(a)([3, 1], d)
-        assert (d[:ROWS] == x[3 * ROWS:4 * ROWS]).all() and (d[ROWS:] == x[ROWS:2 * ROWS]).all()
+        assert (d[:ROWS] == x[3 * ROWS : 4 * ROWS]).all() and (d[ROWS:] == x[ROWS : 2 * ROWS]).all()
     return out
 
 
 def epoch(fetch, nchunks, seed):
     rng = np.random.default_rng(seed)
     order = rng.permutation(nchunks)
-    windows = [order[i:i + WINDOW] for i in range(0, nchunks, WINDOW)]
+    windows = [order[i : i + WINDOW] for i in range(0, nchunks, WINDOW)]
 
     def load(w):
         chunks = windows[w]
@@ -150,7 +156,7 @@ def epoch(fetch, nchunks, seed):
             if w + 1 < len(windows):
                 fut = ex.submit(load, w + 1)
             for b in range(0, len(imgs), BATCH):
-                batch = imgs[b:b + BATCH]
+                batch = imgs[b : b + BATCH]
                 n += len(batch)
     return n
 
@@ -174,7 +180,7 @@ def main():
         for k in names:
             epoch(fs[k], args.chunks, 99)  # warm-up
         for r in range(args.rounds):
-            for k in names[r % len(names):] + names[:r % len(names)]:
+            for k in names[r % len(names) :] + names[: r % len(names)]:
                 c0, s0 = me.cpu_times(), mp.cpu_times()
                 t = time.perf_counter()
                 n = epoch(fs[k], args.chunks, r)
@@ -188,15 +194,19 @@ def main():
         moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(rates[names[0]])
-    print(f"\nstream pattern: {args.chunks} chunks x 1024 rows (uint8 32x32x3), windows of {WINDOW} chunks, "
-          f"batches of {BATCH}; median of {args.rounds} epochs; moto_server in a separate process on the same 2 cores")
+    print(
+        f"\nstream pattern: {args.chunks} chunks x 1024 rows (uint8 32x32x3), windows of {WINDOW} chunks, "
+        f"batches of {BATCH}; median of {args.rounds} epochs; moto_server in a separate process on the same 2 cores"
+    )
     print("| reader | images/s | MiB/s | vs local raw | x deep CNN (1,411/s) | client CPU s/GiB | moto CPU s/GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for k in names:
         m = statistics.median(rates[k])
         gib = cpu[k][2] * IMG / 2**30
-        print(f"| {k} | {m:,.0f} | {m * IMG / 2**20:,.0f} | {m / base:.2f} | {m / 1411:,.0f} | "
-              f"{cpu[k][0] / gib:.2f} | {cpu[k][1] / gib:.2f} |")
+        print(
+            f"| {k} | {m:,.0f} | {m * IMG / 2**20:,.0f} | {m / base:.2f} | {m / 1411:,.0f} | "
+            f"{cpu[k][0] / gib:.2f} | {cpu[k][1] / gib:.2f} |"
+        )
     print("rates:", {k: [round(v) for v in rates[k]] for k in names})
 
 

@@ -30,11 +30,15 @@ class MotoProcess:
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self) -> "MotoProcess":
+    def start(self) -> MotoProcess:
         cmd = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, env={**os.environ, **(self.env or {})},
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(self.env or {})},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
