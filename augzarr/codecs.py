@@ -105,9 +105,9 @@ class Codec:
 
 
 CODECS: dict[str, Codec] = {
-    "raw": Codec("the pixels as they are (any zarr v3 reader opens the store)", lossless=True),
+    "raw": Codec("the pixels as they are, which any zarr v3 reader opens", lossless=True),
     "jpeg": Codec(
-        f"JPEG, jpeg:Q for quality Q in 1-100 (default {DEFAULT_JPEG_QUALITY}), {JPEG_SUBSAMPLING} chroma",
+        f"JPEG with {JPEG_SUBSAMPLING} chroma, jpeg:Q for quality Q in 1-100, {DEFAULT_JPEG_QUALITY} by default",
         lossless=False,
         takes_quality=True,
         settings={"subsampling": JPEG_SUBSAMPLING},
@@ -116,7 +116,19 @@ CODECS: dict[str, Codec] = {
 }
 DEFAULT_LOSSY = f"jpeg:{DEFAULT_JPEG_QUALITY}"
 DEFAULT_LOSSLESS = "webp-lossless"
-SPEC_FORMS = "raw, jpeg, jpeg:Q (Q = quality 1-100) or webp-lossless"
+SPEC_FORMS = "auto, raw, jpeg, jpeg:Q (Q = quality 1-100) or webp-lossless"
+# --codec auto: raw for small images, DEFAULT_LOSSY from AUTO_LOSSY_FROM pixels a side (the shorter side) up.
+# BENCHMARKS.md "Image codecs in the store": at 32x32 JPEG saves 2.9x for a decode ~9x slower than copying raw
+# pixels; from 64x64 up q90 is 4x+ smaller than raw on photos and still decodes well ahead of a model's step
+AUTO = "auto"
+AUTO_LOSSY_FROM = 64
+
+
+# --codec's choices as its help lists them
+CODEC_CHOICES = {
+    AUTO: f"raw for images under {AUTO_LOSSY_FROM}x{AUTO_LOSSY_FROM}, {DEFAULT_LOSSY} from there up",
+    **{name: codec.help for name, codec in CODECS.items()},
+}
 
 
 def parse_spec(text: str) -> CodecSpec:
@@ -136,6 +148,19 @@ def parse_spec(text: str) -> CodecSpec:
             f"{CODEC_OPTION} {text!r}: the quality must be a whole number in 1-100, as in jpeg:{DEFAULT_JPEG_QUALITY}"
         )
     return CodecSpec(name, int(quality_text), dict(codec.settings))
+
+
+def choose_spec(text: str, image_shape) -> CodecSpec:
+    """The spec a build stores images of image_shape [H, W, C] with: --codec as given, or auto's choice."""
+    if isinstance(text, str) and text.strip().lower() == AUTO:
+        return parse_spec(DEFAULT_LOSSY if min(image_shape[:2]) >= AUTO_LOSSY_FROM else "raw")
+    return parse_spec(text)
+
+
+def check_spec(text: str, label: str = CODEC_OPTION) -> None:
+    """--codec's check: auto or a spec parse_spec takes (OptionError naming the option otherwise)."""
+    if not (isinstance(text, str) and text.strip().lower() == AUTO):
+        parse_spec(text)
 
 
 def spec_from_zarr_config(config: dict) -> CodecSpec:
@@ -384,6 +409,17 @@ class ImageCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
 
+def register() -> None:
+    """ImageCodec in zarr's codec registry in this process too: a checkout used without being installed has no
+    entry point (an installed augzarr's entry point registers the same class)."""
+    from zarr.registry import register_codec
+
+    register_codec(ZARR_CODEC_NAME, ImageCodec)
+
+
+register()
+
+
 def zarr_array_layout(spec: CodecSpec, chunk_rows: int, image_shape: tuple[int, ...]) -> dict:
     """The keyword arguments of zarr.create_array (beside shape, dtype uint8 and fill_value 0) for an images array
     whose chunks hold chunk_rows rows: raw, one plain chunk; otherwise one shard of one-image inner chunks."""
@@ -554,3 +590,34 @@ def decode_shard(
 
     _on_threads(work, len(out), threads)
     return out
+
+
+def decode_shards(
+    spec: CodecSpec,
+    datas: list,
+    outs: list[np.ndarray],
+    shard_rows: int,
+    threads: int | None = None,
+    keys: list[str] | None = None,
+) -> None:
+    """decode_shard for several shards at once (a stream's window): every row of every shard shared out over
+    `threads` threads (None: the cores), so a few small shards keep every core busy too. Each shard's index is
+    checked before any row is decoded; DamagedShardError names the first damaged shard's key."""
+    keys = keys or [f"shard {i}" for i in range(len(datas))]
+    rows = []  # (view of the row's bytes, its out, key, row in the shard), every shard's rows in order
+    for data, out, key in zip(datas, outs, keys):
+        if len(out) > shard_rows:
+            raise ValueError(f"a shard of {shard_rows} rows cannot fill {len(out)}")
+        view = memoryview(data)
+        for i, (a, b) in enumerate(shard_slices(data, shard_rows, len(out), key)):
+            rows.append((view[a:b], out[i], key, i))
+
+    def work(start: int, stop: int) -> None:
+        for view, out, key, i in rows[start:stop]:
+            try:
+                decode_image_into(spec, view, out)
+            except ValueError as exc:
+                raise DamagedShardError(f"chunk file {key} is damaged: row {i} of the shard {exc}") from None
+
+    if rows:
+        _on_threads(work, len(rows), threads)

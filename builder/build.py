@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from augzarr import __version__
+from augzarr.codecs import CodecSpec, choose_spec
 from augzarr.errors import OptionError, UserError
 from augzarr.sources import Source, open_source
 from augzarr.storage import Storage, open_storage
@@ -38,12 +39,15 @@ from augzarr.store_format import (
     SKELETON_DONE,
     SourceInfo,
     StoreAttrs,
+    codec_record,
     committed_chunks,
     create_skeleton,
     default_chunk_rows,
+    format_version_for,
     mark_complete,
     open_group,
     read_raw_attrs,
+    rows_per_chunk,
 )
 from augzarr.user_text import user_text
 from augzarr.wording import SHOWN_LINES, count, shown
@@ -145,6 +149,7 @@ class Build:
     source: Source
     policy: Policy
     chunk_rows: int
+    codec: CodecSpec
     identity: BuildIdentity
     reporter: Reporter
     started: float
@@ -199,10 +204,11 @@ def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: R
     chunk_rows = options.chunk_size or default_chunk_rows(
         source.image_shape, max_rows=len(source.train) * (options.copies + 1)
     )
-    identity = build_identity(options, source, policy, chunk_rows)
+    codec = choose_spec(options.codec, source.image_shape)
+    identity = build_identity(options, source, policy, chunk_rows, codec)
     check_trainable(options, source)
     check_fits(options, source, chunk_rows, storage)
-    return Build(options, storage, source, policy, chunk_rows, identity, reporter, started)
+    return Build(options, storage, source, policy, chunk_rows, codec, identity, reporter, started)
 
 
 @dataclass
@@ -232,6 +238,7 @@ def run_build(build: Build, scratch: Path, still_held: Callable[[], None]) -> Bu
             build.policy.to_attrs(),
             build.options.seed,
             record.build_id,
+            build.codec.text,
         )
         staged = stage(build, staging, record)
         splits = plan(build, staged)
@@ -365,8 +372,8 @@ def compute(
     """Phase compute: every chunk without a commit marker computed and committed by the workers. Returns the rows computed."""
     skeleton = open_group(build.storage)
     # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
-    rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
-    tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(build.storage, build_id)))
+    split_chunk_rows = {name: rows_per_chunk(skeleton[f"{name}/{IMAGES}"]) for name in splits}
+    tasks, done_rows = pending_chunks(splits, split_chunk_rows, set(committed_chunks(build.storage, build_id)))
     total_rows = sum(len(r) for r in splits.values())
     results = workers.compute(tasks)
     with build.reporter.task(f"building {build.out}", total=total_rows) as advance:
@@ -448,7 +455,7 @@ def check_cluster(client, build: Build, here: LocalStaging) -> ClusterStaging:
         client, build.storage, location, here, first, build.source.image_shape, build.reporter.message
     )
     task = canary_task(build.source, build.chunk_rows, build.options.copies)
-    config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed)
+    config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed, codec=build.codec.text)
     check_canary(client, config, task, canary_rows(build.source, task, resize))
     return staging
 
@@ -491,8 +498,12 @@ def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> BuildIdentity:
-    """Every argument that changes the store's bytes (records.py keeps its recorded form)."""
+def build_identity(
+    options: BuildOptions, source: Source, policy: Policy, chunk_rows: int, codec: CodecSpec
+) -> BuildIdentity:
+    """Every argument that changes the store's bytes (records.py keeps its recorded form): a raw store's as format 1
+    records it; a coded store's with its spec and encoder libraries (another version writes other bytes: a resume
+    with it is refused as another argument is)."""
     return BuildIdentity(
         source_kind=source.kind,
         class_names=source.class_names,
@@ -507,6 +518,15 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
         skip_bad=options.skip_bad,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),
+        **(
+            {}
+            if codec.is_raw
+            else {
+                "format_version": format_version_for(codec),
+                "codec": codec.text,
+                "encoder": codec_record(codec)["encoder"],
+            }
+        ),
     )
 
 
@@ -624,12 +644,12 @@ def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[DecodeTas
 
 
 def pending_chunks(
-    splits: dict[str, SplitRows], rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]
+    splits: dict[str, SplitRows], chunk_rows_of: dict[str, int], committed: set[tuple[str, int]]
 ) -> tuple[list[ChunkTask], int]:
     """The chunk tasks without a commit marker, and the rows of those with one."""
     tasks, done_rows = [], 0
     for name, rows in splits.items():
-        chunk_rows = rows_per_chunk[name]
+        chunk_rows = chunk_rows_of[name]
         for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
             stop = min(start + chunk_rows, len(rows))
             if (name, chunk) in committed:
@@ -679,6 +699,8 @@ def store_attrs(build: Build, staged: Staged, splits: dict[str, SplitRows]) -> S
         ),
         identity=build.identity.to_json(),
         versions=package_versions(),
+        format_version=format_version_for(build.codec),
+        codec=codec_record(build.codec),
         skipped=staged.skipped,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),

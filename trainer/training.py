@@ -31,7 +31,7 @@ import numpy as np
 
 from augzarr.errors import OptionError, UserError, one_line
 from augzarr.storage.local import write_atomic
-from augzarr.store_format import OpenStore, StoreAttrs, open_store
+from augzarr.store_format import OpenStore, StoreAttrs, open_store, rows_per_chunk
 from augzarr.user_text import user_text
 
 from .distribute import PLAIN, Placement, activate, plan_devices
@@ -290,6 +290,9 @@ def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Pa
     return run_dir, record
 
 
+RESUME_MAY_CHANGE = ("epochs", "decode_threads")  # neither changes what the run computes
+
+
 def resumed_options(run_dir: Path, record: RunRecord, given: dict) -> TrainOptions:
     """The run's recorded options with those given over them; refused when one given differs, except --epochs."""
     if record.options is None:
@@ -302,7 +305,7 @@ def resumed_options(run_dir: Path, record: RunRecord, given: dict) -> TrainOptio
     conflicts = [
         f"--{k.replace('_', '-')} {getattr(record.options, k)} -> {getattr(wanted, k)}"
         for k in given
-        if k != "epochs" and getattr(record.options, k) != getattr(wanted, k)
+        if k not in RESUME_MAY_CHANGE and getattr(record.options, k) != getattr(wanted, k)
     ]
     if conflicts:
         raise UserError(
@@ -337,7 +340,8 @@ def open_training_store(start: Start) -> TrainingData:
         raise UserError(
             f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0"
         )
-    chunk_bytes = int(np.prod(store.images("train").chunks))
+    images = store.images("train")
+    chunk_bytes = rows_per_chunk(images) * int(np.prod(images.shape[1:]))  # decoded, as the window holds them
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
         raise OptionError(
             f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
@@ -526,6 +530,7 @@ def run_streams(
                 seed=options.seed,
                 start_epoch=start_epoch,
                 buffer_chunks=options.buffer_chunks,
+                decode_threads=options.decode_threads,
                 online=options.online_ops,
                 mix=mix,
                 shard=devices.shard,
@@ -545,6 +550,7 @@ def run_streams(
                 shuffle=False,
                 soft_labels=bool(options.mix),
                 batch_multiple=devices.batch_multiple,
+                decode_threads=options.decode_threads,
             )
             opened.callback(val.close)
         else:
@@ -601,7 +607,14 @@ def evaluate_run(
     split = "test" if data.test_rows else "val"
     if not data.test_rows:
         say("the store has no test split: evaluating on the validation split instead")
-    stream = StoreStream(data.store, split, options.batch_size, shuffle=False, batch_multiple=devices.batch_multiple)
+    stream = StoreStream(
+        data.store,
+        split,
+        options.batch_size,
+        shuffle=False,
+        batch_multiple=devices.batch_multiple,
+        decode_threads=options.decode_threads,
+    )
     try:
         with stream_errors(stream):
             metrics = evaluate_stream(model, stream, data.attrs.class_names)
