@@ -255,7 +255,21 @@ def test_a_store_of_a_codec_this_augzarr_cannot_decode_is_refused_naming_it(stor
     (copy / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r'codec "jxl:7", which this augzarr cannot decode.*upgrade augzarr'):
         open_store(copy)
+    meta["attributes"]["codec"]["spec"] = "jpeg:85"  # not the quality its arrays were written with
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"train/images is not stored with codec jpeg:85 .* as the attributes say"):
+        open_store(copy)
     meta["attributes"]["codec"] = None  # a format-2 store that says raw: its attributes contradict its arrays
     (copy / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"format 2 with codec raw, which is format 1"):
         open_store(copy)
+
+
+def test_train_streams_a_coded_store_and_its_model_card_names_the_codec(stores, tmp_path):
+    run = tmp_path / "run"
+    args = ["--store", str(stores["jpeg:90"]), "--model", "shallow", "--epochs", "1", "--batch-size", "16"]
+    run_cli("train", *args, "--decode-threads", "2", "--out", str(run), check=True)
+    card = (run / "model_card.md").read_text()
+    assert "augzarr format 2" in card and "- images stored as: jpeg:90 (written by simplejpeg " in card
+    refused = run_cli("train", *args, "--decode-threads", "0", "--out", str(tmp_path / "never"))
+    assert refused.returncode == 2 and "--decode-threads" in refused.stderr and "Traceback" not in refused.stderr
