@@ -82,9 +82,9 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)  # about the store built: printed after the summary
 
 
-def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage) -> None:
-    """Refuse, before any work, a chunk too big for memory or a store too big for the disk
-    (object storage has no free space to ask about)."""
+def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage, codec: CodecSpec) -> None:
+    """Refuse, before any work, a chunk too big for memory or a store too big for the disk (object storage has no
+    free space to ask about); a coded store is taken at the size its codec's least saving would leave."""
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise OptionError(
@@ -94,7 +94,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: 
     rows = len(source.train) * (options.copies + 1) + sum(
         len(s) for name, s in source.splits().items() if name != "train"
     )
-    needed = rows * row_bytes
+    needed = rows * row_bytes // (1 if codec.is_raw else codec.least_saving)
     free = storage.free_bytes() if storage.checks_free_space else None
     if free is not None and needed > free:
         raise UserError(
@@ -207,7 +207,7 @@ def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: R
     codec = choose_spec(options.codec, source.image_shape)
     identity = build_identity(options, source, policy, chunk_rows, codec)
     check_trainable(options, source)
-    check_fits(options, source, chunk_rows, storage)
+    check_fits(options, source, chunk_rows, storage, codec)
     return Build(options, storage, source, policy, chunk_rows, codec, identity, reporter, started)
 
 

@@ -52,15 +52,13 @@ def verify_store(store: OpenStore) -> tuple[int, list[str]]:
                 keys = [chunk_key(images, c) for c in chunks]
                 datas = read_objects(store.storage, keys)
                 found = [codecs.crc32_hex(data) for data in datas]
-            for c, crc in zip(chunks, found):
+            for i, (c, crc) in enumerate(zip(chunks, found)):
                 checked += 1
                 where = store.storage.where(chunk_key(images, c))
                 if crc != crcs[c]:
                     problems.append(f"{split} chunk {c} ({where}) does not match its checksum from the build")
                 elif not spec.is_raw:  # stored as built; and every image must decode (a wrong build would not)
-                    problems += decode_problems(
-                        spec, datas[chunks.index(c)], blocks[chunks.index(c)], chunk_rows, where
-                    )
+                    problems += decode_problems(spec, datas[i], blocks[i], chunk_rows, where)
     return checked, problems
 
 

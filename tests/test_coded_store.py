@@ -273,3 +273,40 @@ def test_train_streams_a_coded_store_and_its_model_card_names_the_codec(stores, 
     assert "augzarr format 2" in card and "- images stored as: jpeg:90 (written by simplejpeg " in card
     refused = run_cli("train", *args, "--decode-threads", "0", "--out", str(tmp_path / "never"))
     assert refused.returncode == 2 and "--decode-threads" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_disk_check_expects_a_jpeg_store_at_half_the_raw_size_at_most(images, tmp_path):
+    """30 images at 4096x4096 x 10,001 rows: far beyond this disk either way; the estimate says how far."""
+    from augzarr.codecs import parse_spec
+
+    def needed(codec: str) -> float:
+        args = ["--source", str(images), "--image-size", "4096", "--copies", "10000", "--codec", codec]
+        result = run_cli("build-aug", *args, "--out", str(tmp_path / "s.zarr"))
+        assert result.returncode == 1 and "GiB are free for --out" in result.stderr, result.stderr
+        return float(result.stderr.split("needs about ")[1].split(" GiB")[0].replace(",", ""))
+
+    assert needed("jpeg:90") == pytest.approx(needed("raw") / 2, rel=1e-3)
+    # not measured to save at every size: taken as raw
+    assert [parse_spec(c).least_saving for c in ("jpeg:95", "webp-lossless", "raw")] == [1, 1, 1]
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_verify_decodes_every_image_even_where_the_checksums_agree(stores, tmp_path):
+    """A chunk whose recorded CRC-32 was made to match its damage (a build that wrote a bad image) is still found."""
+    import shutil
+    import zlib
+
+    copy = tmp_path / "undecodable.zarr"
+    shutil.copytree(stores["jpeg:90"], copy)
+    key = chunk_key(open_store(copy).images("train"), 2)
+    data = bytearray((copy / key).read_bytes())
+    data[1] ^= 0xFF  # row 0's JPEG start-of-image marker: no decoder takes it
+    (copy / key).write_bytes(bytes(data))
+    meta = json.loads((copy / "zarr.json").read_text())
+    meta["attributes"]["chunk_crc32"]["train"][2] = f"{zlib.crc32(bytes(data)):08x}"
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    result = run_cli("inspect-aug", "--store", str(copy), "--verify")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"chunk file {copy / key} is damaged: row 0 of the shard is not a decodable jpeg image" in (
+        result.stdout + result.stderr
+    )
