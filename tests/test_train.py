@@ -396,7 +396,7 @@ def test_bad_stores_and_options_give_one_line(store, tmp_path):
     (tmp_path / "folder").mkdir()
     refused({"store": str(tmp_path / "folder")}, "not an augzarr store")
     for name, edit, match in [
-        ("newer", {"format_version": 2}, "newer than this augzarr reads"),
+        ("newer", {"format_version": 3}, "newer than this augzarr reads"),
         ("incomplete", {"complete": False}, "is incomplete"),
     ]:
         copy = tmp_path / f"{name}.zarr"
