@@ -263,7 +263,12 @@ def starting_point(
     else starts a new one. A resume may change --epochs (not below the epochs done) and --intended-use only."""
     if not resume and out is not None:
         interrupted = RunRecord.read(out)
-        resume = interrupted is not None and interrupted.is_running and interrupted.options == options
+        resume = (
+            interrupted is not None
+            and interrupted.is_running
+            and interrupted.options is not None
+            and replace(interrupted.options, decode_threads=None) == replace(options, decode_threads=None)
+        )  # how many threads decode changes no batch
     if not resume:
         return Start(options, intended_use)
     run_dir, record = find_run_to_resume(out, held)
