@@ -48,6 +48,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def decoded_images(self) -> np.ndarray:
+        """The images of a decoded source's split."""
+        if self.images is None:
+            raise TypeError("this split's images are encoded: its files hold them")
+        return self.images
+
+    def encoded_files(self) -> list:
+        """The image items of an encoded source's split."""
+        if self.files is None:
+            raise TypeError("this split's images are decoded: its images hold them")
+        return self.files
+
 
 @dataclass
 class Source:
@@ -91,7 +103,7 @@ class Source:
         from augzarr.images import file_digest
 
         return self.hash_digests(
-            {name: [file_digest(item) for item in split.files] for name, split in self.splits().items()}
+            {name: [file_digest(item) for item in split.encoded_files()] for name, split in self.splits().items()}
         )
 
     def sample_name(self, split: str, index: int) -> str:
@@ -197,7 +209,7 @@ def open_source(
             from augzarr.images import resize_all
 
             for split in source.splits().values():
-                split.images = resize_all(split.images, image_size)
+                split.images = resize_all(split.decoded_images(), image_size)
             source.image_shape = (image_size, image_size, source.image_shape[2])
         source.content_hash = hash_arrays(source)
     return source
