@@ -22,8 +22,11 @@ from .policy_check import check_policy
 
 
 def notebook_policy(height: int, width: int) -> A.Compose:
-    """The notebook's ImageDataGenerator(rotation_range=40, width_shift_range=0.2,
-    height_shift_range=0.2, zoom_range=0.2, horizontal_flip=True, fill_mode='nearest').
+    """The notebook's `ImageDataGenerator`: rotation ±40°, shifts within ±20% as whole pixels, zoom 0.8-1.2
+    drawn per axis, horizontal flip, edge-replicating fill.
+
+    ImageDataGenerator(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, zoom_range=0.2,
+    horizontal_flip=True, fill_mode='nearest').
 
     Keras draws the x and y zoom independently from [0.8, 1.2], as keep_ratio=False
     does here; fill_mode 'nearest' repeats the edge pixel, which is BORDER_REPLICATE.
@@ -49,7 +52,7 @@ def notebook_policy(height: int, width: int) -> A.Compose:
 
 
 def crop_flip_policy(height: int, width: int) -> A.Compose:
-    """The standard CIFAR recipe: zero-pad by 1/8 of the side (4 px at 32), random crop back, flip."""
+    """Zero-pad 1/8 of the side (4 px at 32), random crop back to size, horizontal flip: the classic CIFAR recipe."""
     pad = max(1, round(min(height, width) / 8))
     return A.Compose(
         [
@@ -63,9 +66,11 @@ def crop_flip_policy(height: int, width: int) -> A.Compose:
 
 
 def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
-    """crop-flip, then cutout (DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at
-    32x32): one hole half the side (16 px at 32), always, filled with mid-grey (128, about the data's mean,
-    as the paper's zero after normalising is), wherever it falls (cut off at the edges)."""
+    """crop-flip, then one mid-grey (128) hole half the side (16x16 at 32) at a random centre, cut off at the
+    edges: cutout's best CIFAR-10 setting.
+
+    Cutout: DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at 32x32, always; mid-grey is
+    about the data's mean, as the paper's zero after normalising is."""
     return A.Compose(
         [
             *crop_flip_policy(height, width).transforms,
@@ -77,10 +82,14 @@ def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
 
 
 def randaugment_policy(height: int, width: int) -> A.Compose:
-    """RandAugment-style (Cubuk et al., 2020): per copy, 2 different operations drawn uniformly from the
-    list below (identity among them, so a copy gets one or two), each at a random magnitude within a range
-    suited to 32x32 images (about RandAugment's magnitude 9 of 30, shifts scaled to the side); then
-    crop-flip, as the paper's CIFAR-10 recipe does. Geometric operations fill with mid-grey (128)."""
+    """RandAugment-style: per copy 2 different operations drawn uniformly from identity, autocontrast,
+    equalize, rotate ±15°, solarize above 50-100%, saturation, contrast and brightness ×0.5-1.5, posterize to 4-6
+    bits, sharpen (alpha 0.2-0.5), shear x or y ±15°, translate x or y by up to 1/8 of the side, geometric ones
+    filling with mid-grey; then crop-flip.
+
+    RandAugment: Cubuk et al., 2020. Identity is among the operations, so a copy gets one or two; each at a random
+    magnitude within a range suited to 32x32 images (about RandAugment's magnitude 9 of 30, shifts scaled to the
+    side); then crop-flip, as the paper's CIFAR-10 recipe does."""
     shift_y, shift_x = max(1, round(height / 8)), max(1, round(width / 8))
     geometry = {"border_mode": cv2.BORDER_CONSTANT, "fill": 128, "p": 1.0}
     operations = [
@@ -102,6 +111,7 @@ def randaugment_policy(height: int, width: int) -> A.Compose:
     return A.Compose([A.SomeOf(operations, n=2, replace=False, p=1.0), *crop_flip_policy(height, width).transforms])
 
 
+# each preset's name -> its function; the first paragraph of the function's docstring is what the docs say it does
 PRESETS = {
     "notebook": notebook_policy,
     "crop-flip": crop_flip_policy,

@@ -1,4 +1,4 @@
-"""train --model PATH.py:FUNCTION or PATH.keras: the user's own Keras model in place of deep or shallow.
+"""train --model PATH.py:FUNCTION or PATH.keras: the user's own Keras model in place of a built-in one.
 
 Keras is imported inside the functions only (model_spec.py parses the spec, before Keras loads).
 Every failure (no file, a file that does not import or load, no such function, a function that
