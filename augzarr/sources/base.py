@@ -30,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from augzarr.errors import OptionError, UserError
-from augzarr.wording import shown
+from augzarr.wording import alternatives, shown
 
 # A source's own split names (an image folder's folders, a Hugging Face DatasetDict's splits), matched ignoring
 # case -> the store's split. The one list: every kind with splits of its own maps them with it.
@@ -184,7 +184,7 @@ def kind_of(spec: str) -> SourceKind:
         hints = [kind.file_hint for kind in _KINDS if kind.file_hint]
         raise UserError(f"--source {spec}: a file must be {' or '.join(hints)}; for images pass their folder")
     described = [kind.described for kind in _KINDS]
-    raise UserError(f"--source {spec}: no such file or folder (use {', '.join(described[:-1])} or {described[-1]})")
+    raise UserError(f"--source {spec}: no such file or folder (use {alternatives(described)})")
 
 
 def open_source(

@@ -19,6 +19,7 @@ from mkdocs.exceptions import PluginError
 from augzarr.builder.options import BUILD_AUG, INSPECT_AUG
 from augzarr.options import markdown_table
 from augzarr.trainer.options import EVALUATE, TRAIN
+from augzarr.wording import alternatives
 
 # each console script -> its options' classes, in the order --help shows them
 COMMANDS = {"build-aug": BUILD_AUG, "inspect-aug": INSPECT_AUG, "train": TRAIN, "evaluate": EVALUATE}
@@ -61,11 +62,6 @@ def first_paragraph(thing) -> str:
     return " ".join(inspect.getdoc(thing).split("\n\n")[0].split())
 
 
-def names_in_a_sentence(names: list[str]) -> str:
-    shown = [f"`{name}`" for name in names]
-    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
-
-
 def on_page_markdown(markdown: str, page, config, files) -> str:
     def replace(match: re.Match) -> str:
         kind, name = match.groups()
@@ -84,4 +80,4 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return markdown_table(*COMMANDS[name])
 
     markdown = MARKER.sub(replace, markdown)
-    return NAMES.sub(lambda match: names_in_a_sentence(list(registry(match.group(1), page))), markdown)
+    return NAMES.sub(lambda match: alternatives(f"`{name}`" for name in registry(match.group(1), page)), markdown)
