@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,7 +46,8 @@ def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_f
     try:
         run_cli("build-aug", *args, "--out", str(out), check=True)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
     assert not (out / BUILD_DIR).exists()
     assert_same_store(out, reference)
 
@@ -79,10 +81,8 @@ def test_the_pool_workers_end_quietly_with_a_build_killed_by_kill_9(resumable_ca
         assert "Traceback" not in stderr and "Error" not in stderr, stderr
         assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
-        except ProcessLookupError:
-            pass
 
 
 # -- corrupted stores ---------------------------------------------------------------------------------
