@@ -51,6 +51,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 
 from augzarr.errors import OptionError, UserError
+from augzarr.wording import alternatives
 
 CODEC_OPTION = "--codec"
 ZARR_CODEC_NAME = "augzarr.image"  # the name in zarr.json and of the entry point (ZEP 9: a namespaced name)
@@ -93,7 +94,7 @@ class CodecSpec:
     def least_saving(self) -> int:
         """raw size / stored size, at least (BENCHMARKS.md): a build's disk check expects no less. Only JPEG up to
         the default quality was measured to save 2.9x and more at every size; anything else is taken as raw."""
-        return 2 if self.name == "jpeg" and self.quality <= DEFAULT_JPEG_QUALITY else 1
+        return 2 if self.name == "jpeg" and (self.quality or 100) <= DEFAULT_JPEG_QUALITY else 1
 
     def zarr_config(self) -> dict:
         quality = {} if self.quality is None else {"quality": self.quality}
@@ -122,14 +123,23 @@ CODECS: dict[str, Codec] = {
 }
 DEFAULT_LOSSY = f"jpeg:{DEFAULT_JPEG_QUALITY}"
 DEFAULT_LOSSLESS = "webp-lossless"
-SPEC_FORMS = "auto, raw, jpeg, jpeg:Q (Q = quality 1-100) or webp-lossless"
 # --codec auto: raw for small images, DEFAULT_LOSSY from AUTO_LOSSY_FROM pixels a side (the shorter side) up.
-# BENCHMARKS.md "Image codecs in the store": at 32x32 JPEG saves 2.9x for a decode ~9x slower than copying raw
-# pixels; from 64x64 up q90 is 4x+ smaller than raw on photos and still decodes well ahead of a model's step
+# BENCHMARKS.md "Where JPEG starts to pay": at 32x32 JPEG saves 2.9x for a decode ~9x slower than copying raw
+# pixels; from 64x64 up q90 is 5x and more smaller than raw on photos and still decodes well ahead of a model's step
 AUTO = "auto"
 AUTO_LOSSY_FROM = 64
 
 
+def spec_forms(auto: bool = True) -> str:
+    """What --codec takes, as its messages list it: auto (unless not), each codec, and NAME:Q after one that takes
+    a quality."""
+    forms = [AUTO] if auto else []
+    for name, codec in CODECS.items():
+        forms += [name, f"{name}:Q (Q = quality 1-100)"] if codec.takes_quality else [name]
+    return alternatives(forms)
+
+
+SPEC_FORMS = spec_forms()
 # --codec's choices as its help lists them
 CODEC_CHOICES = {
     AUTO: f"raw for images under {AUTO_LOSSY_FROM}x{AUTO_LOSSY_FROM}, {DEFAULT_LOSSY} from there up",
@@ -525,7 +535,7 @@ def encode_shard(spec: CodecSpec, block: np.ndarray, shard_rows: int, threads: i
         raise ValueError("a raw images array has no shards: its chunk is the pixels themselves")
     if not 0 < len(block) <= shard_rows:
         raise ValueError(f"a shard of {shard_rows} rows cannot hold {len(block)}")
-    parts: list[bytes | None] = [None] * len(block)
+    parts = [b""] * len(block)  # each row's encoded bytes
 
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):

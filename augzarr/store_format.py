@@ -38,15 +38,20 @@ import functools
 import json
 import zlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 from augzarr import codecs
 from augzarr.codecs import CodecSpec, DamagedShardError
 from augzarr.errors import UserError
 from augzarr.storage import Storage, open_storage
 from augzarr.wording import count
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 FORMAT_NAME = "augzarr"
 FORMAT_VERSION = 2  # the newest this augzarr reads and writes
@@ -132,11 +137,11 @@ class StoreAttrs:
             return codecs.parse_spec("raw")
         spec = self.codec.get("spec") if isinstance(self.codec, dict) else None
         try:
-            return codecs.parse_spec(spec)
+            return codecs.parse_spec(str(spec))
         except UserError:
             raise UserError(
                 f"the images are stored with codec {short_json(spec)}, which this augzarr cannot decode "
-                f"(it decodes {codecs.SPEC_FORMS.replace('auto, ', '')}): upgrade augzarr"
+                f"(it decodes {codecs.spec_forms(auto=False)}): upgrade augzarr"
             ) from None
 
     @classmethod
@@ -144,6 +149,7 @@ class StoreAttrs:
         """The attributes of a format-1 group; fields a store of an older augzarr lacks take their
         defaults, a missing required field or a wrong type is refused naming the store."""
         source = attrs.get("source")
+        source_fields = source if isinstance(source, dict) else {}  # not an object: refused below, as garbled
         missing = [
             f.name
             for f in fields(cls)
@@ -160,7 +166,9 @@ class StoreAttrs:
         try:
             values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}
             values.setdefault("class_names", None)  # reported by class_name_problems, with the other class-name faults
-            values["source"] = SourceInfo(**{f.name: source[f.name] for f in fields(SourceInfo) if f.name in source})
+            values["source"] = SourceInfo(
+                **{f.name: source_fields[f.name] for f in fields(SourceInfo) if f.name in source_fields}
+            )
             return cls(**values)
         except TypeError:
             raise UserError(
@@ -242,14 +250,15 @@ def is_raw_layout(array: zarr.Array) -> bool:
     'bytes' codec, as IMAGE_CODEC stores images): such chunks are written and read directly."""
     meta = array.metadata
     return (
-        len(meta.codecs) == 1
+        isinstance(meta, ArrayV3Metadata)
+        and len(meta.codecs) == 1
         and type(meta.codecs[0]).__name__ == "BytesCodec"
         and array.dtype == np.uint8
         and meta.fill_value == 0
     )
 
 
-def open_group(storage: Storage, mode: str = "r") -> zarr.Group:
+def open_group(storage: Storage, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> zarr.Group:
     return zarr.open_group(store=storage.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
@@ -271,14 +280,14 @@ def create_skeleton(
     root = open_group(storage, mode="a")
     root.attrs.put({**attrs.to_json(), "complete": False})
     # every chunk is written even when it is all zeros, so a missing chunk is always a fault
-    config = {"write_empty_chunks": True}
+    config: ArrayConfigParams = {"write_empty_chunks": True}
     for name, rows in splits.items():
         group = root.require_group(name)
         if name == "train" and train_file_digests is not None:
             group.attrs.put({TRAIN_FILE_DIGESTS: train_file_digests})
         n = len(rows)
         # per-row arrays are tiny: few big chunks (one object each) rather than one per image chunk
-        common = {"chunks": (max(1, min(n, SMALL_ARRAY_CHUNK)),), "overwrite": True, "config": config}
+        row_chunks = (max(1, min(n, SMALL_ARRAY_CHUNK)),)
         group.create_array(
             IMAGES,
             shape=(n, *image_shape),
@@ -289,7 +298,9 @@ def create_skeleton(
             **codecs.zarr_array_layout(spec, split_chunk_rows(chunk_rows, n), tuple(image_shape)),
         )
         for array in ROW_ARRAYS:
-            group.create_array(array, shape=(n,), dtype=row_dtype(array, n_classes), **common)[:] = getattr(rows, array)
+            group.create_array(
+                array, shape=(n,), dtype=row_dtype(array, n_classes), chunks=row_chunks, overwrite=True, config=config
+            )[:] = getattr(rows, array)
 
 
 def digest_set(hex_digests) -> str:
@@ -323,10 +334,10 @@ def stored_chunk(spec: CodecSpec, block: np.ndarray, chunk_rows: int) -> tuple[b
     if not spec.is_raw:
         data = codecs.encode_shard(spec, block, chunk_rows, threads=1)
         return data, codecs.crc32_hex(data)
-    crc = f"{zlib.crc32(block):08x}"
+    crc = crc32_hex(block)
     if len(block) < chunk_rows:
         block = np.concatenate([block, np.zeros((chunk_rows - len(block), *block.shape[1:]), np.uint8)])
-    return memoryview(np.ascontiguousarray(block)).cast("B"), crc
+    return np.ascontiguousarray(block).data.cast("B"), crc
 
 
 def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
@@ -352,9 +363,11 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
     """Steps 4 and 5: checksums and complete: true in the root metadata (one write), then .build/ goes."""
     chunk_crc32 = {}
     for split in splits:
-        images = group[f"{split}/{IMAGES}"]
+        images = array_at(group, f"{split}/{IMAGES}")
         chunk_crc32[split] = [storage.read(marker_key(split, c, build_id)).decode() for c in range(chunk_count(images))]
-    array_crc32 = {f"{s}/{name}": crc32_hex(group[f"{s}/{name}"][:]) for s in splits for name in ROW_ARRAYS}
+    array_crc32 = {
+        f"{s}/{name}": crc32_hex(read_whole(array_at(group, f"{s}/{name}"))) for s in splits for name in ROW_ARRAYS
+    }
     group.attrs.update({"complete": True, "chunk_crc32": chunk_crc32, "array_crc32": array_crc32, "built": built})
     storage.remove(BUILD_DIR)
     storage.discard_partial_writes()  # a worker killed mid-write (its chunk since rewritten whole) left its temporary file
@@ -379,13 +392,16 @@ class OpenStore:
         return split in self.attrs.splits and self.rows(split) > 0
 
     def rows(self, split: str) -> int:
-        return self.group[f"{split}/{IMAGES}"].shape[0] if split in self.attrs.splits else 0
+        return self.images(split).shape[0] if split in self.attrs.splits else 0
 
     def images(self, split: str) -> zarr.Array:
-        return self.group[f"{split}/{IMAGES}"]
+        return array_at(self.group, f"{split}/{IMAGES}")
+
+    def row_array(self, split: str, name: str) -> zarr.Array:
+        return array_at(self.group, f"{split}/{name}")
 
     def labels(self, split: str) -> np.ndarray:
-        return self.group[f"{split}/labels"][:]
+        return read_whole(self.row_array(split, "labels"))
 
     @property
     def codec(self) -> CodecSpec:
@@ -436,7 +452,8 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     where = storage.location
     if not storage.exists():
         raise UserError(f"store {where} does not exist: build one with build-aug --out {where}")
-    if storage.local_path() is not None and storage.local_path().is_file():
+    local = storage.local_path()
+    if local is not None and local.is_file():
         raise UserError(
             f"{where} is a file, not an augzarr store (a store is a folder): give the store's folder, as build-aug --out made it"
         )
@@ -466,13 +483,18 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
         )
     group = open_group(storage)
     missing, unreadable = [], []
-    for key in (k for s in attrs.splits for k in (s, *(f"{s}/{a}" for a in (IMAGES, *ROW_ARRAYS)))):
-        try:
-            group[key]
-        except KeyError:
-            missing.append(key)
-        except Exception as exc:  # a damaged zarr.json of the array or its split: zarr's own parse error
-            unreadable.append(f"{storage.where(key + '/' + ROOT_METADATA)} cannot be read ({first_line(exc)})")
+    for split in attrs.splits:
+        for key in (split, *(f"{split}/{a}" for a in (IMAGES, *ROW_ARRAYS))):
+            try:
+                node = group[key]
+            except KeyError:
+                missing.append(key)
+            except Exception as exc:  # a damaged zarr.json of the array or its split: zarr's own parse error
+                unreadable.append(f"{storage.where(key + '/' + ROOT_METADATA)} cannot be read ({first_line(exc)})")
+            else:
+                if isinstance(node, zarr.Array) != (key != split):
+                    kind = "an array" if isinstance(node, zarr.Array) else "a group"
+                    unreadable.append(f"{key} is {kind} ({storage.where(key + '/' + ROOT_METADATA)})")
     if missing or unreadable:
         problems = ([f"missing arrays {', '.join(missing)}"] if missing else []) + unreadable[:3]
         raise UserError(f"store {where} is damaged: {'; '.join(problems)}; rebuild it with build-aug --overwrite")
@@ -501,10 +523,9 @@ def shape_problems(store: OpenStore) -> list[str]:
         if problem:
             problems.append(f"{split}/images {problem}")
         for name in ROW_ARRAYS:
-            if store.group[f"{split}/{name}"].shape[0] != images.shape[0]:
-                problems.append(
-                    f"{split}/{name} has {store.group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}"
-                )
+            rows = store.row_array(split, name).shape[0]
+            if rows != images.shape[0]:
+                problems.append(f"{split}/{name} has {rows} rows, {split}/images {images.shape[0]}")
     return problems
 
 
@@ -554,14 +575,14 @@ def row_array_problems(store: OpenStore) -> list[str]:
     present = store.objects
     for split in attrs.splits:
         for name in ROW_ARRAYS:
-            key, array = f"{split}/{name}", store.group[f"{split}/{name}"]
+            key, array = f"{split}/{name}", store.row_array(split, name)
             dtype = row_dtype(name, n_classes)
             if array.dtype != dtype:
                 problems.append(f"{key} is {array.dtype}, not {dtype}")
                 continue
             data, problem = read_row_array(store.storage, array, present)
-            if problem:
-                problems.append(problem)
+            if data is None:
+                problems.append(problem or f"{key} cannot be read")
                 continue
             if attrs.array_crc32 is not None and crc32_hex(data) != attrs.array_crc32.get(key):
                 problems.append(f"{key} ({store.storage.where(array.path)}) does not match its checksum from the build")
@@ -650,7 +671,7 @@ def read_chunks(
         return
     expected = int(np.prod(array.chunks)) * array.dtype.itemsize
     try:
-        sizes = storage.read_many_into(keys, [memoryview(out).cast("B") for out in outs])
+        sizes = storage.read_many_into(keys, [out.data.cast("B") for out in outs])
     except KeyError as exc:
         raise UserError(f"chunk file {storage.where(exc.args[0])} is missing: {DAMAGED_SINCE_OPENED}") from None
     for key, size in zip(keys, sizes):
@@ -662,4 +683,16 @@ def read_chunks(
 
 
 def crc32_hex(data: np.ndarray) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(data)):08x}"
+    return f"{zlib.crc32(np.ascontiguousarray(data).data):08x}"
+
+
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at path (open_store has refused a store where a group stands in an array's place)."""
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise TypeError(f"{path} is a group, not an array")
+    return node
+
+
+def read_whole(array: zarr.Array) -> np.ndarray:
+    return np.asarray(array[:])
