@@ -443,6 +443,12 @@ def test_a_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(backe
     assert (position["epochs_done"] * batches_per_epoch + position["batches_done"]) % 4 == 0
     assert (cut / "state" / position["checkpoint"]).exists() and not (cut / "metrics.json").exists()
 
+    if backend == "tensorflow":  # a checkpoint inside epoch N+1: --epochs N would end with part of it trained
+        shorter = run_cli("train", "--resume", "--out", str(cut), "--epochs", str(position["epochs_done"]), env=env)
+        assert shorter.returncode == 1 and shorter.stderr.strip().endswith(
+            f"has already trained part of epoch {position['epochs_done'] + 1} (its last checkpoint is inside it); "
+            f"give --epochs {position['epochs_done'] + 1} or more"
+        )
     resumed = run_cli("train", *args, "--out", str(cut), env=env, check=True)  # the same command again continues it
     assert (
         f"resuming {cut} in epoch {position['epochs_done'] + 1} of 3, after batch {position['batches_done']} "

@@ -691,12 +691,11 @@ def fit(
         train = streams.training(start.done, progress.batches_done)
         per_epoch = train.batches_per_epoch
         if start.resuming:
-            where = (
-                f"in epoch {start.done + 1} of {options.epochs}, after batch {progress.batches_done} of its {per_epoch}"
-            )
-            say(
-                f"resuming {start.run_dir} {where if progress.inside_epoch else f'after epoch {start.done} of {options.epochs}'}"
-            )
+            if progress.inside_epoch:
+                where = f"in epoch {start.done + 1} of {options.epochs}, after batch {progress.batches_done} of its {per_epoch}"
+            else:
+                where = f"after epoch {start.done} of {options.epochs}"
+            say(f"resuming {start.run_dir} {where}")
         checkpoints = RunCheckpoints(
             run_dir,
             record,
