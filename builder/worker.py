@@ -10,8 +10,10 @@ copy index) alone.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -177,7 +179,21 @@ def deciding_versions() -> dict[str, str | None]:
     return found
 
 
+def end_with_parent() -> None:
+    """On Linux, the kernel kills this worker when the process that started it ends: build-aug killed alone
+    (kill -9, an OOM killer) leaves no worker finishing its chunk for nobody and printing a BrokenPipeError
+    traceback when it hands it over. Elsewhere a worker ends on that error, as multiprocessing's do."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the request was made
+        os._exit(0)
+
+
 def init_worker(config: WorkerConfig) -> None:
+    end_with_parent()
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already
