@@ -130,7 +130,6 @@ class TrainOptions:
         "position and the random state): a run killed and resumed continues from the last one with exactly the "
         "batches it would have trained next. 0: at the end of each epoch only.",
         low=0,
-        default_text="0 (each epoch's end)",
     )
     tensorboard: bool = option(  # tensorboard_logs.py
         False,
