@@ -37,9 +37,10 @@ from augzarr.storage import open_storage
 from augzarr.store_format import IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
-from .policies import Policy, SampleSeeder
+from .policies import Policy
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .records import current_build_id
+from .seeding import SampleSeeder
 from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 

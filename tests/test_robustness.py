@@ -65,6 +65,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def is_running(pid: int) -> bool:
+    """Whether pid is a live process: not gone, and not a zombie (ended, waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
 def test_the_pool_workers_end_quietly_with_a_build_killed_by_kill_9(resumable_case, tmp_path):
     """kill -9 of build-aug alone (an OOM killer picks one process): its workers end at once, printing nothing,
@@ -79,7 +87,7 @@ def test_the_pool_workers_end_quietly_with_a_build_killed_by_kill_9(resumable_ca
         # stderr ends once every process holding it has ended: the workers too
         _, stderr = first.communicate(timeout=30)
         assert "Traceback" not in stderr and "Error" not in stderr, stderr
-        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        assert not [pid for pid in workers if is_running(pid)]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any

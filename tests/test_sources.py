@@ -196,6 +196,8 @@ def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifa
     """evaluate --source reads any source through the seam: decoded arrays (a CIFAR archive here, MNIST's grayscale
     alike) are resized and given the model's channels, and said to hold no image files to look training images up by."""
     from augzarr.trainer.evaluate import model_inputs, training_images
+    from augzarr.trainer.options import TrainOptions
+    from augzarr.trainer.records import RunRecord
 
     path, truth = cifar_archive
     test = open_source(str(path)).test
@@ -207,7 +209,9 @@ def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifa
     colour, _, _ = model_inputs(gray, 32, 32, 3)
     assert np.array_equal(colour, np.repeat(truth["test"][..., :1], 3, axis=3))
     assert (
-        training_images({"options": {"store": "s.zarr"}}, None)["unknown_because"]
+        training_images(RunRecord(status=None, run_dir=None, options=TrainOptions(store="s.zarr")), None)[
+            "unknown_because"
+        ]
         == "the source's images are arrays, not image files"
     )
 

@@ -1,6 +1,6 @@
 """The source seam: every --source goes through a SourceKind, picked by what the spec names (base.py says how).
 
-keras_datasets.py (--source cifar10, cifar100, mnist, fashion_mnist), cifar_pickle.py (the official CIFAR-10
+keras_datasets.py (--source NAME, a name of its KERAS_DATASETS), cifar_pickle.py (the official CIFAR-10
 archive or folder), hf_datasets.py (a folder saved by Hugging Face datasets), image_folder.py (any other folder).
 Adding a kind is one class in one new module of this package, registered with @register: every module here is
 imported below, in name order (the fallback kinds are asked last whatever their names).
