@@ -472,15 +472,7 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     if require_complete and (not raw.get("complete") or is_build_in_progress(storage)):
         raise UserError(unfinished_message(where))
     attrs = StoreAttrs.from_json(raw, where)
-    try:
-        spec = attrs.codec_spec
-    except UserError as exc:
-        raise UserError(f"store {where}: {exc}") from None
-    if attrs.format_version != format_version_for(spec):
-        raise UserError(
-            f"store {where} is damaged: its attributes say format {attrs.format_version} with codec {spec.text}, "
-            f"which is format {format_version_for(spec)}; rebuild it with build-aug --overwrite"
-        )
+    check_codec(attrs, where)
     group = open_group(storage)
     missing, unreadable = [], []
     for split in attrs.splits:
@@ -509,6 +501,19 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
                 f"store {where} is damaged: {'; '.join(problems[:3])}{more}; rebuild it with build-aug --overwrite"
             )
     return store
+
+
+def check_codec(attrs: StoreAttrs, where: str) -> None:
+    """Refuse a codec this augzarr cannot decode, or one that is not of the format version the attributes say."""
+    try:
+        spec = attrs.codec_spec
+    except UserError as exc:
+        raise UserError(f"store {where}: {exc}") from None
+    if attrs.format_version != format_version_for(spec):
+        raise UserError(
+            f"store {where} is damaged: its attributes say format {attrs.format_version} with codec {spec.text}, "
+            f"which is format {format_version_for(spec)}; rebuild it with build-aug --overwrite"
+        )
 
 
 def shape_problems(store: OpenStore) -> list[str]:

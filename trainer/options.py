@@ -39,6 +39,9 @@ MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_MIX_ALPHA = 100.0
 MAX_DECODE_THREADS = 1024
+# the options a resumed run may change (train --resume): how long it trains on, how often it checkpoints, and how many
+# threads decode (none changes what the run computes)
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "decode_threads")
 
 
 def parse_online(spec: str) -> tuple[str, ...]:
@@ -63,7 +66,7 @@ def batch_size_option(default: int, help: str) -> int:
 
 @dataclass
 class TrainOptions:
-    """What shapes a run: train's options, recorded in run.json (a resume may change --epochs only)."""
+    """What shapes a run: train's options, recorded in run.json (a resume may change only RESUMABLE_CHANGES)."""
 
     store: str = option(DEFAULT_STORE, "The augzarr store to train from: a folder or an object-store URL (s3://...).")
     model: str = option(
@@ -134,6 +137,13 @@ class TrainOptions:
         "With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them).",
         default_text="every accelerator, else every CPU device",
     )
+    checkpoint_every: int = option(
+        0,
+        "Also save a checkpoint every this many training steps, inside epochs too (model, optimizer, the stream's "
+        "position and the random state): a run killed and resumed continues from the last one with exactly the "
+        "batches it would have trained next. 0: at the end of each epoch only.",
+        low=0,
+    )
     tensorboard: bool = option(  # tensorboard_logs.py
         False,
         "Write TensorBoard logs into RUN/tensorboard: loss, accuracy and learning rate per epoch, and a few training "
@@ -198,7 +208,7 @@ class TrainRunOptions:
         "Run folder.",
         default_text="runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing",
     )
-    resume: bool = option(False, "Continue an interrupted run from its last finished epoch.")
+    resume: bool = option(False, "Continue an interrupted run from its last checkpoint.")
     quiet: bool = option(False, "No per-epoch progress.")
     intended_use: str | None = option(
         None,
