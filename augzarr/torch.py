@@ -61,6 +61,7 @@ except ImportError:
 from augzarr.options import check_arguments
 from augzarr.plan import RankPlan, chunk_sizes, resumed_runs
 from augzarr.storage import open_storage
+from augzarr.storage.objectstore import client_environment
 from augzarr.store_format import (
     IMAGES,
     OpenStore,
@@ -203,7 +204,10 @@ class _SplitSource:
         self._opened: tuple[int, Any, Any] | None = (os.getpid(), store.storage, images)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_opened": None}
+        # a worker of an object store starts from a forkserver: it gets the client's variables of now, not the
+        # forkserver's (credentials set after it started)
+        environment = None if self.fork_safe else client_environment()
+        return {**self.__dict__, "_opened": None, "_environment": environment}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _unpickled=True)
@@ -218,6 +222,8 @@ class _SplitSource:
                     "whose client does not survive a fork: make the loader with dataset.loader(...), or pass "
                     "multiprocessing_context='forkserver' to the DataLoader"
                 )
+            if getattr(self, "_environment", None):
+                os.environ.update(self._environment)
             storage = open_storage(self.location)
             self._opened = (pid, storage, open_group(storage)[f"{self.split}/{IMAGES}"])
         return self._opened[1], self._opened[2]

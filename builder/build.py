@@ -29,6 +29,7 @@ from augzarr.codecs import CodecSpec, choose_spec
 from augzarr.errors import OptionError, UserError
 from augzarr.sources import Source, open_source
 from augzarr.storage import Storage, open_storage
+from augzarr.storage.objectstore import client_environment
 from augzarr.store_format import (
     BUILD_DIR,
     BUILD_JSON,
@@ -262,7 +263,7 @@ class Workers:
         if self._pool is None:
             context = pool_context(self.storage)
             self._pool = self.held.enter_context(
-                context.Pool(self.count, initializer=init_worker, initargs=(self.config,))
+                context.Pool(self.count, initializer=init_worker, initargs=(self.config, client_environment()))
             )
         return self._pool
 

@@ -202,8 +202,11 @@ def end_with_parent() -> None:
         os._exit(0)
 
 
-def init_worker(config: WorkerConfig) -> None:
+def init_worker(config: WorkerConfig, environment: dict[str, str] | None = None) -> None:
+    """A pool worker's start. environment: the object store client's variables of the build's process now (a worker
+    started by a forkserver has the forkserver's, which may predate credentials set since)."""
     end_with_parent()
+    os.environ.update(environment or {})
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already

@@ -439,3 +439,28 @@ def test_the_example_resumed_after_a_stop_trains_to_the_uninterrupted_weights(st
     a, b = torch.load(whole, weights_only=False), torch.load(stopped, weights_only=False)
     assert a["step"] == b["step"] == 20
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_workers_get_the_credentials_set_after_their_forkserver_started(s3, store, monkeypatch):
+    """A forkserver keeps the environment of the moment it started: an object store's workers get the client's
+    variables of when the loader starts them (a notebook that sets its credentials after a first loader)."""
+    from s3server import client
+
+    from augzarr.torch import StoreDataset, forkserver
+
+    given = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    for name in given:
+        monkeypatch.delenv(name)
+    started = forkserver().Process(target=os.getpid)  # the forkserver starts now, without the credentials
+    started.start()
+    started.join()
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    bucket = client(s3.url)
+    for path in (p for p in store.rglob("*") if p.is_file()):
+        bucket.put_object(
+            Bucket="augzarr-torch", Key=f"late.zarr/{path.relative_to(store).as_posix()}", Body=path.read_bytes()
+        )
+    remote = StoreDataset("s3://augzarr-torch/late.zarr", "train", BATCH, seed=4, buffer_chunks=2)
+    near = StoreDataset(str(store), "train", BATCH, seed=4, buffer_chunks=2)
+    assert same_batches(list(remote.loader(num_workers=1)), list(near))

@@ -128,6 +128,15 @@ PROVIDERS = {
 PROVIDERS["abfs"] = PROVIDERS["az"]
 
 
+CLIENT_VARIABLE_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_", "GCE_", "AUGZARR_")  # what the clients and the lease read
+
+
+def client_environment() -> dict[str, str]:
+    """This process's variables that an object store's client reads, for a worker started by a forkserver: its
+    environment is the one of the moment the forkserver started, which may lack credentials set since."""
+    return {name: value for name, value in os.environ.items() if name.startswith(CLIENT_VARIABLE_PREFIXES)}
+
+
 def user() -> str:
     try:
         return getpass.getuser()
