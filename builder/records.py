@@ -31,6 +31,9 @@ class BuildIdentity:
     chunk_rows: int
     policy: dict  # the policy's serialized form, as JSON reads it back
     skip_bad: bool = False
+    fit: str = (
+        "stretch"  # how --image-size fitted each image (images.FITS); stretch: also no --image-size, or before --fit
+    )
     # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
     license: str | None = None
     provenance: str | None = None
@@ -38,7 +41,7 @@ class BuildIdentity:
     codec: str = IMAGE_CODEC
 
     def to_json(self) -> dict:
-        """The recorded form: skip_bad, license and provenance only where they are not their default."""
+        """The recorded form: skip_bad, fit, license and provenance only where they are not their default."""
         return {
             "format_version": self.format_version,
             "source_kind": self.source_kind,
@@ -53,6 +56,7 @@ class BuildIdentity:
             "policy": json.loads(json.dumps(self.policy)),
             "codec": self.codec,
             **({"skip_bad": True} if self.skip_bad else {}),
+            **({"fit": self.fit} if self.fit != "stretch" else {}),
             **{name: text for name in ("license", "provenance") if (text := getattr(self, name))},
         }
 
@@ -95,6 +99,7 @@ def current_build_id(storage: Storage) -> str:
 
 IDENTITY_DEFAULTS = {
     "skip_bad": False,
+    "fit": "stretch",
     "license": None,
     "provenance": None,
 }  # keys an identity leaves out at their default
