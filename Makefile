@@ -19,10 +19,13 @@ $(BIN)/build-aug: pyproject.toml
 
 setup: $(BIN)/build-aug
 
-# style and lint (ruff, configured in pyproject.toml): what CI runs before the tests; `ruff format .` fixes the layout
+# what CI runs before the tests, each configured in pyproject.toml: style and lint (ruff; `ruff format .` fixes the
+# layout), the import contracts (import-linter) and the types (mypy)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -11,6 +11,7 @@ from augzarr.options import DEFAULT_STORE, REQUIRED, check_fields, option
 from augzarr.user_text import user_text
 
 from .applications import APPLICATIONS, FINE_TUNE_RATE_FACTOR, WEIGHTS, check_weights_value
+from .model_spec import parse_model_spec
 
 # The names' one homes: each maps a name to what it is, for the help and the docs
 NOTEBOOK_MODELS = {
@@ -172,8 +173,6 @@ class TrainOptions:
         """A built-in name, or the syntax of PATH.py:FUNCTION or PATH.keras (the file itself is read when train builds the model)."""
         if self.model in MODELS:
             return
-        from .own_model import parse_model_spec  # no Keras import
-
         try:
             spec = parse_model_spec(self.model)
         except ValueError as exc:
