@@ -38,7 +38,7 @@ def build(
     val_fraction: float = BuildOptions.val_fraction,
     seed: int = BuildOptions.seed,
     chunk_size: int | None = BuildOptions.chunk_size,
-    image_size: int | str | None = BuildOptions.image_size,
+    image_size: str | None = BuildOptions.image_size,  # an int N is taken too, as "N"
     fit: str | None = BuildOptions.fit,
     limit: int | None = BuildOptions.limit,
     workers: int | None = BuildOptions.workers,

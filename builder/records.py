@@ -31,9 +31,8 @@ class BuildIdentity:
     chunk_rows: int
     policy: dict  # the policy's serialized form, as JSON reads it back
     skip_bad: bool = False
-    fit: str = (
-        "stretch"  # how --image-size fitted each image (images.FITS); stretch: also no --image-size, or before --fit
-    )
+    # how --image-size fitted each image (images.FITS); stretch also without --image-size, and before --fit existed
+    fit: str = "stretch"
     # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
     license: str | None = None
     provenance: str | None = None
