@@ -213,3 +213,45 @@ def test_distribute_on_one_device_warns_once_and_trains_without_distribution(sto
         "- devices: one (/device:CPU:0); --distribute found no second device, so the run trained without distribution"
         in (run_dir / "model_card.md").read_text()
     )
+
+
+TORCH_DEVICES = """
+import json
+from augzarr.errors import OptionError
+from augzarr.trainer.distribute import plan_devices, torch_devices
+said, refusals = [], []
+for requested in (None, ["cuda:3"], ["CPU:0", "cpu"], ["cpu", "cuda:0"]):
+    try:
+        placement = plan_devices(requested, said.append)
+    except OptionError as exc:
+        refusals.append(str(exc))
+print(json.dumps({"placement": [list(placement.devices), placement.distributed], "said": said,
+                  "refusals": refusals, "devices": torch_devices()}))
+"""
+
+
+def test_torch_backend_checks_devices_and_trains_on_the_one_keras_uses():
+    """Issue #25 point 2: --distribute on the torch backend. Keras' fit trains on one device there, so a machine with
+    one (here the CPU) trains on it and says so, as the other backends do; names it lacks are refused in one line
+    listing its own; naming one device twice (in two spellings) is refused as naming one device."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_DEVICES],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["devices"] == [["cpu"], ["cpu"]]
+    assert found["placement"] == [["cpu"], False]
+    assert found["said"] == [
+        "--distribute: this machine has one device (cpu); training on it without a distribution strategy, which "
+        "would only slow it down"
+    ]
+    assert found["refusals"] == [
+        "--devices: cuda:3 not among this machine's (cpu)",
+        "--devices names one device (CPU:0, cpu), and --distribute splits each batch over two or more: name two or "
+        "more of this machine's (cpu), or train without --distribute",
+        "--devices: cuda:0 not among this machine's (cpu)",
+    ]

@@ -337,7 +337,7 @@ def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path)
     last = limited.stderr.strip().splitlines()[-1]
     assert last.startswith("train: error: no space left writing")
     assert last.endswith(
-        "then run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch"
+        "then run the same command again (or train --resume --out RUN_DIR) to continue from the last checkpoint"
     )
     assert "Traceback" not in limited.stderr
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"

@@ -379,6 +379,98 @@ def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp
     assert json.loads((progress_dir / "run.json").read_text())["status"] == "complete"
 
 
+def last_checkpoint(run_dir: Path) -> dict:
+    progress = run_dir / "state" / "progress.json"
+    return json.loads(progress.read_text()) if progress.exists() else {}
+
+
+def killed_mid_epoch(run_dir: Path, process: subprocess.Popen, timeout: float = 300) -> dict:
+    """kill -9 the run's process group once its last checkpoint lies inside an epoch after the first; the process is
+    frozen (SIGSTOP) before the checkpoint is read, so what is returned is the last checkpoint it wrote."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "training ended before a checkpoint inside its second or third epoch"
+        if last_checkpoint(run_dir).get("batches_done") and last_checkpoint(run_dir).get("epochs_done"):
+            os.killpg(process.pid, signal.SIGSTOP)
+            progress = last_checkpoint(run_dir)
+            if progress.get("batches_done"):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return progress
+            os.killpg(process.pid, signal.SIGCONT)  # an epoch had just ended: wait for the next checkpoint inside one
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint inside an epoch in time")
+
+
+def stored_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    weights = {}
+    with h5py.File(run_dir / "model.weights.h5", "r") as file:
+        file.visititems(lambda name, item: weights.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return weights
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch", "jax"])
+def test_a_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(backend, store, tmp_path):
+    """Issue #25 point 3: train --checkpoint-every STEPS saves the model, the optimizer, the stream's position inside
+    the epoch and the random state (dropout) every STEPS steps. Killed with kill -9 inside its second or third epoch
+    and run again, the run trains exactly the batches the uninterrupted run trained next and ends at its weights, bit
+    for bit, on each backend (JAX keeps its state outside the model's variables until synced); the interrupted epoch's
+    history row is the whole epoch's. On the torch backend --distribute finds one
+    device (the CPU), trains on it and records it (issue #25 point 2)."""
+    if backend != "tensorflow":
+        pytest.importorskip(backend)
+    env = {"KERAS_BACKEND": backend}
+    args = [
+        *("--store", str(store), "--epochs", "3", "--batch-size", "8", "--model", "shallow"),
+        "--checkpoint-every",
+        "4",
+    ]
+    if backend == "torch":
+        args.append("--distribute")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run_cli("train", *args, "--out", str(whole), env=env, check=True)
+    process = subprocess.Popen(
+        [str(BIN / "train"), *args, "--out", str(cut)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    position = killed_mid_epoch(cut, process)
+    batches_per_epoch = 11  # 81 rows in batches of 8
+    assert 1 <= position["epochs_done"] < 3 and 0 < position["batches_done"] < batches_per_epoch
+    assert (position["epochs_done"] * batches_per_epoch + position["batches_done"]) % 4 == 0
+    assert (cut / "state" / position["checkpoint"]).exists() and not (cut / "metrics.json").exists()
+
+    if backend == "tensorflow":  # a checkpoint inside epoch N+1: --epochs N would end with part of it trained
+        shorter = run_cli("train", "--resume", "--out", str(cut), "--epochs", str(position["epochs_done"]), env=env)
+        assert shorter.returncode == 1 and shorter.stderr.strip().endswith(
+            f"has already trained part of epoch {position['epochs_done'] + 1} (its last checkpoint is inside it); "
+            f"give --epochs {position['epochs_done'] + 1} or more"
+        )
+    resumed = run_cli("train", *args, "--out", str(cut), env=env, check=True)  # the same command again continues it
+    assert (
+        f"resuming {cut} in epoch {position['epochs_done'] + 1} of 3, after batch {position['batches_done']} "
+        f"of its {batches_per_epoch}" in resumed.stdout
+    )
+    a, b = stored_weights(whole), stored_weights(cut)
+    assert a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+    history = [(whole / "history.csv").read_text(), (cut / "history.csv").read_text()]
+    rows = [[line.split(",") for line in text.splitlines()] for text in history]
+    assert rows[0][0] == rows[1][0] and [r[0] for r in rows[1][1:]] == ["1", "2", "3"]
+    header = rows[0][0]
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        i = header.index(column)
+        np.testing.assert_allclose([float(r[i]) for r in rows[1][1:]], [float(r[i]) for r in rows[0][1:]], rtol=1e-5)
+    run = json.loads((cut / "run.json").read_text())
+    assert run["status"] == "complete" and run["backend"] == backend and run["options"]["checkpoint_every"] == 4
+    if backend == "torch":
+        assert run["devices"] == ["cpu"] and run["distributed"] is False
+    assert [p.name for p in (cut / "state").glob("epoch-*.keras")] == ["epoch-0003.keras"]
+
+
 # -- errors -------------------------------------------------------------------------------------------
 
 

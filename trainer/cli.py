@@ -113,7 +113,7 @@ def main_train() -> None:
     run_app(
         train_app,
         "train",
-        resume_hint="run the same command again (or train --resume --out RUN_DIR) to continue from the last finished epoch",
+        resume_hint="run the same command again (or train --resume --out RUN_DIR) to continue from the last checkpoint",
     )
 
 

@@ -4,7 +4,10 @@ TensorFlow backend: tf.distribute.MirroredStrategy over every GPU (or, with none
 device); the model is built and compiled in its scope, and Keras splits each global batch between the
 replicas and all-reduces the gradients. JAX backend: keras.distribution.DataParallel over
 keras.distribution.list_devices() (every accelerator, else every CPU device). --batch-size is the global
-batch either way. Several JAX processes (jax.distributed) each read a disjoint share of every epoch's
+batch either way. torch backend: Keras' fit trains on one device there (keras.distribution has no torch
+implementation, and fit does not wrap a model in DistributedDataParallel), the one Keras chose
+(KERAS_TORCH_DEVICE, else the accelerator, else the CPU): --distribute that finds that one device trains on it
+and says so, as on the other backends, and a machine with several accelerators is refused in one line. Several JAX processes (jax.distributed) each read a disjoint share of every epoch's
 chunks (StoreStream's shard): Keras splits only tf.data input between processes, not a PyDataset.
 
 plan_devices settles the devices first and changes nothing, so train can still refuse the run before it
@@ -18,6 +21,7 @@ a single device trains on it without one and says so; --devices naming a single 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,8 +60,11 @@ def plan_devices(requested: list[str] | None, warn: Callable[[str], None]) -> Pl
     elif backend == "jax":
         available = default = keras.distribution.list_devices()
         match = jax_device
+    elif backend == "torch":
+        available, default = torch_devices()
+        match = torch_device
     else:
-        raise OptionError(f"--distribute works on the tensorflow and jax backends, not {backend}")
+        raise OptionError(f"--distribute works on the tensorflow, jax and torch backends, not {backend}")
     chosen = default
     if requested:
         found = {name: match(name, available) for name in requested}
@@ -70,6 +77,8 @@ def plan_devices(requested: list[str] | None, warn: Callable[[str], None]) -> Pl
                 f"--devices names one device ({', '.join(requested)}), and --distribute splits each batch over two or more: "
                 f"name two or more of this machine's ({', '.join(available)}), or train without --distribute"
             )
+    if backend == "torch" and len(chosen) > 1:
+        raise OptionError(torch_refusal(chosen))
     if len(chosen) == 1:
         warn(
             f"--distribute: this machine has one device ({chosen[0]}); training on it without a distribution strategy, "
@@ -99,6 +108,40 @@ def tensorflow_device(name: str, available: list[str]) -> str | None:
 
 def jax_device(name: str, available: list[str]) -> str | None:
     return name.lower() if name.lower() in available else None
+
+
+def torch_devices() -> tuple[list[str], list[str]]:
+    """(this machine's devices as torch names them: "cuda:0", ... then "cpu"; those --distribute uses by default:
+    every accelerator, else the CPU). With KERAS_TORCH_DEVICE set, Keras trains on that one: the default is it."""
+    import torch
+    from keras.src.backend.torch.core import get_device
+
+    accelerators = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        accelerators.append("mps")
+    keras_device = str(get_device())
+    if ":" not in keras_device and keras_device != "cpu":
+        keras_device += ":0" if keras_device == "cuda" else ""
+    available = [*accelerators, "cpu"]
+    if keras_device not in available:
+        available.insert(0, keras_device)
+    chosen = [keras_device] if os.environ.get("KERAS_TORCH_DEVICE") else (accelerators or ["cpu"])
+    return available, chosen
+
+
+def torch_device(name: str, available: list[str]) -> str | None:
+    """The device of `available` that `name` means: "cuda:1", "CUDA:1", "gpu:1" alike; "cuda" is "cuda:0", "cpu:0" "cpu"."""
+    wanted = name.strip().lower().replace("gpu", "cuda")
+    wanted = {"cuda": "cuda:0", "cpu:0": "cpu"}.get(wanted, wanted)
+    return wanted if wanted in available else None
+
+
+def torch_refusal(devices: list[str]) -> str:
+    return (
+        f"--distribute: the torch backend of Keras trains on one device, and this run would split each batch over "
+        f"{len(devices)} ({', '.join(devices)}): train on one (KERAS_TORCH_DEVICE={devices[0]}, without --distribute), "
+        "or across them with KERAS_BACKEND=jax or tensorflow"
+    )
 
 
 def activate(placement: Placement) -> tuple[contextlib.AbstractContextManager, tuple[int, int]]:

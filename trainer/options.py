@@ -40,6 +40,8 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_MIX_ALPHA = 100.0
+# the options a resumed run may change (train --resume): how long it trains on and how often it checkpoints
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every")
 
 
 def parse_online(spec: str) -> tuple[str, ...]:
@@ -64,7 +66,7 @@ def batch_size_option(default: int, help: str) -> int:
 
 @dataclass
 class TrainOptions:
-    """What shapes a run: train's options, recorded in run.json (a resume may change --epochs only)."""
+    """What shapes a run: train's options, recorded in run.json (a resume may change only RESUMABLE_CHANGES)."""
 
     store: str = option(DEFAULT_STORE, "The augzarr store to train from: a folder or an object-store URL (s3://...).")
     model: str = option(
@@ -139,6 +141,13 @@ class TrainOptions:
         "",
         "With --distribute: the devices to use, comma-separated (as TensorFlow or JAX names them).",
         default_text="every accelerator, else every CPU device",
+    )
+    checkpoint_every: int = option(
+        0,
+        "Also save a checkpoint every this many training steps, inside epochs too (model, optimizer, the stream's "
+        "position and the random state): a run killed and resumed continues from the last one with exactly the "
+        "batches it would have trained next. 0: at the end of each epoch only.",
+        low=0,
     )
     tensorboard: bool = option(  # tensorboard_logs.py
         False,
@@ -218,7 +227,7 @@ class TrainRunOptions:
         "Run folder.",
         default_text="runs/<timestamp>; with --resume, the unfinished run active most recently that no live train is writing",
     )
-    resume: bool = option(False, "Continue an interrupted run from its last finished epoch.")
+    resume: bool = option(False, "Continue an interrupted run from its last checkpoint.")
     quiet: bool = option(False, "No per-epoch progress.")
     intended_use: str | None = option(
         None,

@@ -2,7 +2,9 @@
 
   run.json             RunRecord: what the run is (its options, its store, its model, its devices) and whether it
                        is finished: status "running" from when train claims the folder, "complete" written last
-  state/progress.json  Progress: the last finished epoch, its checkpoint's file name, and the history so far
+  state/progress.json  Progress: the last checkpoint (the epochs finished, the batches of the next one trained when
+                       it lies inside an epoch: train --checkpoint-every), its file name, the random state it
+                       resumes with, and the history so far
 
 Both are written whole (write_atomic): a kill leaves the old record or the new, never half of one. Reading is
 lenient with the records of earlier augzarr: a field a run recorded before it existed takes the value that run had
@@ -291,13 +293,28 @@ def recorded_options(raw) -> TrainOptions | None:
         return None
 
 
+def checkpoint_name(epochs_done: int, batches_done: int = 0) -> str:
+    """The file in state/ of a checkpoint: after an epoch, or after a batch inside the next one (1-based numbers)."""
+    if not batches_done:
+        return f"epoch-{epochs_done:04d}.keras"
+    return f"epoch-{epochs_done + 1:04d}-batch-{batches_done:06d}.keras"
+
+
 @dataclass
 class Progress:
-    """state/progress.json: replaced after every epoch's checkpoint is saved, so it always names a whole checkpoint."""
+    """state/progress.json: replaced after every checkpoint is saved, so it always names a whole checkpoint.
+
+    A checkpoint lies after epoch `epochs_done` and `batches_done` batches of the next one (0: at an epoch's end).
+    epoch_so_far: inside an epoch, Keras' running means of its training metrics over those batches and its
+    seconds so far, so that the resumed epoch's history row is the whole epoch's. random_state: what the training
+    steps draw from (dropout's seed generators, torch's generator), restored before the next step (training.py)."""
 
     epochs_done: int = 0
     checkpoint: str | None = None  # the checkpoint's file name in state/
     history: list[dict] = field(default_factory=list)  # one row per finished epoch, as history.csv
+    batches_done: int = 0
+    epoch_so_far: dict | None = None
+    random_state: dict | None = None  # None: a run recorded before it was saved
 
     @staticmethod
     def path(run_dir: Path) -> Path:
@@ -307,13 +324,27 @@ class Progress:
     def exists(cls, run_dir: Path) -> bool:
         return cls.path(run_dir).exists()
 
+    @property
+    def inside_epoch(self) -> bool:
+        return self.batches_done > 0
+
     @classmethod
     def read(cls, run_dir: Path) -> Progress:
         """The run's progress; no epoch finished when there is none."""
         raw = read_json_object(cls.path(run_dir)) or {}
-        done, history = raw.get("epochs_done"), raw.get("history")
+
+        def whole(name: str) -> int:
+            value = raw.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        history, so_far, random_state = raw.get("history"), raw.get("epoch_so_far"), raw.get("random_state")
         return cls(
-            done if isinstance(done, int) else 0, raw.get("checkpoint"), history if isinstance(history, list) else []
+            whole("epochs_done"),
+            raw.get("checkpoint"),
+            history if isinstance(history, list) else [],
+            whole("batches_done"),
+            so_far if isinstance(so_far, dict) else None,
+            random_state if isinstance(random_state, dict) else None,
         )
 
     def write(self, run_dir: Path) -> None:

@@ -36,8 +36,9 @@ class StoreStream(keras.utils.PyDataset):
     """Batches (images uint8 [b, H, W, C], labels int32 [b]) from one split of an open store.
 
     shuffle=True: an endless stream, epoch after epoch in a new order; give fit
-    `steps_per_epoch=stream.batches_per_epoch`. Batch i belongs to epoch
-    start_epoch + i // batches_per_epoch, so fit's order does not rely on callbacks.
+    `steps_per_epoch=stream.batches_per_epoch`. Batch i is batch start_batch + i of the stream's epochs from
+    start_epoch on (epoch start_epoch + (start_batch + i) // batches_per_epoch), so fit's order does not rely on
+    callbacks; start_batch > 0 starts inside an epoch (a run resumed from a checkpoint inside one).
     shuffle=False: one pass in stored order (validation, evaluation).
     online: train --online's operations (online.py), applied to each training batch as it is served.
     mix: train --mix's BatchMix (mixing.py) for training batches; soft_labels: every batch's labels as
@@ -54,6 +55,7 @@ class StoreStream(keras.utils.PyDataset):
         shuffle: bool,
         seed: int = 0,
         start_epoch: int = 0,
+        start_batch: int = 0,
         buffer_chunks: int = DEFAULT_BUFFER_CHUNKS,
         online: tuple[str, ...] = (),
         mix: BatchMix | None = None,
@@ -79,6 +81,7 @@ class StoreStream(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.start_epoch = start_epoch
+        self.start_batch = start_batch
         self.buffer_chunks = max(1, buffer_chunks)
         # batch_multiple (devices sharing each batch, which must split it evenly): a training stream leaves out
         # the epoch's last rows beyond a multiple of it (fewer than the devices); a one-pass stream pads its last
@@ -167,9 +170,11 @@ class StoreStream(keras.utils.PyDataset):
         (one call per window) and Dataset.rebatch cuts them into batches in C++, cycling through
         one epoch's batch sizes, so the last batch of each epoch is partial and none straddles two
         epochs, as in __getitem__. A damaged chunk raises from the same generator mechanism as before.
-        With per-batch work (--online, --mix, soft labels: __getitem__ does it) it stays the stream."""
+        With per-batch work (--online, --mix, soft labels: __getitem__ does it), or starting inside an epoch (the
+        rest of a resumed one), it stays the stream."""
         if (
             keras.backend.backend() != "tensorflow"
+            or self.start_batch
             or self.online
             or self.mix
             or self.soft_classes
@@ -195,7 +200,7 @@ class StoreStream(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         restore_malloc_thresholds()  # after TensorFlow's generator pipeline has slowed every large allocation (allocator.py)
-        epoch, batch = divmod(index, self.batches_per_epoch)
+        epoch, batch = divmod(self.start_batch + index, self.batches_per_epoch)
         if not self.shuffle and epoch:
             raise IndexError(index)
         epoch += self.start_epoch

@@ -1,13 +1,14 @@
 """train's engine: the training run as a list of named phases, each a function below, in this order:
 
-  chosen_options -> starting_point (a new run, or the unfinished run to continue and its last finished epoch)
+  chosen_options -> starting_point (a new run, or the unfinished run to continue and its last checkpoint)
   -> open_training_store -> plan_run_devices -> prepared_model -> run_folder (a new run claims its folder here)
   -> running_record -> fit -> evaluate_run -> write_outputs
 
 Every phase that can refuse the run comes before run_folder: a refused run leaves no folder behind.
 A run folder is in one of these states (records.py reads and writes its two records):
-  running   -> run.json says "running"; state/ holds the last finished epoch's
-               checkpoint (model and optimizer) and the history so far: --resume continues it
+  running   -> run.json says "running"; state/ holds the last checkpoint (model and optimizer, after an
+               epoch or, with --checkpoint-every, inside one), the stream's position and the random state
+               there, and the history so far: --resume continues it with exactly the batches that follow
   complete  -> run.json says "complete"; every output below is written
 A live train holds an exclusive lock on its run folder (runlock.py): one writer per run folder.
 Final outputs, written before run.json turns complete: model.keras, model.json (the
@@ -17,6 +18,7 @@ confusion.png, reliability.png, mistakes.png, model_card.md.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import shutil
@@ -39,7 +41,7 @@ from .distribute import PLAIN, Placement, activate, plan_devices
 from .metrics import evaluate_stream, stored_images
 from .mixing import BatchMix
 from .models import build_model, check_notebook_model_fits
-from .options import MODELS, NOTEBOOK_MODELS, OPTIMIZER_NAMES, TrainOptions
+from .options import MODELS, NOTEBOOK_MODELS, OPTIMIZER_NAMES, RESUMABLE_CHANGES, TrainOptions
 from .own_model import before_checkpoint_load, check_shapes, own_model
 from .records import (
     BUILT_IN,
@@ -53,6 +55,7 @@ from .records import (
     RunRecord,
     StoreFingerprint,
     StoreSource,
+    checkpoint_name,
     now_utc,
 )
 from .report import (
@@ -136,43 +139,152 @@ def check_model_fits_store(model: keras.Model, attrs: StoreAttrs, where: str) ->
     )
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save model and optimizer, then the progress record, then drop older checkpoints.
-    progress.json names the checkpoint, and it is replaced atomically, so a kill at any point
-    leaves the last finished epoch loadable."""
+class RunCheckpoints(keras.callbacks.Callback):
+    """After every epoch, and with --checkpoint-every STEPS after every STEPS-th training step inside one: save model and
+    optimizer, then the progress record naming it (with the position, the epoch's metrics so far and the random state),
+    then drop older checkpoints. progress.json is replaced atomically, so a kill at any point leaves the last
+    checkpoint loadable. A resumed run's random state is put back just before its first step, where the uninterrupted
+    run took its next one: after the backend's loader of the training batches was made, which on torch draws a seed
+    from torch's generator (the uninterrupted run made it once, before the checkpoint). So is a second fit's (the
+    epochs after a resumed one) the state its first fit ended with."""
 
-    def __init__(self, run_dir: Path, record: RunRecord, history: list[dict], images_per_epoch: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        record: RunRecord,
+        history: list[dict],
+        stream: StoreStream,
+        every: int = 0,
+        resumed: Progress | None = None,
+        images_per_epoch: int = 0,
+    ):
         super().__init__()
         self.state_dir = run_dir / STATE_DIR
         self.run_dir = run_dir
         self.record = record
         self.history = history
-        self.images_per_epoch = images_per_epoch
+        self.batches_per_epoch = stream.batches_per_epoch
+        self.batch_size, self.epoch_rows = stream.batch_size, stream.served_rows
+        self.every = every
+        self.images_per_epoch = images_per_epoch  # every process's rows together: the rate is the run's
+        self.interrupted = resumed if resumed is not None and resumed.inside_epoch else None
+        self.random_state = resumed.random_state if resumed is not None else None  # put back before the first step
+        self.last_random_state: dict | None = None  # as the last epoch ended
+
+    def on_train_begin(self, logs=None):
+        if self.random_state is None:
+            self.random_state = self.last_random_state
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
         self.started = self.trained = time.perf_counter()
+        resumed = self.interrupted is not None and epoch == self.interrupted.epochs_done
+        self.before = self.interrupted if resumed else None  # the epoch's batches trained before the resume
+        self.offset = self.before.batches_done if resumed else 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.random_state is not None:
+            restore_random_state(self.model, self.random_state)
+            self.random_state = None
 
     def on_train_batch_end(self, batch, logs=None):
         self.trained = time.perf_counter()  # the rate counts training steps only, not validation
+        done = self.offset + batch + 1
+        step = self.epoch * self.batches_per_epoch + done
+        if self.every and step % self.every == 0 and done < self.batches_per_epoch:  # an epoch's end: on_epoch_end
+            sync_model_state(self.model)
+            so_far = self.whole_epoch({k: float(v) for k, v in (logs or {}).items()}, done)
+            self.save(self.epoch, done, so_far)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.images_per_epoch and logs is not None and self.trained > self.started:
+        logs = logs if logs is not None else {}
+        # the images trained since the epoch began or the run resumed
+        rows_here = self.images_per_epoch * (self.batches_per_epoch - self.offset) / self.batches_per_epoch
+        if rows_here > 0 and self.trained > self.started:
             # into the logs, so Keras' epoch line shows it too (this callback runs before the progress bar)
-            logs["images_per_second"] = round(self.images_per_epoch / (self.trained - self.started), 1)
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            logs["images_per_second"] = round(rows_here / (self.trained - self.started), 1)
+        whole = self.whole_epoch({k: float(v) for k, v in logs.items()}, self.batches_per_epoch)
+        logs.update({k: v for k, v in whole.items() if k in logs})  # a resumed epoch's line shows the whole epoch's
+        row = {"epoch": epoch + 1, **whole}
         # the rate as the schedule left it at the epoch's end (as TensorBoard's callback logs it): shows --freeze-epochs' switch
         row.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
-        row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.history.append(row)
-        name = f"epoch-{epoch + 1:04d}.keras"
+        self.save(epoch + 1, 0, None)
+        write_atomic(self.run_dir / "history.csv", history_csv(self.history))
+
+    def whole_epoch(self, logs: dict, done: int) -> dict:
+        """The epoch's metrics over its first `done` batches, and its seconds: Keras' running means cover only the
+        batches since a resume, so those of the batches before it are weighed in, by rows (as Keras weighs them)."""
+        seconds = round(time.perf_counter() - self.started, 2)
+        if self.before is None or not self.before.epoch_so_far:
+            return {**logs, "seconds": seconds}
+        earlier, rows_before = self.before.epoch_so_far, self.offset * self.batch_size
+        rows_after = min(done * self.batch_size, self.epoch_rows) - rows_before
+        merged = {
+            k: (earlier[k] * rows_before + v * rows_after) / (rows_before + rows_after) if k in earlier else v
+            for k, v in logs.items()
+            if k != "seconds"
+        }
+        return {**merged, "seconds": round(earlier.get("seconds", 0) + seconds, 2)}
+
+    def save(self, epochs_done: int, batches_done: int, epoch_so_far: dict | None) -> None:
+        name = checkpoint_name(epochs_done, batches_done)
         self.model.save(self.state_dir / name)
-        Progress(epoch + 1, name, self.history).write(self.run_dir)
+        state = random_state(self.model)
+        if not batches_done:
+            self.last_random_state = state
+        Progress(epochs_done, name, self.history, batches_done, epoch_so_far, state).write(self.run_dir)
         for old in self.state_dir.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink()
-        write_atomic(self.run_dir / "history.csv", history_csv(self.history))
         self.record = self.record.touched()  # alive now: train --resume picks the latest such run
         self.record.write(self.run_dir)
+
+
+SEED_STATE = "seed_generator_state"  # the variable of each keras.random.SeedGenerator (Dropout's, random layers')
+
+
+def seed_generator_states(model: keras.Model) -> list:
+    return [v for v in model.variables if v.path.split("/")[-1] == SEED_STATE]
+
+
+def sync_model_state(model: keras.Model) -> None:
+    """JAX keeps the training state outside the model's variables between epochs: put it back into them."""
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
+def random_state(model: keras.Model) -> dict:
+    """What the next training steps draw from: the model's seed generators (dropout on TensorFlow and JAX, random
+    layers) and, on the torch backend, torch's generators (its unseeded dropout draws from them)."""
+    state = {"seed_generators": [np.asarray(v.numpy()).tolist() for v in seed_generator_states(model)]}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        state["torch"] = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+        if torch.cuda.is_available():
+            state["torch_cuda"] = [
+                base64.b64encode(g.numpy().tobytes()).decode() for g in torch.cuda.get_rng_state_all()
+            ]
+    return state
+
+
+def restore_random_state(model: keras.Model, state: dict) -> None:
+    """random_state() put back: a loaded model's seed generators start from new seeds otherwise."""
+    saved = state.get("seed_generators") or []
+    variables = seed_generator_states(model)
+    if len(saved) == len(variables):
+        for variable, value in zip(variables, saved):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    if keras.backend.backend() == "torch" and state.get("torch"):
+        import torch
+
+        def tensor(text: str) -> torch.Tensor:
+            return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+        torch.set_rng_state(tensor(state["torch"]))
+        if state.get("torch_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([tensor(text) for text in state["torch_cuda"]])
 
 
 def initial_learning_rate(options: TrainOptions) -> float:
@@ -201,6 +313,22 @@ class Phase:
 
     def rate(self, options: TrainOptions) -> float:
         return initial_learning_rate(options) * (FINE_TUNE_RATE_FACTOR if self.fine_tuning else 1)
+
+
+def phase_of(options: TrainOptions, epoch: int) -> Phase:
+    """The phase epoch `epoch` (counted from 0) trains in."""
+    return next(phase for phase in training_phases(options) if phase.first <= epoch < phase.end)
+
+
+def at_phase_switch(part: tuple, options: TrainOptions, streams) -> list[tuple]:
+    """A part of fit's (stream, first epoch, end epoch, steps per epoch) cut where --freeze-epochs' fine-tuning starts:
+    Keras fits one phase at a time, the second from a training stream that starts at the switch."""
+    stream, first, end, steps = part
+    switch = options.freeze_epochs
+    if not first < switch < end:
+        return [part]
+    tuning = streams.training(switch, 0)
+    return [(stream, first, switch, steps), (tuning, switch, end, tuning.batches_per_epoch)]
 
 
 def training_phases(options: TrainOptions) -> list[Phase]:
@@ -308,7 +436,7 @@ def chosen_options(given: dict) -> TrainOptions:
 @dataclass
 class Start:
     """What a run starts from: a new run (no record; its folder is claimed once every check has passed), or an
-    unfinished run (its folder, locked, its record and its progress: the last finished epoch)."""
+    unfinished run (its folder, locked, its record and its progress: its last checkpoint)."""
 
     options: TrainOptions  # what this run trains with: a resumed run's own, with --epochs as given
     intended_use: str | None
@@ -323,6 +451,11 @@ class Start:
     @property
     def done(self) -> int:
         return self.progress.epochs_done
+
+    @property
+    def from_checkpoint(self) -> bool:
+        """A checkpoint to continue from (after an epoch, or inside one); else the run starts from scratch."""
+        return self.progress.checkpoint is not None and (self.done > 0 or self.progress.inside_epoch)
 
 
 def starting_point(
@@ -348,6 +481,11 @@ def starting_point(
         raise UserError(
             f"--epochs {options.epochs} is fewer than the {progress.epochs_done} epochs {run_dir} has already finished"
         )
+    if progress.inside_epoch and options.epochs == progress.epochs_done:
+        raise UserError(
+            f"--epochs {options.epochs}: {run_dir} has already trained part of epoch {progress.epochs_done + 1} "
+            f"(its last checkpoint is inside it); give --epochs {progress.epochs_done + 1} or more"
+        )
     # the recorded --intended-use unless given: it changes no weight
     return Start(options, intended_use or record.intended_use, run_dir, record, progress)
 
@@ -366,7 +504,8 @@ def find_run_to_resume(out: Path | None, held: contextlib.ExitStack) -> tuple[Pa
 
 
 def resumed_options(run_dir: Path, record: RunRecord, given: dict) -> TrainOptions:
-    """The run's recorded options with those given over them; refused when one given differs, except --epochs."""
+    """The run's recorded options with those given over them; refused when one given differs, except those a resume
+    may change (RESUMABLE_CHANGES)."""
     if record.options is None:
         raise UserError(
             f"--resume: {run_dir}/{RUN_JSON} records no options train can read; start a new run with another --out"
@@ -377,11 +516,11 @@ def resumed_options(run_dir: Path, record: RunRecord, given: dict) -> TrainOptio
     conflicts = [
         f"--{k.replace('_', '-')} {getattr(record.options, k)} -> {getattr(wanted, k)}"
         for k in given
-        if k != "epochs" and getattr(record.options, k) != getattr(wanted, k)
+        if k not in RESUMABLE_CHANGES and getattr(record.options, k) != getattr(wanted, k)
     ]
     if conflicts:
         raise UserError(
-            f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own, only --epochs may change"
+            f"--resume: {run_dir} was started with other options ({'; '.join(conflicts)}); resume it with its own; only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_CHANGES)} may change"
         )
     return wanted
 
@@ -455,7 +594,7 @@ def prepared_model(start: Start, data: TrainingData, devices: DevicePlan, say: S
     """The model, built and compiled in the devices' scope, or a resumed run's checkpoint; checked against the store.
     For a new run this comes before its folder is claimed: a --model that cannot be used leaves no folder behind."""
     options = start.options
-    if start.done:
+    if start.from_checkpoint:
         model, info = checkpoint_model(start, data, devices)
     else:
         seed_everything(options.seed)
@@ -473,12 +612,10 @@ def prepared_model(start: Start, data: TrainingData, devices: DevicePlan, say: S
                     f"--resume: the weights {recorded.weights_file} have changed since {start.run_dir} started (their "
                     "sha256 differs); put the original back, or start a new run"
                 )
-    if start.resuming:
-        say(f"resuming {start.run_dir} after epoch {start.done} of {options.epochs}")
-        if start.done:
-            seed_everything(
-                options.seed + start.done
-            )  # dropout after a resume: seeded, though not the uninterrupted run's masks
+    if start.from_checkpoint:
+        # the checkpoint's random state is put back before the first step (RunCheckpoints); a run recorded before
+        # it was saved draws seeded dropout masks, though not the uninterrupted run's
+        seed_everything(options.seed + start.done)
     return model, replace(info, parameters=model.count_params())
 
 
@@ -488,7 +625,7 @@ def steps_per_epoch(options: TrainOptions, data: TrainingData) -> int:
 
 
 def checkpoint_model(start: Start, data: TrainingData, devices: DevicePlan) -> tuple[keras.Model, ModelInfo]:
-    """A resumed run's last finished epoch: model and optimizer, as the checkpoint saved them."""
+    """A resumed run's last checkpoint: model and optimizer, as it saved them."""
     before_checkpoint_load(start.record.model)  # an own model's custom layers, registered by its file
     with devices.scope:
         model = keras.models.load_model(start.run_dir / STATE_DIR / start.progress.checkpoint)
@@ -586,10 +723,10 @@ def running_record(
 
 @dataclass
 class RunStreams:
-    """The streams a run fits from: training, a second one of the same batches for --tensorboard's images
-    (tensorboard_logs.StreamedImages), and validation when the store has validation rows."""
+    """The streams a run fits from: training (training() makes them), a second one of the same batches for
+    --tensorboard's images (tensorboard_logs.StreamedImages), and validation when the store has validation rows."""
 
-    train: StoreStream
+    training: Callable[[int, int], StoreStream]  # (start_epoch, start_batch) -> a training stream from there
     images: StoreStream | None
     val: StoreStream | None
 
@@ -601,7 +738,7 @@ def run_streams(
     """The run's streams, each closed on the way out however it ends."""
     with contextlib.ExitStack() as opened:
 
-        def training_stream() -> StoreStream:
+        def training_stream(first_epoch: int, first_batch: int = 0) -> StoreStream:
             mix = BatchMix(options.mix, options.alpha, data.attrs.n_classes, options.seed) if options.mix else None
             stream = StoreStream(
                 data.store,
@@ -609,7 +746,8 @@ def run_streams(
                 options.batch_size,
                 shuffle=True,
                 seed=options.seed,
-                start_epoch=start_epoch,
+                start_epoch=first_epoch,
+                start_batch=first_batch,
                 buffer_chunks=options.buffer_chunks,
                 online=options.online_ops,
                 mix=mix,
@@ -619,8 +757,7 @@ def run_streams(
             opened.callback(stream.close)
             return stream
 
-        train = training_stream()
-        images = training_stream() if options.tensorboard else None
+        images = training_stream(start_epoch) if options.tensorboard else None
         val = None
         if data.val_rows:
             val = StoreStream(
@@ -634,7 +771,7 @@ def run_streams(
             opened.callback(val.close)
         else:
             say("the store has no validation rows: no validation during training")
-        yield RunStreams(train, images, val)
+        yield RunStreams(training_stream, images, val)
 
 
 def fit(
@@ -647,63 +784,57 @@ def fit(
     verbose: int | str,
     say: Say,
 ) -> list[dict]:
-    """The epochs from the last finished one to --epochs, each checkpointed, phase by phase (training_phases); the
-    whole history."""
-    options, history = start.options, list(start.progress.history)
-    for phase in [p for p in training_phases(options) if p.end > start.done]:
-        first = max(start.done, phase.first)
-        enter_phase(model, options, phase, steps_per_epoch(options, data), devices.scope, say)
-        fit_phase(
-            model,
-            first,
-            phase.end,
-            record,
-            data,
-            devices,
+    """The epochs from the last checkpoint to --epochs, checkpointed after each (and every --checkpoint-every
+    steps); the whole history. From a checkpoint inside an epoch, the rest of that epoch is fitted first (Keras
+    fits whole epochs of steps_per_epoch steps), then the epochs after it."""
+    options, progress, history = start.options, start.progress, list(start.progress.history)
+    with run_streams(options, data, devices, start.done, say) as streams:
+        train = streams.training(start.done, progress.batches_done)
+        per_epoch = train.batches_per_epoch
+        if start.resuming:
+            if progress.inside_epoch:
+                where = f"in epoch {start.done + 1} of {options.epochs}, after batch {progress.batches_done} of its {per_epoch}"
+            else:
+                where = f"after epoch {start.done} of {options.epochs}"
+            say(f"resuming {start.run_dir} {where}")
+        checkpoints = RunCheckpoints(
             run_dir,
+            record,
             history,
-            verbose,
-            say if first == start.done else quiet,
+            train,
+            options.checkpoint_every,
+            progress if start.from_checkpoint else None,
+            images_per_epoch=data.train_rows,
         )
-    return history
-
-
-def quiet(text: str) -> None:
-    pass
-
-
-def fit_phase(
-    model: keras.Model,
-    first: int,
-    end: int,
-    record: RunRecord,
-    data: TrainingData,
-    devices: DevicePlan,
-    run_dir: Path,
-    history: list[dict],
-    verbose: int | str,
-    say: Say,
-) -> None:
-    """Epochs [first, end), from streams that start at epoch `first`."""
-    options = record.options
-    with run_streams(options, data, devices, first, say) as streams:
-        extra_callbacks = tensorboard_callbacks(run_dir, streams.images, first) if streams.images is not None else []
-        if first < end:
-            with stream_errors(streams.train, streams.val):
+        # TensorBoard's callbacks before the checkpoint: killed between the two, an epoch is logged twice, never lost
+        callbacks = [
+            *(tensorboard_callbacks(run_dir, streams.images, start.done) if streams.images is not None else []),
+            checkpoints,
+        ]
+        parts = [(train, start.done, options.epochs, per_epoch)]  # (stream, first epoch, end epoch, steps per epoch)
+        if progress.inside_epoch:
+            parts = [(train, start.done, start.done + 1, per_epoch - progress.batches_done)]
+            if start.done + 1 < options.epochs:
+                parts.append((streams.training(start.done + 1, 0), start.done + 1, options.epochs, per_epoch))
+        parts = [piece for part in parts for piece in at_phase_switch(part, options, streams)]
+        for stream, first_epoch, end_epoch, steps in parts:
+            if first_epoch >= end_epoch:
+                continue
+            enter_phase(
+                model, options, phase_of(options, first_epoch), steps_per_epoch(options, data), devices.scope, say
+            )
+            with stream_errors(stream, streams.val):
                 model.fit(
-                    streams.train.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)
-                    steps_per_epoch=streams.train.batches_per_epoch,
-                    epochs=end,
-                    initial_epoch=first,
+                    stream.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)
+                    steps_per_epoch=steps,
+                    epochs=end_epoch,
+                    initial_epoch=first_epoch,
                     validation_data=streams.val,
                     shuffle=False,  # the stream shuffles; Keras would reorder batch indices
-                    # TensorBoard's callbacks before the checkpoint: killed between the two, an epoch is logged twice, never lost
-                    callbacks=[
-                        *extra_callbacks,
-                        EpochCheckpoint(run_dir, record, history, images_per_epoch=data.train_rows),
-                    ],
+                    callbacks=callbacks,
                     verbose=verbose,
                 )
+    return history
 
 
 @dataclass
