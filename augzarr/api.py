@@ -38,6 +38,7 @@ def build(
     val_fraction: float = BuildOptions.val_fraction,
     seed: int = BuildOptions.seed,
     chunk_size: int | None = BuildOptions.chunk_size,
+    codec: str = BuildOptions.codec,
     image_size: str | None = BuildOptions.image_size,  # an int N is taken too, as "N"
     fit: str | None = BuildOptions.fit,
     limit: int | None = BuildOptions.limit,
@@ -154,6 +155,7 @@ class Store:
         seed: int = TrainOptions.seed,
         online: str = TrainOptions.online,
         buffer_chunks: int = TrainOptions.buffer_chunks,
+        decode_threads: int | None = TrainOptions.decode_threads,
     ):
         """A keras.utils.PyDataset of (images uint8, labels int32) batches for model.fit, evaluate or predict,
         on any Keras backend.
@@ -162,9 +164,9 @@ class Store:
         the same batches), in a new order every epoch: an endless stream, so give fit
         steps_per_epoch=stream.batches_per_epoch (Keras would otherwise shuffle a finite PyDataset's batch
         indices itself, unseeded, reading windows out of order). Other splits come once, in stored order,
-        for validation_data, evaluate and predict. batch_size, seed, online and buffer_chunks are train's
-        options of those names, checked as train checks them; online: e.g. "flip,shift,erase" (shuffled
-        streams only)."""
+        for validation_data, evaluate and predict. batch_size, seed, online, buffer_chunks and decode_threads
+        are train's options of those names, checked as train checks them; online: e.g. "flip,shift,erase"
+        (shuffled streams only); decode_threads: the threads decoding a coded store's images (None: the cores)."""
         from augzarr.trainer.options import parse_online
         from augzarr.trainer.stream import StoreStream
 
@@ -174,7 +176,12 @@ class Store:
         online = "" if online is None else online  # None was the way to say none before
         buffer_chunks = TrainOptions.buffer_chunks if buffer_chunks is None else buffer_chunks
         checked = check_arguments(
-            TrainOptions, batch_size=batch_size, seed=seed, online=online, buffer_chunks=buffer_chunks
+            TrainOptions,
+            batch_size=batch_size,
+            seed=seed,
+            online=online,
+            buffer_chunks=buffer_chunks,
+            decode_threads=decode_threads,
         )
         shuffle = split == "train" if shuffle is None else shuffle
         if checked["online"] and not shuffle:
@@ -189,6 +196,7 @@ class Store:
             seed=checked["seed"],
             online=parse_online(checked["online"]),
             buffer_chunks=checked["buffer_chunks"],
+            decode_threads=checked["decode_threads"],
         )
 
     def contact_sheet(self, count: int = SheetOptions.count):

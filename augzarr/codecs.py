@@ -90,6 +90,12 @@ class CodecSpec:
     def lossless(self) -> bool:
         return CODECS[self.name].lossless
 
+    @property
+    def least_saving(self) -> int:
+        """raw size / stored size, at least (BENCHMARKS.md): a build's disk check expects no less. Only JPEG up to
+        the default quality was measured to save 2.9x and more at every size; anything else is taken as raw."""
+        return 2 if self.name == "jpeg" and (self.quality or 100) <= DEFAULT_JPEG_QUALITY else 1
+
     def zarr_config(self) -> dict:
         quality = {} if self.quality is None else {"quality": self.quality}
         return {"format": self.name, **quality, **self.settings}
@@ -106,9 +112,9 @@ class Codec:
 
 
 CODECS: dict[str, Codec] = {
-    "raw": Codec("the pixels as they are (any zarr v3 reader opens the store)", lossless=True),
+    "raw": Codec("the pixels as they are, which any zarr v3 reader opens", lossless=True),
     "jpeg": Codec(
-        f"JPEG, jpeg:Q for quality Q in 1-100 (default {DEFAULT_JPEG_QUALITY}), {JPEG_SUBSAMPLING} chroma",
+        f"JPEG with {JPEG_SUBSAMPLING} chroma, jpeg:Q for quality Q in 1-100, {DEFAULT_JPEG_QUALITY} by default",
         lossless=False,
         takes_quality=True,
         settings={"subsampling": JPEG_SUBSAMPLING},
@@ -117,17 +123,28 @@ CODECS: dict[str, Codec] = {
 }
 DEFAULT_LOSSY = f"jpeg:{DEFAULT_JPEG_QUALITY}"
 DEFAULT_LOSSLESS = "webp-lossless"
+# --codec auto: raw for small images, DEFAULT_LOSSY from AUTO_LOSSY_FROM pixels a side (the shorter side) up.
+# BENCHMARKS.md "Where JPEG starts to pay": at 32x32 JPEG saves 2.9x for a decode ~9x slower than copying raw
+# pixels; from 64x64 up q90 is 5x and more smaller than raw on photos and still decodes well ahead of a model's step
+AUTO = "auto"
+AUTO_LOSSY_FROM = 64
 
 
-def spec_forms() -> str:
-    """What --codec takes, as its messages list it: each codec, and NAME:Q after one that takes a quality."""
-    forms = []
+def spec_forms(auto: bool = True) -> str:
+    """What --codec takes, as its messages list it: auto (unless not), each codec, and NAME:Q after one that takes
+    a quality."""
+    forms = [AUTO] if auto else []
     for name, codec in CODECS.items():
         forms += [name, f"{name}:Q (Q = quality 1-100)"] if codec.takes_quality else [name]
     return alternatives(forms)
 
 
 SPEC_FORMS = spec_forms()
+# --codec's choices as its help lists them
+CODEC_CHOICES = {
+    AUTO: f"raw for images under {AUTO_LOSSY_FROM}x{AUTO_LOSSY_FROM}, {DEFAULT_LOSSY} from there up",
+    **{name: codec.help for name, codec in CODECS.items()},
+}
 
 
 def parse_spec(text: str) -> CodecSpec:
@@ -147,6 +164,19 @@ def parse_spec(text: str) -> CodecSpec:
             f"{CODEC_OPTION} {text!r}: the quality must be a whole number in 1-100, as in jpeg:{DEFAULT_JPEG_QUALITY}"
         )
     return CodecSpec(name, int(quality_text), dict(codec.settings))
+
+
+def choose_spec(text: str, image_shape) -> CodecSpec:
+    """The spec a build stores images of image_shape [H, W, C] with: --codec as given, or auto's choice."""
+    if isinstance(text, str) and text.strip().lower() == AUTO:
+        return parse_spec(DEFAULT_LOSSY if min(image_shape[:2]) >= AUTO_LOSSY_FROM else "raw")
+    return parse_spec(text)
+
+
+def check_spec(text: str, label: str = CODEC_OPTION) -> None:
+    """--codec's check: auto or a spec parse_spec takes (OptionError naming the option otherwise)."""
+    if not (isinstance(text, str) and text.strip().lower() == AUTO):
+        parse_spec(text)
 
 
 def spec_from_zarr_config(config: dict) -> CodecSpec:
@@ -395,6 +425,17 @@ class ImageCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
 
+def register() -> None:
+    """ImageCodec in zarr's codec registry in this process too: a checkout used without being installed has no
+    entry point (an installed augzarr's entry point registers the same class)."""
+    from zarr.registry import register_codec
+
+    register_codec(ZARR_CODEC_NAME, ImageCodec)
+
+
+register()
+
+
 def zarr_array_layout(spec: CodecSpec, chunk_rows: int, image_shape: tuple[int, ...]) -> dict:
     """The keyword arguments of zarr.create_array (beside shape, dtype uint8 and fill_value 0) for an images array
     whose chunks hold chunk_rows rows: raw, one plain chunk; otherwise one shard of one-image inner chunks."""
@@ -565,3 +606,34 @@ def decode_shard(
 
     _on_threads(work, len(out), threads)
     return out
+
+
+def decode_shards(
+    spec: CodecSpec,
+    datas: list,
+    outs: list[np.ndarray],
+    shard_rows: int,
+    threads: int | None = None,
+    keys: list[str] | None = None,
+) -> None:
+    """decode_shard for several shards at once (a stream's window): every row of every shard shared out over
+    `threads` threads (None: the cores), so a few small shards keep every core busy too. Each shard's index is
+    checked before any row is decoded; DamagedShardError names the first damaged shard's key."""
+    keys = keys or [f"shard {i}" for i in range(len(datas))]
+    rows = []  # (view of the row's bytes, its out, key, row in the shard), every shard's rows in order
+    for data, out, key in zip(datas, outs, keys):
+        if len(out) > shard_rows:
+            raise ValueError(f"a shard of {shard_rows} rows cannot fill {len(out)}")
+        view = memoryview(data)
+        for i, (a, b) in enumerate(shard_slices(data, shard_rows, len(out), key)):
+            rows.append((view[a:b], out[i], key, i))
+
+    def work(start: int, stop: int) -> None:
+        for view, out, key, i in rows[start:stop]:
+            try:
+                decode_image_into(spec, view, out)
+            except ValueError as exc:
+                raise DamagedShardError(f"chunk file {key} is damaged: row {i} of the shard {exc}") from None
+
+    if rows:
+        _on_threads(work, len(rows), threads)

@@ -1,13 +1,21 @@
-"""The store format, version 1: the one contract between builder/ and trainer/.
+"""The store format, versions 1 and 2: the one contract between builder/ and trainer/.
 
 What a store is
   A zarr v3 group holding train/, val/ and test/ subgroups (those the build made), each with
-  images (uint8 [n, H, W, C], raw chunks: zarr's lone 'bytes' codec), labels (uint8, int32 past
-  256 classes), source_index (int32) and copy_index (int16), chunked along the sample axis. A
-  split's images are chunked with min(chunk_rows, its rows): readers take each array's own chunk
-  shape. The group's attributes are StoreAttrs below, field for field. The train/ group's attributes
-  may hold TRAIN_FILE_DIGESTS (image folders, stores built since it was added): which source files
-  the training rows were made from, so evaluate --source can tell training images by their content.
+  images (uint8 [n, H, W, C]), labels (uint8, int32 past 256 classes), source_index (int32) and
+  copy_index (int16), chunked along the sample axis. A split's images are chunked with
+  min(chunk_rows, its rows): readers take each array's own chunk shape. The group's attributes are
+  StoreAttrs below, field for field. The train/ group's attributes may hold TRAIN_FILE_DIGESTS (image
+  folders, stores built since it was added): which source files the training rows were made from, so
+  evaluate --source can tell training images by their content.
+
+The two versions differ only in how images are stored (build-aug --codec, augzarr/codecs.py)
+  format 1  raw chunks: zarr's lone 'bytes' codec, the pixels as they are (any zarr v3 reader opens them);
+            the attributes have no 'codec'. A raw build still writes format 1, byte for byte.
+  format 2  an image codec: each chunk of rows one shard (zarr's sharding_indexed, one image an inner
+            chunk, the 'augzarr.image' codec), and the attributes' 'codec' names the spec and the encoder
+            libraries' versions ({"spec": "jpeg:90", "encoder": {"simplejpeg": "1.9.0"}}).
+  The per-chunk CRC-32 (chunk_crc32) is of a raw chunk's rows, of a coded chunk's stored shard bytes.
 
 How a build commits (what "complete" means), in this order
   1. .build/build.json (the arguments: the build's identity) claims the location;
@@ -36,6 +44,8 @@ import numpy as np
 import zarr
 from zarr.core.metadata import ArrayV3Metadata
 
+from augzarr import codecs
+from augzarr.codecs import CodecSpec, DamagedShardError
 from augzarr.errors import UserError
 from augzarr.storage import Storage, open_storage
 from augzarr.wording import count
@@ -44,14 +54,15 @@ if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
 
 FORMAT_NAME = "augzarr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this augzarr reads and writes
+RAW_FORMAT_VERSION = 1  # what a raw store is written as: today's bytes, readable by older augzarr
 SPLITS = ("train", "val", "test")
 IMAGES = "images"
 ROW_ARRAYS = ("labels", "source_index", "copy_index")
 ROW_DTYPES = {"source_index": "int32", "copy_index": "int16"}  # labels: label_dtype(classes)
-# Image chunks are stored raw. bench/bench_codecs.py on real CIFAR-10 chunks (BENCHMARKS.md):
-# the best generic codec saves 15% (blosc zstd + bitshuffle) at 10x the write and 6x the read
-# time, lz4 saves under 1%; decoded JPEG pixels are close to incompressible for these codecs.
+# A raw store's codec as its build identity records it. Raw, not a generic compressor: bench/bench_codecs.py on real
+# CIFAR-10 chunks (BENCHMARKS.md): the best saves 15% (blosc zstd + bitshuffle) at 10x the write and 6x the read
+# time; decoded JPEG pixels are close to incompressible for them. Image codecs: augzarr/codecs.py.
 IMAGE_CODEC = "none"
 SMALL_ARRAY_CHUNK = 1 << 20  # rows per chunk of labels, source_index, copy_index
 ROOT_METADATA = "zarr.json"
@@ -109,10 +120,29 @@ class StoreAttrs:
     array_crc32: dict[str, str] | None = None  # "<split>/<row array>" -> CRC-32 of the whole array
     built: dict | None = None  # finished_utc, seconds
     format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
+    format_version: int = RAW_FORMAT_VERSION
+    # format 2: {"spec": "jpeg:90", "encoder": {library: version}}; None (and absent from the JSON) for raw
+    codec: dict | None = None
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        found = json.loads(json.dumps(asdict(self)))
+        if found["codec"] is None:  # a raw store's attributes stay format 1's, key for key
+            del found["codec"]
+        return found
+
+    @property
+    def codec_spec(self) -> CodecSpec:
+        """The codec the images are stored with; UserError for a codec record this augzarr cannot read."""
+        if self.codec is None:
+            return codecs.parse_spec("raw")
+        spec = self.codec.get("spec") if isinstance(self.codec, dict) else None
+        try:
+            return codecs.parse_spec(str(spec))
+        except UserError:
+            raise UserError(
+                f"the images are stored with codec {short_json(spec)}, which this augzarr cannot decode "
+                f"(it decodes {codecs.spec_forms(auto=False)}): upgrade augzarr"
+            ) from None
 
     @classmethod
     def from_json(cls, attrs: dict, where: str) -> StoreAttrs:
@@ -184,9 +214,35 @@ def marker_key(split: str, chunk: int, build_id: str = "") -> str:
     return f"{marker_prefix(build_id)}{split}.{chunk}"
 
 
+def rows_per_chunk(array: zarr.Array) -> int:
+    """Rows of an array's chunks: a coded images array's chunk is a shard (zarr's .chunks is then its inner chunk,
+    one image), anything else's its zarr chunk."""
+    return int((array.shards or array.chunks)[0])
+
+
+def chunk_count(array: zarr.Array) -> int:
+    """The chunks (objects) along an array's rows."""
+    return -(-array.shape[0] // rows_per_chunk(array))
+
+
 def chunk_key(array: zarr.Array, chunk: int) -> str:
     """The key of chunk `chunk` along an array's rows (each chunk spans the other axes whole)."""
     return f"{array.path}/{array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))}"
+
+
+def format_version_for(spec: CodecSpec) -> int:
+    return RAW_FORMAT_VERSION if spec.is_raw else FORMAT_VERSION
+
+
+def codec_record(spec: CodecSpec) -> dict | None:
+    """StoreAttrs.codec of a store written with spec: the spec and the encoder libraries that decide its bytes."""
+    return None if spec.is_raw else {"spec": spec.text, "encoder": dict(codecs.encoder_versions(spec.name))}
+
+
+def describe_codec(spec_text: str, encoder: dict) -> str:
+    """A store's codec as inspect-aug and the model card show it: raw, or the spec with the encoder that wrote it."""
+    libraries = ", ".join(f"{name} {version}" for name, version in encoder.items())
+    return spec_text + (f" (written by {libraries})" if libraries else " (the pixels as they are)")
 
 
 def is_raw_layout(array: zarr.Array) -> bool:
@@ -218,7 +274,9 @@ def create_skeleton(
     attrs: StoreAttrs,
     train_file_digests: str | None = None,
 ) -> None:
-    """Step 2: the group, every array, and the small per-row arrays. Images come later, chunk by chunk."""
+    """Step 2: the group, every array, and the small per-row arrays. Images come later, chunk by chunk, laid out
+    for the codec attrs names (raw: one plain chunk of pixels; else one shard of one-image inner chunks)."""
+    spec = attrs.codec_spec
     root = open_group(storage, mode="a")
     root.attrs.put({**attrs.to_json(), "complete": False})
     # every chunk is written even when it is all zeros, so a missing chunk is always a fault
@@ -233,13 +291,12 @@ def create_skeleton(
         group.create_array(
             IMAGES,
             shape=(n, *image_shape),
-            chunks=(split_chunk_rows(chunk_rows, n), *image_shape),
             dtype="uint8",
-            compressors=None,
             fill_value=0,
             overwrite=True,
             config=config,
-        )  # IMAGE_CODEC
+            **codecs.zarr_array_layout(spec, split_chunk_rows(chunk_rows, n), tuple(image_shape)),
+        )
         for array in ROW_ARRAYS:
             group.create_array(
                 array, shape=(n,), dtype=row_dtype(array, n_classes), chunks=row_chunks, overwrite=True, config=config
@@ -270,13 +327,24 @@ def train_file_digests(storage: Storage) -> set[bytes] | None:
     return {raw[i : i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)}
 
 
-def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
-    """Step 3: chunk `chunk` of an images array, whole, then its marker; returns its CRC-32.
-    The last, partial chunk is padded to full size with the fill value, as zarr stores it."""
+def stored_chunk(spec: CodecSpec, block: np.ndarray, chunk_rows: int) -> tuple[bytes | memoryview, str]:
+    """(the object an image chunk of these rows is stored as, its CRC-32): raw, the rows padded to chunk_rows with
+    the fill value as zarr stores them, the CRC of the rows alone (format 1's); coded, the shard zarr would write
+    (codecs.encode_shard, one thread: a build's workers are one process a core), the CRC of those bytes."""
+    if not spec.is_raw:
+        data = codecs.encode_shard(spec, block, chunk_rows, threads=1)
+        return data, codecs.crc32_hex(data)
     crc = crc32_hex(block)
-    if len(block) < array.chunks[0]:
-        block = np.concatenate([block, np.zeros((array.chunks[0] - len(block), *block.shape[1:]), np.uint8)])
-    storage.write(chunk_key(array, chunk), np.ascontiguousarray(block).data.cast("B"))
+    if len(block) < chunk_rows:
+        block = np.concatenate([block, np.zeros((chunk_rows - len(block), *block.shape[1:]), np.uint8)])
+    return np.ascontiguousarray(block).data.cast("B"), crc
+
+
+def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
+    """Step 3: chunk `chunk` of an images array, whole (one atomic file or one PUT), then its marker; returns its
+    CRC-32. The array's own metadata says how it is stored (codecs.array_spec)."""
+    data, crc = stored_chunk(codecs.array_spec(array), block, rows_per_chunk(array))
+    storage.write(chunk_key(array, chunk), data)
     storage.write(marker_key(array.path.split("/")[0], chunk, build_id), crc.encode())
     return crc
 
@@ -296,9 +364,7 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
     chunk_crc32 = {}
     for split in splits:
         images = array_at(group, f"{split}/{IMAGES}")
-        chunk_crc32[split] = [
-            storage.read(marker_key(split, c, build_id)).decode() for c in range(images.cdata_shape[0])
-        ]
+        chunk_crc32[split] = [storage.read(marker_key(split, c, build_id)).decode() for c in range(chunk_count(images))]
     array_crc32 = {
         f"{s}/{name}": crc32_hex(read_whole(array_at(group, f"{s}/{name}"))) for s in splits for name in ROW_ARRAYS
     }
@@ -337,8 +403,12 @@ class OpenStore:
     def labels(self, split: str) -> np.ndarray:
         return read_whole(self.row_array(split, "labels"))
 
-    def read_chunk_rows(self, array: zarr.Array, chunk: int, out: np.ndarray) -> None:
-        read_chunks(self.storage, array, [chunk], [out])
+    @property
+    def codec(self) -> CodecSpec:
+        return self.attrs.codec_spec
+
+    def read_chunk_rows(self, array: zarr.Array, chunk: int, out: np.ndarray, threads: int | None = None) -> None:
+        read_chunks(self.storage, array, [chunk], [out], threads)
 
     @functools.cached_property
     def objects(self) -> dict[str, int]:
@@ -375,8 +445,9 @@ def unfinished_message(where: str) -> str:
 
 
 def open_store(location, require_complete: bool = True, check_chunks: bool = True) -> OpenStore:
-    """Open a store for reading, refusing anything that is not a complete format-1 store whose
-    arrays, per-row data and attributes agree (check_chunks=False: only the format and the arrays' metadata)."""
+    """Open a store for reading, refusing anything that is not a complete store of format 1 or 2 whose arrays,
+    per-row data and attributes agree, its codec one this augzarr decodes (check_chunks=False: only the format,
+    the codec and the arrays' metadata)."""
     storage = location if isinstance(location, Storage) else open_storage(location)
     where = storage.location
     if not storage.exists():
@@ -401,6 +472,7 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     if require_complete and (not raw.get("complete") or is_build_in_progress(storage)):
         raise UserError(unfinished_message(where))
     attrs = StoreAttrs.from_json(raw, where)
+    check_codec(attrs, where)
     group = open_group(storage)
     missing, unreadable = [], []
     for split in attrs.splits:
@@ -431,6 +503,19 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     return store
 
 
+def check_codec(attrs: StoreAttrs, where: str) -> None:
+    """Refuse a codec this augzarr cannot decode, or one that is not of the format version the attributes say."""
+    try:
+        spec = attrs.codec_spec
+    except UserError as exc:
+        raise UserError(f"store {where}: {exc}") from None
+    if attrs.format_version != format_version_for(spec):
+        raise UserError(
+            f"store {where} is damaged: its attributes say format {attrs.format_version} with codec {spec.text}, "
+            f"which is format {format_version_for(spec)}; rebuild it with build-aug --overwrite"
+        )
+
+
 def shape_problems(store: OpenStore) -> list[str]:
     """Attributes that disagree with the arrays (an edited zarr.json, a mixed-up copy)."""
     attrs, problems = store.attrs, class_name_problems(store.attrs)
@@ -439,15 +524,29 @@ def shape_problems(store: OpenStore) -> list[str]:
         images = store.images(split)
         if tuple(images.shape[1:]) != shape:
             problems.append(f"{split}/images holds {tuple(images.shape[1:])} images but the attributes say {shape}")
-        if not is_raw_layout(images):
-            problems.append(
-                f"{split}/images is not stored raw (uint8, zarr's lone bytes codec) as format {FORMAT_VERSION} stores images"
-            )
+        problem = layout_problem(images, store.codec)
+        if problem:
+            problems.append(f"{split}/images {problem}")
         for name in ROW_ARRAYS:
             rows = store.row_array(split, name).shape[0]
             if rows != images.shape[0]:
                 problems.append(f"{split}/{name} has {rows} rows, {split}/images {images.shape[0]}")
     return problems
+
+
+def layout_problem(images: zarr.Array, spec: CodecSpec) -> str | None:
+    """What is wrong with how an images array is stored, against the codec the attributes name; None when right."""
+    if spec.is_raw:
+        if is_raw_layout(images):
+            return None
+        return f"is not stored raw (uint8, zarr's lone bytes codec) as format {RAW_FORMAT_VERSION} stores images"
+    try:
+        found = codecs.array_spec(images)
+    except ValueError:
+        found = None
+    if found is None or found.text != spec.text or images.dtype != np.uint8 or images.metadata.fill_value != 0:
+        return f"is not stored with codec {spec.text} (one image a chunk in sharding_indexed) as the attributes say"
+    return None
 
 
 def class_name_problems(attrs: StoreAttrs) -> list[str]:
@@ -505,8 +604,8 @@ def read_row_array(
     storage: Storage, array: zarr.Array, present: dict[str, int]
 ) -> tuple[np.ndarray | None, str | None]:
     """(the array's data, None), or (None, what is wrong with the first bad chunk)."""
-    rows, parts = array.chunks[0], []
-    for c in range(array.cdata_shape[0]):
+    rows, parts = rows_per_chunk(array), []
+    for c in range(chunk_count(array)):
         key = chunk_key(array, c)
         if key not in present:  # zarr would read it as zeros
             return None, f"chunk file {storage.where(key)} is missing"
@@ -526,34 +625,60 @@ def chunk_problems(store: OpenStore) -> list[tuple[str, str]]:
     for every reader, since zarr would read a missing chunk as black images without a word."""
     present = store.objects
     problems = []
+    raw = store.codec.is_raw
     for split in store.attrs.splits:
         images = store.images(split)
         expected = int(np.prod(images.chunks)) * images.dtype.itemsize
-        for c in range(images.cdata_shape[0]):
+        # a shard holds its index and at least a byte an image (its size otherwise depends on the images)
+        least = codecs.index_size(rows_per_chunk(images)) + rows_per_chunk(images)
+        for c in range(chunk_count(images)):
             key = chunk_key(images, c)
             size = present.get(key)
             if size is None:
                 problems.append((key, f"chunk file {store.storage.where(key)} is missing"))
-            elif size != expected:
+            elif raw and size != expected:
                 problems.append(
                     (key, f"chunk file {store.storage.where(key)} has {count(size, 'byte')}, not {expected:,}")
+                )
+            elif not raw and size < least:
+                problems.append(
+                    (key, f"chunk file {store.storage.where(key)} has {count(size, 'byte')}, too few for its shard")
                 )
     return problems
 
 
-def read_chunks(storage: Storage, array: zarr.Array, chunks: list[int], outs: list[np.ndarray]) -> None:
-    """Fill each out with the first len(out) rows of its chunk of a raw images array, straight from
-    storage into place (concurrently where the backend has latency): no copy through zarr's pipeline,
-    which would cost ~1 ms of Python a 3 MB chunk beside a training loop (BENCHMARKS.md)."""
-    expected = int(np.prod(array.chunks)) * array.dtype.itemsize
+DAMAGED_SINCE_OPENED = "the store was damaged after it was opened; check it with inspect-aug --verify"
+
+
+def read_objects(storage: Storage, keys: list[str]) -> list[bytes]:
+    """The stored bytes of these chunk objects (concurrently where the backend has latency); UserError naming a missing one."""
+    try:
+        return storage.read_many(keys)
+    except KeyError as exc:
+        raise UserError(f"chunk file {storage.where(exc.args[0])} is missing: {DAMAGED_SINCE_OPENED}") from None
+
+
+def read_chunks(
+    storage: Storage, array: zarr.Array, chunks: list[int], outs: list[np.ndarray], threads: int | None = None
+) -> None:
+    """Fill each out with the first len(out) rows of its chunk of an images array. Raw: straight from storage
+    into place (concurrently where the backend has latency), no copy through zarr's pipeline, which would cost
+    ~1 ms of Python a 3 MB chunk beside a training loop (BENCHMARKS.md). Coded: the shards fetched together, then
+    every row of them decoded into place on `threads` threads (None: the cores; codecs.decode_shards)."""
+    spec = codecs.array_spec(array)
     keys = [chunk_key(array, c) for c in chunks]
+    if not spec.is_raw:
+        datas = read_objects(storage, keys)
+        try:
+            codecs.decode_shards(spec, datas, outs, rows_per_chunk(array), threads, [storage.where(k) for k in keys])
+        except DamagedShardError as exc:
+            raise UserError(f"{exc}: {DAMAGED_SINCE_OPENED}") from None
+        return
+    expected = int(np.prod(array.chunks)) * array.dtype.itemsize
     try:
         sizes = storage.read_many_into(keys, [out.data.cast("B") for out in outs])
     except KeyError as exc:
-        raise UserError(
-            f"chunk file {storage.where(exc.args[0])} is missing: the store was damaged after it was opened; "
-            "check it with inspect-aug --verify"
-        ) from None
+        raise UserError(f"chunk file {storage.where(exc.args[0])} is missing: {DAMAGED_SINCE_OPENED}") from None
     for key, size in zip(keys, sizes):
         if size != expected:
             raise UserError(

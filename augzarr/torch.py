@@ -61,7 +61,16 @@ except ImportError:
 from augzarr.options import check_arguments
 from augzarr.plan import RankPlan, chunk_sizes, resumed_runs
 from augzarr.storage import open_storage
-from augzarr.store_format import IMAGES, OpenStore, chunk_key, open_group, open_store, read_chunks
+from augzarr.store_format import (
+    IMAGES,
+    OpenStore,
+    chunk_key,
+    is_raw_layout,
+    open_group,
+    open_store,
+    read_chunks,
+    rows_per_chunk,
+)
 from augzarr.trainer.options import DEFAULT_BUFFER_CHUNKS, TrainOptions
 
 LAYOUTS = {
@@ -183,7 +192,7 @@ class _SplitSource:
         check_split(store, split)
         images = store.images(split)
         self.location, self.split = store.location, split
-        self.rows, self.chunk_rows = int(images.shape[0]), int(images.chunks[0])
+        self.rows, self.chunk_rows = int(images.shape[0]), rows_per_chunk(images)
         height, width, channels = (int(n) for n in images.shape[1:])
         self.image_shape = (height, width, channels)
         self.labels = store.labels(split)  # a byte a row (int32 past 256 classes), read whole once
@@ -512,7 +521,13 @@ class _WindowReader:
         sizes = chunk_sizes(self.source.rows, self.source.chunk_rows, chunks)
         data = np.empty((int(sizes.sum()), *self.source.image_shape), np.uint8)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        read_chunks(storage, array, chunks.tolist(), [data[at : at + n] for at, n in zip(starts, sizes.tolist())])
+        read_chunks(
+            storage,
+            array,
+            chunks.tolist(),
+            [data[at : at + n] for at, n in zip(starts, sizes.tolist())],
+            decode_threads(),
+        )
         every, chunk_rows = self.source.labels, self.source.chunk_rows
         labels = np.concatenate(
             [every[c * chunk_rows : c * chunk_rows + n] for c, n in zip(chunks.tolist(), sizes.tolist())]
@@ -650,7 +665,7 @@ class StoreRows(torch_data.Dataset):
         storage, images = self.source.storage_and_images()
         shape, chunk_rows = self.source.image_shape, self.source.chunk_rows
         out = np.empty((len(rows), *shape), np.uint8)
-        root = storage.local_path()
+        root = storage.local_path() if is_raw_layout(images) else None  # a coded chunk is decoded whole
         if root is not None:
             by_chunk: dict[int, list[int]] = {}
             for i, row in enumerate(rows):
@@ -666,11 +681,17 @@ class StoreRows(torch_data.Dataset):
         chunks = sorted({row // chunk_rows for row in rows})
         sizes = chunk_sizes(self.source.rows, chunk_rows, np.array(chunks))
         blocks = [np.empty((n, *shape), np.uint8) for n in sizes.tolist()]
-        read_chunks(storage, images, chunks, blocks)
+        read_chunks(storage, images, chunks, blocks, decode_threads())
         where = dict(zip(chunks, blocks))
         for i, row in enumerate(rows):
             out[i] = where[row // chunk_rows][row % chunk_rows]
         return out
+
+
+def decode_threads() -> int | None:
+    """Threads decoding a coded store's images: the cores in the main process, one in a DataLoader worker (the
+    workers, one a core, decode side by side)."""
+    return None if torch_data.get_worker_info() is None else 1
 
 
 def read_rows_of_chunk(path, offsets: list[int], outs: list[np.ndarray]) -> None:

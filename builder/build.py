@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from augzarr import __version__
+from augzarr.codecs import CodecSpec, choose_spec
 from augzarr.errors import OptionError, UserError
 from augzarr.images import DEFAULT_FIT, FIT_BEFORE_RECORDED
 from augzarr.sources import Source, open_source
@@ -39,12 +40,15 @@ from augzarr.store_format import (
     SKELETON_DONE,
     SourceInfo,
     StoreAttrs,
+    codec_record,
     committed_chunks,
     create_skeleton,
     default_chunk_rows,
+    format_version_for,
     mark_complete,
     open_group,
     read_raw_attrs,
+    rows_per_chunk,
 )
 from augzarr.user_text import user_text
 from augzarr.wording import SHOWN_LINES, count, shown
@@ -79,9 +83,9 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)  # about the store built: printed after the summary
 
 
-def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage) -> None:
-    """Refuse, before any work, a chunk too big for memory or a store too big for the disk
-    (object storage has no free space to ask about)."""
+def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: Storage, codec: CodecSpec) -> None:
+    """Refuse, before any work, a chunk too big for memory or a store too big for the disk (object storage has no
+    free space to ask about); a coded store is taken at the size its codec's least saving would leave."""
     row_bytes = int(np.prod(source.image_shape))
     if chunk_rows * row_bytes > MAX_CHUNK_BYTES:
         raise OptionError(
@@ -91,7 +95,7 @@ def check_fits(options: BuildOptions, source: Source, chunk_rows: int, storage: 
     rows = len(source.train) * (options.copies + 1) + sum(
         len(s) for name, s in source.splits().items() if name != "train"
     )
-    needed = rows * row_bytes
+    needed = rows * row_bytes // (1 if codec.is_raw else codec.least_saving)
     free = storage.free_bytes() if storage.checks_free_space else None
     if free is not None and needed > free:
         raise UserError(
@@ -146,6 +150,7 @@ class Build:
     source: Source
     policy: Policy
     chunk_rows: int
+    codec: CodecSpec
     identity: BuildIdentity
     reporter: Reporter
     started: float
@@ -223,10 +228,11 @@ def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: R
     chunk_rows = options.chunk_size or default_chunk_rows(
         source.image_shape, max_rows=len(source.train) * (options.copies + 1)
     )
-    identity = build_identity(options, source, policy, chunk_rows)
+    codec = choose_spec(options.codec, source.image_shape)
+    identity = build_identity(options, source, policy, chunk_rows, codec)
     check_trainable(options, source)
-    check_fits(options, source, chunk_rows, storage)
-    return Build(options, storage, source, policy, chunk_rows, identity, reporter, started)
+    check_fits(options, source, chunk_rows, storage, codec)
+    return Build(options, storage, source, policy, chunk_rows, codec, identity, reporter, started)
 
 
 @dataclass
@@ -256,6 +262,7 @@ def run_build(build: Build, scratch: Path, still_held: Callable[[], None]) -> Bu
             build.policy.to_attrs(),
             build.options.seed,
             record.build_id,
+            build.codec.text,
         )
         staged = stage(build, staging, record)
         splits = plan(build, staged)
@@ -393,8 +400,8 @@ def compute(
     """Phase compute: every chunk without a commit marker computed and committed by the workers. Returns the rows computed."""
     skeleton = open_group(build.storage)
     # each split's own chunk rows, from its array: a split smaller than chunk_rows is one chunk of its size
-    rows_per_chunk = {name: skeleton[f"{name}/{IMAGES}"].chunks[0] for name in splits}
-    tasks, done_rows = pending_chunks(splits, rows_per_chunk, set(committed_chunks(build.storage, build_id)))
+    split_chunk_rows = {name: rows_per_chunk(skeleton[f"{name}/{IMAGES}"]) for name in splits}
+    tasks, done_rows = pending_chunks(splits, split_chunk_rows, set(committed_chunks(build.storage, build_id)))
     total_rows = sum(len(r) for r in splits.values())
     results = workers.compute(tasks)
     with build.reporter.task(f"building {build.out}", total=total_rows) as advance:
@@ -476,7 +483,7 @@ def check_cluster(client, build: Build, here: LocalStaging) -> ClusterStaging:
         client, build.storage, location, here, first, build.source.image_shape, build.reporter.message
     )
     task = canary_task(build.source, build.chunk_rows, build.options.copies)
-    config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed)
+    config = WorkerConfig(location, "", build.policy.to_attrs(), build.options.seed, codec=build.codec.text)
     check_canary(client, config, task, canary_rows(build.source, task, resize))
     return staging
 
@@ -519,8 +526,12 @@ def pool_context(storage: Storage) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_rows: int) -> BuildIdentity:
-    """Every argument that changes the store's bytes (records.py keeps its recorded form)."""
+def build_identity(
+    options: BuildOptions, source: Source, policy: Policy, chunk_rows: int, codec: CodecSpec
+) -> BuildIdentity:
+    """Every argument that changes the store's bytes (records.py keeps its recorded form): a raw store's as format 1
+    records it; a coded store's with its spec and encoder libraries (another version writes other bytes: a resume
+    with it is refused as another argument is)."""
     return BuildIdentity(
         source_kind=source.kind,
         class_names=source.class_names,
@@ -536,6 +547,15 @@ def build_identity(options: BuildOptions, source: Source, policy: Policy, chunk_
         fit=fitted(options) or FIT_BEFORE_RECORDED,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),
+        **(
+            {}
+            if codec.is_raw
+            else {
+                "format_version": format_version_for(codec),
+                "codec": codec.text,
+                "encoder": codec_record(codec)["encoder"],
+            }
+        ),
     )
 
 
@@ -658,12 +678,12 @@ def decode_tasks(source: Source, resize: str | None, skip_bad: bool) -> list[Dec
 
 
 def pending_chunks(
-    splits: dict[str, SplitRows], rows_per_chunk: dict[str, int], committed: set[tuple[str, int]]
+    splits: dict[str, SplitRows], chunk_rows_of: dict[str, int], committed: set[tuple[str, int]]
 ) -> tuple[list[ChunkTask], int]:
     """The chunk tasks without a commit marker, and the rows of those with one."""
     tasks, done_rows = [], 0
     for name, rows in splits.items():
-        chunk_rows = rows_per_chunk[name]
+        chunk_rows = chunk_rows_of[name]
         for chunk, start in enumerate(range(0, len(rows), chunk_rows)):
             stop = min(start + chunk_rows, len(rows))
             if (name, chunk) in committed:
@@ -713,6 +733,8 @@ def store_attrs(build: Build, staged: Staged, splits: dict[str, SplitRows]) -> S
         ),
         identity=build.identity.to_json(),
         versions=package_versions(),
+        format_version=format_version_for(build.codec),
+        codec=codec_record(build.codec),
         skipped=staged.skipped,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),

@@ -162,11 +162,9 @@ def check_canary(client, config: WorkerConfig, task: ChunkTask, source_rows) -> 
     is refused naming the worker: same versions can still differ in a machine's native libraries.
     source_rows: the chunk's source rows as this client decoded them (worker.SourceRows), sent along, so
     that it runs before the store is claimed and its source staged."""
-    from augzarr.store_format import crc32_hex
+    from .worker import canary_crc, canary_on_cluster
 
-    from .worker import canary_on_cluster, compute_canary
-
-    expected = crc32_hex(compute_canary(config, task, source_rows))
+    expected = canary_crc(config, task, source_rows)
     for worker, found in client.run(canary_on_cluster, config, task, source_rows).items():
         if found != expected:
             raise UserError(

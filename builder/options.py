@@ -4,6 +4,7 @@ albumentations nor OpenCV, so a bad option is refused at once and `import augzar
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,11 @@ MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
 WORKERS_PER_CORE = 4
 MAX_PREVIEW = 256  # rows of the contact sheet
+
+
+def lazy_check(module: str, name: str):
+    """A check that lives in a module not imported until a value is checked."""
+    return lambda value, label: getattr(importlib.import_module(module), name)(value, label)
 
 
 def default_workers() -> int:
@@ -75,6 +81,13 @@ class BuildOptions:
         high_text="2**63",
     )
     chunk_size: int | None = option(None, "Rows per chunk.", low=1, default_text="~4 MiB of pixels, 1024 at 32x32")
+    codec: str = option(
+        "auto",
+        "How images are stored, one of {choices}; docs/guides/codecs.md says which to choose.",
+        choices=lazy("augzarr.codecs", "CODEC_CHOICES"),
+        strict=False,
+        check=lazy_check("augzarr.codecs", "check_spec"),
+    )
     image_size: str | None = option(
         None,
         "Resize every image to NxN, or HxW (needed when image sizes differ), fitted as --fit says.",

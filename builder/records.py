@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from augzarr.storage import Storage
-from augzarr.store_format import BUILD_JSON, FORMAT_VERSION, IMAGE_CODEC
+from augzarr.store_format import BUILD_JSON, IMAGE_CODEC, RAW_FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ class BuildIdentity:
     # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
     license: str | None = None
     provenance: str | None = None
-    format_version: int = FORMAT_VERSION
-    codec: str = IMAGE_CODEC
+    format_version: int = RAW_FORMAT_VERSION
+    codec: str = IMAGE_CODEC  # a coded store's spec (jpeg:90), with format_version 2
+    encoder: dict | None = None  # a coded store's encoder libraries and their versions: they decide its bytes
 
     def to_json(self) -> dict:
         """The recorded form: skip_bad, fit, license and provenance only where they are not their default."""
@@ -54,6 +55,7 @@ class BuildIdentity:
             "chunk_rows": self.chunk_rows,
             "policy": json.loads(json.dumps(self.policy)),
             "codec": self.codec,
+            **({"encoder": dict(self.encoder)} if self.encoder is not None else {}),
             **({"skip_bad": True} if self.skip_bad else {}),
             **({"fit": self.fit} if self.fit != "stretch" else {}),
             **{name: text for name in ("license", "provenance") if (text := getattr(self, name))},
@@ -101,6 +103,7 @@ IDENTITY_DEFAULTS = {
     "fit": "stretch",
     "license": None,
     "provenance": None,
+    "encoder": None,
 }  # keys an identity leaves out at their default
 MAX_DIFFERENCES = 4
 

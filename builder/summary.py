@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from augzarr.store_format import SPLITS, OpenStore
+from augzarr.store_format import SPLITS, OpenStore, describe_codec, rows_per_chunk
 from augzarr.wording import count
 
 
@@ -30,8 +30,10 @@ def summarize(store: OpenStore) -> dict:
         "include_original": attrs.include_original,
         "val_fraction": attrs.val_fraction,
         "seed": attrs.seed,
+        "codec": attrs.codec_spec.text,
+        "encoder": (attrs.codec or {}).get("encoder", {}),
         "chunk_rows": attrs.chunk_rows,  # as requested; a split smaller than that is one chunk of its size
-        "split_chunk_rows": {split: store.images(split).chunks[0] for split in counts},
+        "split_chunk_rows": {split: rows_per_chunk(store.images(split)) for split in counts},
         "policy": attrs.policy["name"],
         "policy_transforms": [
             t["__class_fullname__"] for t in attrs.policy["albumentations"]["transform"]["transforms"]
@@ -55,6 +57,7 @@ def format_summary(s: dict) -> str:
         f"store        {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE'}, format v{s['format_version']})",
         f"images       {'x'.join(map(str, s['image_shape']))} uint8, {count(s['chunk_rows'], 'row')} per chunk"
         + "".join(f", {split} {rows}" for split, rows in s["split_chunk_rows"].items() if rows != s["chunk_rows"]),
+        f"codec        {describe_codec(s['codec'], s['encoder'])}",
         f"source       {src['kind']} {src['location']} ({src['train_count']} train, {src['test_count']} test"
         + (f", {src['val_count']} val" if src.get("val_count") else "")
         + (f", limit {src['limit']}" if src.get("limit") else "")

@@ -20,10 +20,13 @@ class WorkerConfig:
     policy: dict  # Policy.to_attrs()
     seed: int
     build_id: str = ""  # the build's id in .build/build.json; "" for a store claimed before build ids existed
+    codec: str = (
+        "raw"  # the images' codec spec (the store's arrays say it too; the canary, run before they exist, needs it)
+    )
 
     def on_cluster(self) -> WorkerConfig:
         """The configuration a Dask worker gets: no staging folder of this machine."""
-        return WorkerConfig(self.location, "", self.policy, self.seed, self.build_id)
+        return WorkerConfig(self.location, "", self.policy, self.seed, self.build_id, self.codec)
 
 
 @dataclass(frozen=True)

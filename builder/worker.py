@@ -22,6 +22,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from augzarr.codecs import parse_spec
 from augzarr.errors import UserError
 from augzarr.images import (
     MAX_IMAGE_PIXELS,
@@ -34,7 +35,7 @@ from augzarr.images import (
     shown,
 )
 from augzarr.storage import open_storage
-from augzarr.store_format import IMAGES, crc32_hex, open_group, write_chunk
+from augzarr.store_format import IMAGES, crc32_hex, open_group, stored_chunk, write_chunk
 
 from .applier import image_applier
 from .policies import Policy
@@ -138,9 +139,16 @@ def compute_canary(config: WorkerConfig, task: ChunkTask, source_rows: SourceRow
     return compute_block(state, task)
 
 
+def canary_crc(config: WorkerConfig, task: ChunkTask, source_rows: SourceRows) -> str:
+    """The CRC-32 of the object this process would store for one chunk computed from the source rows given: its
+    pixels encoded with the build's codec, so a worker whose encoder writes other bytes is caught too."""
+    block = compute_canary(config, task, source_rows)
+    return stored_chunk(parse_spec(config.codec), block, len(block))[1]
+
+
 def canary_on_cluster(config: WorkerConfig, task: ChunkTask, source_rows: SourceRows) -> str:
-    """The CRC-32 of what a cluster worker computes for one chunk from the client's source rows."""
-    return crc32_hex(compute_canary(config, task, source_rows))
+    """canary_crc on a cluster worker."""
+    return canary_crc(config, task, source_rows)
 
 
 def answer_probe(location: str, folder: str) -> tuple[str | None, str | None]:
@@ -165,7 +173,8 @@ def image_pixel_limit() -> int:
     return MAX_IMAGE_PIXELS
 
 
-DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr")
+# simplejpeg and pillow (its libwebp): the image codecs' encoders (augzarr/codecs.py encoder_versions)
+DECIDING_PACKAGES = ("augzarr", "numpy", "opencv-python-headless", "albumentations", "zarr", "simplejpeg", "pillow")
 
 
 def deciding_versions() -> dict[str, str | None]:

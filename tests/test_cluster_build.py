@@ -617,3 +617,43 @@ def test_a_worker_without_the_object_stores_credentials_is_refused_before_the_cl
     assert f"cannot reach --out {url} ({url}: no S3 credentials: set AWS_ACCESS_KEY_ID" in line, line
     assert line.endswith("give every worker the store's credentials and endpoint in its own environment")
     assert left == {}  # no claim, no lease, no probe
+
+
+def test_a_coded_cluster_build_is_the_local_build_byte_for_byte(cluster, images, tmp_path):
+    local = tmp_path / "local.zarr"
+    build(images, local, "--workers", "1", "--codec", "jpeg:85")
+    on_cluster = tmp_path / "cluster.zarr"
+    build(images, on_cluster, "--scheduler", cluster, "--codec", "jpeg:85")
+    assert json.loads((on_cluster / "zarr.json").read_text())["attributes"]["codec"]["spec"] == "jpeg:85"
+    assert files(on_cluster) == files(local)
+
+
+OTHER_ENCODER = """
+import augzarr.codecs as codecs
+
+encode, decode, versions = codecs.FORMATS["jpeg"]
+
+
+def encode_otherwise(spec, image):
+    data = bytearray(encode(spec, image))
+    data[-3] ^= 1  # the same pixels in, other bytes out: an encoder library built otherwise
+    return bytes(data)
+
+
+codecs.FORMATS["jpeg"] = (encode_otherwise, decode, versions)
+"""
+
+
+def test_a_worker_whose_encoder_writes_other_bytes_is_refused_by_the_canary(images, tmp_path):
+    """Its pixels are this client's: only the encoded bytes tell it apart."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(OTHER_ENCODER)
+    out = tmp_path / "s.zarr"
+    args = ["--source", str(images), "--out", str(out), "--copies", "1", "--preview", "0", "--quiet"]
+    with dask_pair(tmp_path, worker_env={"PYTHONPATH": str(site)}) as address:
+        result = run_cli("build-aug", *args, "--codec", "jpeg", "--scheduler", address)
+    line = result.stderr.strip()
+    assert result.returncode == 1 and len(line.splitlines()) == 1, result.stderr
+    assert "computes other bytes for a chunk than this client" in line
+    assert not out.exists()

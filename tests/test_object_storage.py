@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import BIN, run_cli, write_image_folder
 from faultproxy import FaultProxy
@@ -494,3 +495,21 @@ def test_the_tensorflow_reader_leaves_an_object_store_to_the_stream(s3, images):
 
     run_cli(*build_args(images, s3["url"]), env=s3["env"], check=True)
     assert store_dataset(open_store(s3["url"]), "train", 8, True) is None  # it reads local chunk files only
+
+
+def test_a_coded_build_to_s3_is_the_local_build_and_streams_and_verifies(s3, images, tmp_path):
+    from augzarr.store_format import open_store
+    from augzarr.trainer.stream import StoreStream
+
+    local = tmp_path / "local.zarr"
+    run_cli(*build_args(images, str(local), "--codec", "webp-lossless"), check=True)
+    run_cli(*build_args(images, s3["url"], "--codec", "webp-lossless"), env=s3["env"], check=True)
+    assert_same_objects(s3["url"], local)
+    verified = run_cli("inspect-aug", "--store", s3["url"], "--verify", env=s3["env"], check=True)
+    assert verified.stdout.startswith(f"verified {s3['url']}")
+    remote = StoreStream(open_store(s3["url"]), "train", 7, shuffle=True, seed=2, buffer_chunks=2)
+    here = StoreStream(open_store(local), "train", 7, shuffle=True, seed=2, buffer_chunks=2)
+    for i in range(remote.batches_per_epoch + 1):
+        assert all(np.array_equal(a, b) for a, b in zip(remote[i], here[i])), i
+    remote.close()
+    here.close()

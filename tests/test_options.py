@@ -75,7 +75,7 @@ def test_the_python_api_signatures_agree_with_the_cli_and_the_library():
     stream = inspect.signature(augzarr.Store.stream).parameters
     train = defaults(TrainOptions)
     train_cli = cli_params(train_app)
-    for name in ("batch_size", "seed", "online", "buffer_chunks"):  # train's options of the same name
+    for name in ("batch_size", "seed", "online", "buffer_chunks", "decode_threads"):  # train's options of the same name
         assert stream[name].default == train[name] == train_cli[name].default, name
     assert inspect.signature(augzarr.Store.contact_sheet).parameters["count"].default == defaults(SheetOptions)["count"]
 

@@ -187,7 +187,7 @@ def test_edited_attributes_are_detected(small_store, tmp_path):
     edit_attrs(small_store, format_version=7)
     newer = run_cli("inspect-aug", "--store", str(small_store))
     assert (
-        newer.returncode == 1 and "format version 7, newer than this augzarr reads (1): upgrade augzarr" in newer.stderr
+        newer.returncode == 1 and "format version 7, newer than this augzarr reads (2): upgrade augzarr" in newer.stderr
     )
 
 

@@ -81,7 +81,7 @@ def test_an_old_run_stopped_after_an_epoch_resumes_with_the_options_it_ran_under
 
 
 def test_an_old_finished_run_evaluates_and_recognises_its_source(one_epoch, small_store, tmp_path):
-    from augzarr.trainer.evaluate import evaluate_on_folder, evaluate_on_store, training_warning
+    from augzarr.trainer.evaluate import evaluate_on_source, evaluate_on_store, training_warning
 
     run_dir = tmp_path / "run"  # evaluate's library calls, in this process (Keras loads once)
     shutil.copytree(one_epoch, run_dir)
@@ -91,7 +91,7 @@ def test_an_old_finished_run_evaluates_and_recognises_its_source(one_epoch, smal
     # its store gone: the source folder is recognised from the fingerprint's content hash alone (no store_source then)
     as_oldest(run_dir, options={**old["options"], "store": str(tmp_path / "gone.zarr")})
     images = small_store.parent / "images"
-    metrics, _ = evaluate_on_folder(run_dir, images, 256)
+    metrics, _ = evaluate_on_source(run_dir, images, 256)
     assert metrics["training_images"]["count"] is None and metrics["training_source"] is True
     assert "holds the images the model's store was built from (same folder or content hash)" in training_warning(
         metrics, images

@@ -40,8 +40,10 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_LEARNING_RATE = 10.0
 MAX_MIX_ALPHA = 100.0
-# the options a resumed run may change (train --resume): how long it trains on and how often it checkpoints
-RESUMABLE_CHANGES = ("epochs", "checkpoint_every")
+MAX_DECODE_THREADS = 1024
+# the options a resumed run may change (train --resume): how long it trains on, how often it checkpoints, and how many
+# threads decode (none changes what the run computes)
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "decode_threads")
 
 
 def parse_online(spec: str) -> tuple[str, ...]:
@@ -108,6 +110,15 @@ class TrainOptions:
         0, "Seeds weights, dropout and the stream's order.", low=0, high=2**32, high_open=True, high_text="2**32"
     )
     buffer_chunks: int = option(DEFAULT_BUFFER_CHUNKS, "Chunks shuffled together in the stream.", low=1)
+    # how fast, not what: the batches are the same whatever the count, and a resume may change it
+    decode_threads: int | None = option(
+        None,
+        "Threads decoding the images of a store built with an image codec (build-aug --codec), a window ahead of "
+        "the model; a raw store needs none.",
+        low=1,
+        high=MAX_DECODE_THREADS,
+        default_text="the cores this process may use",
+    )
     online: str = option(
         "",
         "Random operations on each training batch as it is streamed, comma-separated, of {choices}.",

@@ -17,7 +17,7 @@ from matplotlib.font_manager import FontProperties  # noqa: E402
 
 from augzarr.fonts import font_with_glyphs  # noqa: E402
 from augzarr.storage.local import write_atomic  # noqa: E402
-from augzarr.store_format import StoreAttrs  # noqa: E402
+from augzarr.store_format import StoreAttrs, describe_codec  # noqa: E402
 from augzarr.wording import count  # noqa: E402
 
 from .applications import APPLICATIONS  # noqa: E402
@@ -366,6 +366,7 @@ def data_lines(options: TrainOptions, store_attrs: StoreAttrs, metrics: dict) ->
         "## Data and provenance",
         "",
         f"- store: `{options.store}` (augzarr format {store_attrs.format_version}, built {(store_attrs.built or {}).get('finished_utc', '?')})",
+        f"- images stored as: {describe_codec(store_attrs.codec_spec.text, (store_attrs.codec or {}).get('encoder', {}))}",
         f"- source: {source.kind} `{source.location}`, {source.train_count:,} training and {source.test_count:,} test images"
         + (f" (limited to the first {source.limit:,})" if source.limit else ""),
         f"- source content hash: `{source.content_hash}`",

@@ -24,7 +24,7 @@ import numpy as np
 
 from augzarr.errors import UserError
 from augzarr.plan import chunk_sizes, epoch_plan, shard_chunks, window_order
-from augzarr.store_format import OpenStore, read_chunks
+from augzarr.store_format import OpenStore, read_chunks, rows_per_chunk
 
 from .allocator import restore_malloc_thresholds
 from .mixing import BatchMix, one_hot
@@ -45,6 +45,8 @@ class StoreStream(keras.utils.PyDataset):
     float32 one-hot rows [b, classes] (what a model trained on mixed labels takes, validation included).
     shard (index, count): one of several processes' disjoint shares of every epoch's chunks (train
     --distribute over several hosts); batch_multiple: the devices each batch is split over (below).
+    decode_threads: a coded store's images (build-aug --codec) are decoded on this many threads (None: the
+    cores), by the background reader a window ahead; the batches are the same whatever the count.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class StoreStream(keras.utils.PyDataset):
         soft_labels: bool = False,
         shard: tuple[int, int] = (0, 1),
         batch_multiple: int = 1,
+        decode_threads: int | None = None,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.storage = store.storage
@@ -71,7 +74,7 @@ class StoreStream(keras.utils.PyDataset):
         self.split_rows = self.images.shape[0]
         if self.split_rows == 0:
             raise ValueError(f"split {split} of the store is empty")
-        self.chunk_rows = self.images.chunks[0]
+        self.chunk_rows = rows_per_chunk(self.images)
         self.n_chunks = -(-self.split_rows // self.chunk_rows)
         self.shard = shard
         self.rows = int(
@@ -83,6 +86,7 @@ class StoreStream(keras.utils.PyDataset):
         self.start_epoch = start_epoch
         self.start_batch = start_batch
         self.buffer_chunks = max(1, buffer_chunks)
+        self.decode_threads = decode_threads
         # batch_multiple (devices sharing each batch, which must split it evenly): a training stream leaves out
         # the epoch's last rows beyond a multiple of it (fewer than the devices); a one-pass stream pads its last
         # batch with rows of weight 0 instead, so every row is judged and none twice
@@ -111,10 +115,15 @@ class StoreStream(keras.utils.PyDataset):
         sizes = chunk_sizes(self.split_rows, self.chunk_rows, chunks)
         images = np.empty((int(sizes.sum()), *self.images.shape[1:]), self.images.dtype)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        # every chunk straight from storage into its place (fetched together from an object store): no
-        # copy through zarr's pipeline or a concatenation, and the GIL free while a local file is read
+        # every chunk straight from storage into its place (fetched together from an object store), a coded one
+        # decoded there on the decode threads: no copy through zarr's pipeline or a concatenation, and the GIL
+        # free while a local file is read or an image decoded
         read_chunks(
-            self.storage, self.images, chunks.tolist(), [images[at : at + n] for at, n in zip(starts, sizes.tolist())]
+            self.storage,
+            self.images,
+            chunks.tolist(),
+            [images[at : at + n] for at, n in zip(starts, sizes.tolist())],
+            self.decode_threads,
         )
         labels = np.concatenate(
             [

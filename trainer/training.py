@@ -33,7 +33,7 @@ import numpy as np
 
 from augzarr.errors import OptionError, UserError, one_line
 from augzarr.storage.local import write_atomic
-from augzarr.store_format import OpenStore, StoreAttrs, open_store
+from augzarr.store_format import OpenStore, StoreAttrs, open_store, rows_per_chunk
 from augzarr.user_text import user_text
 
 from .applications import APPLICATIONS, FINE_TUNE_RATE_FACTOR, backbone_of, load_weights
@@ -471,7 +471,12 @@ def starting_point(
     else starts a new one. A resume may change --epochs (not below the epochs done) and --intended-use only."""
     if not resume and out is not None:
         interrupted = RunRecord.read(out)
-        resume = interrupted is not None and interrupted.is_running and interrupted.options == options
+        resume = (
+            interrupted is not None
+            and interrupted.is_running
+            and interrupted.options is not None
+            and replace(interrupted.options, decode_threads=None) == replace(options, decode_threads=None)
+        )  # how many threads decode changes no batch
     if not resume:
         return Start(options, intended_use)
     run_dir, record = find_run_to_resume(out, held)
@@ -551,7 +556,8 @@ def open_training_store(start: Start) -> TrainingData:
         raise UserError(
             f"store {options.store} has neither validation nor test rows to judge the model: rebuild it with --val-fraction above 0"
         )
-    chunk_bytes = int(np.prod(store.images("train").chunks))
+    images = store.images("train")
+    chunk_bytes = rows_per_chunk(images) * int(np.prod(images.shape[1:]))  # decoded, as the window holds them
     if options.buffer_chunks * chunk_bytes > MAX_BUFFER_BYTES:
         raise OptionError(
             f"--buffer-chunks {options.buffer_chunks} would hold {options.buffer_chunks * chunk_bytes / 2**30:,.1f} GiB "
@@ -749,6 +755,7 @@ def run_streams(
                 start_epoch=first_epoch,
                 start_batch=first_batch,
                 buffer_chunks=options.buffer_chunks,
+                decode_threads=options.decode_threads,
                 online=options.online_ops,
                 mix=mix,
                 shard=devices.shard,
@@ -767,6 +774,7 @@ def run_streams(
                 shuffle=False,
                 soft_labels=bool(options.mix),
                 batch_multiple=devices.batch_multiple,
+                decode_threads=options.decode_threads,
             )
             opened.callback(val.close)
         else:
@@ -851,7 +859,14 @@ def evaluate_run(
     split = "test" if data.test_rows else "val"
     if not data.test_rows:
         say("the store has no test split: evaluating on the validation split instead")
-    stream = StoreStream(data.store, split, options.batch_size, shuffle=False, batch_multiple=devices.batch_multiple)
+    stream = StoreStream(
+        data.store,
+        split,
+        options.batch_size,
+        shuffle=False,
+        batch_multiple=devices.batch_multiple,
+        decode_threads=options.decode_threads,
+    )
     try:
         with stream_errors(stream):
             metrics = evaluate_stream(model, stream, data.attrs.class_names)

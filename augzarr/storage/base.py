@@ -63,6 +63,10 @@ class Storage(ABC):
         """read_into for a window of objects; a backend with latency fetches them concurrently."""
         return [self.read_into(key, out) for key, out in zip(keys, outs)]
 
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        """read for a window of objects of any size; a backend with latency fetches them concurrently."""
+        return [self.read(key) for key in keys]
+
     @abstractmethod
     def write(self, key: str, data: bytes | memoryview) -> None:
         """Store the object whole, atomically."""

@@ -354,6 +354,24 @@ class ObjectStorage(Storage):
         except Exception as exc:
             raise self.error(exc, f"reading {keys[0]}{' and more' if len(keys) > 1 else ''}") from None
 
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        """Every object of a window requested at once (coded chunks, whose size only the object knows)."""
+        import obstore as obs
+
+        async def one(key: str):
+            return await (await obs.get_async(self.store, key)).bytes_async()
+
+        async def all_of() -> list:
+            return list(await asyncio.gather(*(one(k) for k in keys)))
+
+        try:
+            return self.loop().run_until_complete(all_of())
+        except FileNotFoundError as exc:
+            missing = next((k for k in keys if k in str(exc)), keys[0])
+            raise KeyError(missing) from None
+        except Exception as exc:
+            raise self.error(exc, f"reading {keys[0]}{' and more' if len(keys) > 1 else ''}") from None
+
     def loop(self) -> asyncio.AbstractEventLoop:
         """One event loop per calling thread (the stream's reader thread keeps its own)."""
         loop = getattr(self._loops, "loop", None)
