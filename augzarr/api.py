@@ -39,7 +39,8 @@ def build(
     seed: int = BuildOptions.seed,
     chunk_size: int | None = BuildOptions.chunk_size,
     codec: str = BuildOptions.codec,
-    image_size: int | None = BuildOptions.image_size,
+    image_size: str | None = BuildOptions.image_size,  # an int N is taken too, as "N"
+    fit: str | None = BuildOptions.fit,
     limit: int | None = BuildOptions.limit,
     workers: int | None = BuildOptions.workers,
     overwrite: bool = BuildOptions.overwrite,

@@ -148,11 +148,39 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
-def resize_all(images: np.ndarray, size: int) -> np.ndarray:
-    """Decoded images [n, H, W, C] resized to [n, size, size, C]."""
-    if images.shape[1:3] == (size, size):
+FITS = {  # build-aug --fit: how an image of another shape becomes --image-size's
+    "crop": "scale the shorter side to fit, then cut the centre (torchvision's Resize+CenterCrop, Keras' "
+    "crop_to_aspect_ratio)",
+    "pad": "scale the longer side to fit, then pad the rest with black (Keras' pad_to_aspect_ratio)",
+    "stretch": "scale each side on its own, the aspect ratio lost (the only way before --fit)",
+}
+DEFAULT_FIT = "crop"  # a new store's: what users of torchvision and Keras get for photos
+FIT_BEFORE_RECORDED = "stretch"  # a store whose identity records no fit was built by stretching
+
+
+def fit_to(image: np.ndarray, height: int, width: int, fit: str = FIT_BEFORE_RECORDED) -> np.ndarray:
+    """image [h, w(, c)] as height x width by FITS[fit]. crop and pad first cut or pad the image to the target's aspect
+    ratio, centred, as Keras' smart_resize and pad_to_aspect_ratio do, then resize: the same picture as resizing first,
+    for less work on a large photo."""
+    h, w = image.shape[:2]
+    if fit == "crop":
+        crop_h, crop_w = min(h, int(w * height / width)), min(w, int(h * width / height))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        image = image[top : top + max(crop_h, 1), left : left + max(crop_w, 1)]
+    elif fit == "pad":
+        pad_h, pad_w = max(h, round(w * height / width)), max(w, round(h * width / height))
+        top, left = (pad_h - h) // 2, (pad_w - w) // 2
+        image = cv2.copyMakeBorder(
+            image, top, pad_h - h - top, left, pad_w - w - left, cv2.BORDER_CONSTANT, value=0
+        ).reshape(pad_h, pad_w, *image.shape[2:])
+    elif fit != "stretch":
+        raise ValueError(f"unknown fit {fit!r}: one of {', '.join(FITS)}")
+    return resize_to(np.ascontiguousarray(image), height, width).reshape(height, width, *image.shape[2:])
+
+
+def resize_all(images: np.ndarray, size: int | tuple[int, int], fit: str = FIT_BEFORE_RECORDED) -> np.ndarray:
+    """Decoded images [n, H, W, C] fitted to [n, height, width, C] (size: N for NxN, or (height, width))."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if images.shape[1:3] == (height, width):
         return images
-    # OpenCV returns a one-channel image without its channel axis: reshape keeps [n, H, W, C]
-    return np.stack([resize_to(image, size, size) for image in images]).reshape(
-        len(images), size, size, images.shape[3]
-    )
+    return np.stack([fit_to(image, height, width, fit) for image in images])

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from augzarr import __version__
 from augzarr.codecs import CodecSpec, choose_spec
 from augzarr.errors import OptionError, UserError
+from augzarr.images import DEFAULT_FIT, FIT_BEFORE_RECORDED
 from augzarr.sources import Source, open_source
 from augzarr.storage import Storage, open_storage
 from augzarr.storage.objectstore import client_environment
@@ -167,6 +168,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     options.validate()
     started = time.time()
     storage = open_storage(options.out)
+    options = replace(options, fit=resolved_fit(options, storage))
     build = prepare(options, storage, open_build_source(options, storage, reporter), reporter, started)
     made = missing_folders(storage)
     with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
@@ -180,6 +182,23 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
             raise
 
 
+def resolved_fit(options: BuildOptions, storage: Storage) -> str | None:
+    """--fit as the build uses it: as given; else, re-running or resuming without --overwrite, the fit recorded by the
+    store or unfinished build at --out (stretch for one recorded before --fit existed: it is built as it was); else
+    the default, crop. None without --image-size (nothing is fitted)."""
+    if options.image_size is None or options.fit is not None:
+        return options.fit
+    recorded = None
+    if not options.overwrite:
+        if storage.has(BUILD_JSON):
+            recorded = BuildRecord.read(storage).identity
+        elif (attrs := read_raw_attrs(storage)) is not None and attrs.get("format") == FORMAT_NAME:
+            recorded = attrs.get("identity")
+    if isinstance(recorded, dict):
+        return recorded.get("fit", FIT_BEFORE_RECORDED)
+    return DEFAULT_FIT
+
+
 def open_build_source(options: BuildOptions, storage: Storage, reporter: Reporter) -> Source:
     """--source, with what the build writes inside it (--out, --preview-dir, on a re-run or resume) reported as not
     used, never read as images."""
@@ -188,7 +207,12 @@ def open_build_source(options: BuildOptions, storage: Storage, reporter: Reporte
     if options.preview_dir is not None:
         excluded[Path(options.preview_dir)] = "the previews this build writes (--preview-dir), not images"
     source = open_source(
-        options.source, options.image_size, options.limit, exclude=excluded, label_mode=options.label_mode
+        options.source,
+        options.image_hw,
+        options.limit,
+        exclude=excluded,
+        label_mode=options.label_mode,
+        fit=options.fit or FIT_BEFORE_RECORDED,
     )
     for note in source.ignored[:SHOWN_LINES]:  # all of them in the store's attrs, and counted at the end
         reporter.warning(f"not used: {note}")
@@ -312,7 +336,7 @@ def stage(build: Build, staging: Staging, record: BuildRecord) -> Staged:
     """Phase stage: every source image decoded and staged; its content hash recorded (a resumed build's source
     must be the one it started from); with --skip-bad, what is left must still make a trainable store."""
     options, source = build.options, build.source
-    content_hash, bad = stage_source(source, staging, options.image_size is not None, options.skip_bad, build.reporter)
+    content_hash, bad = stage_source(source, staging, fitted(options), options.skip_bad, build.reporter)
     if record.source_hash not in (None, content_hash):
         raise UserError(
             f"the source changed since the unfinished build in {build.out} started: "
@@ -454,7 +478,7 @@ def check_cluster(client, build: Build, here: LocalStaging) -> ClusterStaging:
     check_versions(client)
     location = worker_location(build.storage)
     check_store_shared(client, build.storage, location)
-    resize = build.options.image_size is not None
+    resize = fitted(build.options)
     first = next(iter(decode_tasks(build.source, resize, build.options.skip_bad)), None)
     staging = ClusterStaging(
         client, build.storage, location, here, first, build.source.image_shape, build.reporter.message
@@ -475,7 +499,7 @@ def canary_task(source: Source, chunk_rows: int, copies: int) -> ChunkTask:
     return ChunkTask("train", 0, 0, "train", np.arange(rows), np.full(rows, 1 if copies else 0))
 
 
-def canary_rows(source: Source, task: ChunkTask, resize: bool) -> SourceRows:
+def canary_rows(source: Source, task: ChunkTask, resize: str | None) -> SourceRows:
     """The source rows a chunk task reads, as this client holds them or decodes them here (a cluster's workers
     get these rows with the canary: it runs before the source is staged)."""
     split = source.splits()[task.from_split]
@@ -521,6 +545,7 @@ def build_identity(
         chunk_rows=chunk_rows,
         policy=policy.to_attrs(),
         skip_bad=options.skip_bad,
+        fit=fitted(options) or FIT_BEFORE_RECORDED,
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),
         **(
@@ -605,8 +630,13 @@ def skeleton_matches(storage: Storage, splits: dict) -> bool:
     )
 
 
+def fitted(options: BuildOptions) -> str | None:
+    """How the workers fit each image to the stored shape (images.FITS); None: they refuse another size."""
+    return None if options.image_size is None else options.fit or FIT_BEFORE_RECORDED
+
+
 def stage_source(
-    source: Source, staging: Staging, resize: bool, skip_bad: bool, reporter: Reporter
+    source: Source, staging: Staging, resize: str | None, skip_bad: bool, reporter: Reporter
 ) -> tuple[str, dict]:
     """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging).
 
@@ -638,7 +668,7 @@ def stage_source(
     return source.content_hash, bad
 
 
-def decode_tasks(source: Source, resize: bool, skip_bad: bool) -> list[DecodeTask]:
+def decode_tasks(source: Source, resize: str | None, skip_bad: bool) -> list[DecodeTask]:
     """The decode tasks of a source of encoded images, STAGE_ROWS images each."""
     return [
         DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad)

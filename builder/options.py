@@ -88,8 +88,16 @@ class BuildOptions:
         strict=False,
         check=lazy_check("augzarr.codecs", "check_spec"),
     )
-    image_size: int | None = option(
-        None, "Resize every image to NxN (needed when image sizes differ).", low=1, high=MAX_IMAGE_SIZE
+    image_size: str | None = option(
+        None,
+        "Resize every image to NxN, or HxW (needed when image sizes differ), fitted as --fit says.",
+        check=lambda value, label: parse_image_size(value, label),
+    )
+    fit: str | None = option(
+        None,
+        "How --image-size fits an image of another shape: {choices}.",
+        choices=lazy("augzarr.images", "FITS"),
+        default_text="crop; stretch for a store (or unfinished build) at --out recorded before --fit existed",
     )
     limit: int | None = option(
         None, "Use only the first N training images (for quick trials).", low=1, default_text="all"
@@ -129,13 +137,35 @@ class BuildOptions:
         default_text="$AUGZARR_SCHEDULER, else $DASK_SCHEDULER_ADDRESS, else this machine's processes",
     )
 
+    def __post_init__(self):
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):  # augzarr.build(image_size=64)
+            self.image_size = str(self.image_size)
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """--image-size as (height, width); None when not given."""
+        return None if self.image_size is None else parse_image_size(self.image_size, "--image-size")
+
     def validate(self) -> None:
         check_fields(self)
+        if self.fit is not None and self.image_size is None:
+            raise OptionError("--fit says how --image-size fits each image: give --image-size N or HxW with it")
         if self.copies == 0 and not self.include_original:
             raise OptionError("--copies 0 stores the originals only: it needs --include-original")
         from augzarr.sources import check_label_mode
 
         check_label_mode(self.source, self.label_mode)
+
+
+def parse_image_size(value: str, label: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '224x320' (height x width) -> (224, 320); OptionError naming the option otherwise."""
+    parts = value.strip().lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() for part in parts):
+        raise OptionError(f"{label} must be N (NxN) or HxW (height x width), such as 224 or 224x320, not {value!r}")
+    sides = [int(part) for part in parts]
+    if not all(1 <= side <= MAX_IMAGE_SIZE for side in sides):
+        raise OptionError(f"{label} must be in [1, {MAX_IMAGE_SIZE}] on each side, not {value!r}")
+    return (sides[0], sides[-1])
 
 
 def preview_option(default: int, help: str) -> int:

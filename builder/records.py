@@ -31,6 +31,8 @@ class BuildIdentity:
     chunk_rows: int
     policy: dict  # the policy's serialized form, as JSON reads it back
     skip_bad: bool = False
+    # how --image-size fitted each image (images.FITS); stretch also without --image-size, and before --fit existed
+    fit: str = "stretch"
     # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
     license: str | None = None
     provenance: str | None = None
@@ -39,7 +41,7 @@ class BuildIdentity:
     encoder: dict | None = None  # a coded store's encoder libraries and their versions: they decide its bytes
 
     def to_json(self) -> dict:
-        """The recorded form: skip_bad, license and provenance only where they are not their default."""
+        """The recorded form: skip_bad, fit, license and provenance only where they are not their default."""
         return {
             "format_version": self.format_version,
             "source_kind": self.source_kind,
@@ -55,6 +57,7 @@ class BuildIdentity:
             "codec": self.codec,
             **({"encoder": dict(self.encoder)} if self.encoder is not None else {}),
             **({"skip_bad": True} if self.skip_bad else {}),
+            **({"fit": self.fit} if self.fit != "stretch" else {}),
             **{name: text for name in ("license", "provenance") if (text := getattr(self, name))},
         }
 
@@ -97,6 +100,7 @@ def current_build_id(storage: Storage) -> str:
 
 IDENTITY_DEFAULTS = {
     "skip_bad": False,
+    "fit": "stretch",
     "license": None,
     "provenance": None,
     "encoder": None,

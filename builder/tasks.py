@@ -36,7 +36,7 @@ class DecodeTask:
     split: str  # the source's split: train, test or val
     start: int
     items: list  # one ImageItem per row (an absolute Path, a row of a file), read by the worker itself
-    resize: bool  # resize to the stored shape (--image-size), else refuse another size
+    resize: str | None  # fit each image to the stored shape this way (--image-size, --fit), else refuse another size
     skip_bad: bool
 
 

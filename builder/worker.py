@@ -29,9 +29,9 @@ from augzarr.images import (
     SKIP_HINT,
     ImageItem,
     file_digest,
+    fit_to,
     native_stderr_silenced,
     read_image_file,
-    resize_to,
     shown,
 )
 from augzarr.storage import open_storage
@@ -215,7 +215,7 @@ def init_worker(config: WorkerConfig, environment: dict[str, str] | None = None)
 
 
 def decode_block(
-    files: list[ImageItem], shape: tuple[int, ...], start: int, resize: bool, skip_bad: bool
+    files: list[ImageItem], shape: tuple[int, ...], start: int, resize: str | None, skip_bad: bool
 ) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
     """Decode images (files, or rows of files) into rows [start, start + len(files)) of a source split of image shape `shape`.
 
@@ -241,7 +241,7 @@ def decode_block(
                         f"images differ in size: {shown(file)} is {image.shape[1]}x{image.shape[0]}, the first is "
                         f"{width}x{height}; pass --image-size N to resize them all to NxN"
                     )
-                image = resize_to(image, height, width)
+                image = fit_to(image, height, width, resize)
             block[offset] = image
             digests.append(digest)
     return block, digests, bad

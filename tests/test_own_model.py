@@ -296,7 +296,11 @@ def test_bad_own_models_are_refused_in_one_line_with_no_run_folder(small_store, 
             str(models_py),
             f"--model {models_py}: name the function in it that builds the model, as {models_py}:FUNCTION",
         ),
-        ("resnet", "--model must be one of deep, shallow, or your own as PATH.py:FUNCTION or PATH.keras"),
+        (
+            "resnet",
+            "--model must be one of deep, shallow, mobilenet_v3_small, efficientnet_v2_b0, or your own as "
+            "PATH.py:FUNCTION or PATH.keras",
+        ),
     ]:
         cli = train(small_store, spec, tmp_path / "never", check=False)
         assert cli.returncode == 2 and cli.stderr.strip() == f"train: error: {message}"

@@ -103,7 +103,7 @@ def evaluate_on_source(run_dir: Path, spec: Path | str, batch_size: int) -> tupl
             f"(it knows {count(len(run.class_names), 'class')}: {listed(run.class_names)})"
         )
     to_model = np.array([run.class_names.index(name) for name in source.class_names])
-    images, resized, digests = model_inputs(split, height, width, channels)
+    images, resized, digests = model_inputs(split, height, width, channels, trained_fit(run))
     metrics = evaluate_arrays(model, images, to_model[split.labels], run.class_names, batch_size)
     if split.files is not None:
         for mistake in metrics["confidently_wrong"]:
@@ -125,13 +125,25 @@ def evaluate_on_source(run_dir: Path, spec: Path | str, batch_size: int) -> tupl
     }, mistakes
 
 
-def model_inputs(split, height: int, width: int, channels: int) -> tuple[np.ndarray, dict[str, int], list[str] | None]:
-    """A source split's images as the model takes them: (images, how many were resized from each size, the sha256 of
-    each image's encoded bytes, None for a source of decoded arrays)."""
+def trained_fit(run) -> str:
+    """How the store the model trained on fitted its images to their size (build-aug --fit): images judged are fitted
+    the same way. Stretch for a store recorded before --fit existed, or a run that recorded no store identity."""
+    from augzarr.images import FIT_BEFORE_RECORDED
+
+    identity = run.store_fingerprint.identity if run.store_fingerprint is not None else None
+    return (identity or {}).get("fit", FIT_BEFORE_RECORDED)
+
+
+def model_inputs(
+    split, height: int, width: int, channels: int, fit: str = "stretch"
+) -> tuple[np.ndarray, dict[str, int], list[str] | None]:
+    """A source split's images as the model takes them, each fitted to its size as `fit` says (images.FITS): (images,
+    how many were resized from each size, the sha256 of each image's encoded bytes, None for a source of decoded
+    arrays)."""
     # the images' reading, imported here only: it sets OpenCV's and Pillow's process-wide limits
     import cv2
 
-    from augzarr.images import read_image_file, resize_to
+    from augzarr.images import fit_to, read_image_file
 
     images, resized, digests = [], {}, []
     for row in range(len(split)):
@@ -143,7 +155,7 @@ def model_inputs(split, height: int, width: int, channels: int) -> tuple[np.ndar
         if image.shape[:2] != (height, width):
             size = f"{image.shape[1]}x{image.shape[0]}"
             resized[size] = resized.get(size, 0) + 1
-        image = resize_to(image, height, width).reshape(height, width, -1)  # OpenCV drops a single channel's axis
+        image = fit_to(image, height, width, fit).reshape(height, width, -1)
         if (
             channels == 1 and image.shape[2] == 3
         ):  # a grayscale model (MNIST's): the luma, with the ITU-R 601 weights of PIL's convert("L")

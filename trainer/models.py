@@ -1,6 +1,7 @@
-"""The notebook's two CNNs in Keras 3, sized from the store (input shape, class count).
+"""train's built-in models, sized from the store (input shape, class count): the notebook's two CNNs in Keras 3, for
+small images, and the keras.applications models for photos (applications.py).
 
-Both start with a Rescaling layer, so batches stay uint8 all the way to the model.
+Each takes uint8 batches: the notebook's start with a Rescaling layer, the applications with their own preprocessing.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from augzarr.errors import UserError
+
+from .applications import APPLICATIONS, application_model
 from .options import MODELS
 
 
@@ -79,11 +83,60 @@ def deep(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> ke
     )
 
 
-def build_model(
-    name: str, image_shape: tuple[int, int, int], n_classes: int, keras_augment: str = "", seed: int = 0
+def mobilenet_v3_small(
+    image_shape: tuple[int, int, int], n_classes: int, augment: list, pretrained: bool = False
 ) -> keras.Model:
-    """name: one of options.MODELS."""
-    return BUILT_IN[name](tuple(image_shape), n_classes, keras_augment_layers(keras_augment, seed))
+    """keras.applications.MobileNetV3Small without its ImageNet top (0.9M weights), its own preprocessing inside,
+    then Dropout(0.2) and a softmax: photos at 224 px on a CPU. From scratch, or from ImageNet with --weights."""
+    return application_model("mobilenet_v3_small", image_shape, n_classes, augment, pretrained)
+
+
+def efficientnet_v2_b0(
+    image_shape: tuple[int, int, int], n_classes: int, augment: list, pretrained: bool = False
+) -> keras.Model:
+    """keras.applications.EfficientNetV2B0 without its ImageNet top (5.9M weights), its own preprocessing inside,
+    then Dropout(0.2) and a softmax: more accurate than MobileNetV3-Small, best on a GPU. From scratch, or from
+    ImageNet with --weights."""
+    return application_model("efficientnet_v2_b0", image_shape, n_classes, augment, pretrained)
+
+
+MAX_NOTEBOOK_PIXELS = 64 * 64  # CIFAR's 32 px twice over: beyond, their Dense(512) on the flat features grows past use
+
+
+def notebook_dense_weights(name: str, image_shape: tuple[int, ...]) -> int:
+    """The weights of the Dense(512) layer that deep or shallow puts on its flattened features, for these images."""
+    height, width = image_shape[:2]
+    if name == "deep":  # two 2x poolings around a 'valid' 3x3 convolution, 64 channels
+        return ((height // 2 - 2) // 2) * ((width // 2 - 2) // 2) * 64 * 512
+    return (height // 2) * (width // 2) * 32 * 512
+
+
+def check_notebook_model_fits(name: str, image_shape: tuple[int, ...]) -> None:
+    """deep and shallow were made for 32x32 images: on photos (a 224-px store) the Dense(512) on their flattened
+    features holds ~100M weights and trains at chance for hours; refused, naming the models that fit."""
+    height, width = image_shape[:2]
+    if height * width > MAX_NOTEBOOK_PIXELS:
+        raise UserError(
+            f"--model {name}: the notebook's CNN is for small images (up to 64x64); on the store's {height}x{width} its "
+            f"Dense(512) would hold {notebook_dense_weights(name, image_shape):,} weights and train at chance: use "
+            f"--model {' or '.join(APPLICATIONS)} (keras.applications, add --weights imagenet to start from ImageNet), "
+            "or your own --model PATH.py:FUNCTION"
+        )
+
+
+def build_model(
+    name: str,
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    keras_augment: str = "",
+    seed: int = 0,
+    pretrained: bool = False,
+) -> keras.Model:
+    """name: one of options.MODELS. pretrained: an application whose weights load_weights will put in (applications.py)."""
+    augment = keras_augment_layers(keras_augment, seed)
+    if name in APPLICATIONS:
+        return BUILT_IN[name](tuple(image_shape), n_classes, augment, pretrained)
+    return BUILT_IN[name](tuple(image_shape), n_classes, augment)
 
 
 BUILT_IN = {name: globals()[name] for name in MODELS}  # each built-in model is the function of its name above

@@ -10,13 +10,15 @@ from augzarr.errors import OptionError, UserError
 from augzarr.options import DEFAULT_STORE, REQUIRED, check_fields, option
 from augzarr.user_text import user_text
 
+from .applications import APPLICATIONS, FINE_TUNE_RATE_FACTOR, WEIGHTS, check_weights_value
 from .model_spec import parse_model_spec
 
 # The names' one homes: each maps a name to what it is, for the help and the docs
-MODELS = {
-    "deep": "the notebook's second network",
+NOTEBOOK_MODELS = {
+    "deep": "the notebook's second network, for images up to 64x64",
     "shallow": "its first",
 }  # models.py builds each by the function of its name
+MODELS = {**NOTEBOOK_MODELS, **{name: app.about for name, app in APPLICATIONS.items()}}  # applications.py builds those
 KERAS_AUGMENTS = {  # models.keras_augment_layers builds them
     "crop-flip": "RandomTranslation by up to 1/8 of the side and RandomFlip",
     "randaugment": "keras.layers.RandAugment, then those",
@@ -76,6 +78,20 @@ class TrainOptions:
         choices=MODELS,
         strict=False,
     )  # validate_model checks it
+    weights: str = option(
+        "none",
+        "The weights a keras.applications --model starts from: {choices}; or PATH, a file of its backbone's weights (.h5).",
+        choices=WEIGHTS,
+        strict=False,
+        check=check_weights_value,
+    )
+    freeze_epochs: int = option(
+        0,
+        "With pretrained --weights: train the new classifier over a frozen backbone for this many epochs first, then "
+        f"fine-tune the whole model at 1/{round(1 / FINE_TUNE_RATE_FACTOR)} of the learning rate.",
+        low=0,
+        high=MAX_EPOCHS,
+    )
     epochs: int = option(20, "Passes over the store's training rows.", low=1, high=MAX_EPOCHS)
     batch_size: int = batch_size_option(128, "Images per step.")
     optimizer: str = option("rmsprop", "One of {choices}.", choices=OPTIMIZER_NAMES)
@@ -158,6 +174,20 @@ class TrainOptions:
             raise OptionError("--devices needs --distribute")
         if self.mix_alpha is not None and not self.mix:
             raise OptionError("--mix-alpha needs --mix mixup or --mix cutmix")
+        self.validate_weights()
+
+    def validate_weights(self) -> None:
+        if self.weights != "none" and self.model not in APPLICATIONS:
+            raise OptionError(
+                f"--weights {self.weights} applies to the keras.applications models only: --model {' or '.join(APPLICATIONS)}"
+            )
+        if self.freeze_epochs and self.weights == "none":
+            raise OptionError(
+                "--freeze-epochs needs pretrained --weights (imagenet or PATH): a frozen backbone of random weights "
+                "learns nothing"
+            )
+        if self.freeze_epochs > self.epochs:
+            raise OptionError(f"--freeze-epochs {self.freeze_epochs} is more than --epochs {self.epochs}")
 
     def validate_model(self) -> None:
         """A built-in name, or the syntax of PATH.py:FUNCTION or PATH.keras (the file itself is read when train builds the model)."""

@@ -106,8 +106,10 @@ class StoreSource:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model a run trained: a built-in name, or the user's own (own_model.py) with its file and sha256.
-    Recorded without the fields that do not apply (None)."""
+    """Which model a run trained: a built-in name, or the user's own (own_model.py) with its file and sha256; for a
+    keras.applications model started from pretrained weights (train --weights), the weights file it loaded, its sha256,
+    where Keras publishes it (imagenet) and whether it is that very file. Recorded without the fields that do not
+    apply (None)."""
 
     spec: str  # --model as given
     kind: str = BUILT_IN  # or "python" (PATH.py:FUNCTION), "keras" (PATH.keras)
@@ -117,6 +119,11 @@ class ModelInfo:
     came_compiled: bool | None = None  # kind "python": whether the function returned it compiled
     name: str | None = None  # the Keras model's name
     parameters: int | None = None
+    weights_file: str | None = None  # --weights imagenet or PATH: the file loaded, its absolute path
+    weights_sha256: str | None = None
+    weights_url: str | None = None  # imagenet: where Keras publishes the file
+    weights_downloaded: bool | None = None  # imagenet: fetched into Keras' cache by this run
+    weights_published: bool | None = None  # the very file Keras publishes (its md5 is Keras' own)
 
     @classmethod
     def from_json(cls, raw) -> ModelInfo | None:
@@ -160,6 +167,7 @@ class RunRecord:
     versions: dict = field(default_factory=dict)
     model: ModelInfo | None = None
     learning_rate: float | None = None  # the start of the schedule
+    fine_tune_learning_rate: float | None = None  # after --freeze-epochs: the start of the fine-tuning schedule
     mix_alpha: float | None = None  # the alpha used, its default when --mix-alpha was not given
     devices: DevicesUsed = DevicesUsed()
     train_rows: int | None = None
@@ -227,6 +235,7 @@ class RunRecord:
             versions=raw.get("versions") if isinstance(raw.get("versions"), dict) else {},
             model=model,
             learning_rate=raw.get("learning_rate"),
+            fine_tune_learning_rate=raw.get("fine_tune_learning_rate"),
             mix_alpha=raw["mix_alpha"] if "mix_alpha" in raw else default_alpha(options),
             devices=DevicesUsed(tuple(devices), bool(raw.get("distributed", bool(devices)))),
             train_rows=raw.get("train_rows"),
@@ -250,6 +259,7 @@ class RunRecord:
             "parameters": self.model.parameters if self.model else None,
             "model": self.model.to_json() if self.model else None,
             "learning_rate": self.learning_rate,
+            "fine_tune_learning_rate": self.fine_tune_learning_rate,
             "mix_alpha": self.mix_alpha,
             "devices": list(self.devices.names) or None,
             "device_count": self.devices.count,

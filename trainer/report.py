@@ -20,6 +20,7 @@ from augzarr.storage.local import write_atomic  # noqa: E402
 from augzarr.store_format import StoreAttrs, describe_codec  # noqa: E402
 from augzarr.wording import count  # noqa: E402
 
+from .applications import APPLICATIONS  # noqa: E402
 from .metrics import class_gap  # noqa: E402
 from .options import TrainOptions  # noqa: E402
 from .records import DevicesUsed, ModelInfo, RunRecord  # noqa: E402
@@ -291,6 +292,44 @@ def model_line(model: ModelInfo) -> str:
     return line
 
 
+def weights_line(options: TrainOptions, model: ModelInfo) -> str | None:
+    """Which weights a keras.applications model started from: none (from scratch), or the file, from where, its hash."""
+    if options.model not in APPLICATIONS:
+        return None
+    if options.weights == "none" or not model.weights_file:
+        return "- starting weights: none, trained from scratch (--weights none)"
+    if model.weights_url:
+        where = (
+            f"ImageNet, downloaded from {model.weights_url} into Keras' cache as `{model.weights_file}`"
+            if model.weights_downloaded
+            else f"ImageNet, from Keras' cache `{model.weights_file}` (published at {model.weights_url})"
+        )
+    else:
+        where = f"from `{model.weights_file}` (--weights PATH)"
+    published = (
+        "the file Keras publishes" if model.weights_published else "not the file Keras publishes: its md5 differs"
+    )
+    return f"- starting weights: {where}; sha256 `{model.weights_sha256}`; {published}"
+
+
+def schedule_line(run: RunRecord) -> str | None:
+    """--freeze-epochs: which epochs trained over a frozen backbone, and the fine-tuning rate after them."""
+    options = run.options
+    if not options.freeze_epochs:
+        return None
+    tuned = options.epochs - options.freeze_epochs
+    return (
+        f"- transfer learning: epochs 1-{options.freeze_epochs} trained the new classifier over the frozen backbone at "
+        f"learning rate {run.learning_rate or 0:g}; "
+        + (
+            f"then the whole model was fine-tuned for {tuned} epochs at {run.fine_tune_learning_rate or 0:g} "
+            f"({options.lr_schedule}), the backbone's BatchNormalization kept in inference mode"
+            if tuned
+            else "the backbone was never fine-tuned (--freeze-epochs equals --epochs)"
+        )
+    )
+
+
 def devices_line(devices: DevicesUsed, batch_size: int) -> str:
     if devices.names and devices.distributed:
         return f"- devices: data-parallel over {devices.count} ({', '.join(devices.names)}), global batch {batch_size}"
@@ -351,6 +390,7 @@ def training_lines(run: RunRecord, model: ModelInfo, history: list[dict]) -> lis
         "## Training",
         "",
         model_line(model),
+        *filter(None, [weights_line(options, model), schedule_line(run)]),
         f"- optimizer: {options.optimizer}, learning rate {run.learning_rate or 0:g} ({options.lr_schedule}), batch size {options.batch_size}, "
         f"epochs {options.epochs}, seed {options.seed}",
         f"- rows per epoch: {run.train_rows or 0:,} (shuffled by chunk windows of {options.buffer_chunks} chunks); "

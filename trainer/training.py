@@ -36,11 +36,12 @@ from augzarr.storage.local import write_atomic
 from augzarr.store_format import OpenStore, StoreAttrs, open_store, rows_per_chunk
 from augzarr.user_text import user_text
 
+from .applications import APPLICATIONS, FINE_TUNE_RATE_FACTOR, backbone_of, load_weights
 from .distribute import PLAIN, Placement, activate, plan_devices
 from .metrics import evaluate_stream, stored_images
 from .mixing import BatchMix
-from .models import build_model
-from .options import MODELS, OPTIMIZER_NAMES, RESUMABLE_CHANGES, TrainOptions
+from .models import build_model, check_notebook_model_fits
+from .options import MODELS, NOTEBOOK_MODELS, OPTIMIZER_NAMES, RESUMABLE_CHANGES, TrainOptions
 from .own_model import before_checkpoint_load, check_shapes, own_model
 from .records import (
     BUILT_IN,
@@ -205,6 +206,8 @@ class RunCheckpoints(keras.callbacks.Callback):
         whole = self.whole_epoch({k: float(v) for k, v in logs.items()}, self.batches_per_epoch)
         logs.update({k: v for k, v in whole.items() if k in logs})  # a resumed epoch's line shows the whole epoch's
         row = {"epoch": epoch + 1, **whole}
+        # the rate as the schedule left it at the epoch's end (as TensorBoard's callback logs it): shows --freeze-epochs' switch
+        row.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         self.history.append(row)
         self.save(epoch + 1, 0, None)
         write_atomic(self.run_dir / "history.csv", history_csv(self.history))
@@ -288,28 +291,119 @@ def initial_learning_rate(options: TrainOptions) -> float:
     return options.learning_rate or float(OPTIMIZERS[options.optimizer]().get_config()["learning_rate"])
 
 
-def make_optimizer(options: TrainOptions, steps: int) -> keras.optimizers.Optimizer:
-    """The optimizer at --learning-rate (or its Keras default), cosine-decayed to 0 over `steps`
+def make_optimizer(options: TrainOptions, steps: int, rate: float | None = None) -> keras.optimizers.Optimizer:
+    """The optimizer at `rate` (default --learning-rate, or its Keras default), cosine-decayed to 0 over `steps`
     (the default) or constant: a constant RMSprop rate of 1e-3 leaves the validation accuracy
     swinging by +-2 points between late epochs (BENCHMARKS.md); decaying it settles training."""
-    rate = initial_learning_rate(options)
+    rate = initial_learning_rate(options) if rate is None else rate
     if options.lr_schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(initial_learning_rate=rate, decay_steps=steps)
     return OPTIMIZERS[options.optimizer](learning_rate=rate)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """Epochs [first, end) of a run trained alike: with --freeze-epochs, the backbone frozen at the run's rate, then
+    the whole model fine-tuned at FINE_TUNE_RATE_FACTOR of it; otherwise one phase, the whole run."""
+
+    first: int
+    end: int
+    frozen: bool = False
+    fine_tuning: bool = False
+
+    def rate(self, options: TrainOptions) -> float:
+        return initial_learning_rate(options) * (FINE_TUNE_RATE_FACTOR if self.fine_tuning else 1)
+
+
+def phase_of(options: TrainOptions, epoch: int) -> Phase:
+    """The phase epoch `epoch` (counted from 0) trains in."""
+    return next(phase for phase in training_phases(options) if phase.first <= epoch < phase.end)
+
+
+def at_phase_switch(part: tuple, options: TrainOptions, streams) -> list[tuple]:
+    """A part of fit's (stream, first epoch, end epoch, steps per epoch) cut where --freeze-epochs' fine-tuning starts:
+    Keras fits one phase at a time, the second from a training stream that starts at the switch."""
+    stream, first, end, steps = part
+    switch = options.freeze_epochs
+    if not first < switch < end:
+        return [part]
+    tuning = streams.training(switch, 0)
+    return [(stream, first, switch, steps), (tuning, switch, end, tuning.batches_per_epoch)]
+
+
+def training_phases(options: TrainOptions) -> list[Phase]:
+    if not options.freeze_epochs:
+        return [Phase(0, options.epochs)]
+    phases = [
+        Phase(0, options.freeze_epochs, frozen=True),
+        Phase(options.freeze_epochs, options.epochs, fine_tuning=True),
+    ]
+    return [phase for phase in phases if phase.end > phase.first]
+
+
+def compile_for(model: keras.Model, options: TrainOptions, phase: Phase, steps_per_epoch: int) -> None:
+    """Compile with --optimizer at the phase's rate, its schedule over the phase's steps, and train's loss."""
+    optimizer = make_optimizer(options, steps=(phase.end - phase.first) * steps_per_epoch, rate=phase.rate(options))
+    # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
+    loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def enter_phase(model: keras.Model, options: TrainOptions, phase: Phase, steps_per_epoch: int, scope, say: Say) -> None:
+    """Before a phase's first epoch: fine-tuning unfreezes the backbone and compiles again at its rate (a fresh
+    optimizer, as Keras' transfer-learning guide does). A resumed model already unfrozen (its checkpoint came after
+    the switch) keeps its optimizer and schedule as saved."""
+    backbone = backbone_of(model)
+    if not phase.fine_tuning or backbone is None or backbone.trainable:
+        return
+    with scope:
+        backbone.trainable = True
+        compile_for(model, options, phase, steps_per_epoch)
+    say(
+        f"epoch {phase.first + 1}: the backbone unfrozen, fine-tuning the whole model at learning rate "
+        f"{phase.rate(options):g}"
+    )
+
+
 def compiled_model(
-    options: TrainOptions, attrs: StoreAttrs, scope, steps: int, say: Say
+    options: TrainOptions, attrs: StoreAttrs, scope, steps_per_epoch: int, say: Say
 ) -> tuple[keras.Model, ModelInfo]:
-    """The model --model names (built in, or the user's own: own_model.py), compiled by train with its
-    optimizer, learning-rate schedule and loss, and what run.json records of it. A user's model that came
-    compiled is compiled again, so that --optimizer, --learning-rate, --lr-schedule and --mix act on it too."""
+    """The model --model names (built in, or the user's own: own_model.py), with any pretrained --weights loaded and
+    its backbone frozen for --freeze-epochs, compiled by train with its optimizer, learning-rate schedule and loss,
+    and what run.json records of it. A user's model that came compiled is compiled again, so that --optimizer,
+    --learning-rate, --lr-schedule and --mix act on it too."""
+    if options.model in NOTEBOOK_MODELS:
+        check_notebook_model_fits(options.model, tuple(attrs.image_shape))
+    first = training_phases(options)[0]
     with scope:
         if options.model in MODELS:
+            pretrained = options.weights != "none"
             model = build_model(
-                options.model, tuple(attrs.image_shape), attrs.n_classes, options.keras_augment, options.seed
+                options.model,
+                tuple(attrs.image_shape),
+                attrs.n_classes,
+                options.keras_augment,
+                options.seed,
+                pretrained=pretrained,
             )
             info = ModelInfo(options.model, BUILT_IN)
+            if pretrained:
+                loaded = load_weights(model, options.model, options.weights)
+                info = replace(
+                    info,
+                    weights_file=str(loaded.path),
+                    weights_sha256=loaded.sha256,
+                    weights_url=loaded.url,
+                    weights_downloaded=loaded.downloaded if loaded.url else None,
+                    weights_published=loaded.published,
+                )
+                if not loaded.published:
+                    say(
+                        f"--weights {options.weights}: {loaded.path} is not the file Keras publishes for "
+                        f"{APPLICATIONS[options.model].keras_name} (its md5 differs); training from it as given"
+                    )
+            if first.frozen:
+                backbone_of(model).trainable = False
         else:
             model, info = own_model(options.model, tuple(attrs.image_shape), attrs.n_classes)
             if info.came_compiled:
@@ -317,10 +411,7 @@ def compiled_model(
                     f"--model {options.model}: the model came compiled; train compiles it again with --optimizer "
                     f"{options.optimizer} ({options.lr_schedule} rate) and its own loss and accuracy metric"
                 )
-        optimizer = make_optimizer(options, steps=steps)
-        # mixed batches carry soft labels: one-hot rows for every stream, and the loss for them
-        loss = "categorical_crossentropy" if options.mix else "sparse_categorical_crossentropy"
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        compile_for(model, options, first, steps_per_epoch)
     return model, replace(info, name=model.name)
 
 
@@ -513,8 +604,7 @@ def prepared_model(start: Start, data: TrainingData, devices: DevicePlan, say: S
         model, info = checkpoint_model(start, data, devices)
     else:
         seed_everything(options.seed)
-        steps = options.epochs * -(-data.train_rows // options.batch_size)
-        model, info = compiled_model(options, data.attrs, devices.scope, steps, say)
+        model, info = compiled_model(options, data.attrs, devices.scope, steps_per_epoch(options, data), say)
         check_model_fits_store(model, data.attrs, f"--model {options.model}")
         if start.resuming:
             recorded = start.record.model
@@ -523,11 +613,21 @@ def prepared_model(start: Start, data: TrainingData, devices: DevicePlan, say: S
                     f"--resume: {recorded.file} has changed since {start.run_dir} started (its sha256 differs); "
                     "put the original back, or start a new run"
                 )
+            if recorded is not None and recorded.weights_sha256 not in (None, info.weights_sha256):
+                raise UserError(
+                    f"--resume: the weights {recorded.weights_file} have changed since {start.run_dir} started (their "
+                    "sha256 differs); put the original back, or start a new run"
+                )
     if start.from_checkpoint:
         # the checkpoint's random state is put back before the first step (RunCheckpoints); a run recorded before
         # it was saved draws seeded dropout masks, though not the uninterrupted run's
         seed_everything(options.seed + start.done)
     return model, replace(info, parameters=model.count_params())
+
+
+def steps_per_epoch(options: TrainOptions, data: TrainingData) -> int:
+    """The steps a learning-rate schedule counts per epoch."""
+    return -(-data.train_rows // options.batch_size)
 
 
 def checkpoint_model(start: Start, data: TrainingData, devices: DevicePlan) -> tuple[keras.Model, ModelInfo]:
@@ -617,6 +717,7 @@ def running_record(
         versions={"keras": keras.__version__, "numpy": np.__version__},
         model=model_info,  # which model: the spec, and for a file its sha256
         learning_rate=initial_learning_rate(options),
+        fine_tune_learning_rate=next((p.rate(options) for p in training_phases(options) if p.fine_tuning), None),
         mix_alpha=options.alpha,
         devices=DevicesUsed(tuple(devices.placement.devices), devices.placement.distributed),
         train_rows=data.train_rows,
@@ -723,9 +824,13 @@ def fit(
             parts = [(train, start.done, start.done + 1, per_epoch - progress.batches_done)]
             if start.done + 1 < options.epochs:
                 parts.append((streams.training(start.done + 1, 0), start.done + 1, options.epochs, per_epoch))
+        parts = [piece for part in parts for piece in at_phase_switch(part, options, streams)]
         for stream, first_epoch, end_epoch, steps in parts:
             if first_epoch >= end_epoch:
                 continue
+            enter_phase(
+                model, options, phase_of(options, first_epoch), steps_per_epoch(options, data), devices.scope, say
+            )
             with stream_errors(stream, streams.val):
                 model.fit(
                     stream.fit_input(),  # on TensorFlow, the same batches fed a window at a time (stream.py)

@@ -132,7 +132,9 @@ def hash_arrays(source: Source) -> str:
 class OpenRequest:
     """What build-aug (or evaluate) asks of a source beside its spec."""
 
-    image_size: int | None = None  # resize to NxN; None: the images' own size (encoded ones must then agree)
+    image_size: tuple[int, int] | None = (
+        None  # (height, width) to fit to; None: the images' own (encoded ones must agree)
+    )
     exclude: dict[str, str] = field(default_factory=dict)  # real paths never read as images (the build's --out) -> why
     label_mode: str | None = None  # the kind's label modes (label_modes()), checked before open
 
@@ -189,17 +191,21 @@ def kind_of(spec: str) -> SourceKind:
 
 def open_source(
     spec: str,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     limit: int | None = None,
     exclude: dict | None = None,
     label_mode: str | None = None,
+    fit: str = "stretch",
 ) -> Source:
     """Resolve --source (a keras.datasets name such as 'cifar10', or a path) into a Source.
 
     exclude: folders that must not be read as images even when they sit inside the source (the build's own
-    --out), mapped to the reason to report. label_mode: the label modes of a source that has them (CIFAR-100's
+    --out), mapped to the reason to report. image_size: N or (height, width), each image fitted to it as `fit` says
+    (augzarr.images.FITS): decoded images here, encoded ones by the build's workers. label_mode: the label modes of a source that has them (CIFAR-100's
     fine or coarse; None: its default); refused for every other source."""
     check_label_mode(spec, label_mode)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
     excluded = {os.path.realpath(path): reason for path, reason in (exclude or {}).items()}
     source = kind_of(spec).open(spec, OpenRequest(image_size, excluded, label_mode))
     if limit is not None:
@@ -209,8 +215,8 @@ def open_source(
             from augzarr.images import resize_all
 
             for split in source.splits().values():
-                split.images = resize_all(split.decoded_images(), image_size)
-            source.image_shape = (image_size, image_size, source.image_shape[2])
+                split.images = resize_all(split.decoded_images(), image_size, fit)
+            source.image_shape = (*image_size, source.image_shape[2])
         source.content_hash = hash_arrays(source)
     return source
 
@@ -236,10 +242,10 @@ def take_first(split: Split, limit: int) -> Split:
     )
 
 
-def encoded_shape(files: list, image_size: int | None) -> tuple[int, int, int]:
-    """The stored image shape of encoded images: NxN with --image-size, else the first readable image's size (RGB)."""
+def encoded_shape(files: list, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+    """The stored image shape of encoded images: --image-size's, else the first readable image's size (RGB)."""
     if image_size is not None:
-        return (image_size, image_size, 3)
+        return (*image_size, 3)
     from augzarr.images import first_readable_size
 
     return (*first_readable_size(files), 3)

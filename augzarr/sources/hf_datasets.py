@@ -150,7 +150,7 @@ def read_json(path: Path, root: Path) -> dict:
     return found
 
 
-def read_saved_dataset(root: Path, image_size: int | None) -> Source:
+def read_saved_dataset(root: Path, image_size: tuple[int, int] | None) -> Source:
     """A folder of save_to_disk (the module's docstring), its images left encoded in their rows."""
     root = root.absolute()
     if pyarrow() is None:

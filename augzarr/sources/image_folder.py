@@ -160,7 +160,7 @@ def top_level(root: Path, excluded: dict[str, str], ignored: list[str]) -> TopLe
     return found
 
 
-def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None = None) -> Source:
+def scan_image_folder(root: Path, image_size: tuple[int, int] | None, exclude: dict | None = None) -> Source:
     """An image folder in the flat or the split layout (the module's docstring); split-folder names beside
     other folders are ambiguous and refused. exclude: real paths never read as images -> why."""
     if not root.is_dir():
