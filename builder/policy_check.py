@@ -23,13 +23,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import albumentations as A
 import numpy as np
-from albumentations.core.composition import BaseCompose
-from albumentations.core.transforms_interface import BasicTransform
 
 from augzarr.errors import UserError
 from augzarr.wording import article
+
+from .albumentations_import import A, BaseCompose, BasicTransform
 
 UINT8 = np.dtype(np.uint8)
 PROBE_SEEDS = 8  # draws of each leaf transform on each test image
