@@ -19,10 +19,13 @@ $(BIN)/build-aug: pyproject.toml
 
 setup: $(BIN)/build-aug
 
-# style and lint (ruff, configured in pyproject.toml): what CI runs before the tests; `ruff format .` fixes the layout
+# what CI runs before the tests, each configured in pyproject.toml: style and lint (ruff; `ruff format .` fixes the
+# layout), the import contracts (import-linter) and the types (mypy)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # four test processes on two cores: most tests wait on a command they started (TensorFlow's import, a server);
 # each takes whole files, the longest first (tests/conftest.py LONGEST_FILES), not xdist's own order by test count

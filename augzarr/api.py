@@ -76,7 +76,7 @@ def fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def open_store(location: str) -> Store:
+def open_store(location: str | os.PathLike[str]) -> Store:
     """A complete store (a folder or an object-store URL), checked as train checks it; a store that is
     not complete or is damaged raises augzarr.UserError saying what to do."""
     return Store(_open_checked(str(location)))
@@ -142,7 +142,7 @@ class Store:
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [n, H, W, C], labels int [n]) of a whole split, read into memory."""
         self._check_split(split)
-        return self._store.images(split)[:], self._store.labels(split)
+        return np.asarray(self._store.images(split)[:]), self._store.labels(split)
 
     def stream(
         self,

@@ -51,6 +51,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 
 from augzarr.errors import OptionError, UserError
+from augzarr.wording import alternatives
 
 CODEC_OPTION = "--codec"
 ZARR_CODEC_NAME = "augzarr.image"  # the name in zarr.json and of the entry point (ZEP 9: a namespaced name)
@@ -116,7 +117,17 @@ CODECS: dict[str, Codec] = {
 }
 DEFAULT_LOSSY = f"jpeg:{DEFAULT_JPEG_QUALITY}"
 DEFAULT_LOSSLESS = "webp-lossless"
-SPEC_FORMS = "raw, jpeg, jpeg:Q (Q = quality 1-100) or webp-lossless"
+
+
+def spec_forms() -> str:
+    """What --codec takes, as its messages list it: each codec, and NAME:Q after one that takes a quality."""
+    forms = []
+    for name, codec in CODECS.items():
+        forms += [name, f"{name}:Q (Q = quality 1-100)"] if codec.takes_quality else [name]
+    return alternatives(forms)
+
+
+SPEC_FORMS = spec_forms()
 
 
 def parse_spec(text: str) -> CodecSpec:
@@ -483,7 +494,7 @@ def encode_shard(spec: CodecSpec, block: np.ndarray, shard_rows: int, threads: i
         raise ValueError("a raw images array has no shards: its chunk is the pixels themselves")
     if not 0 < len(block) <= shard_rows:
         raise ValueError(f"a shard of {shard_rows} rows cannot hold {len(block)}")
-    parts: list[bytes | None] = [None] * len(block)
+    parts = [b""] * len(block)  # each row's encoded bytes
 
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):

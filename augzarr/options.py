@@ -313,7 +313,7 @@ def typer_option(opt: Option) -> Any:
 def option_command_class(opts: list[Option]) -> type:
     """typer's command, which also refuses an option given twice (click keeps the last silently: --mix mixup
     --mix cutmix would train with cutmix alone) and fills in the help's {choices} when the help is shown."""
-    from typer.core import TyperCommand
+    from typer.core import TyperCommand, TyperOption
 
     by_name = {opt.name: opt for opt in opts}
 
@@ -334,7 +334,7 @@ def option_command_class(opts: list[Option]) -> type:
 
         def format_help(self, ctx: Any, formatter: Any) -> None:
             for param in self.get_params(ctx):
-                if param.name in by_name:
+                if isinstance(param, TyperOption) and param.name in by_name:
                     param.help = by_name[param.name].help_text()
             super().format_help(ctx, formatter)
 

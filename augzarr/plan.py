@@ -140,7 +140,8 @@ def worker_runs(batches: int, workers: int) -> list[range]:
 def loader_order(runs: list) -> list[tuple[int, int]]:
     """(worker, batch) in the order a DataLoader yields them: one batch from each worker in turn, starting with
     worker 0, a worker that has run out skipped (torch's DataLoader with in_order=True, the default)."""
-    order, taken = [], [0] * len(runs)
+    order: list[tuple[int, int]] = []
+    taken = [0] * len(runs)
     while len(order) < sum(len(run) for run in runs):
         for worker, run in enumerate(runs):
             if taken[worker] < len(run):

@@ -30,13 +30,18 @@ import functools
 import json
 import zlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 from augzarr.errors import UserError
 from augzarr.storage import Storage, open_storage
 from augzarr.wording import count
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 FORMAT_NAME = "augzarr"
 FORMAT_VERSION = 1
@@ -114,6 +119,7 @@ class StoreAttrs:
         """The attributes of a format-1 group; fields a store of an older augzarr lacks take their
         defaults, a missing required field or a wrong type is refused naming the store."""
         source = attrs.get("source")
+        source_fields = source if isinstance(source, dict) else {}  # not an object: refused below, as garbled
         missing = [
             f.name
             for f in fields(cls)
@@ -130,7 +136,9 @@ class StoreAttrs:
         try:
             values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}
             values.setdefault("class_names", None)  # reported by class_name_problems, with the other class-name faults
-            values["source"] = SourceInfo(**{f.name: source[f.name] for f in fields(SourceInfo) if f.name in source})
+            values["source"] = SourceInfo(
+                **{f.name: source_fields[f.name] for f in fields(SourceInfo) if f.name in source_fields}
+            )
             return cls(**values)
         except TypeError:
             raise UserError(
@@ -186,14 +194,15 @@ def is_raw_layout(array: zarr.Array) -> bool:
     'bytes' codec, as IMAGE_CODEC stores images): such chunks are written and read directly."""
     meta = array.metadata
     return (
-        len(meta.codecs) == 1
+        isinstance(meta, ArrayV3Metadata)
+        and len(meta.codecs) == 1
         and type(meta.codecs[0]).__name__ == "BytesCodec"
         and array.dtype == np.uint8
         and meta.fill_value == 0
     )
 
 
-def open_group(storage: Storage, mode: str = "r") -> zarr.Group:
+def open_group(storage: Storage, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> zarr.Group:
     return zarr.open_group(store=storage.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
@@ -213,14 +222,14 @@ def create_skeleton(
     root = open_group(storage, mode="a")
     root.attrs.put({**attrs.to_json(), "complete": False})
     # every chunk is written even when it is all zeros, so a missing chunk is always a fault
-    config = {"write_empty_chunks": True}
+    config: ArrayConfigParams = {"write_empty_chunks": True}
     for name, rows in splits.items():
         group = root.require_group(name)
         if name == "train" and train_file_digests is not None:
             group.attrs.put({TRAIN_FILE_DIGESTS: train_file_digests})
         n = len(rows)
         # per-row arrays are tiny: few big chunks (one object each) rather than one per image chunk
-        common = {"chunks": (max(1, min(n, SMALL_ARRAY_CHUNK)),), "overwrite": True, "config": config}
+        row_chunks = (max(1, min(n, SMALL_ARRAY_CHUNK)),)
         group.create_array(
             IMAGES,
             shape=(n, *image_shape),
@@ -232,7 +241,9 @@ def create_skeleton(
             config=config,
         )  # IMAGE_CODEC
         for array in ROW_ARRAYS:
-            group.create_array(array, shape=(n,), dtype=row_dtype(array, n_classes), **common)[:] = getattr(rows, array)
+            group.create_array(
+                array, shape=(n,), dtype=row_dtype(array, n_classes), chunks=row_chunks, overwrite=True, config=config
+            )[:] = getattr(rows, array)
 
 
 def digest_set(hex_digests) -> str:
@@ -262,10 +273,10 @@ def train_file_digests(storage: Storage) -> set[bytes] | None:
 def write_chunk(storage: Storage, array: zarr.Array, chunk: int, block: np.ndarray, build_id: str = "") -> str:
     """Step 3: chunk `chunk` of an images array, whole, then its marker; returns its CRC-32.
     The last, partial chunk is padded to full size with the fill value, as zarr stores it."""
-    crc = f"{zlib.crc32(block):08x}"
+    crc = crc32_hex(block)
     if len(block) < array.chunks[0]:
         block = np.concatenate([block, np.zeros((array.chunks[0] - len(block), *block.shape[1:]), np.uint8)])
-    storage.write(chunk_key(array, chunk), memoryview(np.ascontiguousarray(block)).cast("B"))
+    storage.write(chunk_key(array, chunk), np.ascontiguousarray(block).data.cast("B"))
     storage.write(marker_key(array.path.split("/")[0], chunk, build_id), crc.encode())
     return crc
 
@@ -284,11 +295,13 @@ def mark_complete(storage: Storage, group: zarr.Group, splits: list[str], built:
     """Steps 4 and 5: checksums and complete: true in the root metadata (one write), then .build/ goes."""
     chunk_crc32 = {}
     for split in splits:
-        images = group[f"{split}/{IMAGES}"]
+        images = array_at(group, f"{split}/{IMAGES}")
         chunk_crc32[split] = [
             storage.read(marker_key(split, c, build_id)).decode() for c in range(images.cdata_shape[0])
         ]
-    array_crc32 = {f"{s}/{name}": crc32_hex(group[f"{s}/{name}"][:]) for s in splits for name in ROW_ARRAYS}
+    array_crc32 = {
+        f"{s}/{name}": crc32_hex(read_whole(array_at(group, f"{s}/{name}"))) for s in splits for name in ROW_ARRAYS
+    }
     group.attrs.update({"complete": True, "chunk_crc32": chunk_crc32, "array_crc32": array_crc32, "built": built})
     storage.remove(BUILD_DIR)
     storage.discard_partial_writes()  # a worker killed mid-write (its chunk since rewritten whole) left its temporary file
@@ -313,13 +326,16 @@ class OpenStore:
         return split in self.attrs.splits and self.rows(split) > 0
 
     def rows(self, split: str) -> int:
-        return self.group[f"{split}/{IMAGES}"].shape[0] if split in self.attrs.splits else 0
+        return self.images(split).shape[0] if split in self.attrs.splits else 0
 
     def images(self, split: str) -> zarr.Array:
-        return self.group[f"{split}/{IMAGES}"]
+        return array_at(self.group, f"{split}/{IMAGES}")
+
+    def row_array(self, split: str, name: str) -> zarr.Array:
+        return array_at(self.group, f"{split}/{name}")
 
     def labels(self, split: str) -> np.ndarray:
-        return self.group[f"{split}/labels"][:]
+        return read_whole(self.row_array(split, "labels"))
 
     def read_chunk_rows(self, array: zarr.Array, chunk: int, out: np.ndarray) -> None:
         read_chunks(self.storage, array, [chunk], [out])
@@ -365,7 +381,8 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     where = storage.location
     if not storage.exists():
         raise UserError(f"store {where} does not exist: build one with build-aug --out {where}")
-    if storage.local_path() is not None and storage.local_path().is_file():
+    local = storage.local_path()
+    if local is not None and local.is_file():
         raise UserError(
             f"{where} is a file, not an augzarr store (a store is a folder): give the store's folder, as build-aug --out made it"
         )
@@ -386,13 +403,18 @@ def open_store(location, require_complete: bool = True, check_chunks: bool = Tru
     attrs = StoreAttrs.from_json(raw, where)
     group = open_group(storage)
     missing, unreadable = [], []
-    for key in (k for s in attrs.splits for k in (s, *(f"{s}/{a}" for a in (IMAGES, *ROW_ARRAYS)))):
-        try:
-            group[key]
-        except KeyError:
-            missing.append(key)
-        except Exception as exc:  # a damaged zarr.json of the array or its split: zarr's own parse error
-            unreadable.append(f"{storage.where(key + '/' + ROOT_METADATA)} cannot be read ({first_line(exc)})")
+    for split in attrs.splits:
+        for key in (split, *(f"{split}/{a}" for a in (IMAGES, *ROW_ARRAYS))):
+            try:
+                node = group[key]
+            except KeyError:
+                missing.append(key)
+            except Exception as exc:  # a damaged zarr.json of the array or its split: zarr's own parse error
+                unreadable.append(f"{storage.where(key + '/' + ROOT_METADATA)} cannot be read ({first_line(exc)})")
+            else:
+                if isinstance(node, zarr.Array) != (key != split):
+                    kind = "an array" if isinstance(node, zarr.Array) else "a group"
+                    unreadable.append(f"{key} is {kind} ({storage.where(key + '/' + ROOT_METADATA)})")
     if missing or unreadable:
         problems = ([f"missing arrays {', '.join(missing)}"] if missing else []) + unreadable[:3]
         raise UserError(f"store {where} is damaged: {'; '.join(problems)}; rebuild it with build-aug --overwrite")
@@ -422,10 +444,9 @@ def shape_problems(store: OpenStore) -> list[str]:
                 f"{split}/images is not stored raw (uint8, zarr's lone bytes codec) as format {FORMAT_VERSION} stores images"
             )
         for name in ROW_ARRAYS:
-            if store.group[f"{split}/{name}"].shape[0] != images.shape[0]:
-                problems.append(
-                    f"{split}/{name} has {store.group[f'{split}/{name}'].shape[0]} rows, {split}/images {images.shape[0]}"
-                )
+            rows = store.row_array(split, name).shape[0]
+            if rows != images.shape[0]:
+                problems.append(f"{split}/{name} has {rows} rows, {split}/images {images.shape[0]}")
     return problems
 
 
@@ -460,14 +481,14 @@ def row_array_problems(store: OpenStore) -> list[str]:
     present = store.objects
     for split in attrs.splits:
         for name in ROW_ARRAYS:
-            key, array = f"{split}/{name}", store.group[f"{split}/{name}"]
+            key, array = f"{split}/{name}", store.row_array(split, name)
             dtype = row_dtype(name, n_classes)
             if array.dtype != dtype:
                 problems.append(f"{key} is {array.dtype}, not {dtype}")
                 continue
             data, problem = read_row_array(store.storage, array, present)
-            if problem:
-                problems.append(problem)
+            if data is None:
+                problems.append(problem or f"{key} cannot be read")
                 continue
             if attrs.array_crc32 is not None and crc32_hex(data) != attrs.array_crc32.get(key):
                 problems.append(f"{key} ({store.storage.where(array.path)}) does not match its checksum from the build")
@@ -527,7 +548,7 @@ def read_chunks(storage: Storage, array: zarr.Array, chunks: list[int], outs: li
     expected = int(np.prod(array.chunks)) * array.dtype.itemsize
     keys = [chunk_key(array, c) for c in chunks]
     try:
-        sizes = storage.read_many_into(keys, [memoryview(out).cast("B") for out in outs])
+        sizes = storage.read_many_into(keys, [out.data.cast("B") for out in outs])
     except KeyError as exc:
         raise UserError(
             f"chunk file {storage.where(exc.args[0])} is missing: the store was damaged after it was opened; "
@@ -542,4 +563,16 @@ def read_chunks(storage: Storage, array: zarr.Array, chunks: list[int], outs: li
 
 
 def crc32_hex(data: np.ndarray) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(data)):08x}"
+    return f"{zlib.crc32(np.ascontiguousarray(data).data):08x}"
+
+
+def array_at(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at path (open_store has refused a store where a group stands in an array's place)."""
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise TypeError(f"{path} is a group, not an array")
+    return node
+
+
+def read_whole(array: zarr.Array) -> np.ndarray:
+    return np.asarray(array[:])

@@ -82,7 +82,7 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
         if dist.is_available() and dist.is_initialized():
             found = dist.get_rank(), dist.get_world_size()
         else:
-            found = tuple(environment_int(name, default) for name, default in (("RANK", 0), ("WORLD_SIZE", 1)))
+            found = environment_int("RANK", 0), environment_int("WORLD_SIZE", 1)
         rank = found[0] if rank is None else rank
         world_size = found[1] if world_size is None else world_size
     for name, value in (("rank", rank), ("world_size", world_size)):
@@ -153,7 +153,7 @@ def empty_batch(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> tor
         return torch.empty(shape, dtype=dtype)
     numel = int(np.prod(shape))
     storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
-    return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
+    return torch.empty((0,), dtype=dtype).set_(storage).view(shape)
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -184,7 +184,8 @@ class _SplitSource:
         images = store.images(split)
         self.location, self.split = store.location, split
         self.rows, self.chunk_rows = int(images.shape[0]), int(images.chunks[0])
-        self.image_shape = tuple(int(n) for n in images.shape[1:])
+        height, width, channels = (int(n) for n in images.shape[1:])
+        self.image_shape = (height, width, channels)
         self.labels = store.labels(split)  # a byte a row (int32 past 256 classes), read whole once
         self.fork_safe = store.storage.fork_safe
         self.class_names = list(store.attrs.class_names)
@@ -684,7 +685,7 @@ def read_rows_of_chunk(path, offsets: list[int], outs: list[np.ndarray]) -> None
     with file:
         for offset, out in zip(offsets, outs):
             file.seek(offset)
-            if file.readinto(memoryview(out).cast("B")) != out.nbytes:
+            if file.readinto(out.data.cast("B")) != out.nbytes:
                 raise UserError(
                     f"chunk file {path} is shorter than its rows: the store was damaged after it was opened; "
                     "check it with inspect-aug --verify"

@@ -49,6 +49,12 @@ def listed(items, limit: int = SHOWN_ITEMS, sep: str = ", ") -> str:
     return f"{sep.join(items[:limit])} and {len(items) - limit:,} more"
 
 
+def alternatives(items) -> str:
+    """Choices as a sentence names them: 'a', 'a or b', 'a, b or c'."""
+    items = [str(item) for item in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
 def shown(path) -> str:
     """A path (or an image item, augzarr/images.py) fit for a message or JSON: undecodable bytes of a file name (not
     UTF-8) as \\x escapes."""

@@ -59,7 +59,8 @@ def per_image_costs(policy_name: str, repeats: int = 200) -> dict:
     import cv2
 
     from augzarr.builder.applier import image_applier
-    from augzarr.builder.policies import SampleSeeder, load_policy
+    from augzarr.builder.policies import load_policy
+    from augzarr.builder.seeding import SampleSeeder
     from augzarr.images import read_image_file, resize_to
 
     rng = np.random.default_rng(0)

@@ -266,7 +266,8 @@ def keras_backend() -> str:
 
 def model_file_sha256(spec: str) -> str | None:
     """The sha256 of a --model file (PATH.py:FUNCTION, PATH.keras), as run.json records it; None for a built-in."""
-    from augzarr.trainer.own_model import file_sha256, parse_model_spec
+    from augzarr.trainer.model_spec import parse_model_spec
+    from augzarr.trainer.own_model import file_sha256
 
     parsed = parse_model_spec(spec)
     return file_sha256(parsed.path) if parsed is not None and parsed.path.is_file() else None

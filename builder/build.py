@@ -56,8 +56,8 @@ from .policy_check import BadSample
 from .progress import Reporter
 from .records import BuildIdentity, BuildRecord
 from .staging import STAGE_ROWS, LocalStaging, Staging, held_temp_folder
-from .tasks import ChunkResult, ChunkTask, DecodeTask, WorkerConfig
-from .worker import SourceRows, compute_chunk, decode_block, init_worker
+from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
+from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker
 
 SOURCE_PREFIX = "augzarr-source-"  # this machine's temporary copy of the decoded source, for an object-store build
 MAX_CHUNK_BYTES = 1 << 30  # a worker holds one chunk in memory
@@ -264,6 +264,10 @@ class Workers:
             return run_chunks(self.client, self.config.on_cluster(), tasks)
         return self.pool().imap_unordered(compute_chunk, tasks)
 
+    def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
+        """This machine's pool decodes the tasks into the staged files (the cluster's workers decode on their own)."""
+        return self.pool().imap_unordered(decode_files, tasks)
+
 
 def already_complete(build: Build) -> BuildResult:
     attrs = read_raw_attrs(build.storage)
@@ -276,7 +280,7 @@ def already_complete(build: Build) -> BuildResult:
 def connect(build: Build, workers: Workers, scratch: Path) -> Staging:
     """Phase connect: with --scheduler, the cluster's client and every check of its workers, all before the claim (an
     unreachable scheduler or a refused worker leaves the store as it was). Returns where the source is staged."""
-    here = LocalStaging(scratch, workers.pool)
+    here = LocalStaging(scratch, workers.decode)
     if not build.options.scheduler:
         return here
     workers.client = workers.held.enter_context(

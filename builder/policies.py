@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from augzarr.errors import OptionError, UserError
 
 from .albumentations_import import A, load_pipeline, pipeline_from_dict
-
-MASK64 = (1 << 64) - 1
+from .policy_check import check_policy
 
 
 def notebook_policy(height: int, width: int) -> A.Compose:
-    """The notebook's ImageDataGenerator(rotation_range=40, width_shift_range=0.2,
-    height_shift_range=0.2, zoom_range=0.2, horizontal_flip=True, fill_mode='nearest').
+    """The notebook's `ImageDataGenerator`: rotation ±40°, shifts within ±20% as whole pixels, zoom 0.8-1.2
+    drawn per axis, horizontal flip, edge-replicating fill.
+
+    ImageDataGenerator(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, zoom_range=0.2,
+    horizontal_flip=True, fill_mode='nearest').
 
     Keras draws the x and y zoom independently from [0.8, 1.2], as keep_ratio=False
     does here; fill_mode 'nearest' repeats the edge pixel, which is BORDER_REPLICATE.
@@ -52,7 +52,7 @@ def notebook_policy(height: int, width: int) -> A.Compose:
 
 
 def crop_flip_policy(height: int, width: int) -> A.Compose:
-    """The standard CIFAR recipe: zero-pad by 1/8 of the side (4 px at 32), random crop back, flip."""
+    """Zero-pad 1/8 of the side (4 px at 32), random crop back to size, horizontal flip: the classic CIFAR recipe."""
     pad = max(1, round(min(height, width) / 8))
     return A.Compose(
         [
@@ -66,9 +66,11 @@ def crop_flip_policy(height: int, width: int) -> A.Compose:
 
 
 def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
-    """crop-flip, then cutout (DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at
-    32x32): one hole half the side (16 px at 32), always, filled with mid-grey (128, about the data's mean,
-    as the paper's zero after normalising is), wherever it falls (cut off at the edges)."""
+    """crop-flip, then one mid-grey (128) hole half the side (16x16 at 32) at a random centre, cut off at the
+    edges: cutout's best CIFAR-10 setting.
+
+    Cutout: DeVries & Taylor, 2017, whose best CIFAR-10 setting is one 16x16 hole at 32x32, always; mid-grey is
+    about the data's mean, as the paper's zero after normalising is."""
     return A.Compose(
         [
             *crop_flip_policy(height, width).transforms,
@@ -80,10 +82,14 @@ def crop_flip_cutout_policy(height: int, width: int) -> A.Compose:
 
 
 def randaugment_policy(height: int, width: int) -> A.Compose:
-    """RandAugment-style (Cubuk et al., 2020): per copy, 2 different operations drawn uniformly from the
-    list below (identity among them, so a copy gets one or two), each at a random magnitude within a range
-    suited to 32x32 images (about RandAugment's magnitude 9 of 30, shifts scaled to the side); then
-    crop-flip, as the paper's CIFAR-10 recipe does. Geometric operations fill with mid-grey (128)."""
+    """RandAugment-style: per copy 2 different operations drawn uniformly from identity, autocontrast,
+    equalize, rotate ±15°, solarize above 50-100%, saturation, contrast and brightness ×0.5-1.5, posterize to 4-6
+    bits, sharpen (alpha 0.2-0.5), shear x or y ±15°, translate x or y by up to 1/8 of the side, geometric ones
+    filling with mid-grey; then crop-flip.
+
+    RandAugment: Cubuk et al., 2020. Identity is among the operations, so a copy gets one or two; each at a random
+    magnitude within a range suited to 32x32 images (about RandAugment's magnitude 9 of 30, shifts scaled to the
+    side); then crop-flip, as the paper's CIFAR-10 recipe does."""
     shift_y, shift_x = max(1, round(height / 8)), max(1, round(width / 8))
     geometry = {"border_mode": cv2.BORDER_CONSTANT, "fill": 128, "p": 1.0}
     operations = [
@@ -105,6 +111,7 @@ def randaugment_policy(height: int, width: int) -> A.Compose:
     return A.Compose([A.SomeOf(operations, n=2, replace=False, p=1.0), *crop_flip_policy(height, width).transforms])
 
 
+# each preset's name -> its function; the first paragraph of the function's docstring is what the docs say it does
 PRESETS = {
     "notebook": notebook_policy,
     "crop-flip": crop_flip_policy,
@@ -140,8 +147,6 @@ def derived_fields_unwarned():
 def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
     """--policy: a preset name, or a JSON/YAML file saved with albumentations.save(); refused
     unless it keeps the image's shape and uint8 dtype on every draw (policy_check)."""
-    from .policy_check import check_policy  # late: policy_check imports SampleSeeder from here
-
     if spec in PRESETS:
         policy = Policy(name=spec, pipeline=PRESETS[spec](image_shape[0], image_shape[1]))
         check_policy(spec, policy.pipeline, image_shape)
@@ -173,67 +178,3 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
 
 def policy_json(policy: Policy) -> str:
     return json.dumps(policy.to_attrs(), sort_keys=True)
-
-
-def mix64(x: int) -> int:
-    """splitmix64's finalizer: spreads nearby integers over all 64 bits."""
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & MASK64
-    return x ^ (x >> 31)
-
-
-class GeneratorRandom(random.Random):
-    """A random.Random that draws from a numpy Generator, so one cheap state reset
-    reseeds both of albumentations' random sources (random.Random.seed costs ~6 us).
-    Uniforms are drawn BATCH at a time: one numpy call costs what ~10 scalar draws do."""
-
-    BATCH = 16
-
-    def __init__(self, generator: np.random.Generator):
-        self.generator = generator
-        super().__init__(0)
-        self.refill()
-
-    def refill(self) -> None:
-        self.values = iter(self.generator.random(self.BATCH).tolist())
-
-    def random(self) -> float:
-        value = next(self.values, None)
-        if value is None:
-            self.refill()
-            value = next(self.values)
-        return value
-
-    def getrandbits(self, k: int) -> int:
-        if k <= 53:
-            # random() is a multiple of 2**-53, so this is exactly k uniform bits, from the batch
-            # (randint and choice land here: ~0.3 us instead of ~2.5 for a numpy scalar draw)
-            return int(self.random() * (1 << k))
-        if k <= 63:
-            return int(self.generator.integers(0, 1 << k))
-        return int.from_bytes(self.generator.bytes((k + 7) // 8), "little") >> (-k % 8)
-
-
-class SampleSeeder:
-    """Gives sample (source i, copy k) a random state that depends on (seed, i, k) alone,
-    so a store's bytes do not depend on worker count, chunk order or resumption.
-
-    The pipeline shares one numpy Generator (and a random.Random drawing from it);
-    reseeding sets the generator's PCG64 state in place: ~3 us, against ~30 us for
-    pipeline.set_random_seed().
-    """
-
-    def __init__(self, pipeline: A.Compose, seed: int):
-        self.seed_key = mix64(seed & MASK64)
-        self.generator = np.random.Generator(np.random.PCG64(0))
-        self.state = self.generator.bit_generator.state
-        self.py_random = GeneratorRandom(self.generator)
-        pipeline.set_random_state(self.generator, self.py_random)
-
-    def reseed(self, source_index: int, copy_index: int) -> None:
-        key = mix64(mix64(self.seed_key ^ source_index) ^ (copy_index << 48))
-        self.state["state"]["state"] = (mix64(key ^ 0x9E3779B97F4A7C15) << 64) | key
-        self.state["state"]["inc"] = 1
-        self.state["has_uint32"] = 0
-        self.generator.bit_generator.state = self.state
-        self.py_random.refill()

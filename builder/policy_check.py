@@ -29,6 +29,8 @@ from augzarr.errors import UserError
 from augzarr.wording import article
 
 from .albumentations_import import A, BaseCompose, BasicTransform
+from .applier import image_applier
+from .seeding import SampleSeeder
 
 UINT8 = np.dtype(np.uint8)
 PROBE_SEEDS = 8  # draws of each leaf transform on each test image
@@ -295,9 +297,6 @@ def check_policy(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...])
 
 def check_draws(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...]) -> None:
     """The second net: the whole pipeline as the build runs it, over DRAWS seeded draws (fewer when big)."""
-    from .applier import image_applier  # late: applier and policies import nothing of this module
-    from .policies import SampleSeeder
-
     trial = copy.deepcopy(pipeline)
     seeder = SampleSeeder(trial, 0)
     apply = image_applier(trial)
@@ -356,8 +355,6 @@ def explain_sample(
     The replay is albumentations' full call on a fresh pipeline under the same seed: the same
     draws and bytes as the build's fast path (tests/test_policies.py holds them equal).
     """
-    from .policies import SampleSeeder
-
     pipeline = make_pipeline()
     seeder = SampleSeeder(pipeline, seed)
     trace: list = []

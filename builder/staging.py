@@ -61,11 +61,11 @@ def map_source(scratch: Path, split: str, mode: str) -> np.ndarray:
 
 
 class LocalStaging:
-    """The decoded source in <scratch>/source-<split>.npy, decoded by this machine's worker pool (pool(): started
-    when first needed)."""
+    """The decoded source in <scratch>/source-<split>.npy, decoded by this machine's worker pool (decode_in_pool:
+    the pool's decode of the tasks, build.Workers.decode)."""
 
-    def __init__(self, scratch: Path, pool: Callable):
-        self.scratch, self.pool = scratch, pool
+    def __init__(self, scratch: Path, decode_in_pool: Callable[[list[DecodeTask]], Iterator[DecodeResult]]):
+        self.scratch, self.decode_in_pool = scratch, decode_in_pool
 
     def save(self, split: str, images: np.ndarray) -> None:
         np.save(source_file(self.scratch, split), images)  # a plain write: no page fault per page of a mapping
@@ -74,9 +74,7 @@ class LocalStaging:
         np.lib.format.open_memmap(source_file(self.scratch, split), mode="w+", dtype=np.uint8, shape=shape)
 
     def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
-        from .worker import decode_files
-
-        return self.pool().imap_unordered(decode_files, tasks)
+        return self.decode_in_pool(tasks)
 
     def array(self, split: str) -> np.ndarray:
         return map_source(self.scratch, split, "r")

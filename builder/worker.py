@@ -10,8 +10,10 @@ copy index) alone.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -35,9 +37,10 @@ from augzarr.storage import open_storage
 from augzarr.store_format import IMAGES, crc32_hex, open_group, write_chunk
 
 from .applier import image_applier
-from .policies import Policy, SampleSeeder
+from .policies import Policy
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .records import current_build_id
+from .seeding import SampleSeeder
 from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 
@@ -177,7 +180,21 @@ def deciding_versions() -> dict[str, str | None]:
     return found
 
 
+def end_with_parent() -> None:
+    """On Linux, the kernel kills this worker when the process that started it ends: build-aug killed alone
+    (kill -9, an OOM killer) leaves no worker finishing its chunk for nobody and printing a BrokenPipeError
+    traceback when it hands it over. Elsewhere a worker ends on that error, as multiprocessing's do."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the request was made
+        os._exit(0)
+
+
 def init_worker(config: WorkerConfig) -> None:
+    end_with_parent()
     # Ctrl-C reaches the whole process group; the parent alone reports it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     numcodecs.blosc.use_threads = False  # one process per core already

@@ -346,7 +346,8 @@ def test_every_preset_keeps_grayscale_28x28_and_acts(policy, keras_home, tmp_pat
 def test_grayscale_fast_image_path_gives_the_full_calls_bytes():
     """The build's cheap per-image path (applier.py) on one-channel images, preset by preset."""
     from augzarr.builder.applier import image_applier
-    from augzarr.builder.policies import PRESETS, SampleSeeder
+    from augzarr.builder.policies import PRESETS
+    from augzarr.builder.seeding import SampleSeeder
 
     rng = np.random.default_rng(0)
     images = [smooth_image(rng, 28)[..., :1].copy() for _ in range(40)]

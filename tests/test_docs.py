@@ -219,7 +219,9 @@ def test_each_command_reference_page_names_every_option_with_its_default_and_hel
 @pytest.mark.slow
 def test_the_python_api_page_shows_the_signatures_with_their_values(site):
     text = page_text(site, "reference/python-api")
-    tight = "".join(text.split())  # a signature's parts are spans of their own: "copies : int = 5"
+    # a signature's parts are spans of their own ("copies : int = 5"), its strings quoted as its formatter quotes
+    # them (mkdocstrings formats signatures with ruff where ruff is installed: "crop-flip")
+    tight = "".join(text.split()).replace('"', "'")
     for shown in ("copies:int=5", "policy:str='crop-flip'", "batch_size:int=128"):  # build's and stream's
         assert shown in tight
     assert "BuildOptions." not in text and "TrainOptions." not in text
@@ -249,3 +251,26 @@ def test_the_site_includes_the_records_at_the_root(site):
     for page, record in [("background/benchmarks", "BENCHMARKS.md"), ("background/reliability", "RELIABILITY.md")]:
         first_heading = next(line for line in (REPO / record).read_text().splitlines() if line.startswith("## "))
         assert words(first_heading[3:]) in page_text(site, page)
+
+
+@pytest.mark.slow
+def test_the_reference_lists_presets_models_and_datasets_from_their_registries(site):
+    """Each preset and built-in model with its docstring's first paragraph, each dataset of keras.datasets by name:
+    read from the registries when the site is built, so a new one is listed with nothing else to edit."""
+    from augzarr.builder.policies import PRESETS
+    from augzarr.sources.keras_datasets import KERAS_DATASETS
+    from augzarr.trainer import models
+    from augzarr.trainer.options import MODELS
+
+    def tight(text: str) -> str:  # the page's words without the code spans' markup or any space
+        return "".join(text.replace("`", "").split())
+
+    def listed(name: str, thing) -> str:
+        return tight(f"{name}: {inspect.getdoc(thing).split(chr(10) * 2)[0]}")
+
+    build, train = tight(page_text(site, "reference/build-aug")), tight(page_text(site, "reference/train"))
+    for name, function in PRESETS.items():
+        assert listed(name, function) in build, name
+    for name in MODELS:
+        assert listed(name, getattr(models, name)) in train, name
+    assert tight("A dataset of keras.datasets: " + ", ".join(list(KERAS_DATASETS)[:-1])) in build

@@ -154,6 +154,25 @@ def test_help_lists_the_names_of_each_registry():
     assert all(f"{name} ({about})" in help_of("train")["--model"] for name, about in MODELS.items())
 
 
+def test_refusals_name_every_entry_of_each_registry(tmp_path):
+    """An unknown preset, model, codec or source is refused with the registry's whole list, read from the registry."""
+    from augzarr.builder.policies import PRESETS, load_policy
+    from augzarr.codecs import CODECS, parse_spec
+    from augzarr.errors import UserError
+    from augzarr.sources import open_source, source_kinds
+
+    refusals = {
+        "--policy": (lambda: load_policy("gentle", (32, 32, 3)), PRESETS),
+        "--model": (lambda: TrainOptions(model="wide").validate_model(), MODELS),
+        "--codec": (lambda: parse_spec("png"), CODECS),
+        "--source": (lambda: open_source(str(tmp_path / "nowhere")), [kind.described for kind in source_kinds()]),
+    }
+    for flag, (refuse, names) in refusals.items():
+        with pytest.raises(UserError) as refused:
+            refuse()
+        assert flag in str(refused.value) and all(name in str(refused.value) for name in names), str(refused.value)
+
+
 # -- issue #21 point 3: a single-value option given twice is refused ------------------------------------
 
 

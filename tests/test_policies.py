@@ -12,7 +12,8 @@ import pytest
 from conftest import smooth_image
 
 from augzarr.builder.applier import FOLLOWED_RELEASES, image_applier, is_identity, transform_step
-from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
+from augzarr.builder.policies import PRESETS, Policy, load_policy
+from augzarr.builder.seeding import SampleSeeder
 from augzarr.errors import UserError
 
 N_SAMPLES = 3000

@@ -16,8 +16,9 @@ from conftest import run_cli, smooth_image, write_image_folder
 
 from augzarr.builder import worker
 from augzarr.builder.applier import image_applier
-from augzarr.builder.policies import PRESETS, Policy, SampleSeeder, load_policy
+from augzarr.builder.policies import PRESETS, Policy, load_policy
 from augzarr.builder.policy_check import BadSample, check_draws, state_of
+from augzarr.builder.seeding import SampleSeeder
 from augzarr.builder.tasks import ChunkResult, ChunkTask, WorkerConfig
 from augzarr.builder.worker import WorkerState, compute_chunk
 from augzarr.errors import UserError

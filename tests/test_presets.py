@@ -8,7 +8,8 @@ import albumentations as A
 import numpy as np
 from conftest import run_cli, smooth_image, write_image_folder
 
-from augzarr.builder.policies import PRESETS, SampleSeeder, load_policy
+from augzarr.builder.policies import PRESETS, load_policy
+from augzarr.builder.seeding import SampleSeeder
 
 
 def test_crop_flip_cutout_leaves_one_grey_hole_half_the_side():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,9 +39,51 @@ def test_a_second_build_into_the_same_store_refuses_and_the_lock_dies_with_the_f
     try:
         run_cli("build-aug", *args, "--out", str(out), check=True)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
     assert not (out / BUILD_DIR).exists()
     assert_same_store(out, reference)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is pid (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Whether pid is a live process: not gone, and not a zombie (ended, waiting for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_the_pool_workers_end_quietly_with_a_build_killed_by_kill_9(resumable_case, tmp_path):
+    """kill -9 of build-aug alone (an OOM killer picks one process): its workers end at once, printing nothing,
+    instead of finishing their chunks and dying on a BrokenPipeError traceback when they hand them to nobody."""
+    args, _ = resumable_case
+    first = start_build([*args, "--out", str(tmp_path / "s.zarr")], start_new_session=True)
+    try:
+        wait_for_chunks(tmp_path / "s.zarr", 2, first)
+        workers = children_of(first.pid)
+        assert len(workers) >= 2
+        os.kill(first.pid, signal.SIGKILL)
+        # stderr ends once every process holding it has ended: the workers too
+        _, stderr = first.communicate(timeout=30)
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
+        assert not [pid for pid in workers if is_running(pid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # orphaned workers, if any
 
 
 # -- corrupted stores ---------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import zarr
 from conftest import run_cli, smooth_image, write_image_folder
 from PIL import Image
 
+import augzarr
 from augzarr.errors import UserError
 from augzarr.sources import open_source
 
@@ -191,6 +196,8 @@ def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifa
     """evaluate --source reads any source through the seam: decoded arrays (a CIFAR archive here, MNIST's grayscale
     alike) are resized and given the model's channels, and said to hold no image files to look training images up by."""
     from augzarr.trainer.evaluate import model_inputs, training_images
+    from augzarr.trainer.options import TrainOptions
+    from augzarr.trainer.records import RunRecord
 
     path, truth = cifar_archive
     test = open_source(str(path)).test
@@ -202,6 +209,38 @@ def test_evaluate_takes_a_source_of_arrays_at_the_models_shape_and_channels(cifa
     colour, _, _ = model_inputs(gray, 32, 32, 3)
     assert np.array_equal(colour, np.repeat(truth["test"][..., :1], 3, axis=3))
     assert (
-        training_images({"options": {"store": "s.zarr"}}, None)["unknown_because"]
+        training_images(RunRecord(status=None, run_dir=None, options=TrainOptions(store="s.zarr")), None)[
+            "unknown_because"
+        ]
         == "the source's images are arrays, not image files"
     )
+
+
+def test_a_module_in_a_seam_package_is_registered_by_being_there(tmp_path):
+    """Adding a source kind or a storage backend is one new module: the package imports each of its modules, so a
+    kind or backend registered in a new file is found without an import line elsewhere."""
+    code = """
+import sys
+sys.path.insert(0, {root!r})
+import augzarr.sources, augzarr.storage
+from augzarr.sources import source_kinds
+from augzarr.storage.base import _BACKENDS
+print(sorted(type(kind).__module__ for kind in source_kinds()))
+print(sorted({{backend.__module__ for backend in _BACKENDS.values()}}))
+"""
+    package = Path(augzarr.__file__).parent
+    copy = tmp_path / "augzarr"
+    shutil.copytree(package, copy, symlinks=True)
+    (copy / "sources" / "tfrecord_example.py").write_text(
+        "from .base import SourceKind, register\n\n\n@register\nclass ExampleKind(SourceKind):\n"
+        "    described = 'an example'\n\n    def claims(self, spec):\n        return False\n\n"
+        "    def open(self, spec, request):\n        raise NotImplementedError\n"
+    )
+    (copy / "storage" / "example_backend.py").write_text(
+        "from .base import register\nfrom .local import LocalStorage\n\n\n@register('example')\nclass ExampleStorage(LocalStorage):\n    pass\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code.format(root=str(tmp_path))], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert "augzarr.sources.tfrecord_example" in out[0] and "augzarr.sources.image_folder" in out[0], out
+    assert "augzarr.storage.example_backend" in out[1] and "augzarr.storage.objectstore" in out[1], out

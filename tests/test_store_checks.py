@@ -176,6 +176,24 @@ def test_damaged_array_metadata_is_refused(cifar_store, tmp_path):
         assert_one_line_refusal(inspect, f"{meta} cannot be read")
 
 
+def test_an_array_and_a_group_swapped_are_refused_naming_them(cifar_store, tmp_path):
+    """A split that is an array, or an array that is a group (an edited or mixed-up zarr.json), is damage, told in one
+    line, not an attribute error from deep in the checks."""
+    for key, node_type in (("train/labels", "group"), ("test/images", "group"), ("val", "array")):
+        store = copy_of(cifar_store, tmp_path / key.replace("/", "-"))
+        group_meta = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+        meta = store / key / "zarr.json"
+        meta.write_text(
+            json.dumps(
+                group_meta if node_type == "group" else json.loads((store / "train/labels/zarr.json").read_text())
+            )
+        )
+        inspect = run_cli("inspect-aug", "--store", str(store))
+        assert_one_line_refusal(
+            inspect, f"store {store} is damaged", f"{key} is a{'n' if node_type == 'array' else ''} {node_type}"
+        )
+
+
 # -- attributes that disagree with the data -----------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ def classifier(n_classes: int) -> list:
 
 
 def shallow(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> keras.Model:
-    """The notebook's first network: one 3x3 convolution, pooling, a dense layer."""
+    """The notebook's first network: Conv32-MaxPool-Dropout .25-Dense512-Dropout .5-softmax."""
     return keras.Sequential(
         [
             *uint8_input(image_shape, augment),
@@ -57,9 +57,11 @@ def shallow(image_shape: tuple[int, int, int], n_classes: int, augment: list) ->
 
 
 def deep(image_shape: tuple[int, int, int], n_classes: int, augment: list) -> keras.Model:
-    """The notebook's second network. Its fourth convolution read Conv2D(64, 3, 3), which
-    Keras 2 takes as a 3x3 kernel with stride 3 (a Keras 1 port bug); here it is the
-    intended 3x3 kernel with stride 1, with the line's default 'valid' padding."""
+    """The notebook's second network: Conv32-Conv32-MaxPool-Dropout .25-Conv64-Conv64-MaxPool-Dropout
+    .25-Dense512-Dropout .5-softmax, with its `Conv2D(64, 3, 3)` port bug corrected to a 3x3 kernel with stride 1.
+
+    Its fourth convolution read Conv2D(64, 3, 3), which Keras 2 takes as a 3x3 kernel with stride 3 (a Keras 1
+    port bug); here it is the intended 3x3 kernel with stride 1, with the line's default 'valid' padding."""
     return keras.Sequential(
         [
             *uint8_input(image_shape, augment),

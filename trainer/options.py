@@ -10,6 +10,8 @@ from augzarr.errors import OptionError, UserError
 from augzarr.options import DEFAULT_STORE, REQUIRED, check_fields, option
 from augzarr.user_text import user_text
 
+from .model_spec import parse_model_spec
+
 # The names' one homes: each maps a name to what it is, for the help and the docs
 MODELS = {
     "deep": "the notebook's second network",
@@ -141,8 +143,6 @@ class TrainOptions:
         """A built-in name, or the syntax of PATH.py:FUNCTION or PATH.keras (the file itself is read when train builds the model)."""
         if self.model in MODELS:
             return
-        from .own_model import parse_model_spec  # no Keras import
-
         try:
             spec = parse_model_spec(self.model)
         except ValueError as exc:

@@ -1,6 +1,6 @@
-"""train --model PATH.py:FUNCTION or PATH.keras: the user's own Keras model in place of deep or shallow.
+"""train --model PATH.py:FUNCTION or PATH.keras: the user's own Keras model in place of a built-in one.
 
-Keras is imported inside the functions only: options.py parses a spec before Keras loads.
+Keras is imported inside the functions only (model_spec.py parses the spec, before Keras loads).
 Every failure (no file, a file that does not import or load, no such function, a function that
 raises or returns no model, a model that does not fit the store) is one UserError line naming the
 file, raised before train claims a run folder.
@@ -13,36 +13,13 @@ import importlib.util
 import inspect
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from augzarr.errors import UserError
 from augzarr.wording import SHOWN_LINES, article, listed
 
+from .model_spec import ModelSpec, parse_model_spec
 from .records import ModelInfo
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    spec: str  # as given on the command line
-    kind: str  # "python" (a function in a .py file) or "keras" (a saved .keras model)
-    path: Path
-    function: str = ""
-
-
-def parse_model_spec(spec: str) -> ModelSpec | None:
-    """PATH.py:FUNCTION or PATH.keras -> its ModelSpec; None for anything else (a built-in name, or a
-    mistake: the caller says what --model takes). Raises ValueError for a .py file without a function."""
-    if spec.endswith(".keras"):
-        return ModelSpec(spec, "keras", Path(spec))
-    head, colon, function = spec.rpartition(":")
-    if colon and head.endswith(".py"):
-        if not function.isidentifier():
-            raise ValueError(f"--model {spec}: after {head}: give the name of the function that builds the model")
-        return ModelSpec(spec, "python", Path(head), function)
-    if spec.endswith(".py"):
-        raise ValueError(f"--model {spec}: name the function in it that builds the model, as {spec}:FUNCTION")
-    return None
 
 
 def file_sha256(path: Path) -> str:

@@ -1,11 +1,14 @@
 """The source seam: every --source goes through a SourceKind, picked by what the spec names (base.py says how).
 
-keras_datasets.py (--source cifar10, cifar100, mnist, fashion_mnist), cifar_pickle.py (the official CIFAR-10
+keras_datasets.py (--source NAME, a name of its KERAS_DATASETS), cifar_pickle.py (the official CIFAR-10
 archive or folder), hf_datasets.py (a folder saved by Hugging Face datasets), image_folder.py (any other folder).
-Adding a kind is one class in one new module, registered with @register, plus its import line below.
+Adding a kind is one class in one new module of this package, registered with @register: every module here is
+imported below, in name order (the fallback kinds are asked last whatever their names).
 """
 
-from . import cifar_pickle, hf_datasets, image_folder, keras_datasets  # noqa: E402,F401  (each registers its kind)
+import importlib
+import pkgutil
+
 from .base import (  # noqa: F401
     SPLIT_NAMES,
     OpenRequest,
@@ -18,3 +21,6 @@ from .base import (  # noqa: F401
     register,
     source_kinds,
 )
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")  # each registers its kind

@@ -30,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from augzarr.errors import OptionError, UserError
-from augzarr.wording import shown
+from augzarr.wording import alternatives, shown
 
 # A source's own split names (an image folder's folders, a Hugging Face DatasetDict's splits), matched ignoring
 # case -> the store's split. The one list: every kind with splits of its own maps them with it.
@@ -47,6 +47,18 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def decoded_images(self) -> np.ndarray:
+        """The images of a decoded source's split."""
+        if self.images is None:
+            raise TypeError("this split's images are encoded: its files hold them")
+        return self.images
+
+    def encoded_files(self) -> list:
+        """The image items of an encoded source's split."""
+        if self.files is None:
+            raise TypeError("this split's images are decoded: its images hold them")
+        return self.files
 
 
 @dataclass
@@ -91,7 +103,7 @@ class Source:
         from augzarr.images import file_digest
 
         return self.hash_digests(
-            {name: [file_digest(item) for item in split.files] for name, split in self.splits().items()}
+            {name: [file_digest(item) for item in split.encoded_files()] for name, split in self.splits().items()}
         )
 
     def sample_name(self, split: str, index: int) -> str:
@@ -172,7 +184,7 @@ def kind_of(spec: str) -> SourceKind:
         hints = [kind.file_hint for kind in _KINDS if kind.file_hint]
         raise UserError(f"--source {spec}: a file must be {' or '.join(hints)}; for images pass their folder")
     described = [kind.described for kind in _KINDS]
-    raise UserError(f"--source {spec}: no such file or folder (use {', '.join(described[:-1])} or {described[-1]})")
+    raise UserError(f"--source {spec}: no such file or folder (use {alternatives(described)})")
 
 
 def open_source(
@@ -197,7 +209,7 @@ def open_source(
             from augzarr.images import resize_all
 
             for split in source.splits().values():
-                split.images = resize_all(split.images, image_size)
+                split.images = resize_all(split.decoded_images(), image_size)
             source.image_shape = (image_size, image_size, source.image_shape[2])
         source.content_hash = hash_arrays(source)
     return source

@@ -83,14 +83,18 @@ def read_pickle_members(path: Path) -> dict[str, bytes]:
             with tarfile.open(path) as archive:
                 for member in archive:
                     name = Path(member.name).name
-                    if member.isfile() and wanted.match(name):
-                        members[name] = archive.extractfile(member).read()
+                    if member.isfile() and wanted.match(name) and (data := archive.extractfile(member)) is not None:
+                        members[name] = data.read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UserError(
                 f"--source {path}: cannot read the archive ({exc}); is it the official cifar-10-python.tar.gz?"
             ) from exc
     else:
         folder = find_pickle_dir(path)
+        if folder is None:
+            raise UserError(
+                f"--source {path}: no CIFAR-10 batches (data_batch_1, batches.meta) in it or in cifar-10-batches-py/"
+            )
         for file in sorted(folder.iterdir()):
             if file.is_file() and wanted.match(file.name):
                 members[file.name] = file.read_bytes()

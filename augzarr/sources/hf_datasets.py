@@ -165,7 +165,7 @@ def read_saved_dataset(root: Path, image_size: int | None) -> Source:
         kind=KIND,
         location=str(root),
         class_names=features.class_names,
-        image_shape=encoded_shape(splits["train"].files, image_size),
+        image_shape=encoded_shape(splits["train"].encoded_files(), image_size),
         train=splits["train"],
         test=splits.get("test"),
         ignored=ignored,
@@ -235,7 +235,7 @@ class Features:
         return cls(image, label, [str(name) for name in names])
 
 
-def one_column(root: Path, typed: dict[str, str], feature: str, noun: str, columns: str, make: str) -> str:
+def one_column(root: Path, typed: dict[str, str | None], feature: str, noun: str, columns: str, make: str) -> str:
     """The one column of a feature type (Image, ClassLabel), or a line saying how to make it the one."""
     found = [name for name, found_type in typed.items() if found_type == feature]
     if not found:
@@ -311,13 +311,16 @@ def check_images(column, file: Path, root: Path) -> None:
 
 
 def checked_labels(column, n_classes: int, file: Path, root: Path) -> np.ndarray:
-    labels = column.to_numpy(zero_copy_only=False) if not column.null_count else None
-    bad = np.flatnonzero((labels < 0) | (labels >= n_classes)) if labels is not None else None
-    if labels is None or len(bad):
-        row = next(i for i, v in enumerate(column.to_pylist()) if v is None) if labels is None else int(bad[0])
-        value = "no label" if labels is None else f"label {labels[row]}"
-        raise UserError(
-            f"--source {root}: row {row} of {shown(file.relative_to(root))} has {value}, outside its {count(n_classes, 'class')} "
-            "(-1 is a ClassLabel's 'no label'); drop the unlabelled rows (dataset.filter) and save it again"
-        )
-    return labels.astype(np.int64)
+    if column.null_count:
+        row, value = next(i for i, v in enumerate(column.to_pylist()) if v is None), "no label"
+    else:
+        labels = column.to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if not len(bad):
+            return labels.astype(np.int64)
+        row = int(bad[0])
+        value = f"label {labels[row]}"
+    raise UserError(
+        f"--source {root}: row {row} of {shown(file.relative_to(root))} has {value}, outside its {count(n_classes, 'class')} "
+        "(-1 is a ClassLabel's 'no label'); drop the unlabelled rows (dataset.filter) and save it again"
+    )

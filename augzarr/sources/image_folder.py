@@ -51,7 +51,7 @@ class ImageFolderSource(Source):
         digest = hashlib.sha256()
         skip = len(self.location) + 1  # files are listed below the location: their path relative to it, cheaply
         for split_name, split in self.splits().items():
-            for file, label, file_hash in zip(split.files, split.labels, digests[split_name]):
+            for file, label, file_hash in zip(split.encoded_files(), split.labels, digests[split_name]):
                 # file names as bytes: a name that is not UTF-8 must hash, not crash
                 digest.update(os.fsencode(str(file)[skip:]) + f"\0{label}\0{file_hash}\n".encode())
         return "sha256:" + digest.hexdigest()
@@ -106,6 +106,7 @@ def walk_images(folder: Path, ignored: list[str], excluded: dict[str, str]):
         dirs.sort()  # the report's order does not depend on the file system's
         for name in list(dirs):
             path = os.path.join(parent, name)
+            reason: str | None
             if name.startswith("."):
                 reason = "hidden"
             elif os.path.islink(path):
@@ -187,7 +188,7 @@ def scan_image_folder(root: Path, image_size: int | None, exclude: dict | None =
         kind="image-folder",
         location=str(root),
         class_names=class_names,
-        image_shape=encoded_shape(train_split.files, image_size),
+        image_shape=encoded_shape(train_split.encoded_files(), image_size),
         train=train_split,
         test=held.get("test"),
         ignored=ignored,

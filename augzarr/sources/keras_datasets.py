@@ -207,14 +207,15 @@ def read_cifar_archive(member_dir: str, label_key: str, title: str) -> Callable[
         missing = [n for n in [*train_names, *test_names] if n not in members]
         if not train_names or missing:
             raise UserError(f"{files[0]}: {', '.join(missing) or 'the training batches'} missing from the archive")
-        splits = []
-        for names in (train_names, test_names):
+
+        def images_and_labels(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
             parts = [
                 decode_batch(unpickle_batch(members[n], n, str(files[0]), title), n, str(files[0]), key, title)
                 for n in names
             ]
-            splits += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
-        return tuple(splits)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+        return (*images_and_labels(train_names), *images_and_labels(test_names))
 
     return read
 
@@ -227,7 +228,8 @@ def read_tar_members(path: Path, names: set[str], folder: str) -> dict[str, byte
             for member in archive:
                 parent, _, name = member.name.rpartition("/")
                 if member.isfile() and name in names and parent.endswith(folder):
-                    members[name] = archive.extractfile(member).read()
+                    if (file := archive.extractfile(member)) is not None:
+                        members[name] = file.read()
     except Exception as exc:  # whatever a damaged archive raises (ReadError, EOFError, zlib.error, ...)
         raise UserError(f"{path}: cannot read the archive ({exc})") from exc
     return members
@@ -364,10 +366,10 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
             )
     train = Split(labels=np.asarray(y_train).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_train))
     test = Split(labels=np.asarray(y_test).reshape(-1).astype(np.int64), images=np.ascontiguousarray(x_test))
-    for split_name, split in (("training", train), ("test", test)):
-        if len(split.images) != len(split.labels):
+    for split_name, split, images in (("training", train, x_train), ("test", test, x_test)):
+        if len(images) != len(split.labels):
             raise UserError(
-                f"--source {name}: {count(len(split.images), split_name + ' image')} but {count(len(split.labels), 'label')}"
+                f"--source {name}: {count(len(images), split_name + ' image')} but {count(len(split.labels), 'label')}"
             )
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
             bad = int(split.labels.min() if split.labels.min() < 0 else split.labels.max())
@@ -378,7 +380,7 @@ def load_keras_dataset(name: str, label_mode: str | None = None) -> Source:
         kind=f"keras-{name}",
         location=f"keras.datasets.{name}" + (f" (label_mode={label_mode})" if dataset.label_modes else ""),
         class_names=class_names,
-        image_shape=tuple(train.images.shape[1:]),
+        image_shape=(x_train.shape[1], x_train.shape[2], x_train.shape[3]),
         train=train,
         test=test,
     )

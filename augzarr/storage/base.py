@@ -32,6 +32,10 @@ class Storage(ABC):
     fork_safe: bool = True  # whether a worker may be forked after this process has used the backend
     checks_free_space: bool = False  # whether free_bytes() means anything (a disk, not a bucket)
 
+    @abstractmethod
+    def __init__(self, location: str) -> None:
+        """open_storage makes each backend from the location alone: a path, or a URL of one of its schemes."""
+
     def where(self, key: str = "") -> str:
         """A key as the user finds it: a file path, or a URL."""
         return f"{self.location.rstrip('/')}/{key}" if key else self.location

@@ -21,19 +21,23 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .base import LeaseHeld, Storage, StorageError, register
 
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
 LOCK_KEY = ".lock"  # the lease object: owner, build id, token, expiry
 LEASE_SECONDS = 60.0  # renewed every third of it; AUGZARR_LEASE_SECONDS overrides (tests use a few seconds)
 DELETE_BATCH = 1000  # keys per DeleteObjects request, S3's limit
-RETRY = {  # 5xx, dropped and refused connections, timeouts: retried with backoff, never surfaced unless they last
+RETRY: RetryConfig = {  # 5xx, dropped and refused connections, timeouts: retried with backoff, never surfaced unless they last
     "max_retries": 10,
     "retry_timeout": timedelta(seconds=120),
     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=15), "base": 2},
@@ -208,7 +212,7 @@ class ObjectStorage(Storage):
             )
         self.provider = PROVIDERS[self.scheme]
         self.check_credentials()
-        options = {"timeout": "120s", "connect_timeout": "5s"}
+        options: ClientConfig = {"timeout": "120s", "connect_timeout": "5s"}
         if os.environ.get(self.provider.endpoint, "").startswith("http://"):
             options["allow_http"] = True  # a local server (MinIO, moto, Azurite, fake-gcs-server) without TLS
         try:
@@ -388,7 +392,7 @@ class ObjectStorage(Storage):
     def remove_all_except(self, keep: set[str]) -> None:
         self.delete([k for k in self.list() if k.split("/", 1)[0] not in keep], "removing the store's old contents")
 
-    def delete(self, keys: list[str], doing: str) -> None:
+    def delete(self, keys: Sequence[str], doing: str) -> None:
         """These objects, in as few requests as S3 allows."""
         import obstore as obs
 
@@ -405,7 +409,7 @@ class ObjectStorage(Storage):
 
     # -- the single-writer lease ----------------------------------------------------------------------
 
-    def read_lease(self) -> tuple[dict, str]:
+    def read_lease(self) -> tuple[dict, str | None]:
         import obstore as obs
 
         result = obs.get(self.store, LOCK_KEY)
@@ -456,7 +460,7 @@ class Lease:
         self.storage, self.say = storage, say
         self.ttl = lease_seconds()
         process, now = this_process(), time.time()
-        self.record = {
+        self.record: dict[str, Any] = {  # the lease object's JSON
             "owner": f"{user()}@{process['host']}:{process['pid']}",
             "build_id": build_id,
             "token": uuid.uuid4().hex,
@@ -471,7 +475,7 @@ class Lease:
     def body(self) -> bytes:
         return json.dumps(self.record).encode()
 
-    def put(self, mode) -> str:
+    def put(self, mode) -> str | None:
         import obstore as obs
 
         return obs.put(self.storage.store, LOCK_KEY, self.body(), mode=mode)["e_tag"]
