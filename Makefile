@@ -27,8 +27,10 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# four test processes on two cores: most tests wait on a command they started (TensorFlow's import, a server);
+# each takes whole files, the longest first (tests/conftest.py LONGEST_FILES), not xdist's own order by test count
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder
 
 run: setup
 	$(BIN)/build-aug --copies 5

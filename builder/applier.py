@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import albumentations as A
 import cv2
 import numpy as np
-from albumentations.augmentations.geometric import functional as fgeometric
-from albumentations.core.transforms_interface import BasicTransform
+
+from .albumentations_import import A, BasicTransform, fgeometric
 
 Step = Callable[[np.ndarray], np.ndarray]
 

@@ -13,11 +13,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import cv2
 
 from augzarr.errors import OptionError, UserError
 
+from .albumentations_import import A, load_pipeline, pipeline_from_dict
 from .policy_check import check_policy
 
 
@@ -131,7 +131,7 @@ class Policy:
     @classmethod
     def from_attrs(cls, attrs: dict) -> Policy:
         with derived_fields_unwarned():
-            return cls(name=attrs["name"], pipeline=A.from_dict(attrs["albumentations"]))
+            return cls(name=attrs["name"], pipeline=pipeline_from_dict(attrs["albumentations"]))
 
 
 @contextlib.contextmanager
@@ -163,7 +163,7 @@ def load_policy(spec: str, image_shape: tuple[int, ...]) -> Policy:
     data_format = "json" if path.suffix.lower() == ".json" else "yaml"
     try:
         with derived_fields_unwarned():
-            pipeline = A.load(str(path), data_format=data_format)
+            pipeline = load_pipeline(str(path), data_format=data_format)
     except Exception as exc:
         raise UserError(
             f"--policy {spec}: not a valid albumentations {data_format} pipeline ({type(exc).__name__}: {exc})".replace(

@@ -23,14 +23,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import albumentations as A
 import numpy as np
-from albumentations.core.composition import BaseCompose
-from albumentations.core.transforms_interface import BasicTransform
 
 from augzarr.errors import UserError
 from augzarr.wording import article
 
+from .albumentations_import import A, BaseCompose, BasicTransform
 from .applier import image_applier
 from .seeding import SampleSeeder
 

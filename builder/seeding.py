@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 
-import albumentations as A
 import numpy as np
+
+from .albumentations_import import A
 
 MASK64 = (1 << 64) - 1
 

@@ -12,7 +12,7 @@ work was already complete is drawn again), then runs the same command again (tra
     python tests/campaign.py                       # the full campaign: corpus, misuse cases, 20 build kills, 5 train kills
     python tests/campaign.py --build-kills 3 --train-kills 1 --no-corpus --no-misuse --json figures.json
 
-The tests run its fast form (tests/test_robustness.py); RELIABILITY.md holds the full figures.
+The tests run its fast form (tests/test_campaigns.py); RELIABILITY.md holds the full figures.
 """
 
 from __future__ import annotations

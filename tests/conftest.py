@@ -30,19 +30,46 @@ SLOW_TESTS = {
     "test_stream_steps_fault_no_more_than_array_steps",
 }
 
+# The files that take longest, longest first (pytest --durations, summed per file): make test starts them first.
+LONGEST_FILES = [
+    "test_campaigns.py",
+    "test_cluster_build.py",
+    "test_run_checks.py",
+    "test_object_storage.py",
+    "test_bad_images.py",
+    "test_store_checks.py",
+    "test_layout_detection.py",
+    "test_build.py",
+    "test_robustness.py",
+    "test_compare_recipes.py",
+    "test_datasets.py",
+    "test_hf_datasets.py",
+    "test_notebook.py",
+    "test_reports.py",
+    "test_build_checks.py",
+    "test_train.py",
+    "test_torch.py",
+    "test_docs.py",
+    "test_api.py",
+    "test_policy_checks.py",
+]
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    # make test hands each test process one whole file at a time, in this order (--no-loadscope-reorder): the files
+    # that take longest go first, so that none of them is left running alone at the end while the others idle
+    items.sort(key=lambda item: LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else 1000)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def own_temp_dir(tmp_path_factory):
     """A temporary folder of this test process's own, for it and every process it starts (TMPDIR): tests that
     compare what a build leaves in the machine's temporary folder must not see another test process's builds
-    (pytest-xdist runs two; other checkouts may run theirs on the same machine)."""
+    (pytest-xdist runs four; other checkouts may run theirs on the same machine)."""
     import tempfile
 
     folder = tmp_path_factory.mktemp("tmp", numbered=False)

@@ -7,7 +7,7 @@ the commands. Every case must end in one of three ways:
   warning  a correct store and a `warning:` line holding the expected words
 
 and never in a traceback or a silently wrong store. campaign.py runs them all and prints the counts
-(RELIABILITY.md); the tests run a fast selection (tests/test_robustness.py).
+(RELIABILITY.md); the tests run a fast selection (tests/test_campaigns.py).
 """
 
 from __future__ import annotations

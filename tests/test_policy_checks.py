@@ -3,6 +3,11 @@ can change them, and stopped at the first bad row when that could not be known i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -288,3 +293,45 @@ def test_the_whole_pipeline_net_names_the_transform_of_a_bad_draw():
     ):
         check_draws("p.json", A.Compose([A.HorizontalFlip(), A.Resize(16, 16, p=0.5), A.VerticalFlip()]), (32, 32, 3))
     check_draws("p.json", PRESETS["crop-flip"](32, 32), (32, 32, 3))
+
+
+LEAN_IMPORT = """
+import json, os, sys
+
+requests = []
+sys.addaudithook(lambda event, args: requests.append(args[0]) if event == "urllib.Request" else None)
+from augzarr.builder.policies import Policy, load_policy
+from augzarr.errors import UserError
+
+saved, bridged = sys.argv[1:]
+preset = load_policy("crop-flip", (8, 8, 3))
+Policy.from_attrs(preset.to_attrs())  # what every build worker does
+load_policy(saved, (8, 8, 3))
+report = {"torch": "torch" in sys.modules, "requests": requests, "update_setting": os.environ.get("NO_ALBUMENTATIONS_UPDATE")}
+try:
+    load_policy(bridged, (8, 8, 3))
+except UserError as exc:
+    report["refusal"] = str(exc)
+import albumentations.pytorch
+report["bridge"] = albumentations.pytorch.ToTensorV2.__name__
+print(json.dumps(report))
+"""
+
+
+def test_policies_load_without_torch_or_an_update_request_and_a_tensor_policy_is_still_refused(tmp_path):
+    # albumentations imports torch (its PyTorch bridge) and asks PyPI for its newest version unless told not to:
+    # seconds in every build-aug and every build worker
+    saved, bridged = tmp_path / "flip.json", tmp_path / "tensor.json"
+    A.save(A.Compose([A.HorizontalFlip(p=0.5)]), str(saved))
+    A.save(A.Compose([A.HorizontalFlip(p=0.5), A.ToTensorV2()]), str(bridged))
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run(
+        [sys.executable, "-c", LEAN_IMPORT, str(saved), str(bridged)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False and report["requests"] == [] and report["update_setting"] is None
+    assert report["refusal"] == (
+        f"--policy {bridged}: ToTensorV2() changes an 8x8x3 uint8 image into not an array Tensor; {RULE}"
+    )
+    assert report["bridge"] == "ToTensorV2"

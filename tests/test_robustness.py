@@ -10,17 +10,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-import campaign
-import misuse
-import numpy as np
 import pytest
-import zarr
 from conftest import BIN, assert_same_store, run_cli, write_image_folder
-from corpus import CASES, expected_rgb, make_case
 from test_build import set_file_size_limit, start_build, wait_for_chunks
 
-from augzarr.images import resize_to, shown
-from augzarr.sources import open_source
 from augzarr.store_format import BUILD_DIR
 
 
@@ -191,7 +184,7 @@ def test_edited_attributes_are_detected(small_store, tmp_path):
     )
 
 
-# -- the bad image corpus -----------------------------------------------------------------------------
+# -- the bad image corpus (test_bad_images.py) runs its builds as a user without root powers ---------------
 
 
 def run_without_root_powers(*args: str) -> subprocess.CompletedProcess:
@@ -207,109 +200,7 @@ def run_without_root_powers(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
-    folder = write_image_folder(tmp_path / "imgs", {"a": 4, "b": 4}, size=16)
-    odd = make_case(folder / "a", case)
-    args = [
-        "--source",
-        str(folder),
-        "--copies",
-        "1",
-        "--image-size",
-        "16",
-        "--val-fraction",
-        "0",
-        "--preview",
-        "0",
-        "--quiet",
-    ]
-    result = run_without_root_powers("build-aug", *args, "--out", str(tmp_path / "s.zarr"))
-    if CASES[case] == "valid":
-        assert result.returncode == 0, result.stderr
-        group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-        files = open_source(str(folder)).train.files
-        row = np.flatnonzero(
-            (group["train/source_index"][:] == files.index(odd)) & (group["train/copy_index"][:] == 0)
-        )[0]
-        stored = group["train/images"][row].astype(int)
-        expected = resize_to(expected_rgb(odd, 16), 16, 16).astype(int)
-        assert np.abs(stored - expected).mean() < 3, f"{case}: the stored pixels are not the image"
-        return
-    message = f"build-aug: error: {result.stderr.strip().split('error: ', 1)[-1]}"
-    assert result.returncode == 1 and result.stderr.strip() == message, result.stderr  # exactly one line
-    assert shown(odd) in result.stderr and "Traceback" not in result.stderr
-    skipped = run_without_root_powers("build-aug", *args, "--skip-bad", "--out", str(tmp_path / "t.zarr"))
-    assert skipped.returncode == 0, skipped.stderr
-    assert "skipped: " in skipped.stderr and shown(odd) in skipped.stderr
-    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
-    assert [entry["file"] for entry in group.attrs["skipped"]] == [shown(odd)]
-    summary = run_cli("inspect-aug", "--store", str(tmp_path / "t.zarr"), check=True)
-    assert f"skipped      1 bad image (--skip-bad): {shown(odd)}" in summary.stdout
-    files = open_source(str(folder)).train.files
-    assert sorted(set(group["train/source_index"][:])) == sorted(
-        i for i, f in enumerate(files) if f != odd
-    )  # no row for it
-
-
-def test_hidden_files_and_os_litter_are_reported_not_used(tmp_path):
-    folder = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=16)
-    for litter in ("a/.DS_Store", "a/Thumbs.db", "b/._b0000.jpg", "notes.txt"):
-        (folder / litter).write_bytes(b"\0\1junk")
-    (folder / "b" / "more").mkdir()
-    os.symlink(folder / "a", folder / "b" / "more" / "loop")  # a folder link: never followed
-    result = run_cli(
-        "build-aug",
-        "--source",
-        str(folder),
-        "--copies",
-        "1",
-        "--val-fraction",
-        "0",
-        "--preview",
-        "0",
-        "--out",
-        str(tmp_path / "s.zarr"),
-        check=True,
-    )
-    for litter in (".DS_Store", "Thumbs.db", "._b0000.jpg", "notes.txt", "loop"):
-        assert litter in result.stderr
-    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["train/images"].shape[0] == 12  # 6 images x 2 rows
-
-
-# -- crash points, full disk ----------------------------------------------------------------------------
-
-
-def test_crash_campaign_fast_form(tmp_path):
-    """A few seeded kill points of the campaign (python tests/campaign.py runs all 20 + 5)."""
-    figures = campaign.main(
-        [
-            "--build-kills",
-            "3",
-            "--train-kills",
-            "1",
-            "--no-corpus",
-            "--no-misuse",
-            "--seed",
-            "1",
-            "--work",
-            str(tmp_path),
-        ]
-    )
-    assert len(figures["build"]) == 3 and len(figures["train"]) == 1
-    for trial in figures["build"]:
-        assert trial["resume_exit"] == 0 and trial["byte_identical"], trial
-    for trial in figures["train"]:
-        assert trial["resume_exit"] == 0 and trial["complete"], trial
-
-
-def test_misuse_campaign_fast_form(tmp_path):
-    """Cases of every misuse kind end in a correct store, a one-line refusal or a documented warning
-    (python tests/campaign.py runs them all; each kind is also tested in detail in its own test file)."""
-    trials = misuse.run_cases(tmp_path, misuse.fast_selection)
-    assert {t["category"] for t in trials} == set(misuse.CATEGORIES)
-    assert {t["outcome"] for t in trials} == set(misuse.EXPECTED_OUTCOMES)
-    assert [t for t in trials if not t["ok"]] == []
+# -- a full disk (the crash campaign is in test_campaigns.py) ------------------------------------------
 
 
 def test_training_that_fills_the_disk_stops_with_a_message_and_resumes(tmp_path):
