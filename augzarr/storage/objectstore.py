@@ -352,16 +352,7 @@ class ObjectStorage(Storage):
             out[:n] = data[:n]
             return len(data)
 
-        async def all_of() -> list[int]:
-            return list(await asyncio.gather(*(one(k, o) for k, o in zip(keys, outs))))
-
-        try:
-            return self.loop().run_until_complete(all_of())
-        except FileNotFoundError as exc:
-            missing = next((k for k in keys if k in str(exc)), keys[0])
-            raise KeyError(missing) from None
-        except Exception as exc:
-            raise self.error(exc, f"reading {keys[0]}{' and more' if len(keys) > 1 else ''}") from None
+        return self.read_at_once(keys, lambda: [one(k, o) for k, o in zip(keys, outs)])
 
     def read_many(self, keys: list[str]) -> list[bytes]:
         """Every object of a window requested at once (coded chunks, whose size only the object knows)."""
@@ -370,8 +361,14 @@ class ObjectStorage(Storage):
         async def one(key: str):
             return await (await obs.get_async(self.store, key)).bytes_async()
 
+        return self.read_at_once(keys, lambda: [one(k) for k in keys])
+
+    def read_at_once(self, keys: list[str], reads: Callable[[], list]) -> list:
+        """The reads (coroutines, made in the loop) of these keys, all at once: a missing object is the KeyError
+        naming it, any other failure one StorageError."""
+
         async def all_of() -> list:
-            return list(await asyncio.gather(*(one(k) for k in keys)))
+            return list(await asyncio.gather(*reads()))
 
         try:
             return self.loop().run_until_complete(all_of())
