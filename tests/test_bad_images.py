@@ -13,7 +13,7 @@ from conftest import run_cli, write_image_folder
 from corpus import CASES, expected_rgb, make_case
 from test_robustness import run_without_root_powers
 
-from augzarr.images import resize_to, shown
+from augzarr.images import DEFAULT_FIT, fit_to, shown
 from augzarr.sources import open_source
 
 
@@ -43,7 +43,7 @@ def test_each_odd_file_is_used_correctly_or_named_and_skippable(case, tmp_path):
             (group["train/source_index"][:] == files.index(odd)) & (group["train/copy_index"][:] == 0)
         )[0]
         stored = group["train/images"][row].astype(int)
-        expected = resize_to(expected_rgb(odd, 16), 16, 16).astype(int)
+        expected = fit_to(expected_rgb(odd, 16), 16, 16, DEFAULT_FIT).astype(int)  # as a new store fits it
         assert np.abs(stored - expected).mean() < 3, f"{case}: the stored pixels are not the image"
         return
     message = f"build-aug: error: {result.stderr.strip().split('error: ', 1)[-1]}"

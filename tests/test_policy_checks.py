@@ -323,7 +323,9 @@ def test_policies_load_without_torch_or_an_update_request_and_a_tensor_policy_is
     # seconds in every build-aug and every build worker
     saved, bridged = tmp_path / "flip.json", tmp_path / "tensor.json"
     A.save(A.Compose([A.HorizontalFlip(p=0.5)]), str(saved))
-    A.save(A.Compose([A.HorizontalFlip(p=0.5), A.ToTensorV2()]), str(bridged))
+    from albumentations.pytorch import ToTensorV2  # not A.ToTensorV2: augzarr imports albumentations without it
+
+    A.save(A.Compose([A.HorizontalFlip(p=0.5), ToTensorV2()]), str(bridged))
     env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
     result = subprocess.run(
         [sys.executable, "-c", LEAN_IMPORT, str(saved), str(bridged)], capture_output=True, text=True, env=env

@@ -800,11 +800,7 @@ def fit(
         train = streams.training(start.done, progress.batches_done)
         per_epoch = train.batches_per_epoch
         if start.resuming:
-            if progress.inside_epoch:
-                where = f"in epoch {start.done + 1} of {options.epochs}, after batch {progress.batches_done} of its {per_epoch}"
-            else:
-                where = f"after epoch {start.done} of {options.epochs}"
-            say(f"resuming {start.run_dir} {where}")
+            say(f"resuming {start.run_dir} {resume_point(start, per_epoch)}")
         checkpoints = RunCheckpoints(
             run_dir,
             record,
@@ -819,13 +815,7 @@ def fit(
             *(tensorboard_callbacks(run_dir, streams.images, start.done) if streams.images is not None else []),
             checkpoints,
         ]
-        parts = [(train, start.done, options.epochs, per_epoch)]  # (stream, first epoch, end epoch, steps per epoch)
-        if progress.inside_epoch:
-            parts = [(train, start.done, start.done + 1, per_epoch - progress.batches_done)]
-            if start.done + 1 < options.epochs:
-                parts.append((streams.training(start.done + 1, 0), start.done + 1, options.epochs, per_epoch))
-        parts = [piece for part in parts for piece in at_phase_switch(part, options, streams)]
-        for stream, first_epoch, end_epoch, steps in parts:
+        for stream, first_epoch, end_epoch, steps in fit_parts(start, train, streams):
             if first_epoch >= end_epoch:
                 continue
             enter_phase(
@@ -843,6 +833,26 @@ def fit(
                     verbose=verbose,
                 )
     return history
+
+
+def resume_point(start: Start, per_epoch: int) -> str:
+    """Where a resumed run continues, in words."""
+    options, progress = start.options, start.progress
+    if progress.inside_epoch:
+        return f"in epoch {start.done + 1} of {options.epochs}, after batch {progress.batches_done} of its {per_epoch}"
+    return f"after epoch {start.done} of {options.epochs}"
+
+
+def fit_parts(start: Start, train, streams) -> list[tuple]:
+    """The calls of model.fit the run still needs, as (stream, first epoch, end epoch, steps per epoch): the rest of an
+    interrupted epoch first, then whole epochs, cut where --freeze-epochs switches to fine-tuning."""
+    options, progress, per_epoch = start.options, start.progress, train.batches_per_epoch
+    parts = [(train, start.done, options.epochs, per_epoch)]
+    if progress.inside_epoch:
+        parts = [(train, start.done, start.done + 1, per_epoch - progress.batches_done)]
+        if start.done + 1 < options.epochs:
+            parts.append((streams.training(start.done + 1, 0), start.done + 1, options.epochs, per_epoch))
+    return [piece for part in parts for piece in at_phase_switch(part, options, streams)]
 
 
 @dataclass
