@@ -201,6 +201,7 @@ class _SplitSource:
         self.class_names = list(store.attrs.class_names)
         self._created_in = os.getpid()
         self._unpickled = False
+        self._environment: dict[str, str] | None = None  # set when pickled for a worker of an object store
         self._opened: tuple[int, Any, Any] | None = (os.getpid(), store.storage, images)
 
     def __getstate__(self) -> dict:
@@ -222,7 +223,7 @@ class _SplitSource:
                     "whose client does not survive a fork: make the loader with dataset.loader(...), or pass "
                     "multiprocessing_context='forkserver' to the DataLoader"
                 )
-            if getattr(self, "_environment", None):
+            if self._environment:
                 os.environ.update(self._environment)
             storage = open_storage(self.location)
             self._opened = (pid, storage, open_group(storage)[f"{self.split}/{IMAGES}"])
