@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
+import os
 import sys
+import threading
+from typing import NoReturn
 
 import typer
 
@@ -24,7 +28,7 @@ def os_error_message(exc: OSError, resume_hint: str = RESUME_HINT) -> str:
     return f"{exc.strerror or exc}{':' if where else ''}{where}"
 
 
-def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT, interrupted: str | None = None) -> None:
+def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT, interrupted: str | None = None) -> NoReturn:
     """interrupted: the line for Ctrl-C [default: "interrupted: <resume_hint>"], for a command
     that has nothing to resume."""
     try:
@@ -42,11 +46,25 @@ def run_app(app: typer.Typer, prog: str, resume_hint: str = RESUME_HINT, interru
         fail(prog, os_error_message(exc, resume_hint), EXIT_USER_ERROR)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
         fail(prog, interrupted or f"interrupted: {resume_hint}", EXIT_INTERRUPTED)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    end_process(code if isinstance(code, int) else 0)
 
 
-def fail(prog: str, message: str, code: int) -> None:
+def fail(prog: str, message: str, code: int) -> NoReturn:
     """Every error line goes out here: one line, whatever a file name in it holds."""
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
-    sys.exit(code)
+    end_process(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit once the atexit handlers have run and the output is out, skipping the interpreter's finalization: a
+    thread of a native runtime handing a result back to Python at that moment (obstore's tokio threads, through
+    asyncio's call_soon_threadsafe) is stopped by CPython while inside Rust, which aborts the process (SIGABRT, exit
+    -6) after the command has done its work. Nothing of ours waits for finalization: files are closed by then."""
+    threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit: wait for the threads that are not daemons
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (build-aug | head) or a closed stream
+            pass
+    os._exit(code)

@@ -164,8 +164,9 @@ def restore_ctrl_c() -> None:
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    """Run an installed console script (build-aug, inspect-aug, ...) as a user would."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    """Run an installed console script (build-aug, inspect-aug, ...) as a user would; a crash of the interpreter
+    (a signal, not an error of ours) prints every thread's Python stack into the failure (PYTHONFAULTHANDLER)."""
+    full_env = {**os.environ, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1", **(env or {})}
     result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -143,6 +143,67 @@ def test_fail_escapes_every_control_character():
     assert failed.returncode == 1 and failed.stderr == "x: error: one\\ntwo\\x1b[2J\n"
 
 
+NATIVE_THREAD_AT_EXIT = """
+import asyncio, os, sys, threading, time
+import obstore, typer
+from obstore.store import MemoryStore
+
+
+class SlowToWake(asyncio.SelectorEventLoop):
+    # obstore's tokio thread hands each result over here; it then waits without the GIL, as a busy machine makes it
+    def call_soon_threadsafe(self, *args, **kwargs):
+        handle = super().call_soon_threadsafe(*args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.5)
+        return handle
+
+
+class SlowToFinalize:
+    def __del__(self, sleep=time.sleep):
+        sleep(2)  # freed by the interpreter's last collection, once it finalizes: the GIL is free meanwhile
+
+
+app = typer.Typer()
+
+
+@app.command()
+def read() -> None:
+    store = MemoryStore()
+    obstore.put(store, "key", b"bytes")
+
+    async def get():
+        return bytes(await (await obstore.get_async(store, "key")).bytes_async())
+
+    print(SlowToWake().run_until_complete(get()).decode())
+    cycle = SlowToFinalize()
+    cycle.itself = cycle
+
+
+if sys.argv[1] == "plain":
+    app(standalone_mode=False, args=[])
+else:
+    from augzarr.cli_support import run_app
+
+    sys.argv = sys.argv[:1]
+    run_app(app, "read")
+"""
+
+
+def test_a_command_ends_well_while_a_native_thread_hands_back_a_result(tmp_path):
+    """The CI failure of a build to S3 that printed "built ..." and died of SIGABRT: obstore's tokio thread, waking
+    asyncio's loop with the GIL released, asked for it back once the interpreter was finalizing, and CPython ended
+    that thread inside Rust. The commands end with os._exit once atexit has run (cli_support.end_process)."""
+    script = tmp_path / "read.py"
+    script.write_text(NATIVE_THREAD_AT_EXIT)
+    plain, command = (
+        subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=60)
+        for how in ("plain", "run_app")
+    )
+    if sys.version_info < (3, 14):  # 3.14 lets such a thread hang instead of ending it (cpython#87135)
+        assert plain.returncode == -signal.SIGABRT, (plain.returncode, plain.stderr)
+    assert (command.returncode, command.stdout, command.stderr) == (0, "bytes\n", "")
+
+
 # -- point 10: evaluate's notes, warning and Ctrl-C ---------------------------------------------------
 
 
