@@ -32,6 +32,7 @@ read the ratios of one run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -140,24 +141,21 @@ def build_store(source: Path, out: Path, codec: str, workers: int) -> float:
 
 
 def stores_of(photos: list[Path], work: Path, workers: int) -> dict[str, Path]:
-    """The raw and the jpeg:90 store of these photos in work, built unless a complete one is there."""
+    """The raw and the jpeg:90 store of these photos in work, built unless a complete one of the same photos is there."""
+    import augzarr
     from augzarr.errors import UserError
 
+    selection = hashlib.sha256("\n".join(str(p.resolve()) for p in photos).encode()).hexdigest()[:12]
     source = None
     stores = {}
     for codec in (RAW, JPEG):
-        out = work / f"{len(photos)}-photos-{codec.replace(':', '')}.zarr"
+        out = work / f"{len(photos)}-photos-{selection}-{codec.replace(':', '')}.zarr"
         try:
-            import augzarr
-
-            if augzarr.open_store(out).rows("train") == len(photos) * (COPIES + 1):
-                stores[codec] = out
-                continue
-        except UserError:
-            pass
-        source = source or source_folder(photos, work)
-        print(f"building {out} ...", file=sys.stderr, flush=True)
-        build_store(source, out, codec, workers)
+            augzarr.open_store(out)
+        except UserError:  # none there, or not complete
+            source = source or source_folder(photos, work)
+            print(f"building {out} ...", file=sys.stderr, flush=True)
+            build_store(source, out, codec, workers)
         stores[codec] = out
     return stores
 
@@ -167,7 +165,7 @@ def stores_of(photos: list[Path], work: Path, workers: int) -> dict[str, Path]:
 
 def measure_builds(source: Path, work: Path, rows: int, repeats: int, workers: int) -> tuple[dict, dict]:
     """({codec: store bytes}, {codec: [rows/s of each timed build]}); the first pair untimed, every store of a codec
-    the same size (a build is deterministic), work/store-jpeg90.zarr kept for the stream."""
+    the same size (a build is deterministic); work/build-jpeg90.zarr is kept for the stream."""
     sizes: dict[str, int] = {}
     rates: dict[str, list[float]] = {RAW: [], JPEG: []}
     for round_ in range(repeats + 1):

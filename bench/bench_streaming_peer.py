@@ -30,7 +30,11 @@ Python runs this same file as a server process (--serve) that writes the shards 
 request, while this process (augzarr's environment) times augzarr's and prints the one table. That venv:
 
     python3 -m venv /work/venv-streaming
-    /work/venv-streaming/bin/pip install mosaicml-streaming simplejpeg    # its torchvision needs a matching torch
+    /work/venv-streaming/bin/pip install mosaicml-streaming==0.13.0 simplejpeg
+
+(Streaming imports torchvision, whose compiled operators need the torch build they were made for: pip takes torch
+2.14.1 and torchvision 0.29.1 from the index, CUDA builds of some GB that run on the CPU here. A CPU-only torch
+without a torchvision of the same build fails on `import streaming`.)
 
     python bench/bench_streaming_peer.py --photos /work/data/imagen --limit 220 --repeats 5
 """
