@@ -90,13 +90,21 @@ def consume(images) -> int:
 
 
 def write_shards(rows_file: Path, labels_file: Path, out: Path, quality: int) -> dict[str, int]:
-    """The rows as MDS shards of each variant under out/<variant>; their bytes."""
+    """The rows as MDS shards of each variant under out/<variant>; their bytes, and the rows' JPEG bytes alone from
+    each encoder (Pillow: the shards'; simplejpeg: augzarr's), which tell the encoders' part of a size difference."""
     import numpy as np
+    import simplejpeg
     from PIL import Image
     from streaming import MDSWriter
 
     images, labels = np.load(rows_file, mmap_mode="r"), np.load(labels_file)
-    sizes = {}
+    pillow = f"the rows' JPEG bytes alone, Pillow q{quality} (the shards' encoder)"
+    sizes = {
+        f"the rows' JPEG bytes alone, simplejpeg q{quality} (augzarr's encoder)": sum(
+            len(simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, "RGB", "420")) for image in images
+        ),
+        pillow: 0,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         for variant, (encoding, _) in MDS_VARIANTS.items():
             folder = out / variant
@@ -109,6 +117,8 @@ def write_shards(rows_file: Path, labels_file: Path, out: Path, quality: int) ->
                         encoded = io.BytesIO()
                         Image.fromarray(image).save(encoded, "JPEG", quality=quality)
                         x = encoded.getvalue()
+                        if variant == "bytes":
+                            sizes[pillow] += len(x)
                         if variant == "jpeg":  # a JpegImageFile read from a file: the column keeps the file's bytes
                             path = Path(scratch) / f"{i}.jpg"
                             path.write_bytes(x)
@@ -116,7 +126,7 @@ def write_shards(rows_file: Path, labels_file: Path, out: Path, quality: int) ->
                     writer.write({"x": x, "y": int(label)})
                     if variant == "jpeg":
                         x.close()
-            sizes[variant] = folder_bytes(folder)
+            sizes[f"MDS shards, {variant}"] = folder_bytes(folder)
     return sizes
 
 
@@ -312,7 +322,8 @@ def main() -> None:
         server.close()
     loads = (load_before, os.getloadavg())
     sizes = {f"augzarr store, {name}": folder_bytes(stores[name]) for name in (JPEG, RAW)}
-    sizes |= {f"MDS shards, {variant}": size for variant, size in shards["sizes"].items()}
+    sizes[f"augzarr store, {JPEG}: its train/images array alone"] = folder_bytes(stores[JPEG] / "train" / "images")
+    sizes |= shards["sizes"]
     header = (
         f"{len(photos)} photos of {args.photos}, {rows:,} rows at 224x224 (originals + 5 copies); "
         f"{machine_line(*loads)}; {shards['versions']}"
