@@ -62,6 +62,10 @@ class Staging(Protocol):
     def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
         """Run the decode tasks (in any order), yielding each one's result as it is done."""
 
+    def stage_above(self, split: str, rows: int) -> StagedWriter:
+        """Room for a split's images staged above the stored size (--stage-scale): local staging only (a cluster
+        build refuses --stage-scale before it connects)."""
+
 
 def source_file(scratch: Path, split: str) -> Path:
     return scratch / f"source-{split}.npy"

@@ -101,6 +101,9 @@ def test_the_identity_records_staging_only_when_it_is_on(tmp_path):
     off = tmp_path / "off.zarr"
     build(source, off, copies=1, stage_scale=1)
     assert "staging" not in identity(off) and {**identity(off), "staging": staging} == identity(on)
+    described = run_cli("inspect-aug", "--store", str(on), check=True).stdout
+    assert "copies cut from each image staged at up to 2x the stored size" in described
+    assert "staged" not in run_cli("inspect-aug", "--store", str(off), check=True).stdout
     old = tmp_path / "crop-flip.zarr"
     build(source, old, copies=1, policy="crop-flip")
     assert "staging" not in identity(old)  # the other presets: the identity stores built before have
@@ -178,3 +181,25 @@ def test_the_builds_fast_path_gives_the_full_calls_bytes_on_staged_images(name):
         fast_seeder.reseed(i, 1)
         expected = full(image=image)["image"]
         assert expected.shape == (24, 32, 3) and np.array_equal(apply(image), expected), i
+
+
+def test_a_photo_build_to_object_storage_is_the_local_build(tmp_path, monkeypatch):
+    """An object store's build stages in a temporary folder of this machine, not in the store's .build/."""
+    from s3server import MotoServer
+
+    folder = write_image_folder(tmp_path / "photos", {"a": 6, "b": 6}, size=40)
+    args = ["--source", str(folder), "--image-size", str(STORED), "--policy", "photo", "--copies", "3"]
+    args += ["--chunk-size", "8", "--preview", "0", "--workers", "2"]
+    local = tmp_path / "local.zarr"
+    run_cli("build-aug", *args, "--out", str(local), check=True)
+    with MotoServer() as server:
+        server.make_bucket("photos")
+        url = "s3://photos/aug.zarr"
+        run_cli("build-aug", *args, "--out", url, env=server.env, check=True)
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        remote = augzarr.open_store(url)
+        for split in ("train", "val"):
+            for mine, theirs in zip(remote.arrays(split), augzarr.open_store(local).arrays(split)):
+                assert np.array_equal(mine, theirs), split
+        assert remote._store.attrs.identity["staging"]["scale"] == 2.0
