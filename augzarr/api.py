@@ -41,6 +41,7 @@ def build(
     codec: str = BuildOptions.codec,
     image_size: str | None = BuildOptions.image_size,  # an int N is taken too, as "N"
     fit: str | None = BuildOptions.fit,
+    stage_scale: float | None = BuildOptions.stage_scale,
     limit: int | None = BuildOptions.limit,
     workers: int | None = BuildOptions.workers,
     overwrite: bool = BuildOptions.overwrite,

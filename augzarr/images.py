@@ -178,6 +178,21 @@ def fit_to(image: np.ndarray, height: int, width: int, fit: str = FIT_BEFORE_REC
     return resize_to(np.ascontiguousarray(image), height, width).reshape(height, width, *image.shape[2:])
 
 
+def staged_size(shape: tuple[int, ...], height: int, width: int, fit: str, scale: float) -> tuple[int, int]:
+    """The size an image of shape [h, w, ...] is staged at for its copies (build-aug --stage-scale): the stored size
+    height x width times the largest factor up to `scale` at which the part of the image that fit keeps is not enlarged,
+    and at least 1 (a smaller image is staged as its fitted original)."""
+    h, w = shape[:2]
+    if fit == "crop":  # the centre at the stored aspect
+        kept_h, kept_w = min(h, w * height / width), min(w, h * width / height)
+    elif fit == "pad":  # the whole image and its bands
+        kept_h, kept_w = max(h, w * height / width), max(w, h * width / height)
+    else:
+        kept_h, kept_w = h, w
+    factor = min(scale, max(1.0, min(kept_h / height, kept_w / width)))
+    return round(height * factor), round(width * factor)
+
+
 def resize_all(images: np.ndarray, size: int | tuple[int, int], fit: str = FIT_BEFORE_RECORDED) -> np.ndarray:
     """Decoded images [n, H, W, C] fitted to [n, height, width, C] (size: N for NxN, or (height, width))."""
     height, width = (size, size) if isinstance(size, int) else size

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from augzarr import __version__
-from augzarr.codecs import CodecSpec, choose_spec
+from augzarr.codecs import CodecSpec, choose_spec, encoder_versions
 from augzarr.errors import OptionError, UserError
 from augzarr.images import DEFAULT_FIT, FIT_BEFORE_RECORDED
 from augzarr.sources import Source, open_source
@@ -57,11 +57,11 @@ from augzarr.wording import SHOWN_LINES, count, shown
 from .cluster import ClusterStaging, check_canary, check_store_shared, check_versions, cluster_client, run_chunks
 from .layout import SplitRows, hold_out_validation, plan_rows
 from .options import BuildOptions, default_workers
-from .policies import Policy, load_policy
-from .policy_check import BadSample
+from .policies import STAGE_SCALES, Policy, load_policy
+from .policy_check import BadSample, check_staged_policy
 from .progress import Reporter
 from .records import BuildIdentity, BuildRecord
-from .staging import STAGE_ROWS, LocalStaging, Staging, held_temp_folder
+from .staging import STAGE_CODEC, STAGE_ROWS, STAGE_SPEC, LocalStaging, Staging, held_temp_folder
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 from .worker import SourceRows, compute_chunk, decode_block, decode_files, init_worker
 
@@ -168,7 +168,7 @@ def build_store(options: BuildOptions, reporter: Reporter | None = None) -> Buil
     options.validate()
     started = time.time()
     storage = open_storage(options.out)
-    options = replace(options, fit=resolved_fit(options, storage))
+    options = replace(options, fit=resolved_fit(options, storage), stage_scale=resolved_stage_scale(options))
     build = prepare(options, storage, open_build_source(options, storage, reporter), reporter, started)
     made = missing_folders(storage)
     with storage.writer_lock(uuid.uuid4().hex, say=reporter.message) as still_held:
@@ -197,6 +197,16 @@ def resolved_fit(options: BuildOptions, storage: Storage) -> str | None:
     if isinstance(recorded, dict):
         return recorded.get("fit", FIT_BEFORE_RECORDED)
     return DEFAULT_FIT
+
+
+def resolved_stage_scale(options: BuildOptions) -> float:
+    """--stage-scale as the build uses it: as given, else the preset's (policies.STAGE_SCALES), else 1; 1 without
+    --image-size (every image is stored at its own size: none is larger)."""
+    if options.image_size is None:
+        return 1.0
+    if options.stage_scale is not None:
+        return float(options.stage_scale)
+    return STAGE_SCALES.get(options.policy, 1.0)
 
 
 def open_build_source(options: BuildOptions, storage: Storage, reporter: Reporter) -> Source:
@@ -230,6 +240,8 @@ def prepare(options: BuildOptions, storage: Storage, source: Source, reporter: R
         source.image_shape, max_rows=len(source.train) * (options.copies + 1)
     )
     codec = choose_spec(options.codec, source.image_shape)
+    if options.stage_scale > 1:
+        check_staged_policy(options.policy, policy.pipeline, source.image_shape, options.stage_scale)
     identity = build_identity(options, source, policy, chunk_rows, codec)
     check_trainable(options, source)
     check_fits(options, source, chunk_rows, storage, codec)
@@ -264,6 +276,7 @@ def run_build(build: Build, scratch: Path, still_held: Callable[[], None]) -> Bu
             build.options.seed,
             record.build_id,
             build.codec.text,
+            build.options.stage_scale,
         )
         staged = stage(build, staging, record)
         splits = plan(build, staged)
@@ -315,6 +328,12 @@ def connect(build: Build, workers: Workers, scratch: Path) -> Staging:
     here = LocalStaging(scratch, workers.decode)
     if not build.options.scheduler:
         return here
+    if build.options.stage_scale > 1:
+        raise UserError(
+            f"--scheduler {build.options.scheduler}: copies cut from images staged above the stored size (--stage-scale "
+            f"{build.options.stage_scale:g}, the photo presets' default) are built on this machine only: build without "
+            "--scheduler, or pass --stage-scale 1 to cut copies from the stored originals"
+        )
     workers.client = workers.held.enter_context(
         cluster_client(build.options.scheduler, workers.count, build.reporter.message)
     )
@@ -336,7 +355,9 @@ def stage(build: Build, staging: Staging, record: BuildRecord) -> Staged:
     """Phase stage: every source image decoded and staged; its content hash recorded (a resumed build's source
     must be the one it started from); with --skip-bad, what is left must still make a trainable store."""
     options, source = build.options, build.source
-    content_hash, bad = stage_source(source, staging, fitted(options), options.skip_bad, build.reporter)
+    content_hash, bad = stage_source(
+        source, staging, fitted(options), options.skip_bad, build.reporter, options.stage_scale
+    )
     if record.source_hash not in (None, content_hash):
         raise UserError(
             f"the source changed since the unfinished build in {build.out} started: "
@@ -546,6 +567,7 @@ def build_identity(
         policy=policy.to_attrs(),
         skip_bad=options.skip_bad,
         fit=fitted(options) or FIT_BEFORE_RECORDED,
+        staging=staging_record(options.stage_scale),
         license=user_text(options.license, "--license"),
         provenance=user_text(options.provenance, "--provenance"),
         **(
@@ -558,6 +580,14 @@ def build_identity(
             }
         ),
     )
+
+
+def staging_record(stage_scale: float) -> dict | None:
+    """How copies were cut above the stored size, for the identity (the staged JPEGs' encoder decides their bytes);
+    None when they are cut from the fitted originals."""
+    if stage_scale <= 1:
+        return None
+    return {"scale": float(stage_scale), "codec": STAGE_CODEC, "encoder": encoder_versions(STAGE_SPEC.name)}
 
 
 def held_out_fraction(options: BuildOptions, source: Source) -> float | None:
@@ -636,9 +666,10 @@ def fitted(options: BuildOptions) -> str | None:
 
 
 def stage_source(
-    source: Source, staging: Staging, resize: str | None, skip_bad: bool, reporter: Reporter
+    source: Source, staging: Staging, resize: str | None, skip_bad: bool, reporter: Reporter, stage_scale: float = 1.0
 ) -> tuple[str, dict]:
-    """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging).
+    """Decode every source image and stage it for the workers (LocalStaging, or cluster.ClusterStaging); with
+    stage_scale above 1, also above the stored size for its copies (LocalStaging.stage_above).
 
     Returns the content hash and, by source split, the (row, message) of each image left out under --skip-bad.
     """
@@ -649,14 +680,19 @@ def stage_source(
         return source.content_hash, {}
     for name, split in splits.items():
         staging.allocate(name, (len(split), *source.image_shape))
+    above = {name: staging.stage_above(name, len(split)) for name, split in splits.items()} if stage_scale > 1 else {}
     digests = {name: [""] * len(split) for name, split in splits.items()}
     bad: dict[str, list[tuple[int, str]]] = {}
     with reporter.task("decoding source", total=sum(len(s) for s in splits.values())) as advance:
-        for result in staging.decode(decode_tasks(source, resize, skip_bad)):
+        for result in staging.decode(decode_tasks(source, resize, skip_bad, stage_scale)):
             digests[result.split][result.start : result.start + len(result.digests)] = result.digests
+            if result.staged is not None:
+                above[result.split].add(result.start, result.staged)
             if result.bad:
                 bad.setdefault(result.split, []).extend(result.bad)
             advance(len(result.digests))
+    for writer in above.values():
+        writer.close()
     for entries in bad.values():
         entries.sort()
     if len(bad.get("train", [])) == len(source.train):
@@ -668,10 +704,10 @@ def stage_source(
     return source.content_hash, bad
 
 
-def decode_tasks(source: Source, resize: str | None, skip_bad: bool) -> list[DecodeTask]:
+def decode_tasks(source: Source, resize: str | None, skip_bad: bool, stage_scale: float = 1.0) -> list[DecodeTask]:
     """The decode tasks of a source of encoded images, STAGE_ROWS images each."""
     return [
-        DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad)
+        DecodeTask(name, start, split.files[start : start + STAGE_ROWS], resize, skip_bad, stage_scale)
         for name, split in source.splits().items()
         if split.files is not None
         for start in range(0, len(split), STAGE_ROWS)

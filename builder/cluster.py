@@ -219,6 +219,9 @@ class ClusterStaging:
         else:
             self.here.allocate(split, shape)
 
+    def stage_above(self, split: str, rows: int):
+        raise UserError("--stage-scale above 1 stages on the build machine only: build without --scheduler")
+
     def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
         if not self.workers_decode:
             yield from self.here.decode(tasks)

@@ -17,6 +17,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_COPIES = 10_000
 WORKERS_PER_CORE = 4
 MAX_PREVIEW = 256  # rows of the contact sheet
+MAX_STAGE_SCALE = 4  # 4x the stored size: 16x its pixels staged for each image
 
 
 def lazy_check(module: str, name: str):
@@ -99,6 +100,15 @@ class BuildOptions:
         choices=lazy("augzarr.images", "FITS"),
         default_text="crop; stretch for a store (or unfinished build) at --out recorded before --fit existed",
     )
+    stage_scale: float | None = option(
+        None,
+        "Cut each augmented copy from the image staged once at up to this many times --image-size (never above the "
+        "image's own size; stored as JPEG q95 while building), so a small random crop stays sharp; 1 cuts copies from "
+        "the stored original. The policy must bring the staged image to the stored size (a crop or resize to it).",
+        low=1,
+        high=MAX_STAGE_SCALE,
+        default_text="2 for the photo presets, else 1",
+    )
     limit: int | None = option(
         None, "Use only the first N training images (for quick trials).", low=1, default_text="all"
     )
@@ -150,6 +160,10 @@ class BuildOptions:
         check_fields(self)
         if self.fit is not None and self.image_size is None:
             raise OptionError("--fit says how --image-size fits each image: give --image-size N or HxW with it")
+        if self.stage_scale is not None and self.stage_scale > 1 and self.image_size is None:
+            raise OptionError(
+                "--stage-scale stages each image above the stored size --image-size sets: give --image-size N or HxW with it"
+            )
         if self.copies == 0 and not self.include_original:
             raise OptionError("--copies 0 stores the originals only: it needs --include-original")
         from augzarr.sources import check_label_mode

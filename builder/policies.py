@@ -111,13 +111,52 @@ def randaugment_policy(height: int, width: int) -> A.Compose:
     return A.Compose([A.SomeOf(operations, n=2, replace=False, p=1.0), *crop_flip_policy(height, width).transforms])
 
 
+def photo_policy(height: int, width: int) -> A.Compose:
+    """For photos: a random crop of 8-100% of the image's area at an aspect ratio of 3/4-4/3, resized to the stored
+    size, and a horizontal flip (the ImageNet recipe, torchvision's RandomResizedCrop); each copy is cut from the
+    image staged at up to twice the stored size (--stage-scale), so a small crop stays sharp.
+
+    Area interpolation where the crop is larger than the stored size (torchvision's antialiasing), linear where it is
+    smaller."""
+    return A.Compose(
+        [
+            A.RandomResizedCrop(
+                size=(height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), area_for_downscale="image"
+            ),
+            A.HorizontalFlip(p=0.5),
+        ]
+    )
+
+
+def photo_strong_policy(height: int, width: int) -> A.Compose:
+    """photo, then colour jitter on 80% of the copies: brightness, contrast and saturation x0.6-1.4 and hue shifted
+    by up to 0.1 of the colour circle, in random order; copies cut from the image staged as photo's are.
+
+    Colour jitter rather than a RandAugment-style draw: its magnitudes for photos are the common ImageNet and
+    self-supervised ones (0.4, hue 0.1, applied with p 0.8), it costs one colour conversion a copy, and the operations
+    RandAugment adds (rotations, shears, solarize, posterize) are tuned per dataset; the randaugment preset keeps them
+    for small images."""
+    return A.Compose(
+        [
+            *photo_policy(height, width).transforms,
+            A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8),
+        ]
+    )
+
+
 # each preset's name -> its function; the first paragraph of the function's docstring is what the docs say it does
 PRESETS = {
     "notebook": notebook_policy,
     "crop-flip": crop_flip_policy,
     "crop-flip-cutout": crop_flip_cutout_policy,
     "randaugment": randaugment_policy,
+    "photo": photo_policy,
+    "photo-strong": photo_strong_policy,
 }
+PHOTO_STAGE_SCALE = 2.0
+# the presets whose copies are cut from the source staged above the stored size, and at what scale (--stage-scale's
+# default for them; 1 for the others, whose copies are cut from the fitted original)
+STAGE_SCALES = {"photo": PHOTO_STAGE_SCALE, "photo-strong": PHOTO_STAGE_SCALE}
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .seeding import SampleSeeder
 UINT8 = np.dtype(np.uint8)
 PROBE_SEEDS = 8  # draws of each leaf transform on each test image
 DRAWS = 64  # seeded draws of the whole pipeline
+STAGED_TEST_PIXELS = 2048 * 2048  # the largest test image check_staged_policy makes
 MAX_ORDERS = 2000  # SomeOf selections enumerated one by one; beyond, any order of any choice is assumed
 RULE = "a policy must keep the image's shape and uint8 dtype"
 
@@ -311,6 +312,33 @@ def check_draws(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...]) 
         if not fits:
             problem = explain_sample(lambda: copy.deepcopy(pipeline), 0, image, draw, 1)
             raise UserError(f"--policy {spec}: {problem} on a test draw; {RULE}")
+
+
+def check_staged_policy(spec: str, pipeline: BaseCompose, image_shape: tuple[int, ...], scale: float) -> None:
+    """With --stage-scale, a copy is cut from the image staged up to `scale` times the stored size: the policy must
+    bring such an image to the stored size on every draw (a crop or resize to it), checked over seeded draws on test
+    images of the largest staged size (at most STAGED_TEST_PIXELS) and of one between."""
+    height, width = image_shape[:2]
+    trial = copy.deepcopy(pipeline)
+    seeder = SampleSeeder(trial, 0)
+    apply = image_applier(trial)
+    largest = min(scale, max(1.0, math.sqrt(STAGED_TEST_PIXELS / (height * width))))  # test images of bounded memory
+    sizes = [(round(height * f), round(width * f)) for f in (largest, (1 + largest) / 2)]
+    images = [image for size in sizes for image in test_images(((*size, *image_shape[2:]), "uint8"))]
+    for draw in range(effort((*sizes[0], *image_shape[2:]))[1]):
+        seeder.reseed(draw, 1)
+        image = images[draw % len(images)]
+        try:
+            fits = row_fits(apply(image.copy()), image_shape)
+        except Exception:
+            fits = False
+        if not fits:
+            stored = "x".join(map(str, image_shape[:2]))
+            raise UserError(
+                f"--policy {spec} does not turn an image staged at {image.shape[0]}x{image.shape[1]} (--stage-scale "
+                f"{scale:g}) into the stored {stored} on every draw: use a policy that crops or resizes to the stored "
+                "size (photo, photo-strong), or --stage-scale 1 to cut copies from the stored originals"
+            )
 
 
 def row_fits(out, shape: tuple[int, ...]) -> bool:

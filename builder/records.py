@@ -33,6 +33,8 @@ class BuildIdentity:
     skip_bad: bool = False
     # how --image-size fitted each image (images.FITS); stretch also without --image-size, and before --fit existed
     fit: str = "stretch"
+    # copies cut from the source staged above the stored size (--stage-scale): its scale, codec and encoder; None: off
+    staging: dict | None = None
     # recorded in the attributes, so part of the store: another text needs --overwrite, never a silent "nothing to do"
     license: str | None = None
     provenance: str | None = None
@@ -41,7 +43,7 @@ class BuildIdentity:
     encoder: dict | None = None  # a coded store's encoder libraries and their versions: they decide its bytes
 
     def to_json(self) -> dict:
-        """The recorded form: skip_bad, fit, license and provenance only where they are not their default."""
+        """The recorded form: skip_bad, fit, staging, license and provenance only where they are not their default."""
         return {
             "format_version": self.format_version,
             "source_kind": self.source_kind,
@@ -58,6 +60,7 @@ class BuildIdentity:
             **({"encoder": dict(self.encoder)} if self.encoder is not None else {}),
             **({"skip_bad": True} if self.skip_bad else {}),
             **({"fit": self.fit} if self.fit != "stretch" else {}),
+            **({"staging": json.loads(json.dumps(self.staging))} if self.staging is not None else {}),
             **{name: text for name in ("license", "provenance") if (text := getattr(self, name))},
         }
 
@@ -101,6 +104,7 @@ def current_build_id(storage: Storage) -> str:
 IDENTITY_DEFAULTS = {
     "skip_bad": False,
     "fit": "stretch",
+    "staging": None,
     "license": None,
     "provenance": None,
     "encoder": None,

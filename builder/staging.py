@@ -3,6 +3,13 @@
 LocalStaging: one file per split, <scratch>/source-<split>.npy, that this machine's worker processes map (the
 store's own .build/ on a local disk, else a temporary folder). ClusterStaging (cluster.py): the store's build area.
 
+Copies cut above the stored size (build-aug --stage-scale, on for the photo presets): beside its fitted original, each
+image is staged once at up to --stage-scale times the stored size (images.staged_size: never above the image's own
+size), as a JPEG of STAGE_CODEC in <scratch>/staged-<split>.jpg, one after the other, with an index of (offset,
+length, height, width) a row (StagedWriter, StagedImages). JPEG, not pixels: a 1.28M-image ImageNet build would stage
+~540 GB of raw pixels at its photos' own ~375 px, ~45 GB as q95 JPEG (docs/reference/build-aug.md, --stage-scale);
+a worker pays one decode (~1-2 ms) a copy for it. Local builds only: a cluster build refuses it up front.
+
 A cluster's workers need not share the client's disk, so a cluster build stages the decoded source
 where all of them can read it: in the store's own .build/ area (a shared folder or an object store),
 as blocks of rows plus a small JSON giving each split's shape. The workers decode the blocks there
@@ -28,13 +35,19 @@ from typing import Protocol
 
 import numpy as np
 
+from augzarr.codecs import decode_image_into, encode_image, parse_spec
 from augzarr.errors import UserError
+from augzarr.images import fit_to, staged_size
 from augzarr.store_format import BUILD_DIR
 
 from .tasks import DecodeResult, DecodeTask
 
 STAGED = f"{BUILD_DIR}/staged"
 STAGE_ROWS = 512  # images per decode task, and rows per staged block on a cluster
+
+
+STAGE_CODEC = "jpeg:95"  # q95 4:2:0: ~36 dB and 1/6 of the pixels' bytes at 224 (BENCHMARKS "Image codecs")
+STAGE_SPEC = parse_spec(STAGE_CODEC)
 
 
 class Staging(Protocol):
@@ -48,6 +61,10 @@ class Staging(Protocol):
 
     def decode(self, tasks: list[DecodeTask]) -> Iterator[DecodeResult]:
         """Run the decode tasks (in any order), yielding each one's result as it is done."""
+
+    def stage_above(self, split: str, rows: int) -> StagedWriter:
+        """Room for a split's images staged above the stored size (--stage-scale): local staging only (a cluster
+        build refuses --stage-scale before it connects)."""
 
 
 def source_file(scratch: Path, split: str) -> Path:
@@ -78,6 +95,68 @@ class LocalStaging:
 
     def array(self, split: str) -> np.ndarray:
         return map_source(self.scratch, split, "r")
+
+    def stage_above(self, split: str, rows: int) -> StagedWriter:
+        """Room for a split's images staged above the stored size (--stage-scale)."""
+        return StagedWriter(self.scratch, split, rows)
+
+
+def staged_files(scratch: Path, split: str) -> tuple[Path, Path]:
+    """A split's images staged above the stored size: their JPEGs, and the index of them."""
+    return scratch / f"staged-{split}.jpg", scratch / f"staged-{split}.index.npy"
+
+
+def encode_staged(image: np.ndarray, height: int, width: int, fit: str, scale: float) -> tuple[bytes, int, int]:
+    """A decoded source image as staged for its copies: (JPEG, height, width); no bytes when it would be staged at
+    the stored size (its copies are then cut from its fitted original)."""
+    size = staged_size(image.shape, height, width, fit, scale)
+    if size == (height, width):
+        return b"", height, width
+    staged = fit_to(image, *size, fit).reshape(*size, -1)
+    return encode_image(STAGE_SPEC, staged), *size
+
+
+class StagedWriter:
+    """Writes a split's staged images as the decode tasks finish, in any order: each JPEG appended to the data file,
+    its (offset, length, height, width) in the index, saved last (a reader never finds an index without its data)."""
+
+    def __init__(self, scratch: Path, split: str, rows: int):
+        data, self.index_path = staged_files(scratch, split)
+        self.index_path.unlink(missing_ok=True)
+        self.file = open(data, "wb")
+        self.index = np.zeros((rows, 4), np.int64)
+
+    def add(self, start: int, staged: list[tuple[bytes, int, int]]) -> None:
+        for row, (data, height, width) in enumerate(staged, start):
+            self.index[row] = (self.file.tell(), len(data), height, width)
+            self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        np.save(self.index_path, self.index)
+
+
+class StagedImages:
+    """A split's staged images, read one at a time by a build worker (one pread and one decode a copy)."""
+
+    def __init__(self, scratch: Path, split: str, channels: int):
+        data, index = staged_files(scratch, split)
+        self.index, self.channels = np.load(index), channels
+        self.fd = os.open(data, os.O_RDONLY)
+
+    def image(self, row: int) -> np.ndarray | None:
+        """Row `row` as staged; None when it was not staged above the stored size."""
+        offset, length, height, width = self.index[row].tolist()
+        if not length:
+            return None
+        out = np.empty((height, width, self.channels), np.uint8)
+        decode_image_into(STAGE_SPEC, os.pread(self.fd, length, offset), out)
+        return out
+
+
+def open_staged(scratch: Path, split: str, channels: int) -> StagedImages | None:
+    """The split's staged images; None where none were staged (a source that arrived decoded at its stored size)."""
+    return StagedImages(scratch, split, channels) if staged_files(scratch, split)[1].is_file() else None
 
 
 def shape_key(split: str) -> str:

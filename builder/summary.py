@@ -38,6 +38,7 @@ def summarize(store: OpenStore) -> dict:
         "policy_transforms": [
             t["__class_fullname__"] for t in attrs.policy["albumentations"]["transform"]["transforms"]
         ],
+        "staging": (attrs.identity or {}).get("staging"),  # copies cut above the stored size (--stage-scale)
         "source": asdict(attrs.source),
         "layout": attrs.source.layout,  # an image folder's: "flat" or "split (train, ...)"
         "bytes_on_disk": disk,
@@ -62,7 +63,12 @@ def format_summary(s: dict) -> str:
         + (f", {src['val_count']} val" if src.get("val_count") else "")
         + (f", limit {src['limit']}" if src.get("limit") else "")
         + f") {src['content_hash'][:23]}...",
-        f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}",
+        f"policy       {s['policy']}: {' + '.join(s['policy_transforms'])}"
+        + (
+            f"; copies cut from each image staged at up to {s['staging']['scale']:g}x the stored size"
+            if s.get("staging")
+            else ""
+        ),
         f"copies       {s['copies']} per image, originals {'included' if s['include_original'] else 'not included'}, seed {s['seed']}, "
         + (
             f"val fraction {s['val_fraction']}" if s["val_fraction"] is not None else "val from the source's own folder"

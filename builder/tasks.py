@@ -23,10 +23,11 @@ class WorkerConfig:
     codec: str = (
         "raw"  # the images' codec spec (the store's arrays say it too; the canary, run before they exist, needs it)
     )
+    stage_scale: float = 1.0  # above 1: copies are cut from the images staged above the stored size (staging.py)
 
     def on_cluster(self) -> WorkerConfig:
         """The configuration a Dask worker gets: no staging folder of this machine."""
-        return WorkerConfig(self.location, "", self.policy, self.seed, self.build_id, self.codec)
+        return WorkerConfig(self.location, "", self.policy, self.seed, self.build_id, self.codec, self.stage_scale)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DecodeTask:
     items: list  # one ImageItem per row (an absolute Path, a row of a file), read by the worker itself
     resize: str | None  # fit each image to the stored shape this way (--image-size, --fit), else refuse another size
     skip_bad: bool
+    stage_scale: float = 1.0  # above 1: also stage each image for its copies at up to this many times the stored size
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class DecodeResult:
     start: int
     digests: list[str]  # the sha256 of each row's encoded bytes
     bad: list[tuple[int, str]]  # --skip-bad: (row, message) of each item left out (its row is black)
+    staged: list[tuple[bytes, int, int]] | None = None  # with stage_scale: each row as staged (staging.encode_staged)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import zarr
 from augzarr.codecs import parse_spec
 from augzarr.errors import UserError
 from augzarr.images import (
+    FIT_BEFORE_RECORDED,
     MAX_IMAGE_PIXELS,
     SKIP_HINT,
     ImageItem,
@@ -42,7 +43,16 @@ from .policies import Policy
 from .policy_check import UINT8, BadSample, explain_sample, row_fits
 from .records import current_build_id
 from .seeding import SampleSeeder
-from .staging import fetch_staged_source, map_source, release_staged_source, source_file, stage_block
+from .staging import (
+    StagedImages,
+    encode_staged,
+    fetch_staged_source,
+    map_source,
+    open_staged,
+    release_staged_source,
+    source_file,
+    stage_block,
+)
 from .tasks import ChunkResult, ChunkTask, DecodeResult, DecodeTask, WorkerConfig
 
 _worker: WorkerState | None = None
@@ -54,11 +64,12 @@ class WorkerState:
         self.build_id = config.build_id
         self.check_build = check_build  # a cluster task: is its build still the store's before each commit?
         self.scratch = Path(config.scratch)  # where the parent staged the decoded source
-        self.policy_attrs, self.seed = config.policy, config.seed
+        self.policy_attrs, self.seed, self.stage_scale = config.policy, config.seed, config.stage_scale
         self.pipeline = Policy.from_attrs(config.policy).pipeline
         self.seeder = SampleSeeder(self.pipeline, config.seed)
         self.augment = image_applier(self.pipeline)
         self.sources: dict[str, np.ndarray] = {}
+        self.staged: dict[str, StagedImages | None] = {}
         self.arrays: dict[str, zarr.Array] = {}
 
     def source(self, split: str) -> np.ndarray:
@@ -68,12 +79,23 @@ class WorkerState:
             self.sources[split] = map_source(folder, split, "r")
         return self.sources[split]
 
+    def copy_source(self, split: str, index: int) -> np.ndarray:
+        """The image a copy of source image `index` is cut from: as staged above the stored size where it was
+        (--stage-scale), else its fitted original."""
+        if self.stage_scale > 1:
+            if split not in self.staged:
+                self.staged[split] = open_staged(self.scratch, split, self.source(split).shape[-1])
+            staged = self.staged[split]
+            if staged is not None and (image := staged.image(index)) is not None:
+                return image
+        return self.source(split)[index]
+
     def bad_sample(self, split: str, index: int, copy_index: int) -> BadSample:
         """The row of (index, copy_index) broke the rule: replay it to name the transform."""
         problem = explain_sample(
             lambda: Policy.from_attrs(self.policy_attrs).pipeline,
             self.seed,
-            np.array(self.source(split)[index]),
+            np.array(self.copy_source(split, index)),
             index,
             copy_index,
         )
@@ -215,12 +237,19 @@ def init_worker(config: WorkerConfig, environment: dict[str, str] | None = None)
 
 
 def decode_block(
-    files: list[ImageItem], shape: tuple[int, ...], start: int, resize: str | None, skip_bad: bool
+    files: list[ImageItem],
+    shape: tuple[int, ...],
+    start: int,
+    resize: str | None,
+    skip_bad: bool,
+    staged: list | None = None,
+    stage_scale: float = 1.0,
 ) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
     """Decode images (files, or rows of files) into rows [start, start + len(files)) of a source split of image shape `shape`.
 
     Returns (block, digests, bad): with skip_bad, an image that cannot be used leaves its row black and
-    is listed in bad as (row, message); without, its message stops the build.
+    is listed in bad as (row, message); without, its message stops the build. With a list `staged`, each image is
+    also appended to it as staged for its copies at up to stage_scale times the stored size (encode_staged).
     """
     height, width = shape[:2]
     block = np.zeros((len(files), *shape), np.uint8)
@@ -234,7 +263,11 @@ def decode_block(
                     raise UserError(f"{exc}, {SKIP_HINT}") from None
                 bad.append((start + offset, str(exc)))
                 digests.append(file_digest(file))
+                if staged is not None:
+                    staged.append((b"", height, width))
                 continue
+            if staged is not None:
+                staged.append(encode_staged(image, height, width, resize or FIT_BEFORE_RECORDED, stage_scale))
             if image.shape[:2] != (height, width):
                 if not resize:
                     raise UserError(
@@ -251,13 +284,16 @@ def decode_files(task: DecodeTask) -> DecodeResult:
     """A pool worker's decode task: the rows go into the split's staged file."""
     split, start = task.split, task.start
     mapped = np.load(source_file(_worker.scratch, split), mmap_mode="r")
-    block, digests, bad = decode_block(task.items, mapped.shape[1:], start, task.resize, task.skip_bad)
+    staged = [] if task.stage_scale > 1 else None
+    block, digests, bad = decode_block(
+        task.items, mapped.shape[1:], start, task.resize, task.skip_bad, staged, task.stage_scale
+    )
     # One write into the shared file, not row by row through the mapping: first touches of a
     # fresh file's pages cost a page fault each (~40 us a CIFAR row). Other processes see the
     # rows through their mappings at once; no fsync, which would only wait for the disk.
     with open(source_file(_worker.scratch, split), "r+b") as target:
         os.pwrite(target.fileno(), block, mapped.offset + start * block[0].nbytes)
-    return DecodeResult(split, start, digests, bad)
+    return DecodeResult(split, start, digests, bad, staged)
 
 
 def decode_on_cluster(location: str, shape: tuple[int, ...], task: DecodeTask) -> DecodeResult:
@@ -320,7 +356,7 @@ def compute_block(state: WorkerState, task: ChunkTask) -> np.ndarray:
             block[row] = source[s]
         else:
             state.seeder.reseed(s, k)
-            image = source[s]
+            image = state.copy_source(from_split, s)
             # Every row is checked before it is stored: assigning would silently cast a float
             # image to uint8 or broadcast another shape. A tuple compare and a dtype identity test
             # cost well under 1 us; row_fits decides the rare case where the identity test fails.

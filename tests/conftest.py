@@ -163,11 +163,30 @@ def restore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+_server = None  # this test process's CliServer, started at its first command
+
+
+def cli_server():
+    """None where AUGZARR_TEST_PLAIN_PROCESSES=1 asks for every command as a plain process (slower, same results)."""
+    global _server
+    if _server is None and os.environ.get("AUGZARR_TEST_PLAIN_PROCESSES") != "1":
+        from cli_server import CliServer
+
+        _server = CliServer.start()
+    return _server
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    """Run an installed console script (build-aug, inspect-aug, ...) as a user would; a crash of the interpreter
-    (a signal, not an error of ours) prints every thread's Python stack into the failure (PYTHONFAULTHANDLER)."""
+    """Run a console script (build-aug, inspect-aug, train, evaluate) as a user would, in a process of its own:
+    forked from this test process's CliServer, which has paid for the imports once (tests/cli_server.py), or started
+    from the installed script where its environment changes what those imports read. A crash of the interpreter (a
+    signal, not an error of ours) prints every thread's Python stack into the failure (PYTHONFAULTHANDLER)."""
     full_env = {**os.environ, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1", **(env or {})}
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, **kwargs)
+    server = cli_server()
+    if server is not None and server.can_run(args, full_env, kwargs):
+        result = server.run(args, full_env, **kwargs)
+    else:
+        result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -23,16 +23,14 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import zarr
-from conftest import BIN, smooth_image, write_cifar_archive, write_image_folder
+from conftest import BIN, run_cli, smooth_image, write_cifar_archive, write_image_folder
 from PIL import Image
 
 Check = Callable[[Path], tuple[str, bool, str]]  # work folder -> (outcome, as expected, detail)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
-    )
+    return run_cli(*args)
 
 
 def refused(result: subprocess.CompletedProcess, words: str) -> tuple[str, bool, str]:
