@@ -183,7 +183,7 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, **kwargs) 
     signal, not an error of ours) prints every thread's Python stack into the failure (PYTHONFAULTHANDLER)."""
     full_env = {**os.environ, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1", **(env or {})}
     server = cli_server()
-    if server is not None and server.can_run(args, full_env, kwargs):
+    if server is not None and server.can_run(args, full_env, env or {}, kwargs):
         result = server.run(args, full_env, **kwargs)
     else:
         result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full_env, **kwargs)
