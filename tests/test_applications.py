@@ -17,6 +17,7 @@ import pytest
 from conftest import BIN, run_cli, write_image_folder
 
 from augzarr.errors import OptionError, UserError
+from augzarr.store_format import open_store
 
 MOBILENET_FILE = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
 EFFICIENTNET_FILE = "efficientnetv2-b0_notop.h5"
@@ -43,10 +44,15 @@ def build_store(root: Path, size: int, classes: dict[str, int]) -> Path:
     return out
 
 
+PHOTO_TRAIN_ROWS = 36  # photo_store's training rows: a batch of them all is one step an epoch, traced once
+
+
 @pytest.fixture(scope="module")
 def photo_store(tmp_path_factory) -> Path:
     """32x32 (the smallest keras.applications builds for), 3 classes; read it, never change it."""
-    return build_store(tmp_path_factory.mktemp("photos"), 32, {"ant": 8, "bee": 8, "cow": 6})
+    store = build_store(tmp_path_factory.mktemp("photos"), 32, {"ant": 8, "bee": 8, "cow": 6})
+    assert open_store(store).images("train").shape[0] == PHOTO_TRAIN_ROWS
+    return store
 
 
 def write_backbone_weights(keras_name: str, path: Path, seed: int = 7) -> list[np.ndarray]:
@@ -70,7 +76,8 @@ def train_here(store: Path, out: Path, **options) -> list[str]:
     from augzarr.trainer.training import train_run
 
     said: list[str] = []
-    train_run({"store": str(store), "epochs": 1, "batch_size": 16, **options}, out=out, verbose=0, say=said.append)
+    given = {"store": str(store), "epochs": 1, "batch_size": PHOTO_TRAIN_ROWS, **options}
+    train_run(given, out=out, verbose=0, say=said.append)
     return said
 
 
@@ -109,33 +116,6 @@ def test_imagenet_weights_are_read_from_keras_cache_and_recorded(photo_store, tm
     card = (run_dir / "model_card.md").read_text()
     assert f"from Keras' cache `{cached.resolve()}`" in card and sha256(cached) in card
     assert "never fine-tuned" in card
-
-
-def test_weights_from_a_path_frozen_then_fine_tuned_at_a_hundredth_of_the_rate(photo_store, tmp_path):
-    path = tmp_path / "mine" / "backbone.h5"
-    written = write_backbone_weights("MobileNetV3Small", path)
-    run_dir = tmp_path / "run"
-    said = train_here(
-        photo_store,
-        run_dir,
-        model="mobilenet_v3_small",
-        weights=str(path),
-        freeze_epochs=1,
-        epochs=2,
-        lr_schedule="constant",
-    )
-    history = (run_dir / "history.csv").read_text().splitlines()
-    rate = history[0].split(",").index("learning_rate")
-    assert [float(row.split(",")[rate]) for row in history[1:]] == pytest.approx([1e-3, 1e-5])  # rmsprop's default
-    assert any(line.startswith("epoch 2: the backbone unfrozen") for line in said)
-    trained, trainable = backbone_weights(run_dir, "mobilenet_v3_small")
-    assert trainable and not all(np.array_equal(a, b) for a, b in zip(trained, written))
-    run = json.loads((run_dir / "run.json").read_text())
-    assert run["learning_rate"] == pytest.approx(1e-3) and run["fine_tune_learning_rate"] == pytest.approx(1e-5)
-    assert run["model"]["weights_file"] == str(path.resolve()) and "weights_url" not in run["model"]
-    assert run["options"]["weights"] == str(path) and run["options"]["freeze_epochs"] == 1
-    card = (run_dir / "model_card.md").read_text()
-    assert f"from `{path.resolve()}` (--weights PATH)" in card and "fine-tuned for 1 epochs at 1e-05" in card
 
 
 def test_from_scratch_by_default_with_every_layer_trained(photo_store, tmp_path):
@@ -270,12 +250,17 @@ def contextlib_null():
     return contextlib.nullcontext()
 
 
-def test_a_run_killed_before_fine_tuning_resumes_across_the_switch(photo_store, tmp_path):
+def test_weights_from_a_path_frozen_killed_before_fine_tuning_resume_across_the_switch_at_a_hundredth_of_the_rate(
+    photo_store, tmp_path
+):
+    """Backbone weights from a file, frozen for 3 epochs then fine-tuned at 1/100 of the rate; killed (kill -9) inside
+    the frozen phase, the same run resumed across the switch ends fine-tuned, and records the file."""
     from test_train import wait_for_epochs
 
-    cache = tmp_path / "keras-home"
-    write_backbone_weights("MobileNetV3Small", cache / "models" / MOBILENET_FILE)
+    path = tmp_path / "mine" / "backbone.h5"
+    written = write_backbone_weights("MobileNetV3Small", path)
     run_dir = tmp_path / "run"
+    freeze = 3
     command = [
         str(BIN / "train"),
         "--store",
@@ -283,34 +268,45 @@ def test_a_run_killed_before_fine_tuning_resumes_across_the_switch(photo_store, 
         "--model",
         "mobilenet_v3_small",
         "--weights",
-        "imagenet",
+        str(path),
         "--freeze-epochs",
-        "3",
+        str(freeze),
         "--epochs",
         "40",
         "--lr-schedule",
         "constant",
         "--batch-size",
-        "8",
+        str(PHOTO_TRAIN_ROWS),
         "--out",
         str(run_dir),
         "--quiet",
     ]
-    env = {**os.environ, "KERAS_HOME": str(cache)}
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     wait_for_epochs(run_dir, 1, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done = json.loads((run_dir / "state" / "progress.json").read_text())["epochs_done"]
     assert 1 <= done < 40
-    end = max(done, 3) + 1  # one fine-tuning epoch at least
-    resumed = run_cli("train", "--resume", "--out", str(run_dir), "--epochs", str(end), env=env, check=True)
+    end = max(done, freeze) + 1  # one fine-tuning epoch at least
+    resumed = run_cli("train", "--resume", "--out", str(run_dir), "--epochs", str(end), check=True)
     assert f"after epoch {done} of {end}" in resumed.stdout
+    if done <= freeze:  # killed before the switch: the resumed run makes it
+        assert f"epoch {freeze + 1}: the backbone unfrozen" in resumed.stdout
     history = (run_dir / "history.csv").read_text().splitlines()
     rate = history[0].split(",").index("learning_rate")
     rates = [float(row.split(",")[rate]) for row in history[1:]]
-    assert rates == pytest.approx([1e-3 if epoch <= 3 else 1e-5 for epoch in range(1, end + 1)])
-    _, trainable = backbone_weights(run_dir, "mobilenet_v3_small")
-    assert trainable and json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    # rmsprop's default, then a hundredth of it
+    assert rates == pytest.approx([1e-3 if epoch <= freeze else 1e-5 for epoch in range(1, end + 1)])
+    trained, trainable = backbone_weights(run_dir, "mobilenet_v3_small")
+    assert trainable and not all(np.array_equal(a, b) for a, b in zip(trained, written))
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "complete"
+    assert run["learning_rate"] == pytest.approx(1e-3) and run["fine_tune_learning_rate"] == pytest.approx(1e-5)
+    assert run["model"]["weights_file"] == str(path.resolve()) and "weights_url" not in run["model"]
+    assert run["options"]["weights"] == str(path) and run["options"]["freeze_epochs"] == freeze
+    card = (run_dir / "model_card.md").read_text()
+    assert (
+        f"from `{path.resolve()}` (--weights PATH)" in card and f"fine-tuned for {end - freeze} epochs at 1e-05" in card
+    )

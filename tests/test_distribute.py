@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from test_train import backend_env
 
 from augzarr.store_format import open_store
 
@@ -54,28 +55,31 @@ def test_simulated_processes_together_read_every_row_exactly_once_an_epoch(store
 SAME_MATH = """
 import os, sys, json
 import numpy as np
-backend, devices = sys.argv[1], int(sys.argv[2])
-if backend == "tensorflow" and devices > 1:
+backend = sys.argv[1]
+if backend == "tensorflow":
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from augzarr.store_format import open_store
 from augzarr.trainer.distribute import data_parallel
 from augzarr.trainer.stream import StoreStream
 from augzarr.trainer.training import seed_everything
 import contextlib
-scope, names, _ = data_parallel() if devices > 1 else (contextlib.nullcontext(), [], None)
-seed_everything(0)
-with scope:  # no dropout: the one randomness the replicas would draw apart
-    model = keras.Sequential([keras.Input((16, 16, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
-                              keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
-stream = StoreStream(open_store(sys.argv[3]), "train", batch_size=12, shuffle=True, seed=1)
-model.fit(stream, steps_per_epoch=6, epochs=1, verbose=0)
-stream.close()
-print(json.dumps({"devices": names, "weights": [w.tolist() for w in model.get_weights()]}))
+runs = {}
+for devices in (1, 2):  # one device first: data_parallel sets JAX's distribution for the rest of the process
+    scope, names, _ = data_parallel() if devices > 1 else (contextlib.nullcontext(), [], None)
+    seed_everything(0)
+    with scope:  # no dropout: the one randomness the replicas would draw apart
+        model = keras.Sequential([keras.Input((16, 16, 3), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                                  keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    stream = StoreStream(open_store(sys.argv[2]), "train", batch_size=12, shuffle=True, seed=1)
+    model.fit(stream, steps_per_epoch=6, epochs=1, verbose=0)
+    stream.close()
+    runs[devices] = {"devices": names, "weights": [w.tolist() for w in model.get_weights()]}
+print(json.dumps(runs))
 """
 
 
@@ -83,20 +87,19 @@ print(json.dumps({"devices": names, "weights": [w.tolist() for w in model.get_we
 def test_two_devices_train_to_the_one_device_weights(store, backend):
     """The same global batches split over two devices, the gradients all-reduced: the same maths as one
     device up to the order of float32 additions. After 6 SGD steps the weights agree to 1e-5 (a float32
-    sum of 12 terms in another order moves by ~1e-7 relative; the steps carry that, not more)."""
+    sum of 12 terms in another order moves by ~1e-7 relative; the steps carry that, not more). Both runs in one
+    process that has two devices (each backend fixes its devices at start-up): the one-device run uses the first."""
     env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    runs = {}
-    for devices in (1, 2):
-        result = subprocess.run(
-            [sys.executable, "-c", SAME_MATH, backend, str(devices), str(store)],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[devices] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(runs[2]["devices"]) == 2
-    for one, two in zip(runs[1]["weights"], runs[2]["weights"]):
+    result = subprocess.run(
+        [sys.executable, "-c", SAME_MATH, backend, str(store)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert runs["1"]["devices"] == [] and len(runs["2"]["devices"]) == 2
+    for one, two in zip(runs["1"]["weights"], runs["2"]["weights"]):
         np.testing.assert_allclose(np.array(two), np.array(one), rtol=1e-5, atol=1e-6)
 
 
@@ -199,7 +202,7 @@ def test_distribute_on_one_device_warns_once_and_trains_without_distribution(sto
         "--quiet",
         "--out",
         str(run_dir),
-        env={"KERAS_BACKEND": "tensorflow"},
+        env=backend_env("tensorflow"),  # none when it is this process's own: forked from the test's server
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == (

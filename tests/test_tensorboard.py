@@ -1,4 +1,6 @@
-"""train --tensorboard: Keras' TensorBoard logs in the run folder, read back with TensorBoard's own reader."""
+"""train --tensorboard: Keras' TensorBoard logs in the run folder, read back with TensorBoard's own reader. A run
+interrupted (kill -9, Ctrl-C) and resumed logs on from its next epoch: test_train's
+test_interrupted_run_resumes_to_the_requested_epochs, which trains with --tensorboard."""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def test_tensorboard_logs_scalars_and_the_streamed_images(small_store, tmp_path)
     from augzarr.trainer.tensorboard_logs import IMAGE_TAG, IMAGES_PER_EPOCH
     from augzarr.trainer.training import train_run
 
-    run_dir = tmp_path / "run"  # in this process (Keras loads once); the JAX and resume tests below run the command
+    run_dir = (
+        tmp_path / "run"
+    )  # in this process (Keras loads once); the JAX test below and test_train's resume run the command
     online = ("flip", "shift", "erase")
     train_run(
         {
@@ -112,45 +116,3 @@ def test_tensorboard_works_on_the_jax_backend(backend, small_store, tmp_path):
         logs = read_logs(run_dir / "tensorboard" / split)
         assert all(logs[tag][0] == "scalars" and len(logs[tag][1]) == 1 for tag in tags), (split, sorted(logs))
     assert read_logs(run_dir / "tensorboard" / "train")["training_images"][0] == "images"
-
-
-def test_a_resumed_run_logs_on_from_its_next_epoch(small_store, tmp_path):
-    import os
-    import signal
-    import subprocess
-
-    from conftest import BIN
-    from test_train import wait_for_epochs
-
-    run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [
-            str(BIN / "train"),
-            "--store",
-            str(small_store),
-            "--model",
-            "shallow",
-            "--epochs",
-            "30",
-            "--batch-size",
-            "8",
-            "--tensorboard",
-            "--out",
-            str(run_dir),
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    wait_for_epochs(run_dir, 1, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    done = json.loads((run_dir / "state" / "progress.json").read_text())["epochs_done"]
-    run_cli("train", "--resume", "--out", str(run_dir), "--epochs", str(done + 1), check=True)
-    logs = read_logs(run_dir / "tensorboard" / "train")
-    # every epoch once; the one killed between its log and its checkpoint may be logged twice, never missing
-    for tag in ("epoch_loss", "training_images"):
-        steps = [step for step, _ in logs[tag][1]]
-        assert sorted(set(steps)) == list(range(done + 1)) and len(steps) <= done + 2, (tag, steps)

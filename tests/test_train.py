@@ -130,7 +130,7 @@ from augzarr.trainer.models import build_model
 assert keras.backend.backend() == "jax", keras.backend.backend()
 group = open_store(sys.argv[1])
 stream = StoreStream(group, "train", batch_size=16, shuffle=True)
-model = build_model("deep", (16, 16, 3), 3)
+model = build_model("shallow", (16, 16, 3), 3)
 model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 history = model.fit(stream, steps_per_epoch=stream.batches_per_epoch, epochs=1, shuffle=False, verbose=0,
                     validation_data=StoreStream(group, "val", batch_size=16, shuffle=False))
@@ -316,6 +316,9 @@ def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
             str(epochs),
             "--batch-size",
             "8",
+            "--model",
+            "shallow",
+            "--tensorboard",
             "--out",
             str(run_dir),
         ],
@@ -346,6 +349,14 @@ def test_interrupted_run_resumes_to_the_requested_epochs(how, store, tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
     assert (run_dir / "model.keras").exists() and (run_dir / "metrics.json").exists()
     assert len(list((run_dir / "state").glob("epoch-*.keras"))) == 1
+    # --tensorboard logs on from the next epoch: every epoch once; the one killed between its log and its checkpoint
+    # may be logged twice, never missing
+    from test_tensorboard import read_logs
+
+    logs = read_logs(run_dir / "tensorboard" / "train")
+    for tag in ("epoch_loss", "training_images"):
+        steps = [step for step, _ in logs[tag][1]]
+        assert sorted(set(steps)) == list(range(epochs)) and len(steps) <= epochs + 1, (tag, steps)
 
 
 def test_resume_refuses_other_options_and_finished_runs(finished_run, store, tmp_path):
@@ -411,6 +422,12 @@ def stored_weights(run_dir: Path) -> dict[str, np.ndarray]:
     return weights
 
 
+def backend_env(backend: str) -> dict[str, str]:
+    """The environment that selects backend: none for this process's own, so run_cli can fork its commands from the
+    test's server (tests/cli_server.py) instead of starting them afresh; run.json's "backend" is checked either way."""
+    return {} if os.environ.get("KERAS_BACKEND", "tensorflow") == backend else {"KERAS_BACKEND": backend}
+
+
 @pytest.mark.parametrize("backend", ["tensorflow", "torch", "jax"])
 def test_a_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(backend, store, tmp_path):
     """Issue #25 point 3: train --checkpoint-every STEPS saves the model, the optimizer, the stream's position inside
@@ -421,7 +438,7 @@ def test_a_run_killed_inside_an_epoch_resumes_to_the_uninterrupted_weights(backe
     device (the CPU), trains on it and records it (issue #25 point 2)."""
     if backend != "tensorflow":
         pytest.importorskip(backend)
-    env = {"KERAS_BACKEND": backend}
+    env = backend_env(backend)
     args = [
         *("--store", str(store), "--epochs", "3", "--batch-size", "8", "--model", "shallow"),
         "--checkpoint-every",
