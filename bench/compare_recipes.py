@@ -172,10 +172,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def launch(command: list[str]) -> subprocess.CompletedProcess:
+    """One of augzarr's console scripts in a process of its own (the tests put in one that forks them from a process
+    that has imported TensorFlow already)."""
+    return subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True)
+
+
 def run(command: list[str]) -> tuple[float, str | None]:
     """Run one of augzarr's commands: its wall time in seconds, and the last line of its error when it failed."""
     start = time.perf_counter()
-    result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True)
+    result = launch(command)
     lines = result.stderr.strip().splitlines()
     error = (lines[-1] if lines else f"exit status {result.returncode}") if result.returncode else None
     return time.perf_counter() - start, error
@@ -563,7 +569,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="what build-aug --source takes: an image folder, a CIFAR-10 archive, cifar10")
     parser.add_argument("--work", type=Path, help="stores and run folders go here (finished runs are kept and reused)")
@@ -583,7 +589,7 @@ def main() -> None:
         "--plot", type=Path, help="also draw final validation accuracy against --copies N into this PNG"
     )
     parser.add_argument("--list", action="store_true", help="say how recipes are named, with examples, and exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.list:
         print(
             "originals | POLICY-xN | keras-AUGMENT, then any of "

@@ -476,11 +476,23 @@ def run_cases(work: Path, select: Callable[[str, str], bool] = lambda category, 
     return trials
 
 
+FAST_FORM = {
+    "layouts": "test/ without train/",
+    "policies": "ToFloat()",
+    "build inputs": "--val-fraction 0",
+    "corrupted arrays": "test/images chunk: flip",
+    "concurrency": "train on a store being built",
+}
+FAST_FORM_EXTRA = {"policies": "flip and brightness with p < 1"}  # a correct store: every outcome in the fast form
+
+
 def fast_selection(category: str, case: str) -> bool:
-    """One or two of each kind for CI; the campaign runs them all."""
-    if category == "corrupted arrays":
-        return case.startswith("train/labels") or case == "test/images chunk: flip"
-    return case not in ("train --resume on a live run", "300 classes of 2 images, --val-fraction 0.2")
+    """One case of each kind for CI, and one correct store: the cheapest, and where a kind has one, the case that
+    no other test covers (ToFloat(), train on a store being built); the campaign runs them all. Every other case is also tested in its own file: the layouts in
+    test_layout_detection.py, the policies in test_policy_checks.py, the build inputs in test_build_checks.py and
+    test_run_checks.py, the damaged arrays in test_store_checks.py and test_robustness.py, a second build-aug in
+    test_robustness.py and a second train in test_run_checks.py."""
+    return case in (FAST_FORM[category], FAST_FORM_EXTRA.get(category))
 
 
 def counts(trials: list[dict]) -> dict[str, dict[str, int]]:

@@ -4,6 +4,8 @@ or a results file's run only when everything that made it is the same, and runs 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -12,37 +14,60 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_image_folder
+from conftest import REPO, run_cli, write_image_folder
 from PIL import Image
+
+sys.path.insert(0, str(REPO / "bench"))
+import compare_recipes  # noqa: E402
+
+COMPARE = [sys.executable, str(REPO / "bench" / "compare_recipes.py")]
+
+
+def compare(*args: str) -> subprocess.CompletedProcess:
+    """The comparison as a user runs it: the script in a process of its own (the tests of its refusals)."""
+    return subprocess.run([*COMPARE, *args], capture_output=True, text=True)
+
+
+def compare_here(*args: str) -> subprocess.CompletedProcess:
+    """The comparison's main() in this process, with what it prints and how it exits, and its build-aug and train
+    forked from this test process's CLI server (conftest.run_cli), which has imported TensorFlow once: the tests
+    that build and train. The script's own process start is tested by compare() above."""
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    launch = compare_recipes.launch
+    compare_recipes.launch = lambda command: run_cli(*command)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            compare_recipes.main(list(args))
+    except SystemExit as exc:  # sys.exit(message) prints the message and exits 1, as in a process of its own
+        if isinstance(exc.code, str):
+            stderr.write(exc.code + "\n")
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        compare_recipes.launch = launch
+    return subprocess.CompletedProcess([*COMPARE, *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread(tmp_path):
     images = write_image_folder(tmp_path / "images", {"ant": 8, "bee": 8, "cow": 8}, size=16)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "compare_recipes.py"),
-            "--source",
-            str(images),
-            "--work",
-            str(tmp_path / "work"),
-            "--recipes",
-            "originals,crop-flip-x5+online,keras-crop-flip",
-            "--image-steps",
-            "200",
-            "--seeds",
-            "0,1",
-            "--model",
-            "shallow",
-            "--batch-size",
-            "16",
-            "--json",
-            str(tmp_path / "r.json"),
-            "--plot",
-            str(tmp_path / "copies.png"),
-        ],
-        capture_output=True,
-        text=True,
+    result = compare_here(
+        "--source",
+        str(images),
+        "--work",
+        str(tmp_path / "work"),
+        "--recipes",
+        "originals,crop-flip-x5+online,keras-crop-flip",
+        "--image-steps",
+        "200",
+        "--seeds",
+        "0,1",
+        "--model",
+        "shallow",
+        "--batch-size",
+        "16",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--plot",
+        str(tmp_path / "copies.png"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [
@@ -66,13 +91,6 @@ def test_compare_recipes_prints_a_row_per_recipe_with_mean_and_spread(tmp_path):
         assert plot.format == "PNG" and plot.width > 300
 
 
-COMPARE = [sys.executable, str(REPO / "bench" / "compare_recipes.py")]
-
-
-def compare(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMPARE, *args], capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One finished comparison (originals, seed 0, 4 epochs of the 10 training images) in --work and --json, with the
@@ -89,7 +107,7 @@ def finished(tmp_path_factory):
         "--model": "shallow",
         "--batch-size": "8",
     }
-    result = compare(*(part for pair in args.items() for part in pair))
+    result = compare_here(*(part for pair in args.items() for part in pair))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = root / "work" / "runs" / "originals-seed0"
     return {
@@ -106,7 +124,7 @@ def finished(tmp_path_factory):
 def rerun(finished, **changed: str) -> subprocess.CompletedProcess:
     """The finished comparison again, with the given arguments changed (None: left out)."""
     args = {**finished["args"], **{"--" + key.replace("_", "-"): value for key, value in changed.items()}}
-    return compare(*(part for key, value in args.items() if value is not None for part in (key, value)))
+    return compare_here(*(part for key, value in args.items() if value is not None for part in (key, value)))
 
 
 def assert_untouched(finished) -> None:
@@ -257,8 +275,7 @@ def test_a_recipe_or_seed_that_would_run_or_count_twice_is_refused_in_one_line(t
 
 
 def test_recipe_names_say_what_they_run():
-    sys.path.insert(0, str(REPO / "bench"))
-    from compare_recipes import parse_recipe
+    parse_recipe = compare_recipes.parse_recipe
 
     recipe = parse_recipe("randaugment-x20+online+cutmix")
     assert (recipe.copies, recipe.policy, recipe.train) == (

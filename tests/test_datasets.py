@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import run_cli, smooth_image
+from conftest import cli_server, run_cli, smooth_image
 
 from augzarr.errors import OptionError, UserError
 from augzarr.sources import open_source
@@ -128,6 +128,14 @@ def keras_env(keras_home: Path) -> dict:
 def read_back(store: Path) -> tuple[zarr.Group, dict]:
     group = zarr.open_group(str(store), mode="r")
     return group, dict(group.attrs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_server_under_the_session_keras_home():
+    """This process's CLI server (conftest.run_cli) started before a test points KERAS_HOME at its own cache (the
+    server takes the environment it starts in): train and evaluate, which read a store and not that cache, fork
+    from it once a test has put KERAS_HOME back."""
+    cli_server()
 
 
 @pytest.fixture
@@ -404,7 +412,7 @@ def test_keras_randaugment_and_crop_flip_layers_keep_one_channel():
     assert model.output_shape == (None, 10)
 
 
-def test_mnist_end_to_end_build_inspect_train_evaluate(keras_home, tmp_path):
+def test_mnist_end_to_end_build_inspect_train_evaluate(keras_home, tmp_path, monkeypatch):
     """Grayscale through every step: the store, previews and contact sheet, both models (deep with --online,
     shallow with --keras-augment randaugment), evaluate on the store and on an RGB image folder."""
     from conftest import write_image_folder
@@ -440,6 +448,9 @@ def test_mnist_end_to_end_build_inspect_train_evaluate(keras_home, tmp_path):
     summary = json.loads(run_cli("inspect-aug", "--store", str(out), "--json", check=True).stdout)
     assert summary["image_shape"] == [28, 28, 1] and summary["counts"]["test"] == [1] * 10
 
+    # train and evaluate read the store, not Keras' cache: back to this process's own KERAS_HOME, under which they
+    # fork from the CLI server that has imported TensorFlow already (conftest.run_cli) instead of importing it anew
+    monkeypatch.undo()
     deep = tmp_path / "deep"
     trained = run_cli(
         "train",
