@@ -92,11 +92,15 @@ def check_preview_folder(preview: int, preview_dir: Path) -> None:
 
 def check_writable(preview_dir: Path) -> None:
     """Write a probe file, as the previews will: the only test that holds for every cause
-    (a file on the path, permissions, a read-only mount, root's powers dropped)."""
+    (a file on the path, permissions, a read-only mount, root's powers dropped). The folders the probe makes are
+    removed again: a build refused later leaves none behind (the previews make them when they are written)."""
+    made = [folder for folder in (preview_dir, *preview_dir.parents) if not folder.exists()]
     try:
         preview_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=preview_dir, prefix=".augzarr-probe-"):
             pass
+        for folder in made:  # deepest first
+            folder.rmdir()
     except OSError as exc:
         raise UserError(
             f"--preview-dir {preview_dir} cannot be written ({exc.strerror or exc}): "

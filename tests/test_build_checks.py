@@ -327,6 +327,19 @@ def test_an_unwritable_preview_dir_is_refused_before_the_build(tmp_path):
     assert not list((tmp_path / "new" / "previews").glob(".augzarr-probe*"))  # the probe leaves nothing
 
 
+def test_a_build_refused_after_the_preview_check_leaves_no_preview_folder(tmp_path):
+    """The writability probe made --preview-dir (and its missing parents) and a refusal that came later, here the
+    disk check, left them behind empty."""
+    folder = write_image_folder(tmp_path / "imgs", {"a": 2, "b": 2}, size=8)
+    previews = tmp_path / "new" / "previews"
+    refused = run_cli(
+        "build-aug", "--source", str(folder), "--out", str(tmp_path / "s.zarr"), "--copies", "10000",
+        "--image-size", "2048", "--preview-dir", str(previews),
+    )  # fmt: skip
+    one_line_error(refused, "free some space")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "s.zarr").exists()
+
+
 def test_missing_previews_of_a_complete_store_are_written_on_the_next_run(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 3}, size=8)
     previews = tmp_path / "previews"
