@@ -113,8 +113,8 @@ def test_stream_steps_fault_no_more_than_array_steps(store):
     # is TensorFlow's default on CPUs without AVX-512 VNNI/BF16 (most AVX2 machines), where the slowdown
     # was measured; with oneDNN's cached buffers the setting costs little, and the guard would see nothing.
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
-    counts = {}
-    for source in ("arrays", "stream", "windows"):
+
+    def measured(source: str) -> int:
         result = subprocess.run(
             [sys.executable, __file__, str(store), source],
             capture_output=True,
@@ -123,12 +123,21 @@ def test_stream_steps_fault_no_more_than_array_steps(store):
             cwd=Path(__file__).parent.parent,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        counts[source] = json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    arrays = measured("arrays")
+    bound = MAX_RATIO * max(arrays, FLOOR)
     for source in ("stream", "windows"):
-        assert counts[source] <= MAX_RATIO * max(counts["arrays"], FLOOR), (
-            f"a training step from StoreStream ({source}) took {counts[source]:,} minor page faults (median of steps "
-            f"{FIRST_STEP}-{LAST_STEP}), from arrays {counts['arrays']:,}: the glibc mmap threshold TensorFlow sets is back "
-            "in force (trainer/allocator.py)"
+        # a second fresh process where the first faulted: in one whole-suite run on 2 loaded cores (2026-12-03) one
+        # process counted the patched setting's faults, never reproduced alone or under CPU load (RELIABILITY.md);
+        # the lost fix faults in every process, and still fails here
+        counts = [measured(source)]
+        if counts[0] > bound:
+            counts.append(measured(source))
+        assert min(counts) <= bound, (
+            f"a training step from StoreStream ({source}) took {min(counts):,} minor page faults (median of steps "
+            f"{FIRST_STEP}-{LAST_STEP}; fresh processes: {counts}), from arrays {arrays:,}: the glibc mmap threshold "
+            "TensorFlow sets is back in force (trainer/allocator.py)"
         )
 
 
