@@ -13,6 +13,7 @@ them: CliServer.can_run says so, and run_cli starts it as a plain process instea
 
 The server side (python tests/cli_server.py) reads one JSON request a line on stdin, forks, and answers two JSON lines
 on stdout: {"pid": ...} at once, {"returncode": ...} when the command has ended (-N for a signal, as subprocess's).
+It ends when its stdin closes, that is with the test process that started it.
 """
 
 from __future__ import annotations
@@ -90,10 +91,6 @@ class CliServer:
 
     def wait_readable(self, timeout: float | None) -> bool:
         return bool(select.select([self.process.stdout], [], [], timeout)[0])
-
-    def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
 
 
 # -- the server process -------------------------------------------------------------------------------
