@@ -270,6 +270,7 @@ def loader_cases(stores: dict[str, Path], server: StreamingServer, workers: int)
             f"Streaming, MDS {variant} ({how}), DataLoader {workers} workers": lambda e, v=variant: server.epoch(v)
             for variant, (_, how) in MDS_VARIANTS.items()
         },
+        f"augzarr.torch StoreDataset, raw store, DataLoader {workers} workers": torch_epochs(stores[RAW], workers),
         "augzarr StoreStream, raw store (reference)": lambda e: stream_epoch(raw, e),
     }
 
@@ -292,6 +293,11 @@ def report(args, header: str, rows: int, sizes: dict[str, int], rates: dict[str,
         print(f"| {name} | {rate:,.0f} | {rate / peer:.2f}x | {', '.join(f'{v:,.0f}' for v in values)} |")
     ours = max(statistics.median(v) for k, v in rates.items() if JPEG in k)
     print(f"\nthe faster augzarr {JPEG} loader / Streaming's JPEG: **{ours / peer:.2f}x** (target >= 1.5)")
+    raw_peer = statistics.median(rates[next(k for k in rates if "MDS raw" in k)])
+    raw_torch = statistics.median(rates[next(k for k in rates if "StoreDataset, raw" in k)])
+    print(
+        f"augzarr.torch on the raw store / Streaming's raw shards, the same workers: **{raw_torch / raw_peer:.2f}x** (target >= 1.5)"
+    )
 
 
 def main() -> None:
