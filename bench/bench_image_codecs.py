@@ -35,7 +35,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from machine import cpu_name  # bench/: the folder of the script that runs
 from PIL import Image
 
 Encode = Callable[[np.ndarray], bytes]
@@ -330,16 +330,6 @@ def shard_section(images: np.ndarray, shard_rows: int, threads: list[int], repea
             f"| augzarr.codecs.decode_shard, {n} thread{'s' if n > 1 else ''} | {rate:,.0f} | {rate / base:.2f} |"
         )
     return lines
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> str:

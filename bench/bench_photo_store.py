@@ -42,7 +42,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from machine import cpu_name  # bench/: the folder of the script that runs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -55,16 +58,6 @@ BATCH = 128
 
 
 # -- the machine ------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cores() -> int:
@@ -212,14 +205,15 @@ def in_turns(cases: dict, epochs: int) -> dict[str, list[float]]:
 # -- c: the stream, d: the online pipeline ----------------------------------------------------------
 
 
-def stream_epoch(store, epoch: int, threads: int) -> tuple[int, float]:
-    """(images, seconds) of one whole shuffled epoch of train's stream, a fresh stream (none reading ahead meanwhile)."""
+def stream_epoch(store, epoch: int, threads: int | None = None, take: Callable = len) -> tuple[int, float]:
+    """(images, seconds) of one whole shuffled epoch of train's stream, a fresh stream (none reading ahead meanwhile):
+    threads decode threads (None: the cores), take(images) of each batch the images it counts."""
     from augzarr.trainer.stream import StoreStream
 
     stream = StoreStream(store, "train", BATCH, shuffle=True, start_epoch=epoch, decode_threads=threads)
     try:
         start = time.perf_counter()
-        n = sum(len(stream[i][0]) for i in range(stream.batches_per_epoch))
+        n = sum(take(stream[i][0]) for i in range(stream.batches_per_epoch))
         return n, time.perf_counter() - start
     finally:
         stream.close()

@@ -56,6 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the photos, the stores, the machine and the turns as bench_photo_store.py has them (its imports: the stdlib's alone)
 from bench_photo_store import (  # noqa: E402
+    BATCH,
     JPEG,
     RAW,
     cores,
@@ -64,11 +65,11 @@ from bench_photo_store import (  # noqa: E402
     machine_line,
     select_photos,
     stores_of,
+    stream_epoch,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BATCH = 128
 REPLY = "@@ "  # marks the server's replies among whatever else its libraries print
 MDS_VARIANTS = {  # name -> (column encoding, how the dataset decodes it)
     "jpeg": ("jpeg", "Streaming's jpeg column (Pillow)"),
@@ -217,19 +218,6 @@ class StreamingServer:
 # -- augzarr's side ---------------------------------------------------------------------------------
 
 
-def stream_epoch(store, epoch: int) -> tuple[int, float]:
-    """(images, seconds) of a whole shuffled epoch of train's stream (decode threads: the cores), each batch copied."""
-    from augzarr.trainer.stream import StoreStream
-
-    stream = StoreStream(store, "train", BATCH, shuffle=True, start_epoch=epoch)
-    try:
-        start = time.perf_counter()
-        n = sum(consume(stream[i][0]) for i in range(stream.batches_per_epoch))
-        return n, time.perf_counter() - start
-    finally:
-        stream.close()
-
-
 def torch_epochs(store_path: Path, workers: int):
     from augzarr.torch import StoreDataset
 
@@ -264,14 +252,14 @@ def loader_cases(stores: dict[str, Path], server: StreamingServer, workers: int)
 
     jpeg, raw = open_store(str(stores[JPEG])), open_store(str(stores[RAW]))
     return {
-        f"augzarr StoreStream, jpeg:90 store, {workers} decode threads": lambda e: stream_epoch(jpeg, e),
+        f"augzarr StoreStream, jpeg:90 store, {workers} decode threads": lambda e: stream_epoch(jpeg, e, take=consume),
         f"augzarr.torch StoreDataset, jpeg:90 store, DataLoader {workers} workers": torch_epochs(stores[JPEG], workers),
         **{
             f"Streaming, MDS {variant} ({how}), DataLoader {workers} workers": lambda e, v=variant: server.epoch(v)
             for variant, (_, how) in MDS_VARIANTS.items()
         },
         f"augzarr.torch StoreDataset, raw store, DataLoader {workers} workers": torch_epochs(stores[RAW], workers),
-        "augzarr StoreStream, raw store (reference)": lambda e: stream_epoch(raw, e),
+        "augzarr StoreStream, raw store (reference)": lambda e: stream_epoch(raw, e, take=consume),
     }
 
 
